@@ -1,0 +1,163 @@
+"""The ``aigc`` command: one sub-command per stage, plus validate and run.
+
+Exit status: 0 success, 1 a problem with the input (spec, storage, shards) that is reported on
+stderr without a traceback, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .spec import ExperimentSpec, SpecError, load_spec, spec_hash, spec_to_yaml
+from .storage import S3Settings, Storage, StorageError
+
+
+def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("-c", "--config", required=required, metavar="SPEC", help="experiment spec (YAML)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a spec value, e.g. --set data.seed=3 (repeatable)")  # fmt: skip
+
+
+def _address_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster to join (default: RAY_ADDRESS, else an embedded local Ray)")
+
+
+def _load(args: argparse.Namespace) -> ExperimentSpec:
+    return load_spec(args.config, args.overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    spec = load_spec(args.spec, args.overrides)
+    if args.print:
+        print(spec_to_yaml(spec), end="")
+    print(f"ok: {args.spec} is a valid experiment spec (spec hash {spec_hash(spec)[:12]})")
+    return 0
+
+
+def cmd_data_build(args: argparse.Namespace) -> int:
+    from .data.build import build_data
+
+    spec = _load(args)
+    print(f"building the embedded '{spec.data.dataset}' dataset into {spec.data_uri}")
+    built = build_data(spec, Storage.from_spec(spec.storage), force=args.force)
+    print(f"done: {', '.join(built.written) or 'everything was up to date'}")
+    return 0
+
+
+def _print_report(report) -> None:
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report.splits.items()))
+    print(f"{report.uri}: {report.kind or 'unknown kind'}, {report.files} file(s), {report.rows} rows ({splits})")
+    for fault in report.faults:
+        print(f"  FAULT {fault}")
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from .data.shards import validate_shards
+
+    storage = Storage(S3Settings.resolve(args.endpoint_url, args.region))
+    ok = True
+    for uri in args.uri:
+        report = validate_shards(storage, uri)
+        _print_report(report)
+        ok = ok and report.ok
+    print("ok" if ok else "FAILED: see the faults above")
+    return 0 if ok else 1
+
+
+def _stream(spec: ExperimentSpec, storage: Storage, split: str, workers: int) -> None:
+    from .data.stream import multimodal_dataset, summarize
+
+    if workers:
+        from .train.feed import stream_to_workers
+
+        summaries = stream_to_workers(spec, storage, workers, split)
+        for rank, s in enumerate(summaries):
+            print(f"  worker {rank}: {s.rows} rows, labels {dict(sorted(s.labels.items()))}")
+        print(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
+        return
+    ds = multimodal_dataset(spec, storage, split)
+    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
+    for line in summary.lines():
+        print(f"  {line}")
+
+
+def cmd_data_stream(args: argparse.Namespace) -> int:
+    from .runtime import ray_session
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    with ray_session(spec, args.address):
+        print(f"streaming split '{args.split}' of {spec.data_uri}/multimodal through Ray Data")
+        _stream(spec, storage, args.split, args.workers)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The pipeline so far: build the data, then stream an epoch of it through Ray Data."""
+    from .data.build import build_data
+    from .runtime import ray_session
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    print(f"[1/2] data: {spec.data_uri}")
+    build_data(spec, storage)
+    with ray_session(spec, args.address):
+        print("[2/2] stream: one epoch of the train split through Ray Data")
+        _stream(spec, storage, "train", args.workers)
+    print("pipeline finished")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check an experiment spec; print every problem")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
+    p.add_argument("--print", action="store_true", help="also print the resolved spec with defaults")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run the pipeline for a spec (so far: data build + one streamed epoch)")
+    _spec_args(p)
+    _address_arg(p)
+    p.add_argument("--workers", type=int, default=0, help="stream into N Ray Train workers instead of the driver")
+    p.set_defaults(func=cmd_run)
+
+    data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
+        dest="data_command", required=True, metavar="ACTION"
+    )
+    p = data.add_parser("build", help="write the embedded dataset, corpus and tokenizer to storage")
+    _spec_args(p)
+    p.add_argument("--force", action="store_true", help="rebuild even if the manifests say up to date")
+    p.set_defaults(func=cmd_data_build)
+
+    p = data.add_parser("validate", help="check shard sets: schema, decodable images, counts, hashes")
+    p.add_argument("uri", nargs="+", metavar="URI", help="shard set folder (local or s3://bucket/prefix)")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--region", help="S3 region (default: AWS_REGION)")
+    p.set_defaults(func=cmd_data_validate)
+
+    p = data.add_parser("stream", help="stream one epoch of a split through Ray Data and print what was read")
+    _spec_args(p)
+    _address_arg(p)
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("--workers", type=int, default=0, help="stream into N Ray Train workers instead of the driver")
+    p.set_defaults(func=cmd_data_stream)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SpecError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

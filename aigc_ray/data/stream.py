@@ -1,0 +1,126 @@
+"""Ray Data pipelines over shard sets: read (projected, from S3 or disk), decode, tokenize, shuffle.
+
+The same Dataset feeds the driver (``aigc data stream``) or Ray Train workers, through
+``TorchTrainer(datasets=...)`` and ``ray.train.get_dataset_shard`` inside the loop.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..spec import ExperimentSpec
+from ..storage import S3Settings, Storage, join
+from .images import decode_png
+from .shards import shard_files
+from .tokenizer import load_fast_tokenizer
+
+MULTIMODAL_COLUMNS = ["id", "text", "image", "label", "split"]
+
+
+def read_split(spec: ExperimentSpec, storage: Storage, split: str = "train", part: str = "multimodal",
+               columns: list[str] | None = None, epoch: int = 0):  # fmt: skip
+    """A Ray Dataset of one split of a shard set, rows shuffled as the spec says (seed + epoch).
+
+    Only ``columns`` (plus ``split``) are read from Parquet; the split filter is pushed down to Arrow.
+    """
+    import ray.data
+    from ray.data.datasource import FileShuffleConfig
+    from ray.data.expressions import col
+
+    uri = join(spec.data_uri, part)
+    files = shard_files(storage, uri)
+    fs, _ = storage.filesystem(uri)
+    paths = [storage.filesystem(f)[1] for f in files]
+    seed = spec.data.seed + epoch
+    wanted = list(dict.fromkeys([*(columns or MULTIMODAL_COLUMNS), "split"]))
+    file_shuffle = FileShuffleConfig(seed=seed) if spec.data.shuffle == "files" else None
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=wanted, shuffle=file_shuffle)
+    ds = ds.filter(expr=col("split") == split)
+    if spec.data.shuffle == "global":
+        ds = ds.random_shuffle(seed=seed)
+    return ds
+
+
+def preprocess_multimodal(batch: dict, s3: S3Settings, tokenizer_uri: str, max_len: int) -> dict:
+    """Decode PNGs to float images (N, C, H, W) in [0, 1] and tokenize captions to fixed length.
+
+    Ray Data runs this in ``map_batches``: ``iter_torch_batches`` cannot convert bytes or strings.
+    """
+    tok = load_fast_tokenizer(s3, tokenizer_uri)
+    pad_id = tok.token_to_id("<pad>")
+    images = np.stack([decode_png(b) for b in batch["image"]]).astype(np.float32) / 255.0
+    encodings = tok.encode_batch([str(t) for t in batch["text"]])
+    ids = np.full((len(encodings), max_len), pad_id, dtype=np.int64)
+    mask = np.zeros((len(encodings), max_len), dtype=np.int64)
+    for i, enc in enumerate(encodings):
+        n = min(len(enc.ids), max_len)
+        ids[i, :n] = enc.ids[:n]
+        mask[i, :n] = 1
+    return {
+        "id": np.asarray(batch["id"], dtype=object),
+        "image": images.transpose(0, 3, 1, 2),  # (N, H, W, C) -> (N, C, H, W)
+        "input_ids": ids,
+        "attention_mask": mask,
+        "label": np.asarray(batch["label"], dtype=np.int64),
+    }
+
+
+def multimodal_dataset(spec: ExperimentSpec, storage: Storage, split: str = "train", epoch: int = 0):
+    """The ready-to-train multimodal split: read, shuffled, decoded and tokenized by Ray Data."""
+    ds = read_split(spec, storage, split, epoch=epoch)
+    return ds.map_batches(
+        preprocess_multimodal,
+        batch_format="numpy",
+        batch_size=spec.data.batch_size,
+        fn_kwargs={
+            "s3": storage.s3,
+            "tokenizer_uri": join(spec.data_uri, "tokenizer"),
+            "max_len": spec.data.max_seq_len,
+        },
+    )
+
+
+@dataclass
+class EpochSummary:
+    """What one pass over a stream saw: counts a person can check against the shard manifest."""
+
+    rows: int = 0
+    batches: int = 0
+    labels: collections.Counter = field(default_factory=collections.Counter)
+    tokens: int = 0
+    pixel_sum: float = 0.0
+    ids: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add(self, batch: dict) -> None:
+        n = len(batch["label"])
+        self.rows += n
+        self.batches += 1
+        self.labels.update(int(x) for x in batch["label"])
+        self.tokens += int(np.asarray(batch["attention_mask"]).sum())
+        self.pixel_sum += float(np.asarray(batch["image"]).mean()) * n
+        self.ids.extend(str(i) for i in batch["id"])
+
+    def lines(self) -> list[str]:
+        rate = self.rows / self.seconds if self.seconds else float("nan")
+        return [
+            f"rows {self.rows} in {self.batches} batches, {self.seconds:.2f} s ({rate:,.0f} rows/s)",
+            f"labels {dict(sorted(self.labels.items()))}",
+            f"tokens/caption {self.tokens / max(self.rows, 1):.2f}, mean pixel {self.pixel_sum / max(self.rows, 1):.3f}",
+            f"unique ids {len(set(self.ids))}",
+        ]
+
+
+def summarize(batches: Iterable[dict]) -> EpochSummary:
+    """Consume an iterable of preprocessed batches into an EpochSummary (timed)."""
+    summary = EpochSummary()
+    start = time.perf_counter()
+    for batch in batches:
+        summary.add(batch)
+    summary.seconds = time.perf_counter() - start
+    return summary

@@ -1,0 +1,76 @@
+"""A byte-level BPE tokenizer trained on our own corpus (no hub), saved in Hugging Face format.
+
+The saved folder loads with plain ``transformers.AutoTokenizer.from_pretrained`` (after copying
+it locally) and with ``tokenizers.Tokenizer.from_str`` from ``tokenizer.json`` alone, which is
+what the Ray Data preprocessing uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..manifest import FileEntry, Manifest, write_manifest
+from ..storage import S3Settings, Storage, join
+
+SPECIAL_TOKENS = {
+    "pad_token": "<pad>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "mask_token": "<mask>",
+}
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """Train a byte-level BPE ``PreTrainedTokenizerFast`` on ``texts`` (deterministic for the same input)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def save_tokenizer(storage: Storage, uri: str, tokenizer, spec_hash: str, inputs: dict[str, str]) -> Manifest:
+    """Write the tokenizer's Hugging Face files to ``uri`` and commit them with a manifest."""
+    files: dict[str, FileEntry] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        for path in sorted(Path(tmp).iterdir()):
+            data = path.read_bytes()
+            files[path.name] = FileEntry(sha256=storage.write_bytes(join(uri, path.name), data), bytes=len(data))
+    manifest = Manifest(
+        kind="tokenizer/byte-bpe", spec_hash=spec_hash, inputs=inputs, files=files,
+        meta={"vocab_size": len(tokenizer)},
+    )  # fmt: skip
+    write_manifest(storage, uri, manifest)
+    return manifest
+
+
+@functools.lru_cache(maxsize=4)
+def load_fast_tokenizer(s3: S3Settings, uri: str):
+    """The ``tokenizers.Tokenizer`` at ``uri``, cached per process (Ray Data calls this per batch;
+    keyed by the picklable S3 settings, not a Storage object, so the cache hits across calls)."""
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_str(Storage(s3).read_bytes(join(uri, "tokenizer.json")).decode())
+
+
+def download_tokenizer(storage: Storage, uri: str, local_dir: str | Path) -> Path:
+    """Copy the tokenizer folder at ``uri`` to ``local_dir`` for ``AutoTokenizer.from_pretrained``."""
+    local = Path(local_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    for file_uri in storage.list_files(uri):
+        (local / file_uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(file_uri))
+    return local

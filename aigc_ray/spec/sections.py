@@ -1,0 +1,236 @@
+"""The experiment spec: one pydantic model per section, defaults that run on a 2-core laptop.
+
+Every model forbids unknown keys, so a typo in YAML is an error instead of a silent default.
+Later stages own their sections; the shape is here so one file describes a whole experiment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """Base for every spec section: unknown keys are rejected, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSpec(Section):
+    """Where artifacts live. Credentials never appear here: they come from the standard AWS chain."""
+
+    root: str = Field("./runs", description="Local path or s3://bucket/prefix under which every artifact is written.")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (e.g. http://127.0.0.1:9000); default: AWS_ENDPOINT_URL or AWS."
+    )
+    region: str | None = Field(None, description="S3 region; default: AWS_REGION / AWS_DEFAULT_REGION or us-east-1.")
+
+    @field_validator("root")
+    @classmethod
+    def _root_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a local path or an s3://bucket/prefix URI, not empty")
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_has_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class RaySpec(Section):
+    """How to reach Ray, and the environment every worker gets."""
+
+    address: str | None = Field(
+        None,
+        description="Cluster to join ('auto', 'ray://host:10001', host:port); default: RAY_ADDRESS or an embedded local Ray.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded local Ray (default: all).")
+    data_cpus: float = Field(
+        1.0,
+        ge=0,
+        description="CPUs kept free of training workers so Ray Data's read/decode tasks always run (2-core deadlock otherwise).",
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=lambda: {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        description="Environment for every Ray worker (runtime_env). Threads pinned: oversubscribed BLAS collapses throughput.",
+    )
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        secret_like = [k for k in v if any(s in k.upper() for s in ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY"))]
+        if secret_like:
+            raise ValueError(
+                f"looks like a secret ({', '.join(secret_like)}); secrets never go in the spec — "
+                "use the standard AWS chain, Ray's token file or the environment of the process"
+            )
+        return v
+
+
+class SplitFractions(Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class CaptionNoise(Section):
+    """Fractions of captions that are deliberately unhelpful, so a model must use the image too."""
+
+    vague: float = Field(0.15, ge=0, le=1, description="Captions that name no digit ('a handwritten digit').")
+    wrong: float = Field(0.10, ge=0, le=1, description="Captions that name a different digit than the label.")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> CaptionNoise:
+        if self.vague + self.wrong > 1:
+            raise ValueError(f"vague + wrong must be at most 1, got {self.vague + self.wrong:g}")
+        return self
+
+
+class DataSpec(Section):
+    """The embedded dataset, its shards, and how Ray Data streams them."""
+
+    dataset: Literal["digits"] = Field(
+        "digits", description="Embedded multimodal dataset to build (no network needed)."
+    )
+    uri: str | None = Field(None, description="Where shards live; default: <storage.root>/data.")
+    seed: int = Field(0, description="Seed for captions, splits and shuffling.")
+    rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
+    repeat: int = Field(1, ge=1, description="Write the embedded dataset this many times (bigger data for benchmarks).")
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    caption_noise: CaptionNoise = Field(default_factory=CaptionNoise)
+    corpus_max_chars: int = Field(2_000_000, ge=10_000, description="Upper bound on the pretraining text corpus size.")
+    vocab_size: int = Field(4096, ge=300, le=200_000, description="Byte-level BPE tokenizer vocabulary size.")
+    max_seq_len: int = Field(32, ge=4, description="Tokens per caption after padding/truncation.")
+    batch_size: int = Field(64, ge=1, description="Rows per batch streamed to a worker.")
+    shuffle: Literal["none", "files", "global"] = Field(
+        "global", description="none: file order; files: shuffle shard order; global: full seeded row shuffle."
+    )
+    equal_shards: bool = Field(
+        True,
+        description="Every training worker sees the same row count (synchronous training needs it; "
+        "drops fewer than num_workers rows per epoch). false: every row exactly once.",
+    )
+
+
+class ModelSize(Section):
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(2, ge=1)
+    n_embd: int = Field(64, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSize:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        return self
+
+
+class PretrainSpec(Section):
+    """Language-model pretraining on Ray Train + DeepSpeed."""
+
+    objective: Literal["clm", "mlm"] = "clm"
+    model: ModelSize = Field(default_factory=ModelSize)
+    num_workers: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    lr: float = Field(3e-4, gt=0)
+    warmup_steps: int = Field(10, ge=0)
+    max_steps: int = Field(100, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+
+
+class FinetuneSpec(Section):
+    """Fine-tuning of our own export or the offline MiniLM."""
+
+    base: Literal["pretrain", "minilm"] = "pretrain"
+    mode: Literal["full", "freeze", "lora"] = "lora"
+    freeze_layers: int = Field(0, ge=0)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    max_steps: int = Field(50, ge=1)
+
+
+class SweepSpec(Section):
+    """A Ray Tune sweep: search space in YAML, scheduler, budget."""
+
+    scheduler: Literal["fifo", "asha", "pbt"] = "asha"
+    search_alg: Literal["random", "optuna"] = "random"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(0.5, gt=0)
+    metric: str = "score"
+    mode: Literal["min", "max"] = "max"
+    search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class GanSpec(Section):
+    z_dim: int = Field(32, ge=1)
+    g_lr: float = Field(2e-4, gt=0)
+    d_lr: float = Field(2e-4, gt=0)
+    steps: int = Field(200, ge=1)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+
+
+class FusionSpec(Section):
+    operator: Literal["weighted_sum", "concat", "gated", "cross_attention"] = "weighted_sum"
+    text_encoder: Literal["tiny", "minilm"] = "tiny"
+    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(200, ge=1)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+
+
+class EnsembleSpec(Section):
+    strategy: Literal["mean", "weighted", "vote", "stacking"] = "mean"
+    top_k: int = Field(2, ge=1)
+    members: list[str] = Field(default_factory=list, description="Extra member checkpoint URIs.")
+
+
+class ServeSpec(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    replicas: int = Field(1, ge=1)
+    cpus_per_replica: float = Field(0.25, gt=0)
+    max_ongoing_requests: int = Field(16, ge=1)
+
+
+class ClusterSpec(Section):
+    name: str = "aigc-ray"
+    region: str = "us-west-2"
+    head_instance_type: str = "m5.2xlarge"
+    gpu_instance_type: str = "g5.12xlarge"
+    max_gpu_workers: int = Field(4, ge=0)
+
+
+class ExperimentSpec(Section):
+    """A whole experiment, from raw shards to a served ensemble."""
+
+    name: str = Field("quickstart", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Run name: names artifacts.")
+    storage: StorageSpec = Field(default_factory=StorageSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    pretrain: PretrainSpec = Field(default_factory=PretrainSpec)
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec)
+    gan: GanSpec = Field(default_factory=GanSpec)
+    fusion: FusionSpec = Field(default_factory=FusionSpec)
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @property
+    def data_uri(self) -> str:
+        """Where this experiment's shards live."""
+        return self.data.uri or self.storage.root.rstrip("/") + "/data"

@@ -1,0 +1,264 @@
+"""One storage layer for every byte: a local path or ``s3://bucket/prefix``, behind the same calls.
+
+Reads and listings go through pyarrow's filesystem layer (the same object Ray Data reads with);
+writes to S3 go through boto3 so an object only appears once it is complete: a single PUT, or a
+multipart upload that is completed only on success and aborted otherwise. Local writes go to a
+hidden temporary file beside the target and are renamed over it (atomic on POSIX).
+
+Credentials always come from the standard AWS chain (environment, ~/.aws, instance profile);
+the endpoint and region may come from the spec or the standard AWS environment variables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow.fs as pafs
+
+PARTIAL_PREFIX = ".aigc-partial-"  # temp files of in-flight local writes; never listed
+
+
+def _file_mode() -> int:
+    """Mode for new files under the process umask (mkstemp would leave them 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and the likely cause."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed URI: ``scheme`` is 's3' or 'file'; ``path`` is 'bucket/key' for S3, absolute for files."""
+
+    scheme: str
+    path: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.path}" if self.scheme == "s3" else self.path
+
+    @property
+    def bucket(self) -> str:
+        return self.path.split("/", 1)[0]
+
+    @property
+    def key(self) -> str:
+        return self.path.split("/", 1)[1] if "/" in self.path else ""
+
+
+def parse_uri(uri: str) -> Location:
+    """Parse a local path, ``file://`` URI or ``s3://bucket/key``; raises StorageError for other schemes."""
+    if uri.startswith("s3://"):
+        path = uri[len("s3://") :].strip("/")
+        if not path:
+            raise StorageError(f"{uri!r}: an S3 URI needs a bucket, e.g. s3://my-bucket/prefix")
+        return Location("s3", path)
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" in uri:
+        raise StorageError(f"{uri!r}: unsupported URI scheme; use a local path or s3://bucket/prefix")
+    return Location("file", str(Path(uri).expanduser().absolute()))
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI parts with '/' (works for local paths and S3 URIs)."""
+    out = uri.rstrip("/")
+    for part in parts:
+        out += "/" + part.strip("/")
+    return out
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Endpoint and region for S3; picklable so Ray workers rebuild the same filesystem."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def resolve(cls, endpoint_url: str | None = None, region: str | None = None) -> S3Settings:
+        """Spec values first, then the standard AWS environment variables."""
+        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return cls(endpoint or None, region)
+
+
+class Storage:
+    """Atomic reads and writes of whole objects at URIs; see the module docstring."""
+
+    def __init__(self, s3: S3Settings | None = None):
+        self.s3 = s3 or S3Settings.resolve()
+        self._checked_buckets: set[str] = set()
+
+    @classmethod
+    def from_spec(cls, storage_spec: Any) -> Storage:
+        """Build from the spec's ``storage`` section (endpoint/region only; never credentials)."""
+        return cls(S3Settings.resolve(storage_spec.endpoint_url, storage_spec.region))
+
+    # -- filesystems -------------------------------------------------------------------------
+
+    @cached_property
+    def _s3fs(self) -> pafs.S3FileSystem:
+        kwargs: dict[str, Any] = {"region": self.s3.region}
+        if self.s3.endpoint_url:
+            scheme, _, host = self.s3.endpoint_url.partition("://")
+            kwargs.update(endpoint_override=host.rstrip("/"), scheme=scheme)
+        return pafs.S3FileSystem(**kwargs)
+
+    @cached_property
+    def _client(self):
+        import boto3  # deferred: boto3 import costs ~0.3 s and local-only runs never need it
+
+        return boto3.client("s3", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region)
+
+    def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        """The pyarrow filesystem and in-filesystem path for ``uri`` (what Ray Data reads with)."""
+        loc = parse_uri(uri)
+        if loc.scheme == "s3":
+            self.check_bucket(loc.bucket)
+            return self._s3fs, loc.path
+        return pafs.LocalFileSystem(), loc.path
+
+    def check_bucket(self, bucket: str) -> None:
+        """Fail early and clearly when a bucket is missing or the credentials are refused."""
+        if bucket in self._checked_buckets:
+            return
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        where = self.s3.endpoint_url or "AWS S3"
+        try:
+            self._client.head_bucket(Bucket=bucket)
+        except NoCredentialsError:
+            raise StorageError(
+                f"s3://{bucket}: no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE, or use an instance profile)"
+            ) from None
+        except EndpointConnectionError:
+            raise StorageError(f"s3://{bucket}: cannot connect to the S3 endpoint {where}") from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                raise StorageError(f"s3://{bucket}: bucket does not exist at {where}") from None
+            if code in ("403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+                raise StorageError(
+                    f"s3://{bucket}: access denied by {where} ({code}); check the AWS credentials "
+                    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and the bucket policy"
+                ) from None
+            raise StorageError(f"s3://{bucket}: {exc}") from None
+        self._checked_buckets.add(bucket)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def exists(self, uri: str) -> bool:
+        fs, path = self.filesystem(uri)
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def read_bytes(self, uri: str) -> bytes:
+        """Read a whole object; raises StorageError naming the URI if it is missing."""
+        fs, path = self.filesystem(uri)
+        try:
+            with fs.open_input_stream(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            raise StorageError(f"{uri}: no such object") from None
+        except OSError as exc:
+            if "NoSuchKey" in str(exc) or "does not exist" in str(exc):
+                raise StorageError(f"{uri}: no such object") from None
+            raise StorageError(f"{uri}: read failed: {exc}") from None
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def list_files(self, uri: str, suffix: str = "") -> list[str]:
+        """URIs of the files under ``uri`` (recursive, sorted), skipping in-flight partial writes."""
+        fs, path = self.filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        if info.type == pafs.FileType.File:
+            return [uri]
+        selector = pafs.FileSelector(path, recursive=True)
+        loc = parse_uri(uri)
+        out = []
+        for fi in fs.get_file_info(selector):
+            if fi.type != pafs.FileType.File or fi.base_name.startswith(PARTIAL_PREFIX):
+                continue
+            if suffix and not fi.path.endswith(suffix):
+                continue
+            out.append(f"s3://{fi.path}" if loc.scheme == "s3" else fi.path)
+        return sorted(out)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def open_atomic(self, uri: str) -> Iterator[IO[bytes]]:
+        """A binary file to write ``uri`` through; the object appears only if the block exits cleanly.
+
+        A crash or exception inside the block leaves the previous version (or nothing) in place.
+        """
+        loc = parse_uri(uri)
+        if loc.scheme == "s3":
+            self.check_bucket(loc.bucket)
+            with tempfile.TemporaryFile() as spool:
+                yield spool
+                spool.seek(0)
+                self._upload(spool, loc)
+            return
+        target = Path(loc.path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=PARTIAL_PREFIX + target.name + ".")
+        try:
+            os.fchmod(fd, _FILE_MODE)
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def _upload(self, fileobj: IO[bytes], loc: Location) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            # upload_fileobj: one PUT when small, else a multipart upload that S3 only
+            # materialises on CompleteMultipartUpload (boto3 aborts it on failure).
+            self._client.upload_fileobj(fileobj, loc.bucket, loc.key)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"{loc.uri}: upload failed: {exc}") from None
+
+    def write_bytes(self, uri: str, data: bytes) -> str:
+        """Atomically write ``data`` to ``uri``; returns its sha256."""
+        with self.open_atomic(uri) as f:
+            f.write(data)
+        return sha256_bytes(data)
+
+    def write_json(self, uri: str, obj: Any) -> str:
+        return self.write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+    def delete(self, uri: str) -> None:
+        """Delete one object if it exists."""
+        fs, path = self.filesystem(uri)
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(path)

@@ -1,0 +1,1 @@
+"""Ray Train: the data feed, and (later) DeepSpeed pretraining and fine-tuning."""

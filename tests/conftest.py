@@ -1,0 +1,146 @@
+"""Session fixtures that start real parts: an S3 server on loopback (moto's server mode, with
+IAM auth enforced so wrong credentials are really refused) and one local Ray cluster.
+
+Ray is started once per session (each start costs seconds on 2 cores) in a private temp dir,
+and stopped by its own handle — never `ray stop`, which kills every Ray process on the machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+
+from aigc_ray.data.build import build_data
+from aigc_ray.spec import load_spec
+from aigc_ray.storage import Storage
+
+# IAM policy for the test user: allowed everything in the fake account.
+_ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str = "us-east-1"
+
+    def client(self, **overrides):
+        import boto3
+
+        kwargs = {"aws_access_key_id": self.access_key, "aws_secret_access_key": self.secret_key, **overrides}
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region, **kwargs)
+
+    def make_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server subprocess on a free loopback port; credentials exported to the process env
+    (the standard AWS chain), so the code under test and Ray workers find them as in production."""
+    import boto3
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    # The first 3 requests (IAM setup below) are unauthenticated; every later one must be signed
+    # with the created user's keys.
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        iam = boto3.client(
+            "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup"
+        )
+        iam.create_user(UserName="aigc-test")
+        iam.put_user_policy(UserName="aigc-test", PolicyName="all", PolicyDocument=_ALLOW_ALL)
+        key = iam.create_access_key(UserName="aigc-test")["AccessKey"]
+        server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+        saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+        os.environ.update(
+            AWS_ACCESS_KEY_ID=server.access_key,
+            AWS_SECRET_ACCESS_KEY=server.secret_key,
+            AWS_DEFAULT_REGION=server.region,
+            AWS_EC2_METADATA_DISABLED="true",
+        )
+        yield server
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
+    """One local Ray cluster for the session (2 CPUs, threads pinned), started after the S3
+    credentials are in the environment so its workers inherit them."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="aigc-ray-", dir="/tmp")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=temp_dir,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        logging_level=logging.WARNING,
+    )
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def local_data(tmp_path_factory):
+    """The embedded dataset built once on local disk: (spec, storage)."""
+    root = tmp_path_factory.mktemp("local-run")
+    spec = load_spec(None, [f"storage.root={root}", "data.rows_per_shard=300"])
+    storage = Storage.from_spec(spec.storage)
+    build_data(spec, storage, log=lambda *_: None)
+    return spec, storage
+
+
+@pytest.fixture(scope="session")
+def s3_data(s3_server):
+    """The embedded dataset built once into the S3 server: (spec, storage)."""
+    bucket = s3_server.make_bucket("aigc-shards")
+    spec = load_spec(
+        None, [f"storage.root=s3://{bucket}/quickstart", f"storage.endpoint_url={s3_server.endpoint}", "data.rows_per_shard=300"]
+    )
+    storage = Storage.from_spec(spec.storage)
+    build_data(spec, storage, log=lambda *_: None)
+    return spec, storage
