@@ -128,7 +128,9 @@ class Storage:
     def _client(self):
         import boto3  # deferred: boto3 import costs ~0.3 s and local-only runs never need it
 
-        return boto3.client("s3", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region)
+        # A session of our own: boto3's default session caches the credentials it first resolved.
+        session = boto3.session.Session()
+        return session.client("s3", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region)
 
     def filesystem(self, uri: str) -> tuple[pafs.FileSystem, str]:
         """The pyarrow filesystem and in-filesystem path for ``uri`` (what Ray Data reads with)."""

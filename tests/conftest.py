@@ -80,7 +80,11 @@ def s3_server():
                     raise RuntimeError("moto server did not start") from None
                 time.sleep(0.1)
         iam = boto3.client(
-            "iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup"
+            "iam",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="setup",
+            aws_secret_access_key="setup",
         )
         iam.create_user(UserName="aigc-test")
         iam.put_user_policy(UserName="aigc-test", PolicyName="all", PolicyDocument=_ALLOW_ALL)
@@ -139,7 +143,12 @@ def s3_data(s3_server):
     """The embedded dataset built once into the S3 server: (spec, storage)."""
     bucket = s3_server.make_bucket("aigc-shards")
     spec = load_spec(
-        None, [f"storage.root=s3://{bucket}/quickstart", f"storage.endpoint_url={s3_server.endpoint}", "data.rows_per_shard=300"]
+        None,
+        [
+            f"storage.root=s3://{bucket}/quickstart",
+            f"storage.endpoint_url={s3_server.endpoint}",
+            "data.rows_per_shard=300",
+        ],
     )
     storage = Storage.from_spec(spec.storage)
     build_data(spec, storage, log=lambda *_: None)

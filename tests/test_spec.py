@@ -96,14 +96,18 @@ def test_yaml_syntax_error_and_missing_file(tmp_path):
 
 
 def test_overrides_are_typed_and_validated(tmp_path):
-    spec = load_spec(None, ["data.seed=7", "data.equal_shards=false", "pretrain.precision=bf16", "storage.root=s3://b/p"])
+    spec = load_spec(
+        None, ["data.seed=7", "data.equal_shards=false", "pretrain.precision=bf16", "storage.root=s3://b/p"]
+    )
     assert spec.data.seed == 7 and spec.data.equal_shards is False
     assert spec.pretrain.precision == "bf16" and spec.data_uri == "s3://b/p/data"
     assert problems(None, ["data.seed=abc"]) == [
         'data.seed = "abc": Input should be a valid integer, unable to parse string as an integer'
     ]
     assert problems(None, ["data.sead=1"])[0].startswith("data.sead: unknown key; did you mean 'seed'?")
-    assert "data.seed is a value, not a section" in problems(write(tmp_path, "data:\n  seed: 1\n"), ["data.seed.x=1"])[0]
+    assert (
+        "data.seed is a value, not a section" in problems(write(tmp_path, "data:\n  seed: 1\n"), ["data.seed.x=1"])[0]
+    )
     assert problems(None, ["data.seed.x=1"]) == ['data.seed = {"x": 1}: Input should be a valid integer']
     assert "expected KEY.PATH=VALUE" in problems(None, ["data.seed"])[0]
 
@@ -135,5 +139,7 @@ def test_console_script_is_installed():
     for command in ("validate", "run", "data"):
         assert command in out.stdout
     aigc = Path(sys.executable).parent / "aigc"
-    res = subprocess.run([str(aigc), "validate", str(REPO / "examples" / "quickstart.yaml")], capture_output=True, text=True)
+    res = subprocess.run(
+        [str(aigc), "validate", str(REPO / "examples" / "quickstart.yaml")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr

@@ -1,7 +1,7 @@
 """The embedded language-model corpus: English prose from Python's own installed documentation.
 
 The docstrings of a fixed list of standard-library modules (module, class, function and method
-docs) are available offline on every machine with Python. Documents are paragraphs-groups in a
+docs) are available offline on every machine with Python. Each docstring is one document, in a
 fixed traversal order, assigned to splits by a seeded hash, so the corpus is deterministic for a
 given seed and Python version (the version is recorded in the manifest).
 """
@@ -9,10 +9,11 @@ given seed and Python version (the version is recorded in the manifest).
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
+import json
+import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -20,47 +21,16 @@ from .schema import TEXT_SCHEMA
 
 SOURCE = f"python-{sys.version_info.major}.{sys.version_info.minor}-stdlib-docs"
 
-MODULES = (
-    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmd", "codecs",
-    "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses",
-    "datetime", "decimal", "difflib", "email.message", "enum", "filecmp", "fnmatch", "fractions",
-    "ftplib", "functools", "getopt", "gettext", "glob", "gzip", "hashlib", "heapq", "hmac",
-    "html.parser", "http.client", "http.server", "imaplib", "inspect", "io", "ipaddress",
-    "itertools", "json", "logging", "lzma", "mailbox", "math", "mimetypes", "multiprocessing",
-    "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform", "plistlib",
-    "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil",
-    "signal", "smtplib", "socket", "socketserver", "sqlite3", "statistics", "string", "struct",
-    "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
-    "turtle", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
-    "weakref", "xml.dom.minidom", "zipfile", "zoneinfo",
-)  # fmt: skip
 
-
-def _docstrings(module_name: str) -> Iterator[tuple[str, str]]:
-    """(qualified name, cleaned docstring) for a module and its public classes, functions, methods."""
-    try:
-        module = importlib.import_module(module_name)
-    except Exception:  # noqa: BLE001 - a module missing on this platform (e.g. turtle without tk)
-        return
-    seen: set[int] = set()
-
-    def emit(name: str, obj: object) -> Iterator[tuple[str, str]]:
-        doc = inspect.getdoc(obj) if id(obj) not in seen else None
-        seen.add(id(obj))
-        if doc and len(doc) > 40:
-            yield name, doc
-
-    yield from emit(module_name, module)
-    for attr in sorted(vars(module)):
-        obj = getattr(module, attr)
-        if attr.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
-            continue
-        if inspect.isclass(obj) or inspect.isfunction(obj):
-            yield from emit(f"{module_name}.{attr}", obj)
-        if inspect.isclass(obj):
-            for meth in sorted(vars(obj)):
-                if not meth.startswith("_") and inspect.isfunction(vars(obj)[meth]):
-                    yield from emit(f"{module_name}.{attr}.{meth}", vars(obj)[meth])
+def stdlib_docs() -> Iterator[tuple[str, str]]:
+    """(qualified name, docstring) pairs, extracted in a clean interpreter (see stdlib_docs.py)."""
+    script = Path(__file__).with_name("stdlib_docs.py")
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", str(script)], capture_output=True, text=True, check=True, timeout=120
+    )
+    for line in out.stdout.splitlines():
+        name, doc = json.loads(line)
+        yield name, doc
 
 
 def split_of(doc_id: str, seed: int, fractions: dict[str, float]) -> str:
@@ -77,8 +47,7 @@ def corpus_batches(
     """The corpus in the text/v1 schema, at most ``max_chars`` characters of text in total."""
     rows: dict[str, list] = {name: [] for name in TEXT_SCHEMA.names}
     total = 0
-    docs = (item for module_name in MODULES for item in _docstrings(module_name))
-    for name, doc in docs:
+    for name, doc in stdlib_docs():
         if total + len(doc) > max_chars:
             break
         total += len(doc)

@@ -26,7 +26,7 @@ EXACT_TEMPLATES = (
     "{word}, written by hand",
     "someone wrote a {d} here",
     "a small grayscale {word}",
-    "number {d} in a tiny 8 by 8 grid",
+    "number {d} in a tiny pixel grid",
     "a pixelated handwritten digit {d}",
     "this looks like a {word}",
     "an old scan of a {word} from a form",

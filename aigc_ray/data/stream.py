@@ -40,9 +40,13 @@ def read_split(spec: ExperimentSpec, storage: Storage, split: str = "train", par
     wanted = list(dict.fromkeys([*(columns or MULTIMODAL_COLUMNS), "split"]))
     file_shuffle = FileShuffleConfig(seed=seed) if spec.data.shuffle == "files" else None
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=wanted, shuffle=file_shuffle)
+    # Parallel read tasks finish in any order; without this the "seeded" shuffle would permute a
+    # differently ordered input each run, and the same seed would not give the same epoch.
+    ds.context.execution_options.preserve_order = True
     ds = ds.filter(expr=col("split") == split)
     if spec.data.shuffle == "global":
-        ds = ds.random_shuffle(seed=seed)
+        # As many output blocks as shard files: one block would go to a single worker whole.
+        ds = ds.random_shuffle(seed=seed).repartition(max(2, len(files)))
     return ds
 
 
