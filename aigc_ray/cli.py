@@ -15,8 +15,14 @@ from .storage import S3Settings, Storage, StorageError
 
 def _spec_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("-c", "--config", required=required, metavar="SPEC", help="experiment spec (YAML)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override a spec value, e.g. --set data.seed=3 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec value, e.g. --set data.seed=3 (repeatable)",
+    )
 
 
 def _address_arg(p: argparse.ArgumentParser) -> None:
@@ -73,7 +79,7 @@ def _stream(spec: ExperimentSpec, storage: Storage, split: str, workers: int) ->
 
         summaries = stream_to_workers(spec, storage, workers, split)
         for rank, s in enumerate(summaries):
-            print(f"  worker {rank}: {s.rows} rows, labels {dict(sorted(s.labels.items()))}")
+            print(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
         print(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
         return
     ds = multimodal_dataset(spec, storage, split)

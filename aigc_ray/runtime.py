@@ -32,8 +32,9 @@ def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[No
     if target:
         ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
-        ray.init(num_cpus=spec.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env,
-                 logging_level=logging.WARNING)  # fmt: skip
+        ray.init(
+            num_cpus=spec.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING
+        )
     try:
         yield
     finally:

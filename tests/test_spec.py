@@ -38,8 +38,17 @@ def test_defaults_run_on_a_laptop():
     assert spec.pretrain.zero_stage in (0, 1, 2, 3) and spec.pretrain.num_workers <= 2
     assert spec.data_uri == "./runs/data"
     assert set(ExperimentSpec.model_fields) >= {
-        "data", "pretrain", "finetune", "gan", "fusion", "ensemble", "serve", "cluster", "storage", "ray",
-    }  # fmt: skip
+        "data",
+        "pretrain",
+        "finetune",
+        "gan",
+        "fusion",
+        "ensemble",
+        "serve",
+        "cluster",
+        "storage",
+        "ray",
+    }
 
 
 def test_typo_is_an_error_with_a_suggestion(tmp_path):

@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -28,7 +29,10 @@ from .schema import MULTIMODAL_V1, TEXT_V1
 from .shards import write_shards
 from .tokenizer import save_tokenizer, train_tokenizer
 
-DATASET_VERSION = "digits-captions-v1"  # bump when the builders change what they write
+DATASET_VERSION = "digits-captions-v1"
+# The modules whose code determines the built bytes: their source is part of the build hash,
+# so editing a caption template rebuilds the data instead of silently keeping the old one.
+BUILDER_MODULES = ("digits.py", "corpus.py", "stdlib_docs.py", "schema.py", "images.py", "shards.py", "tokenizer.py")
 BUILD_FIELDS = (
     "dataset",
     "seed",
@@ -55,7 +59,9 @@ class BuiltData:
 def build_hash(spec: ExperimentSpec) -> str:
     """Hash of everything that determines the built bytes (not batch size or shuffling)."""
     fields = spec.data.model_dump(mode="json", include=set(BUILD_FIELDS))
-    key = {"fields": fields, "version": DATASET_VERSION, "python": sys.version_info[:2]}
+    here = Path(__file__).parent
+    code = hashlib.sha256(b"".join((here / name).read_bytes() for name in BUILDER_MODULES)).hexdigest()
+    key = {"fields": fields, "version": DATASET_VERSION, "code": code, "python": sys.version_info[:2]}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
@@ -90,8 +96,15 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
     multimodal = current("multimodal")
     if multimodal is None:
         batches = digit_batches(d.seed, fractions, d.caption_noise.vague, d.caption_noise.wrong, d.repeat)
-        multimodal = write_shards(storage, join(root, "multimodal"), batches, MULTIMODAL_V1, d.rows_per_shard, h,
-                                  meta={"dataset": d.dataset, "seed": d.seed})  # fmt: skip
+        multimodal = write_shards(
+            storage,
+            join(root, "multimodal"),
+            batches,
+            MULTIMODAL_V1,
+            d.rows_per_shard,
+            h,
+            meta={"dataset": d.dataset, "seed": d.seed},
+        )
         written.append("multimodal")
         log(
             f"  multimodal wrote {multimodal.meta['rows']} rows in {len(multimodal.files)} shards: {multimodal.meta['splits']}"
@@ -100,8 +113,15 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
     corpus = current("corpus")
     if corpus is None:
         batches = corpus_batches(d.seed, fractions, d.corpus_max_chars)
-        corpus = write_shards(storage, join(root, "corpus"), batches, TEXT_V1, d.rows_per_shard, h,
-                              meta={"python": ".".join(map(str, sys.version_info[:3]))})  # fmt: skip
+        corpus = write_shards(
+            storage,
+            join(root, "corpus"),
+            batches,
+            TEXT_V1,
+            d.rows_per_shard,
+            h,
+            meta={"python": ".".join(map(str, sys.version_info[:3]))},
+        )
         written.append("corpus")
         log(
             f"  corpus     wrote {corpus.meta['rows']} documents in {len(corpus.files)} shards: {corpus.meta['splits']}"

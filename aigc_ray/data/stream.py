@@ -7,6 +7,8 @@ The same Dataset feeds the driver (``aigc data stream``) or Ray Train workers, t
 from __future__ import annotations
 
 import collections
+import contextlib
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,8 +24,34 @@ from .tokenizer import load_fast_tokenizer
 MULTIMODAL_COLUMNS = ["id", "text", "image", "label", "split"]
 
 
-def read_split(spec: ExperimentSpec, storage: Storage, split: str = "train", part: str = "multimodal",
-               columns: list[str] | None = None, epoch: int = 0):  # fmt: skip
+@contextlib.contextmanager
+def parquet_read_knobs(read_unit_mb: float, footer_readers: int):
+    """Ray Data 2.60 reads these two Parquet knobs from the environment when ``read_parquet`` is
+    called (in the driver, at plan time), so set them for exactly that call."""
+    knobs = {
+        "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(int(read_unit_mb * 2**20)),
+        "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": str(footer_readers),
+    }
+    saved = {k: os.environ.get(k) for k in knobs}
+    os.environ.update(knobs)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def read_split(
+    spec: ExperimentSpec,
+    storage: Storage,
+    split: str = "train",
+    part: str = "multimodal",
+    columns: list[str] | None = None,
+    epoch: int = 0,
+):
     """A Ray Dataset of one split of a shard set, rows shuffled as the spec says (seed + epoch).
 
     Only ``columns`` (plus ``split``) are read from Parquet; the split filter is pushed down to Arrow.
@@ -39,7 +67,8 @@ def read_split(spec: ExperimentSpec, storage: Storage, split: str = "train", par
     seed = spec.data.seed + epoch
     wanted = list(dict.fromkeys([*(columns or MULTIMODAL_COLUMNS), "split"]))
     file_shuffle = FileShuffleConfig(seed=seed) if spec.data.shuffle == "files" else None
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=wanted, shuffle=file_shuffle)
+    with parquet_read_knobs(spec.data.read_unit_mb, spec.data.footer_readers):
+        ds = ray.data.read_parquet(paths, filesystem=fs, shuffle=file_shuffle).select_columns(wanted)
     # Parallel read tasks finish in any order; without this the "seeded" shuffle would permute a
     # differently ordered input each run, and the same seed would not give the same epoch.
     ds.context.execution_options.preserve_order = True
@@ -100,6 +129,7 @@ class EpochSummary:
     pixel_sum: float = 0.0
     ids: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    threads: int | None = None  # torch intra-op threads of the consuming process (pinned: 1)
 
     def add(self, batch: dict) -> None:
         n = len(batch["label"])

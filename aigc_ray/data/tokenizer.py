@@ -51,9 +51,12 @@ def save_tokenizer(storage: Storage, uri: str, tokenizer, spec_hash: str, inputs
             data = path.read_bytes()
             files[path.name] = FileEntry(sha256=storage.write_bytes(join(uri, path.name), data), bytes=len(data))
     manifest = Manifest(
-        kind="tokenizer/byte-bpe", spec_hash=spec_hash, inputs=inputs, files=files,
+        kind="tokenizer/byte-bpe",
+        spec_hash=spec_hash,
+        inputs=inputs,
+        files=files,
         meta={"vocab_size": len(tokenizer)},
-    )  # fmt: skip
+    )
     write_manifest(storage, uri, manifest)
     return manifest
 

@@ -116,6 +116,18 @@ class DataSpec(Section):
     shuffle: Literal["none", "files", "global"] = Field(
         "global", description="none: file order; files: shuffle shard order; global: full seeded row shuffle."
     )
+    read_unit_mb: float = Field(
+        4.0,
+        gt=0,
+        description="Target size of one Ray Data read task (in-memory MiB). Ray packs small shards into "
+        "128 MiB units by default: one task, no parallelism, for a dataset of small shards.",
+    )
+    footer_readers: int = Field(
+        2,
+        ge=1,
+        description="Actors Ray Data starts to read Parquet footers per epoch (its default, 32, "
+        "costs seconds and dozens of processes on a small machine).",
+    )
     equal_shards: bool = Field(
         True,
         description="Every training worker sees the same row count (synchronous training needs it; "

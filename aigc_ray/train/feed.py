@@ -47,18 +47,26 @@ class ShardingConfig(DataConfig):
 def train_feed_loop(config: dict) -> None:
     """Worker loop: consume this rank's shard once and write a summary (with row ids) to storage."""
     import ray.train
+    import torch
 
     ctx = ray.train.get_context()
     shard = ray.train.get_dataset_shard("train")
     summary = summarize(shard.iter_batches(batch_size=config["batch_size"], batch_format="numpy"))
-    record = {"rank": ctx.get_world_rank(), "rows": summary.rows, "ids": summary.ids,
-              "labels": dict(summary.labels), "seconds": summary.seconds}  # fmt: skip
+    record = {
+        "rank": ctx.get_world_rank(),
+        "rows": summary.rows,
+        "ids": summary.ids,
+        "labels": dict(summary.labels),
+        "seconds": summary.seconds,
+        "threads": torch.get_num_threads(),
+    }
     Storage(config["s3"]).write_json(join(config["out_uri"], f"rank-{record['rank']}.json"), record)
     ray.train.report({"rows": summary.rows})
 
 
-def stream_to_workers(spec: ExperimentSpec, storage: Storage, num_workers: int = 2, split: str = "train",
-                      equal: bool | None = None) -> list[EpochSummary]:  # fmt: skip
+def stream_to_workers(
+    spec: ExperimentSpec, storage: Storage, num_workers: int = 2, split: str = "train", equal: bool | None = None
+) -> list[EpochSummary]:
     """Stream one epoch of ``split`` into ``num_workers`` Train workers; one summary per rank."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -83,5 +91,13 @@ def stream_to_workers(spec: ExperimentSpec, storage: Storage, num_workers: int =
         record = json.loads(storage.read_bytes(uri))
         storage.delete(uri)
         labels = collections.Counter({int(k): v for k, v in record["labels"].items()})
-        summaries.append(EpochSummary(rows=record["rows"], labels=labels, ids=record["ids"], seconds=record["seconds"]))
+        summaries.append(
+            EpochSummary(
+                rows=record["rows"],
+                labels=labels,
+                ids=record["ids"],
+                seconds=record["seconds"],
+                threads=record["threads"],
+            )
+        )
     return summaries

@@ -1,0 +1,187 @@
+"""Benchmark: Ray Data streaming shards from an S3 server vs plain pyarrow reading the same shards.
+
+Starts moto's S3 server on loopback, builds the embedded dataset there (``--repeat`` copies, for
+enough rows to time), starts a local Ray, and times, side by side in this process tree:
+
+  read     : projected columns (id, text, image, label) of every shard, iterated in batches
+  pipeline : the same plus PNG decode + caption tokenization (Ray Data: map_batches over the
+             cluster's CPUs; baseline: the same function called in this process)
+
+Ray's start-up and one warm-up pass are excluded; each figure is the median of ``--runs`` runs.
+Prints one line per comparison with the word ``ratio`` (Ray Data rows/s ÷ pyarrow rows/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+COLUMNS = ["id", "text", "image", "label"]
+
+
+def start_s3() -> tuple[subprocess.Popen, str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto server did not start")
+
+
+def pyarrow_pass(storage, files, batch_size, preprocess=None) -> int:
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for uri in files:
+        fs, path = storage.filesystem(uri)
+        with fs.open_input_file(path) as f:
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=COLUMNS):
+                if preprocess:
+                    preprocess({name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names})
+                rows += batch.num_rows
+    return rows
+
+
+def ray_pass(ds, batch_size) -> int:
+    return sum(len(b["label"]) for b in ds.iter_batches(batch_size=batch_size, batch_format="numpy"))
+
+
+def timed(fn, runs: int) -> tuple[float, int]:
+    fn()  # warm-up: caches, lazy imports, worker start
+    times, rows = [], 0
+    for _ in range(runs):
+        start = time.perf_counter()
+        rows = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--repeat", type=int, default=100, help="copies of the 1,797 digits (default 100: 179,700 rows)"
+    )
+    parser.add_argument("--rows-per-shard", type=int, default=8192)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    import ray
+
+    from aigc_ray.data.build import build_data
+    from aigc_ray.data.shards import shard_files
+    from aigc_ray.data.stream import parquet_read_knobs, preprocess_multimodal
+    from aigc_ray.spec import load_spec
+    from aigc_ray.storage import Storage, join
+
+    proc, endpoint = start_s3()
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="bench")
+        spec = load_spec(
+            None,
+            [
+                "storage.root=s3://bench/run",
+                f"storage.endpoint_url={endpoint}",
+                f"data.repeat={args.repeat}",
+                f"data.rows_per_shard={args.rows_per_shard}",
+                "data.corpus_max_chars=20000",
+                "data.shuffle=none",
+            ],
+        )
+        storage = Storage.from_spec(spec.storage)
+        build_data(spec, storage, log=lambda *_: None)
+        files = shard_files(storage, join(spec.data_uri, "multimodal"))
+        fs, _ = storage.filesystem(files[0])
+        paths = [storage.filesystem(f)[1] for f in files]
+        tok_kwargs = {
+            "s3": storage.s3,
+            "tokenizer_uri": join(spec.data_uri, "tokenizer"),
+            "max_len": spec.data.max_seq_len,
+        }
+
+        ray.init(
+            num_cpus=os.cpu_count(),
+            include_dashboard=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        )
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+
+        def ray_read():
+            with parquet_read_knobs(spec.data.read_unit_mb, spec.data.footer_readers):
+                return ray.data.read_parquet(paths, filesystem=fs).select_columns(COLUMNS)
+
+        def ray_pipeline():
+            return ray_read().map_batches(
+                preprocess_multimodal, batch_format="numpy", batch_size=args.batch_size, fn_kwargs=tok_kwargs
+            )
+
+        def baseline_pre(batch):
+            batch["split"] = None
+            return preprocess_multimodal(batch, **tok_kwargs)
+
+        comparisons = [
+            (
+                "read",
+                lambda: ray_pass(ray_read(), args.batch_size),
+                lambda: pyarrow_pass(storage, files, args.batch_size),
+            ),
+            (
+                "pipeline",
+                lambda: ray_pass(ray_pipeline(), args.batch_size),
+                lambda: pyarrow_pass(storage, files, args.batch_size, baseline_pre),
+            ),
+        ]
+        print(
+            f"{len(files)} shards, {args.repeat * 1797} rows on S3 at {endpoint}; {os.cpu_count()} CPUs; "
+            f"median of {args.runs} runs after a warm-up"
+        )
+        for name, ray_fn, base_fn in comparisons:
+            t_ray, n_ray = timed(ray_fn, args.runs)
+            t_base, n_base = timed(base_fn, args.runs)
+            assert n_ray == n_base, f"{name}: Ray Data read {n_ray} rows, pyarrow {n_base}"
+            r_ray, r_base = n_ray / t_ray, n_base / t_base
+            print(
+                f"{name:<9} ray_data {r_ray:>10,.0f} rows/s  pyarrow {r_base:>10,.0f} rows/s  ratio {r_ray / r_base:.2f}"
+            )
+        ray.shutdown()
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+if __name__ == "__main__":
+    main()
