@@ -115,6 +115,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from .runtime import ray_session
+    from .train.pretrain import pretrain
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    p = spec.pretrain
+    print(
+        f"pretraining a {p.model_family} ({p.objective}) model, {p.model.preset} {p.model.dims}, "
+        f"ZeRO-{p.zero_stage} {p.precision}, {p.num_workers} worker(s), {p.max_steps} steps"
+    )
+    with ray_session(spec, args.address):
+        result = pretrain(spec, storage)
+    print(f"export: {result.export_uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
@@ -132,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     _address_arg(p)
     p.add_argument("--workers", type=int, default=0, help="stream into N Ray Train workers instead of the driver")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("pretrain", help="pretrain a causal or masked LM with Ray Train + DeepSpeed; export to HF")
+    _spec_args(p)
+    _address_arg(p)
+    p.set_defaults(func=cmd_pretrain)
 
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

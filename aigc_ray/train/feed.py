@@ -20,6 +20,18 @@ from ..spec import ExperimentSpec
 from ..storage import Storage, join
 
 
+def ordered_ingest_options():
+    """Ray Train's ingest options with ``preserve_order`` on.
+
+    DataConfig replaces a dataset's execution options with ones copied from the *driver's*
+    current DataContext, dropping the dataset's own ``preserve_order``: without this, each
+    worker would see the "same" stream in its own order.
+    """
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 class ShardingConfig(DataConfig):
     """Ray Train's DataConfig with the choice Ray hard-codes exposed: ``equal``.
 
@@ -29,6 +41,7 @@ class ShardingConfig(DataConfig):
     """
 
     def __init__(self, equal: bool = True, **kwargs):
+        kwargs.setdefault("execution_options", ordered_ingest_options())
         super().__init__(**kwargs)
         self._equal = equal
 

@@ -1,0 +1,73 @@
+"""Language-model samples: the corpus tokenized and packed into fixed-length blocks.
+
+Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved; the
+documents are joined with ``</s>`` and cut into ``seq_len``-token blocks, dropping the tail.
+The same packing runs without Ray (``local_blocks``) for torchrun and for evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..spec import ExperimentSpec
+from ..storage import S3Settings, Storage, join
+from .shards import shard_files
+from .stream import read_split
+from .tokenizer import load_fast_tokenizer
+
+
+def tokenize_documents(batch: dict, s3: S3Settings, tokenizer_uri: str) -> dict:
+    """Token ids of each document followed by ``</s>`` (a variable-length list column)."""
+    tok = load_fast_tokenizer(s3, tokenizer_uri)
+    eos = tok.token_to_id("</s>")
+    encodings = tok.encode_batch([str(t) for t in batch["text"]])
+    tokens = np.empty(len(encodings), dtype=object)  # ragged: one array per document
+    for i, enc in enumerate(encodings):
+        tokens[i] = np.array([*enc.ids, eos], dtype=np.int32)
+    return {"tokens": tokens}
+
+
+def pack_blocks(token_arrays: Iterable[np.ndarray], block_len: int) -> np.ndarray:
+    """Concatenate token arrays in order and cut into rows of ``block_len`` (tail dropped)."""
+    arrays = [np.asarray(a, dtype=np.int32) for a in token_arrays]
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+    n = len(flat) // block_len
+    return flat[: n * block_len].reshape(n, block_len)
+
+
+def corpus_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
+    """Ray Dataset of the split's documents as token arrays, in a fixed order (no shuffling:
+    the training sampler shuffles blocks deterministically itself)."""
+    unshuffled = spec.model_copy(deep=True)
+    unshuffled.data.shuffle = "none"
+    ds = read_split(unshuffled, storage, split, part="corpus", columns=["id", "text"])
+    ds.context.enable_progress_bars = False  # runs inside every Train worker: bars would interleave
+    return ds.map_batches(
+        tokenize_documents,
+        batch_format="numpy",
+        fn_kwargs={"s3": storage.s3, "tokenizer_uri": join(spec.data_uri, "tokenizer")},
+    )
+
+
+def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
+    """Pack the token arrays a Ray Data iterator yields (inside a Train worker)."""
+    arrays: list[np.ndarray] = []
+    for batch in iterator.iter_batches(batch_format="numpy", batch_size=1024):
+        arrays.extend(batch["tokens"])
+    return pack_blocks(arrays, block_len)
+
+
+def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
+    """The same blocks without Ray: read the shards in file order and tokenize in-process."""
+    arrays: list[np.ndarray] = []
+    tokenizer_uri = join(spec.data_uri, "tokenizer")
+    for uri in shard_files(storage, join(spec.data_uri, "corpus")):
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=["text", "split"])
+        texts = [t for t, s in zip(table["text"].to_pylist(), table["split"].to_pylist(), strict=True) if s == split]
+        if texts:
+            arrays.extend(tokenize_documents({"text": texts}, storage.s3, tokenizer_uri)["tokens"])
+    return pack_blocks(arrays, block_len)

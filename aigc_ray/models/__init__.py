@@ -1,0 +1,1 @@
+"""Model builders: causal and masked language models (later: GAN, fusion, ensemble combiners)."""

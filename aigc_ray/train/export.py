@@ -1,0 +1,113 @@
+"""From a reported training checkpoint to a plain Hugging Face folder (safetensors), and the
+things a person looks at beside it: evaluation, generated samples, loss curve, TensorBoard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .loop import CKPT_TAG, HF_CONFIG_FILE, STATE_FILE
+
+SAMPLE_PROMPTS = ("a handwritten", "Return the", "The default value is")
+
+
+def consolidated_state_dict(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    """fp32 weights gathered from every rank's ZeRO shards (stages 1-3), or the module state of
+    a stage-0 checkpoint."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    tag_dir = Path(ckpt_dir, CKPT_TAG)
+    if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("zero_pp_rank_*")):
+        return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=CKPT_TAG)
+    # Stage 0: the module weights are whole in the model-states file (our own file: trusted).
+    states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def load_export_model(ckpt_dir: str):
+    """A plain ``transformers`` model holding the checkpoint's consolidated weights."""
+    from transformers import AutoConfig
+
+    from ..models.lm import build_lm
+
+    config = AutoConfig.for_model(**json.loads(Path(ckpt_dir, HF_CONFIG_FILE).read_text()))
+    model = build_lm(config)
+    missing, unexpected = model.load_state_dict(consolidated_state_dict(ckpt_dir), strict=False)
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    really_missing = [k for k in missing if k not in tied and "lm_head" not in k and "decoder.weight" not in k]
+    if really_missing or unexpected:
+        raise RuntimeError(f"checkpoint does not match the model: missing {really_missing}, unexpected {unexpected}")
+    model.tie_weights()
+    return model.eval()
+
+
+def plain_eval_loss(model, blocks: np.ndarray, loop_cfg) -> float:
+    """Mean loss of a plain model on the held-out micro-batches the engine evaluated."""
+    from .loop import batch_for, eval_chunks
+
+    micro = loop_cfg.pretrain.micro_batch_size
+    chunks = eval_chunks(len(blocks), micro, loop_cfg.pretrain.eval_batches)
+    losses = []
+    with torch.no_grad():
+        for c in range(chunks):
+            rows = np.arange(c * micro, (c + 1) * micro)
+            losses.append(float(model(**batch_for(blocks, rows, loop_cfg, step=-1, chunk=c, device="cpu")).loss))
+    return sum(losses) / max(len(losses), 1)
+
+
+def samples(model, tokenizer, objective: str) -> list[str]:
+    """A few generations (CLM, greedy) or fill-mask predictions (MLM) a person can read."""
+    out = []
+    for prompt in SAMPLE_PROMPTS:
+        if objective == "clm":
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            gen = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out.append(tokenizer.decode(gen[0], skip_special_tokens=True))
+        else:
+            text = f"{prompt} {tokenizer.mask_token} value"
+            enc = tokenizer(text, return_tensors="pt")
+            logits = model(**enc).logits[0]
+            pos = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]
+            out.append(text.replace(tokenizer.mask_token, f"[{tokenizer.decode(logits[pos].argmax())}]"))
+    return out
+
+
+def loss_curve_png(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot([h["step"] for h in history], [h["loss"] for h in history], label="train loss")
+    evals = [h for h in history if "eval_loss" in h]
+    if evals:
+        ax.scatter(
+            [h["step"] for h in evals], [h["eval_loss"] for h in evals], color="C3", label="held-out loss", zorder=3
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def tensorboard_events(history: list[dict], log_dir: Path) -> None:
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for h in history:
+            for key in ("loss", "lr", "tokens_per_s", "eval_loss", "eval_perplexity", "eval_masked_accuracy"):
+                if key in h and h[key] is not None and not (isinstance(h[key], float) and math.isnan(h[key])):
+                    writer.add_scalar(f"pretrain/{key}", h[key], h["step"])
+
+
+def read_state(ckpt_dir: str) -> dict:
+    return json.loads(Path(ckpt_dir, STATE_FILE).read_text())

@@ -1,0 +1,301 @@
+"""The training loop: plain torch.distributed + DeepSpeed, the same under Ray Train or torchrun.
+
+``run_training`` knows nothing of Ray. What differs between launchers — where the data comes
+from, where checkpoints go, how metrics are reported — is behind ``Hooks`` (``RayHooks`` in
+``pretrain.py``; ``LocalHooks`` here for ``torchrun -m aigc_ray.train.loop``).
+
+Data position is the step number (see ``sampler.py``): a checkpoint holds the DeepSpeed state
+plus ``step``, and a resumed run continues with exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..spec.sections import PretrainSpec
+from .ds_config import deepspeed_config
+from .sampler import GlobalBatchOrder
+
+CKPT_TAG = "ckpt"  # one fixed DeepSpeed tag: each reported checkpoint folder holds one state
+STATE_FILE = "aigc_state.json"
+HF_CONFIG_FILE = "hf_config.json"
+
+
+@dataclass
+class LoopConfig:
+    """Everything one worker needs; picklable, passed through ``train_loop_config``."""
+
+    pretrain: PretrainSpec
+    hf_config: dict
+    seed: int
+    special_ids: dict[str, int]
+    extra: dict = field(default_factory=dict)
+
+
+class Hooks:
+    """What the launcher provides to the loop."""
+
+    def train_blocks(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def eval_blocks(self) -> np.ndarray | None:
+        return None
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[str | None]:
+        yield None
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        raise NotImplementedError
+
+
+def stable_seed(*parts) -> int:
+    """A seed from values, equal in every process (``hash()`` of a str is salted per process)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _mlm_inputs(blocks: torch.Tensor, gen: torch.Generator, mask_prob: float, ids: dict[str, int], vocab: int):
+    """BERT masking: ``mask_prob`` of non-special tokens chosen; of those 80 % [MASK], 10 % random, 10 % kept."""
+    labels = blocks.clone()
+    chosen = torch.rand(blocks.shape, generator=gen) < mask_prob
+    chosen &= blocks != ids["pad"]
+    labels[~chosen] = -100
+    inputs = blocks.clone()
+    roll = torch.rand(blocks.shape, generator=gen)
+    inputs[chosen & (roll < 0.8)] = ids["mask"]
+    random_tok = torch.randint(0, vocab, blocks.shape, generator=gen)
+    swap = chosen & (roll >= 0.8) & (roll < 0.9)
+    inputs[swap] = random_tok[swap]
+    return inputs, labels
+
+
+def batch_for(blocks: np.ndarray, rows: np.ndarray, cfg: LoopConfig, step: int, chunk: int, device) -> dict:
+    """Model inputs for ``rows`` of ``blocks``. MLM masks are a function of (seed, step, chunk
+    position in the global batch), never of the rank, so resuming on another world size agrees."""
+    x = torch.from_numpy(blocks[rows].astype(np.int64))
+    if cfg.pretrain.objective == "clm":
+        return {"input_ids": x.to(device), "labels": x.to(device)}
+    gen = torch.Generator().manual_seed(stable_seed(cfg.seed, step, chunk, "mask"))
+    inputs, labels = _mlm_inputs(x, gen, cfg.pretrain.mask_prob, cfg.special_ids, cfg.hf_config["vocab_size"])
+    return {"input_ids": inputs.to(device), "labels": labels.to(device)}
+
+
+def _all_mean(value: float, device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return float(t.item()) / torch.distributed.get_world_size()
+
+
+def build_engine(cfg: LoopConfig, world: int):
+    """Model + DeepSpeed engine. ZeRO-3 models are built while an HfDeepSpeedConfig is alive."""
+    import deepspeed
+    from transformers import AutoConfig
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from ..models.lm import build_lm
+
+    ds_config = deepspeed_config(cfg.pretrain, world)
+    hf_config = AutoConfig.for_model(**cfg.hf_config)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    keep_alive = HfDeepSpeedConfig(ds_config) if cfg.pretrain.zero_stage == 3 else None
+    model = build_lm(hf_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    del keep_alive
+    return engine
+
+
+def eval_chunks(num_blocks: int, micro: int, batches: int) -> int:
+    """How many held-out micro-batches to evaluate: the first ``batches`` that exist."""
+    return min(batches, num_blocks // micro)
+
+
+def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int) -> dict:
+    """Held-out loss/perplexity (CLM) or masked accuracy (MLM) on the first ``eval_batches``
+    micro-batches of the split — the same rows and masks at any world size, so a plain model
+    evaluated on one process gives the same number. Chunk ``c`` goes to rank ``c % world``;
+    every rank runs the same number of forward passes (ZeRO-3 forwards are collective)."""
+    engine.eval()
+    micro = cfg.pretrain.micro_batch_size
+    chunks = eval_chunks(len(blocks), micro, cfg.pretrain.eval_batches)
+    stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct masked tokens, masked tokens
+    with torch.no_grad():
+        for c in range(rank, math.ceil(chunks / world) * world, world):
+            real = c < chunks
+            rows = np.arange(c * micro, (c + 1) * micro) if real else np.arange(micro)  # padding pass
+            inputs = batch_for(blocks, rows, cfg, step=-1, chunk=c, device=engine.device)
+            out = engine(**inputs)
+            if not real:
+                continue
+            stats[0] += float(out.loss)
+            if cfg.pretrain.objective == "mlm":
+                target = inputs["labels"] != -100
+                stats[1] += float((out.logits.argmax(-1)[target] == inputs["labels"][target]).sum())
+                stats[2] += float(target.sum())
+    engine.train()
+    torch.distributed.all_reduce(stats)
+    loss = float(stats[0]) / max(chunks, 1)
+    result = {"eval_loss": loss, "eval_batches": chunks}
+    if cfg.pretrain.objective == "clm":
+        result["eval_perplexity"] = math.exp(min(loss, 50))
+    else:
+        result["eval_masked_accuracy"] = float(stats[1] / max(float(stats[2]), 1))
+    return result
+
+
+def save_checkpoint(engine, cfg: LoopConfig, step: int, history: list, world: int, path: str) -> None:
+    """This rank's part of a checkpoint (DeepSpeed writes rank-named files) plus, on rank 0, the
+    loop state and the HF config needed to export it."""
+    engine.save_checkpoint(path, tag=CKPT_TAG, client_state={"step": step})
+    if torch.distributed.get_rank() == 0:
+        state = {"step": step, "world_size": world, "history": history, "seed": cfg.seed}
+        Path(path, STATE_FILE).write_text(json.dumps(state))
+        Path(path, HF_CONFIG_FILE).write_text(json.dumps(cfg.hf_config))
+
+
+def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
+    """Train ``cfg.pretrain.max_steps`` global steps, resuming from the hooks' latest checkpoint."""
+    import tempfile
+
+    p = cfg.pretrain
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    blocks = hooks.train_blocks()
+    order = GlobalBatchOrder(len(blocks), p.global_batch_size, cfg.seed)
+    engine = build_engine(cfg, world)
+    start, history = 0, []
+    with hooks.latest_checkpoint() as ckpt:
+        if ckpt:
+            state = json.loads(Path(ckpt, STATE_FILE).read_text())
+            same_world = state["world_size"] == world
+            engine.load_checkpoint(ckpt, tag=CKPT_TAG, load_optimizer_states=same_world, load_lr_scheduler_states=True)
+            if not same_world:
+                _load_consolidated(engine, ckpt)
+            start, history = state["step"], state["history"]
+            if rank == 0:
+                print(f"[pretrain] resumed at step {start} from a {state['world_size']}-worker checkpoint", flush=True)
+    ga = p.grad_accum_steps * p.num_workers // world  # same global batch on any world size
+    tokens_per_step = p.global_batch_size * p.seq_len
+    t_last, started = time.perf_counter(), time.perf_counter()
+    for step in range(start, p.max_steps):
+        losses = []
+        for micro in range(ga):
+            rows = order.micro_indices(step, micro, rank, world, p.micro_batch_size)
+            chunk = micro * world + rank  # position of these rows in the global batch
+            # Dropout masks from (seed, step, chunk): a resumed run, or one on another world size,
+            # draws the same masks as an uninterrupted one.
+            torch.manual_seed(stable_seed(cfg.seed, step, chunk, "dropout"))
+            out = engine(**batch_for(blocks, rows, cfg, step, chunk, engine.device))
+            engine.backward(out.loss)
+            engine.step()
+            losses.append(float(out.loss))
+        loss = _all_mean(sum(losses) / len(losses), engine.device)
+        now = time.perf_counter()
+        record = {
+            "step": step + 1,
+            "loss": loss,
+            "lr": engine.get_lr()[0],
+            "tokens_per_s": tokens_per_step / (now - t_last),
+            "epoch": order.epoch_of(step + 1),
+        }
+        t_last = now
+        history.append(record)
+        last = step + 1 == p.max_steps
+        if rank == 0 and ((step + 1) % p.log_every == 0 or last or step == start):
+            eta = (now - started) / (step + 1 - start) * (p.max_steps - step - 1)
+            print(
+                f"[pretrain] step {step + 1}/{p.max_steps} loss {loss:.4f} lr {record['lr']:.2e} "
+                f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f}s",
+                flush=True,
+            )
+        if (step + 1) % p.checkpoint_every == 0 or last:
+            metrics = dict(record)
+            if last and (eval_blocks := hooks.eval_blocks()) is not None:
+                metrics.update(evaluate(engine, cfg, eval_blocks, rank, world))
+                history[-1] = {**record, **metrics}
+            with tempfile.TemporaryDirectory(prefix=f"aigc-ckpt-r{rank}-") as d:
+                save_checkpoint(engine, cfg, step + 1, history, world, d)
+                hooks.report(metrics, d)
+        elif (step + 1) % p.log_every == 0:
+            hooks.report(dict(record), None)
+
+
+def _load_consolidated(engine, ckpt: str) -> None:
+    """Different world size: ZeRO optimizer shards don't fit, so load the consolidated fp32
+    weights from all shards (every rank has the whole checkpoint folder) and keep a fresh
+    optimizer; the schedule and data position still continue from the checkpoint."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state_dict = get_fp32_state_dict_from_zero_checkpoint(ckpt, tag=CKPT_TAG)
+    if engine.zero_optimization_stage() == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=0):
+            if torch.distributed.get_rank() == 0:
+                engine.module.load_state_dict(state_dict, strict=False)
+    else:
+        engine.module.load_state_dict(state_dict, strict=False)
+        if hasattr(engine.optimizer, "refresh_fp32_params"):  # ZeRO 1/2 keep fp32 masters apart
+            engine.optimizer.refresh_fp32_params()
+
+
+class LocalHooks(Hooks):
+    """torchrun: data read in-process, checkpoints in a local folder, metrics printed."""
+
+    def __init__(self, spec, out_dir: str):
+        from ..data.lm_blocks import local_blocks
+        from ..storage import Storage
+
+        self.out = Path(out_dir)
+        storage = Storage.from_spec(spec.storage)
+        self._train = local_blocks(spec, storage, "train", spec.pretrain.seq_len)
+        self._eval = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
+
+    def train_blocks(self):
+        return self._train
+
+    def eval_blocks(self):
+        return self._eval
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        yield str(self.out) if (self.out / STATE_FILE).exists() else None
+
+    def report(self, metrics, checkpoint_dir):
+        if checkpoint_dir and torch.distributed.get_rank() == 0:
+            print(json.dumps(metrics), flush=True)
+        if checkpoint_dir:
+            import shutil
+
+            shutil.copytree(checkpoint_dir, self.out, dirs_exist_ok=True)
+
+
+def main() -> None:
+    """``torchrun --nproc-per-node N -m aigc_ray.train.loop SPEC OUT_DIR``: the same loop, no Ray."""
+    import sys
+
+    import deepspeed
+
+    from ..spec import load_spec
+    from .pretrain import loop_config
+
+    spec_path, out_dir = sys.argv[1], sys.argv[2]
+    spec = load_spec(spec_path, sys.argv[3:])
+    deepspeed.init_distributed(dist_backend="nccl" if spec.pretrain.use_gpu else "gloo")
+    if os.environ.get("LOCAL_RANK") and spec.pretrain.use_gpu:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    run_training(loop_config(spec), LocalHooks(spec, out_dir))
+
+
+if __name__ == "__main__":
+    main()

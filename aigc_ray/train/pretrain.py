@@ -1,0 +1,199 @@
+"""``aigc pretrain``: launch the training loop on Ray Train, then export and evaluate.
+
+Ray Data tokenizes the corpus; every worker receives the whole (unsplit) token stream and takes
+its micro-batches of each deterministic global batch (``sampler.py``). Ray Train runs the loop
+with ``FailureConfig`` restarts from the latest checkpoint, keeps the last K checkpoints, and
+resumes a re-run with the same run name from the run's storage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..data.build import build_data
+from ..data.lm_blocks import blocks_from_dataset_iterator, corpus_token_dataset, local_blocks
+from ..data.tokenizer import download_tokenizer
+from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
+from ..runtime import cpus_per_train_worker
+from ..spec import ExperimentSpec, spec_hash
+from ..storage import Storage, join, parse_uri, sha256_bytes
+from .feed import ordered_ingest_options
+from .loop import Hooks, LoopConfig, run_training
+
+
+def loop_config(spec: ExperimentSpec) -> LoopConfig:
+    """The worker's config: the pretrain section, the HF model config and the tokenizer's ids."""
+    from tokenizers import Tokenizer
+
+    from ..models.lm import lm_config
+
+    storage = Storage.from_spec(spec.storage)
+    tok = Tokenizer.from_str(storage.read_bytes(join(spec.data_uri, "tokenizer", "tokenizer.json")).decode())
+    special = {
+        name: tok.token_to_id(t)
+        for name, t in {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}.items()
+    }
+    config = lm_config(spec.pretrain, tok.get_vocab_size(), special)
+    return LoopConfig(pretrain=spec.pretrain, hf_config=config.to_dict(), seed=spec.data.seed, special_ids=special)
+
+
+class RayHooks(Hooks):
+    """Inside a Ray Train worker: data from Ray Data, checkpoints and metrics via ray.train."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+
+    def train_blocks(self):
+        import ray.train
+
+        return blocks_from_dataset_iterator(ray.train.get_dataset_shard("train"), self.seq_len)
+
+    def eval_blocks(self):
+        import ray.train
+
+        return blocks_from_dataset_iterator(ray.train.get_dataset_shard("val"), self.seq_len)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self):
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as d:
+            yield d
+
+    def report(self, metrics, checkpoint_dir):
+        import ray.train
+
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg: LoopConfig = config["loop"]
+    run_training(cfg, RayHooks(cfg.pretrain.seq_len))
+
+
+@dataclass
+class PretrainResult:
+    export_uri: str
+    metrics: dict
+    checkpoint_path: str
+    eval: dict
+
+
+def run_dir(spec: ExperimentSpec) -> str:
+    return join(spec.storage.root, spec.name, "pretrain")
+
+
+def _run_config(spec: ExperimentSpec, storage: Storage):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    root = join(run_dir(spec), "ray")
+    fs, path = storage.filesystem(root)
+    loc = parse_uri(root)
+    return RunConfig(
+        name="train",
+        storage_path=path,
+        storage_filesystem=fs if loc.scheme == "s3" else None,
+        failure_config=FailureConfig(max_failures=spec.pretrain.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.pretrain.keep_checkpoints),
+    )
+
+
+def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResult:
+    """Train, export to ``<root>/<name>/pretrain/export`` and evaluate; returns where and how well."""
+    import ray
+    from ray.train import DataConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    built = build_data(spec, storage, log=log)
+    p = spec.pretrain
+    cpus = p.cpus_per_worker or cpus_per_train_worker(
+        p.num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus
+    )
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"loop": loop_config(spec)},
+        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker={"CPU": cpus}),
+        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+        datasets={
+            "train": corpus_token_dataset(spec, storage, "train"),
+            "val": corpus_token_dataset(spec, storage, "val"),
+        },
+        # Every worker gets the whole token stream, in order; the sampler picks its rows.
+        dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered_ingest_options()),
+        run_config=_run_config(spec, storage),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    log(
+        f"[pretrain] finished: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})}"
+    )
+    inputs = {
+        join(built.root, "corpus"): built.corpus.fingerprint,
+        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
+    }
+    with result.checkpoint.as_directory() as ckpt:
+        export_uri, evaluation = export(spec, storage, ckpt, inputs | {"checkpoint": result.checkpoint.path}, log)
+    return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
+
+
+def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=print) -> tuple[str, dict]:
+    """Consolidate ``ckpt`` into a plain HF folder (safetensors + tokenizer), evaluate it with no
+    code of ours beyond loading, and write it with eval, samples and plots to storage."""
+    from transformers import AutoTokenizer
+
+    from .export import load_export_model, loss_curve_png, plain_eval_loss, read_state, samples, tensorboard_events
+
+    export_uri = join(run_dir(spec), "export")
+    state = read_state(ckpt)
+    engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
+    cfg = loop_config(spec)
+    with tempfile.TemporaryDirectory(prefix="aigc-export-") as tmp:
+        out = Path(tmp, "export")
+        model = load_export_model(ckpt)
+        model.save_pretrained(out, safe_serialization=True)
+        download_tokenizer(storage, join(spec.data_uri, "tokenizer"), out)
+        tokenizer = AutoTokenizer.from_pretrained(out)
+        val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
+        evaluation = {
+            **{k: v for k, v in engine_eval.items() if k.startswith("eval_")},
+            "export_eval_loss": plain_eval_loss(model, val, cfg),
+            "step": state["step"],
+        }
+        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+        texts = samples(model, tokenizer, spec.pretrain.objective)
+        (out / "samples.txt").write_text("\n".join(texts) + "\n")
+        loss_curve_png(state["history"], out / "loss.png", f"{spec.name}: {spec.pretrain.model_family} pretraining")
+        tensorboard_events(state["history"], out / "tensorboard")
+        (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
+        files = {}
+        for path in sorted(x for x in out.rglob("*") if x.is_file()):
+            data = path.read_bytes()
+            rel = path.relative_to(out).as_posix()
+            storage.write_bytes(join(export_uri, rel), data)
+            files[rel] = FileEntry(sha256=sha256_bytes(data), bytes=len(data))
+        manifest = Manifest(
+            kind=f"model/hf-{'causal' if spec.pretrain.objective == 'clm' else 'masked'}-lm",
+            spec_hash=spec_hash(spec, "data", "pretrain"),
+            inputs={k: str(v) for k, v in inputs.items()},
+            files=files,
+            meta={"eval": evaluation, "params": sum(p.numel() for p in model.parameters())},
+        )
+        previous = read_manifest(storage, export_uri)
+        write_manifest(storage, export_uri, manifest)
+        if previous:  # files of an earlier export that this one does not have
+            for stale in set(previous.files) - set(files):
+                storage.delete(join(export_uri, stale))
+    for line in texts:
+        log(f"[pretrain] sample: {line!r}")
+    log(f"[pretrain] exported to {export_uri}: {json.dumps(evaluation)}")
+    return export_uri, evaluation
