@@ -106,6 +106,9 @@ def build_engine(cfg: LoopConfig, world: int):
 
     from ..models.lm import build_lm
 
+    # Wraps the process group Ray Train (or torchrun) created, so DeepSpeed's own config code
+    # (HfDeepSpeedConfig under ZeRO-3) sees the real world size.
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.pretrain.use_gpu else "gloo")
     ds_config = deepspeed_config(cfg.pretrain, world)
     hf_config = AutoConfig.for_model(**cfg.hf_config)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -154,12 +157,12 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
     return result
 
 
-def save_checkpoint(engine, cfg: LoopConfig, step: int, history: list, world: int, path: str) -> None:
+def save_checkpoint(engine, cfg: LoopConfig, step: int, history: list, resumes: list, world: int, path: str) -> None:
     """This rank's part of a checkpoint (DeepSpeed writes rank-named files) plus, on rank 0, the
     loop state and the HF config needed to export it."""
     engine.save_checkpoint(path, tag=CKPT_TAG, client_state={"step": step})
     if torch.distributed.get_rank() == 0:
-        state = {"step": step, "world_size": world, "history": history, "seed": cfg.seed}
+        state = {"step": step, "world_size": world, "history": history, "resumes": resumes, "seed": cfg.seed}
         Path(path, STATE_FILE).write_text(json.dumps(state))
         Path(path, HF_CONFIG_FILE).write_text(json.dumps(cfg.hf_config))
 
@@ -173,7 +176,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
     blocks = hooks.train_blocks()
     order = GlobalBatchOrder(len(blocks), p.global_batch_size, cfg.seed)
     engine = build_engine(cfg, world)
-    start, history = 0, []
+    start, history, resumes = 0, [], []
     with hooks.latest_checkpoint() as ckpt:
         if ckpt:
             state = json.loads(Path(ckpt, STATE_FILE).read_text())
@@ -181,7 +184,8 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             engine.load_checkpoint(ckpt, tag=CKPT_TAG, load_optimizer_states=same_world, load_lr_scheduler_states=True)
             if not same_world:
                 _load_consolidated(engine, ckpt)
-            start, history = state["step"], state["history"]
+            start, history, resumes = state["step"], state["history"], state.get("resumes", [])
+            resumes.append({"at_step": start, "from_world_size": state["world_size"], "world_size": world})
             if rank == 0:
                 print(f"[pretrain] resumed at step {start} from a {state['world_size']}-worker checkpoint", flush=True)
     ga = p.grad_accum_steps * p.num_workers // world  # same global batch on any world size
@@ -224,7 +228,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
                 metrics.update(evaluate(engine, cfg, eval_blocks, rank, world))
                 history[-1] = {**record, **metrics}
             with tempfile.TemporaryDirectory(prefix=f"aigc-ckpt-r{rank}-") as d:
-                save_checkpoint(engine, cfg, step + 1, history, world, d)
+                save_checkpoint(engine, cfg, step + 1, history, resumes, world, d)
                 hooks.report(metrics, d)
         elif (step + 1) % p.log_every == 0:
             hooks.report(dict(record), None)

@@ -168,6 +168,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
             **{k: v for k, v in engine_eval.items() if k.startswith("eval_")},
             "export_eval_loss": plain_eval_loss(model, val, cfg),
             "step": state["step"],
+            "resumes": state.get("resumes", []),
         }
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
         texts = samples(model, tokenizer, spec.pretrain.objective)
