@@ -100,18 +100,24 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The pipeline so far: build the data, then stream an epoch of it through Ray Data."""
+    """The pipeline so far: build the data, stream an epoch of it, pretrain and export a model."""
     from .data.build import build_data
     from .runtime import ray_session
+    from .train.pretrain import pretrain
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    print(f"[1/2] data: {spec.data_uri}")
+    print(f"[1/3] data: {spec.data_uri}")
     build_data(spec, storage)
     with ray_session(spec, args.address):
-        print("[2/2] stream: one epoch of the train split through Ray Data")
+        print("[2/3] stream: one epoch of the train split through Ray Data")
         _stream(spec, storage, "train", args.workers)
-    print("pipeline finished")
+        p = spec.pretrain
+        print(
+            f"[3/3] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
+        )
+        result = pretrain(spec, storage)
+    print(f"pipeline finished: model at {result.export_uri}")
     return 0
 
 

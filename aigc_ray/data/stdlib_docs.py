@@ -22,7 +22,7 @@ MODULES = (
     "pprint", "queue", "random", "re", "sched", "secrets", "selectors", "shelve", "shlex", "shutil",
     "signal", "smtplib", "socket", "socketserver", "sqlite3", "statistics", "string", "struct",
     "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
-    "turtle", "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
+    "typing", "unittest", "urllib.parse", "urllib.request", "uuid", "warnings", "wave",
     "weakref", "xml.dom.minidom", "zipfile", "zoneinfo",
 )  # fmt: skip
 

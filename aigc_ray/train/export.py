@@ -65,7 +65,10 @@ def samples(model, tokenizer, objective: str) -> list[str]:
     for prompt in SAMPLE_PROMPTS:
         if objective == "clm":
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-            gen = model.generate(ids, max_new_tokens=24, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            torch.manual_seed(0)  # sampled, but the same text for the same weights
+            gen = model.generate(
+                ids, max_new_tokens=24, do_sample=True, top_k=40, temperature=0.8, pad_token_id=tokenizer.pad_token_id
+            )
             out.append(tokenizer.decode(gen[0], skip_special_tokens=True))
         else:
             text = f"{prompt} {tokenizer.mask_token} value"

@@ -211,6 +211,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             "lr": engine.get_lr()[0],
             "tokens_per_s": tokens_per_step / (now - t_last),
             "epoch": order.epoch_of(step + 1),
+            "time": time.time(),  # wall clock: lets a launcher measure start-up to first step
         }
         t_last = now
         history.append(record)
