@@ -97,7 +97,7 @@ def main() -> None:
         with ray_session(spec):
             result = pretrain(spec, storage, log=lambda *_: None)
             history = [
-                __import__("json").loads(x)
+                json.loads(x)
                 for x in storage.read_bytes(join(result.export_uri, "history.jsonl")).decode().splitlines()
             ]
         ray_rates = [h["tokens_per_s"] for h in history[10:]]
