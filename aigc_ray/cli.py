@@ -100,24 +100,27 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The pipeline so far: build the data, stream an epoch of it, pretrain and export a model."""
+    """The pipeline so far: data, a streamed epoch, pretraining, fine-tuning, a generated sample."""
     from .data.build import build_data
     from .runtime import ray_session
+    from .train.finetune import finetune, resolve_task
     from .train.pretrain import pretrain
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    print(f"[1/3] data: {spec.data_uri}")
+    print(f"[1/4] data: {spec.data_uri}")
     build_data(spec, storage)
     with ray_session(spec, args.address):
-        print("[2/3] stream: one epoch of the train split through Ray Data")
+        print("[2/4] stream: one epoch of the train split through Ray Data")
         _stream(spec, storage, "train", args.workers)
-        p = spec.pretrain
+        p, f = spec.pretrain, spec.finetune
         print(
-            f"[3/3] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
+            f"[3/4] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
         )
-        result = pretrain(spec, storage)
-    print(f"pipeline finished: model at {result.export_uri}")
+        pretrained = pretrain(spec, storage)
+        print(f"[4/4] finetune: {f.base} for '{resolve_task(spec)}' ({f.mode}), {f.max_steps} steps")
+        finetuned, _ = finetune(spec, storage)
+    print(f"pipeline finished: pretrained {pretrained.export_uri}, fine-tuned {finetuned}")
     return 0
 
 
@@ -135,6 +138,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     with ray_session(spec, args.address):
         result = pretrain(spec, storage)
     print(f"export: {result.export_uri}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .runtime import ray_session
+    from .train.finetune import finetune, resolve_task
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    f = spec.finetune
+    print(
+        f"fine-tuning the {f.base} model for '{resolve_task(spec)}' ({f.mode}), {f.num_workers} worker(s), {f.max_steps} steps"
+    )
+    with ray_session(spec, args.address):
+        uri, _ = finetune(spec, storage)
+    print(f"export: {uri}")
     return 0
 
 
@@ -160,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     _address_arg(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune (full / frozen layers / LoRA) our export or MiniLM; export to HF")
+    _spec_args(p)
+    _address_arg(p)
+    p.set_defaults(func=cmd_finetune)
 
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

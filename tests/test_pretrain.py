@@ -81,8 +81,8 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
 
 def _committed_checkpoints(storage: Storage, ckpt_root: str) -> int:
     """Checkpoints Ray Train has registered (its snapshot is written after a checkpoint commits)."""
-    snapshot = join(ckpt_root, "train", "checkpoint_manager_snapshot.json")
-    return len(storage.read_json(snapshot)["checkpoint_results"]) if storage.exists(snapshot) else 0
+    snapshots = [f for f in storage.list_files(ckpt_root) if f.endswith("checkpoint_manager_snapshot.json")]
+    return sum(len(storage.read_json(f)["checkpoint_results"]) for f in snapshots)
 
 
 def _kill_a_worker_after_first_checkpoint(storage: Storage, ckpt_root: str, killed: list) -> None:

@@ -6,15 +6,24 @@ Later stages own their sections; the shape is here so one file describes a whole
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def absolute_local(uri: str) -> str:
+    """Local paths are resolved against the directory the command runs in: Ray workers run in
+    other directories, so a relative path would point somewhere else there."""
+    if "://" in uri and not uri.startswith("file://"):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
+
+
 class Section(BaseModel):
     """Base for every spec section: unknown keys are rejected, values are re-validated on assignment."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
 
 class StorageSpec(Section):
@@ -31,7 +40,7 @@ class StorageSpec(Section):
     def _root_not_empty(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must be a local path or an s3://bucket/prefix URI, not empty")
-        return v
+        return absolute_local(v)
 
     @field_validator("endpoint_url")
     @classmethod
@@ -62,7 +71,12 @@ class RaySpec(Section):
     @field_validator("env_vars")
     @classmethod
     def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
-        secret_like = [k for k in v if any(s in k.upper() for s in ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY"))]
+        secret_words = {"SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIALS", "APIKEY"}
+        secret_like = [
+            k
+            for k in v
+            if secret_words & set(k.upper().split("_")) or "ACCESS_KEY" in k.upper() or "API_KEY" in k.upper()
+        ]
         if secret_like:
             raise ValueError(
                 f"looks like a secret ({', '.join(secret_like)}); secrets never go in the spec — "
@@ -104,6 +118,12 @@ class DataSpec(Section):
         "digits", description="Embedded multimodal dataset to build (no network needed)."
     )
     uri: str | None = Field(None, description="Where shards live; default: <storage.root>/data.")
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_uri(cls, v: str | None) -> str | None:
+        return absolute_local(v) if v else v
+
     seed: int = Field(0, description="Seed for captions, splits and shuffling.")
     rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
     repeat: int = Field(1, ge=1, description="Write the embedded dataset this many times (bigger data for benchmarks).")
@@ -228,15 +248,48 @@ class PretrainSpec(Section):
 
 
 class FinetuneSpec(Section):
-    """Fine-tuning of our own export or the offline MiniLM."""
+    """Fine-tuning of our pretrained export or the offline MiniLM, on the captioned digits."""
 
-    base: Literal["pretrain", "minilm"] = "pretrain"
+    base: Literal["pretrain", "minilm"] = Field(
+        "pretrain", description="pretrain: our export; minilm: the PyPI MiniLM."
+    )
+    task: Literal["caption", "classify"] | None = Field(
+        None,
+        description="caption: generate a digit's caption (causal LM); classify: caption -> digit (encoder). "
+        "Default: caption for a causal base, classify for an encoder.",
+    )
     mode: Literal["full", "freeze", "lora"] = "lora"
-    freeze_layers: int = Field(0, ge=0)
+    freeze_layers: int = Field(0, ge=0, description="mode freeze: embeddings and the lower N layers stay fixed.")
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
-    lr: float = Field(1e-4, gt=0)
-    max_steps: int = Field(50, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    num_workers: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2] = 2
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    max_steps: int = Field(60, ge=1)
+    seq_len: int = Field(24, ge=8, description="Tokens per example (prompt + caption, or caption).")
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(30, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    eval_batches: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneSpec:
+        per_step = self.micro_batch_size * self.num_workers
+        if self.global_batch_size % per_step:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be divisible by "
+                f"micro_batch_size × num_workers = {self.micro_batch_size} × {self.num_workers} = {per_step}"
+            )
+        if self.base == "minilm" and self.task == "caption":
+            raise ValueError("the MiniLM base is an encoder: it can classify, not generate captions")
+        if self.mode == "freeze" and self.freeze_layers < 1:
+            raise ValueError("mode 'freeze' needs freeze_layers >= 1")
+        return self
 
 
 class SweepSpec(Section):

@@ -45,12 +45,12 @@ def load_export_model(ckpt_dir: str):
     return model.eval()
 
 
-def plain_eval_loss(model, blocks: np.ndarray, loop_cfg) -> float:
+def plain_eval_loss(model, blocks, loop_cfg) -> float:
     """Mean loss of a plain model on the held-out micro-batches the engine evaluated."""
-    from .loop import batch_for, eval_chunks
+    from .loop import batch_for, eval_chunks, num_samples
 
     micro = loop_cfg.pretrain.micro_batch_size
-    chunks = eval_chunks(len(blocks), micro, loop_cfg.pretrain.eval_batches)
+    chunks = eval_chunks(num_samples(blocks), micro, loop_cfg.pretrain.eval_batches)
     losses = []
     with torch.no_grad():
         for c in range(chunks):

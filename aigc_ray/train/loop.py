@@ -36,10 +36,13 @@ HF_CONFIG_FILE = "hf_config.json"
 class LoopConfig:
     """Everything one worker needs; picklable, passed through ``train_loop_config``."""
 
-    pretrain: PretrainSpec
+    pretrain: PretrainSpec  # the training hyperparameters (fine-tuning fills one from its section)
     hf_config: dict
     seed: int
     special_ids: dict[str, int]
+    task: str = "pretrain"  # pretrain | caption | classify
+    init: dict | None = None  # fine-tuning: {"uri": base model folder, "s3": S3Settings}
+    tuning: dict | None = None  # fine-tuning: {"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"}
     extra: dict = field(default_factory=dict)
 
 
@@ -81,9 +84,12 @@ def _mlm_inputs(blocks: torch.Tensor, gen: torch.Generator, mask_prob: float, id
     return inputs, labels
 
 
-def batch_for(blocks: np.ndarray, rows: np.ndarray, cfg: LoopConfig, step: int, chunk: int, device) -> dict:
+def batch_for(blocks, rows: np.ndarray, cfg: LoopConfig, step: int, chunk: int, device) -> dict:
     """Model inputs for ``rows`` of ``blocks``. MLM masks are a function of (seed, step, chunk
-    position in the global batch), never of the rank, so resuming on another world size agrees."""
+    position in the global batch), never of the rank, so resuming on another world size agrees.
+    Fine-tuning data is a dict of prepared columns (input_ids, attention_mask, labels)."""
+    if isinstance(blocks, dict):
+        return {k: torch.from_numpy(v[rows]).to(device) for k, v in blocks.items()}
     x = torch.from_numpy(blocks[rows].astype(np.int64))
     if cfg.pretrain.objective == "clm":
         return {"input_ids": x.to(device), "labels": x.to(device)}
@@ -110,13 +116,41 @@ def build_engine(cfg: LoopConfig, world: int):
     # (HfDeepSpeedConfig under ZeRO-3) sees the real world size.
     deepspeed.init_distributed(dist_backend="nccl" if cfg.pretrain.use_gpu else "gloo")
     ds_config = deepspeed_config(cfg.pretrain, world)
-    hf_config = AutoConfig.for_model(**cfg.hf_config)
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    torch.manual_seed(cfg.seed)  # identical initial weights (and new heads) on every rank
     keep_alive = HfDeepSpeedConfig(ds_config) if cfg.pretrain.zero_stage == 3 else None
-    model = build_lm(hf_config)
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    if cfg.init:
+        from ..models.tuning import prepare
+
+        model = prepare(local_model_dir(cfg.init), cfg.task, cfg.tuning)
+    else:
+        model = build_lm(AutoConfig.for_model(**cfg.hf_config))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds_config)
     del keep_alive
     return engine
+
+
+def num_samples(data) -> int:
+    return len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
+
+
+def local_model_dir(init: dict) -> str:
+    """A local folder holding the base model: a path as is, a storage URI copied once per process."""
+    import tempfile
+
+    from ..storage import Storage, parse_uri
+
+    if init.get("path"):
+        return init["path"]
+    if parse_uri(init["uri"]).scheme == "file":
+        return parse_uri(init["uri"]).path
+    local = Path(tempfile.mkdtemp(prefix="aigc-base-"))
+    storage = Storage(init["s3"])
+    for f in storage.list_files(init["uri"]):
+        target = local / f[len(init["uri"].rstrip("/")) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(f))
+    return str(local)
 
 
 def eval_chunks(num_blocks: int, micro: int, batches: int) -> int:
@@ -131,7 +165,7 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
     every rank runs the same number of forward passes (ZeRO-3 forwards are collective)."""
     engine.eval()
     micro = cfg.pretrain.micro_batch_size
-    chunks = eval_chunks(len(blocks), micro, cfg.pretrain.eval_batches)
+    chunks = eval_chunks(num_samples(blocks), micro, cfg.pretrain.eval_batches)
     stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct masked tokens, masked tokens
     with torch.no_grad():
         for c in range(rank, math.ceil(chunks / world) * world, world):
@@ -142,7 +176,10 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
             if not real:
                 continue
             stats[0] += float(out.loss)
-            if cfg.pretrain.objective == "mlm":
+            if cfg.task == "classify":
+                stats[1] += float((out.logits.argmax(-1) == inputs["labels"]).sum())
+                stats[2] += float(inputs["labels"].numel())
+            elif cfg.task == "pretrain" and cfg.pretrain.objective == "mlm":
                 target = inputs["labels"] != -100
                 stats[1] += float((out.logits.argmax(-1)[target] == inputs["labels"][target]).sum())
                 stats[2] += float(target.sum())
@@ -150,10 +187,13 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
     torch.distributed.all_reduce(stats)
     loss = float(stats[0]) / max(chunks, 1)
     result = {"eval_loss": loss, "eval_batches": chunks}
-    if cfg.pretrain.objective == "clm":
+    accuracy = float(stats[1] / max(float(stats[2]), 1))
+    if cfg.task == "classify":
+        result["eval_accuracy"] = accuracy
+    elif cfg.task == "caption" or cfg.pretrain.objective == "clm":
         result["eval_perplexity"] = math.exp(min(loss, 50))
     else:
-        result["eval_masked_accuracy"] = float(stats[1] / max(float(stats[2]), 1))
+        result["eval_masked_accuracy"] = accuracy
     return result
 
 
@@ -174,7 +214,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
     p = cfg.pretrain
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     blocks = hooks.train_blocks()
-    order = GlobalBatchOrder(len(blocks), p.global_batch_size, cfg.seed)
+    order = GlobalBatchOrder(num_samples(blocks), p.global_batch_size, cfg.seed)
     engine = build_engine(cfg, world)
     start, history, resumes = 0, [], []
     with hooks.latest_checkpoint() as ckpt:
@@ -187,7 +227,9 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             start, history, resumes = state["step"], state["history"], state.get("resumes", [])
             resumes.append({"at_step": start, "from_world_size": state["world_size"], "world_size": world})
             if rank == 0:
-                print(f"[pretrain] resumed at step {start} from a {state['world_size']}-worker checkpoint", flush=True)
+                print(
+                    f"[{cfg.task}] resumed at step {start} from a {state['world_size']}-worker checkpoint", flush=True
+                )
     ga = p.grad_accum_steps * p.num_workers // world  # same global batch on any world size
     tokens_per_step = p.global_batch_size * p.seq_len
     t_last, started = time.perf_counter(), time.perf_counter()
@@ -219,7 +261,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
         if rank == 0 and ((step + 1) % p.log_every == 0 or last or step == start):
             eta = (now - started) / (step + 1 - start) * (p.max_steps - step - 1)
             print(
-                f"[pretrain] step {step + 1}/{p.max_steps} loss {loss:.4f} lr {record['lr']:.2e} "
+                f"[{cfg.task}] step {step + 1}/{p.max_steps} loss {loss:.4f} lr {record['lr']:.2e} "
                 f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f}s",
                 flush=True,
             )

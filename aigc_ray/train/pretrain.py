@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.build import build_data
+from ..data.build import build_data, build_hash
 from ..data.lm_blocks import blocks_from_dataset_iterator, corpus_token_dataset, local_blocks
 from ..data.tokenizer import download_tokenizer
 from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
@@ -92,18 +92,39 @@ def run_dir(spec: ExperimentSpec) -> str:
     return join(spec.storage.root, spec.name, "pretrain")
 
 
-def _run_config(spec: ExperimentSpec, storage: Storage):
+# Settings that change how a run executes but not what it computes: a re-run that differs only
+# in these resumes the same run (e.g. on fewer workers); any other change starts a fresh one.
+RESUME_NEUTRAL = {
+    "num_workers",
+    "cpus_per_worker",
+    "use_gpu",
+    "max_failures",
+    "log_every",
+    "keep_checkpoints",
+    "eval_batches",
+}
+
+
+def trajectory_key(section, *more: str) -> str:
+    """Names the Ray Train run: same key, same training trajectory, so resuming is safe."""
+    import hashlib
+
+    fields = section.model_dump(mode="json", exclude=RESUME_NEUTRAL)
+    return hashlib.sha256(json.dumps([fields, *more], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ray_run_config(spec: ExperimentSpec, storage: Storage, root: str, key: str, max_failures: int, keep: int):
+    """Ray Train's RunConfig for a run under ``root``: checkpoints on our storage (local or S3),
+    restarts on failure, the last ``keep`` checkpoints kept, resumed when ``key`` matches."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    root = join(run_dir(spec), "ray")
     fs, path = storage.filesystem(root)
-    loc = parse_uri(root)
     return RunConfig(
-        name="train",
+        name=f"train-{key}",
         storage_path=path,
-        storage_filesystem=fs if loc.scheme == "s3" else None,
-        failure_config=FailureConfig(max_failures=spec.pretrain.max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=spec.pretrain.keep_checkpoints),
+        storage_filesystem=fs if parse_uri(root).scheme == "s3" else None,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=keep),
     )
 
 
@@ -129,7 +150,14 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
         },
         # Every worker gets the whole token stream, in order; the sampler picks its rows.
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered_ingest_options()),
-        run_config=_run_config(spec, storage),
+        run_config=ray_run_config(
+            spec,
+            storage,
+            join(run_dir(spec), "ray"),
+            trajectory_key(p, build_hash(spec)),
+            p.max_failures,
+            p.keep_checkpoints,
+        ),
     )
     result = trainer.fit()
     if result.error:

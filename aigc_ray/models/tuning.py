@@ -1,0 +1,74 @@
+"""Fine-tuning modes applied to a loaded model: full, frozen lower layers, or LoRA (peft)."""
+
+from __future__ import annotations
+
+import torch
+
+LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "bert": ["query", "value"]}
+
+
+def transformer_layers(model) -> torch.nn.ModuleList:
+    """The stack of transformer blocks of a GPT-2 or BERT model (any task head)."""
+    base = model.base_model
+    if hasattr(base, "h"):  # GPT-2
+        return base.h
+    if hasattr(base, "encoder"):  # BERT
+        return base.encoder.layer
+    raise ValueError(f"don't know where the layers of a {type(model).__name__} are")
+
+
+def embeddings(model) -> list[torch.nn.Module]:
+    base = model.base_model
+    return [base.wte, base.wpe] if hasattr(base, "wte") else [base.embeddings]
+
+
+def freeze_lower(model, n_layers: int) -> list[str]:
+    """Freeze the embeddings and the lower ``n_layers`` blocks; returns the frozen parameter names."""
+    layers = transformer_layers(model)
+    if n_layers > len(layers):
+        raise ValueError(f"freeze_layers={n_layers} but the model has only {len(layers)} layers")
+    frozen_modules = [*embeddings(model), *layers[:n_layers]]
+    frozen_ids = {id(p) for m in frozen_modules for p in m.parameters()}
+    names = []
+    for name, param in model.named_parameters():
+        if id(param) in frozen_ids:
+            param.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def add_lora(model, task: str, r: int, alpha: int, dropout: float):
+    """Wrap ``model`` with LoRA adapters on the attention projections; only adapters (and a
+    classification head) train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    family = model.config.model_type
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=LORA_TARGETS[family],
+        fan_in_fan_out=family == "gpt2",  # GPT-2's projections are Conv1D (transposed weights)
+        task_type=TaskType.CAUSAL_LM if task == "caption" else TaskType.SEQ_CLS,
+    )
+    return get_peft_model(model, config)
+
+
+def load_base(path: str, task: str, num_labels: int = 10):
+    """A Hugging Face model from a local folder: causal LM for captioning, a sequence classifier
+    (new head, seeded by the caller) for classification."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if task == "caption":
+        return AutoModelForCausalLM.from_pretrained(path)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+
+
+def prepare(path: str, task: str, tuning: dict):
+    """Load the base and apply the tuning mode (``tuning``: mode, freeze_layers, lora_*)."""
+    model = load_base(path, task)
+    if tuning["mode"] == "freeze":
+        freeze_lower(model, tuning["freeze_layers"])
+    elif tuning["mode"] == "lora":
+        model = add_lora(model, task, tuning["lora_r"], tuning["lora_alpha"], tuning["lora_dropout"])
+    return model

