@@ -1,0 +1,130 @@
+"""Benchmark: tokens/s and model FLOPs utilisation of the training engine, per ZeRO stage.
+
+Runs the same model builder and DeepSpeed config as ``aigc pretrain`` without Ray (plain
+``torchrun``), on random tokens (MFU does not depend on the data):
+
+    torchrun --nproc-per-node 1 bench/gpu_mfu.py --preset gpt2-xl --zero 1 2 3
+
+MFU = tokens/s × (6N + 12·L·H·Q·T) / (peak FLOP/s × GPUs), with the H200's dense bf16 peak
+(989 TFLOP/s) by default. One line per stage with ``ratio`` (the MFU) and, on rank 0, a JSON
+summary in --out for BENCHMARKS.md. ``--device cpu --preset tiny`` smoke-tests it anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def run_stage(stage: int, args, world: int, device) -> dict:
+    import deepspeed
+    import torch
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from aigc_ray.models.lm import build_lm, count_params, flops_per_token, lm_config
+    from aigc_ray.spec.sections import ModelSize, PretrainSpec
+    from aigc_ray.train.ds_config import deepspeed_config
+
+    spec = PretrainSpec(
+        model=ModelSize(preset=args.preset),
+        seq_len=args.seq,
+        num_workers=world,
+        zero_stage=stage,
+        precision=args.precision,
+        micro_batch_size=args.micro,
+        global_batch_size=args.micro * world,
+        use_gpu=device.type == "cuda",
+        max_steps=args.steps + args.warmup,
+        warmup_steps=1,
+    )
+    ds_config = deepspeed_config(spec, world)
+    config = lm_config(spec, 50304, {"bos": 0, "eos": 0, "pad": 0})
+    keep_alive = HfDeepSpeedConfig(ds_config) if stage == 3 else None
+    model = build_lm(config)
+    n_params = count_params(model)
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
+    del keep_alive
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50304, (args.micro, args.seq), generator=gen).to(engine.device)
+
+    def step():
+        loss = engine(input_ids=x, labels=x).loss
+        engine.backward(loss)
+        engine.step()
+
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    layers, _, width = spec.model.dims
+    tokens_per_s = args.steps * args.micro * args.seq * world / seconds
+    mfu = tokens_per_s * flops_per_token(n_params, layers, width, args.seq) / (args.peak_tflops * 1e12 * world)
+    memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    engine.destroy()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    return {"zero": stage, "params": n_params, "tokens_per_s": tokens_per_s, "mfu": mfu, "max_mem_gib": memory}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="gpt2-xl")
+    parser.add_argument("--zero", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--micro", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per device (H200: 989)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_mfu.json")
+    args = parser.parse_args()
+
+    import deepspeed
+    import torch
+
+    if "RANK" not in os.environ:  # plain `python bench/gpu_mfu.py`: a world of one
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29511")
+    if args.device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if args.device == "cuda" else "gloo")
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    device = torch.device(args.device)
+    results = []
+    for stage in args.zero:
+        r = run_stage(stage, args, world, device)
+        results.append(r)
+        if rank == 0:
+            print(
+                f"zero-{stage} {args.preset} ({r['params'] / 1e9:.2f} B params) {args.precision} "
+                f"micro {args.micro}x{args.seq} x{world}: {r['tokens_per_s']:,.0f} tok/s, "
+                f"peak mem {r['max_mem_gib']:.1f} GiB, mfu ratio {r['mfu']:.3f}",
+                flush=True,
+            )
+    if rank == 0:
+        meta = {
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+            "torch": torch.__version__,
+            "deepspeed": deepspeed.__version__,
+            "world": world,
+            **vars(args),
+        }
+        Path(args.out, "gpu_mfu.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
