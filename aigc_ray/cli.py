@@ -141,6 +141,15 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .train.pretrain import export_latest
+
+    spec = _load(args)
+    uri, evaluation = export_latest(spec, Storage.from_spec(spec.storage))
+    print(f"export: {uri}")
+    return 0
+
+
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .runtime import ray_session
     from .train.finetune import finetune, resolve_task
@@ -179,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     _address_arg(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="export the latest committed pretraining checkpoint to HF now")
+    _spec_args(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("finetune", help="fine-tune (full / frozen layers / LoRA) our export or MiniLM; export to HF")
     _spec_args(p)

@@ -93,15 +93,27 @@ def test_stream_into_train_workers_on_an_existing_cluster(ray_local, s3_data):
 
 @pytest.mark.slow
 def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
-    """What `make demo` runs: build the embedded data and stream an epoch, starting its own Ray."""
+    """What `make demo` runs (fewer steps): data, a streamed epoch, pretraining and fine-tuning on
+    an embedded Ray that the command starts and stops itself."""
     res = aigc(
         "run",
         "-c",
         str(REPO / "examples" / "quickstart.yaml"),
         "--set",
         f"storage.root={tmp_path}/runs",
+        "--set",
+        "pretrain.max_steps=8",
+        "--set",
+        "pretrain.checkpoint_every=8",
+        "--set",
+        "finetune.max_steps=8",
+        "--set",
+        "finetune.checkpoint_every=8",
         env={"RAY_ADDRESS": ""},
+        timeout=480,
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "rows 1437 in 23 batches" in res.stdout and "unique ids 1437" in res.stdout
+    assert "[finetune] sample: 'Caption for a three:" in res.stdout
     assert "pipeline finished" in res.stdout
+    assert (tmp_path / "runs" / "quickstart" / "finetune" / "export" / "model.safetensors").exists()

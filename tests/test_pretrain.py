@@ -77,6 +77,13 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         assert result.eval["eval_perplexity"] == pytest.approx(math.exp(result.eval["eval_loss"]))
     else:
         assert 0 < result.eval["eval_masked_accuracy"] <= 1
+    if stage == 3:  # on request: the latest committed checkpoint exported again gives the same model
+        from aigc_ray.train.pretrain import export_latest
+
+        before = storage.read_bytes(join(result.export_uri, "model.safetensors"))
+        uri, again = export_latest(spec, storage, log=lambda *_: None)
+        assert uri == result.export_uri and again["eval_loss"] == result.eval["eval_loss"]
+        assert storage.read_bytes(join(uri, "model.safetensors")) == before
 
 
 def _committed_checkpoints(storage: Storage, ckpt_root: str) -> int:

@@ -20,7 +20,7 @@ from ..data.tokenizer import download_tokenizer
 from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, join, parse_uri, sha256_bytes
+from ..storage import Storage, StorageError, join, parse_uri, sha256_bytes
 from .feed import ordered_ingest_options
 from .loop import Hooks, LoopConfig, run_training
 
@@ -172,6 +172,32 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     with result.checkpoint.as_directory() as ckpt:
         export_uri, evaluation = export(spec, storage, ckpt, inputs | {"checkpoint": result.checkpoint.path}, log)
     return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
+
+
+def latest_checkpoint_uri(spec: ExperimentSpec, storage: Storage) -> str:
+    """The newest checkpoint Ray Train has committed for this spec's run (raises if none yet)."""
+    run_root = join(run_dir(spec), "ray", f"train-{trajectory_key(spec.pretrain, build_hash(spec))}")
+    snapshot = join(run_root, "checkpoint_manager_snapshot.json")
+    results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
+    if not results:
+        raise StorageError(f"{run_root}: no committed checkpoint for this spec's run yet")
+    return join(run_root, results[-1]["checkpoint_dir_name"])
+
+
+def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[str, dict]:
+    """Export the latest committed checkpoint now (a run may still be going on)."""
+    uri = latest_checkpoint_uri(spec, storage)
+    built = build_data(spec, storage, log=lambda *_: None)
+    inputs = {
+        join(built.root, "corpus"): built.corpus.fingerprint,
+        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
+    }
+    with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as local:
+        for f in storage.list_files(uri):
+            target = Path(local, f[len(uri) + 1 :])
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(storage.read_bytes(f))
+        return export(spec, storage, local, inputs | {"checkpoint": uri}, log)
 
 
 def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=print) -> tuple[str, dict]:
