@@ -89,3 +89,19 @@ def read_manifest(storage: Storage, artifact_uri: str) -> Manifest | None:
         return Manifest.model_validate_json(storage.read_bytes(uri))
     except ValidationError as exc:
         raise StorageError(f"{uri}: corrupt manifest: {exc.errors(include_url=False)[0]['msg']}") from None
+
+
+def publish_directory(storage: Storage, local_dir: Path, uri: str, **manifest_fields) -> Manifest:
+    """Upload every file of ``local_dir`` to ``uri``, commit a manifest listing them (written
+    last), then delete files an earlier version listed that this one does not."""
+    files: dict[str, FileEntry] = {}
+    for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        rel = path.relative_to(local_dir).as_posix()
+        files[rel] = FileEntry(sha256=storage.write_bytes(join(uri, rel), data), bytes=len(data))
+    previous = read_manifest(storage, uri)
+    manifest = Manifest(files=files, **manifest_fields)
+    write_manifest(storage, uri, manifest)
+    for stale in set(previous.files) - set(files) if previous else ():
+        storage.delete(join(uri, stale))
+    return manifest

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..manifest import FileEntry, Manifest, write_manifest
+from ..manifest import Manifest, publish_directory
 from ..storage import S3Settings, Storage, join
 
 SPECIAL_TOKENS = {
@@ -44,21 +44,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def save_tokenizer(storage: Storage, uri: str, tokenizer, spec_hash: str, inputs: dict[str, str]) -> Manifest:
     """Write the tokenizer's Hugging Face files to ``uri`` and commit them with a manifest."""
-    files: dict[str, FileEntry] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
-        for path in sorted(Path(tmp).iterdir()):
-            data = path.read_bytes()
-            files[path.name] = FileEntry(sha256=storage.write_bytes(join(uri, path.name), data), bytes=len(data))
-    manifest = Manifest(
-        kind="tokenizer/byte-bpe",
-        spec_hash=spec_hash,
-        inputs=inputs,
-        files=files,
-        meta={"vocab_size": len(tokenizer)},
-    )
-    write_manifest(storage, uri, manifest)
-    return manifest
+        return publish_directory(
+            storage,
+            Path(tmp),
+            uri,
+            kind="tokenizer/byte-bpe",
+            spec_hash=spec_hash,
+            inputs=inputs,
+            meta={"vocab_size": len(tokenizer)},
+        )
 
 
 @functools.lru_cache(maxsize=4)

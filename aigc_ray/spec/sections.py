@@ -20,6 +20,15 @@ def absolute_local(uri: str) -> str:
     return os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
 
 
+def check_batch(global_batch: int, micro: int, workers: int) -> None:
+    """The global batch must split into whole micro-batches on every worker."""
+    if global_batch % (micro * workers):
+        raise ValueError(
+            f"global_batch_size ({global_batch}) must be divisible by "
+            f"micro_batch_size × num_workers = {micro} × {workers} = {micro * workers}"
+        )
+
+
 class Section(BaseModel):
     """Base for every spec section: unknown keys are rejected, values are re-validated on assignment."""
 
@@ -232,12 +241,7 @@ class PretrainSpec(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
-        per_step = self.micro_batch_size * self.num_workers
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size ({self.global_batch_size}) must be divisible by "
-                f"micro_batch_size × num_workers = {self.micro_batch_size} × {self.num_workers} = {per_step}"
-            )
+        check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
         if self.family and self.family != FAMILY_OF_OBJECTIVE[self.objective]:
             raise ValueError(
                 f"family '{self.family}' does not train objective '{self.objective}' (clm trains gpt2, mlm trains bert)"
@@ -279,12 +283,7 @@ class FinetuneSpec(Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
-        per_step = self.micro_batch_size * self.num_workers
-        if self.global_batch_size % per_step:
-            raise ValueError(
-                f"global_batch_size ({self.global_batch_size}) must be divisible by "
-                f"micro_batch_size × num_workers = {self.micro_batch_size} × {self.num_workers} = {per_step}"
-            )
+        check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
         if self.base == "minilm" and self.task == "caption":
             raise ValueError("the MiniLM base is an encoder: it can classify, not generate captions")
         if self.mode == "freeze" and self.freeze_layers < 1:

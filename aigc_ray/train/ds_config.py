@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..spec.sections import PretrainSpec
+from ..spec.sections import PretrainSpec, check_batch
 
 
 def deepspeed_config(p: PretrainSpec, world_size: int) -> dict:
@@ -12,11 +12,8 @@ def deepspeed_config(p: PretrainSpec, world_size: int) -> dict:
     The optimizer is DeepSpeed's AdamW with ``torch_adam``: DeepSpeed's fused Adam compiles an
     extension for minutes on CPU. Offloading the optimizer needs DeepSpeed's CPU Adam instead.
     """
+    check_batch(p.global_batch_size, p.micro_batch_size, world_size)  # world may differ from the spec's on resume
     per_step = p.micro_batch_size * world_size
-    if p.global_batch_size % per_step:
-        raise ValueError(
-            f"global_batch_size ({p.global_batch_size}) must be divisible by micro_batch_size × workers = {per_step}"
-        )
     zero: dict = {"stage": p.zero_stage}
     if p.zero_stage >= 2:
         zero.update(overlap_comm=False, contiguous_gradients=True)

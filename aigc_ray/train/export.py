@@ -114,3 +114,10 @@ def tensorboard_events(history: list[dict], log_dir: Path) -> None:
 
 def read_state(ckpt_dir: str) -> dict:
     return json.loads(Path(ckpt_dir, STATE_FILE).read_text())
+
+
+def write_run_artifacts(out: Path, history: list[dict], title: str) -> None:
+    """What a person looks at beside an export: history.jsonl, loss.png, TensorBoard events."""
+    (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    loss_curve_png(history, out / "loss.png", title)
+    tensorboard_events(history, out / "tensorboard")

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 
 from ..data.digits import WORDS
 from ..data.shards import shard_files
-from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
+from ..manifest import publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.sections import PretrainSpec
-from ..storage import Storage, StorageError, join, sha256_bytes
+from ..storage import Storage, StorageError, join
 from .loop import LoopConfig, local_model_dir, run_training
 from .pretrain import RayHooks, ray_run_config, trajectory_key
 from .pretrain import run_dir as pretrain_dir
@@ -204,7 +204,7 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
     import torch
     from transformers import AutoTokenizer
 
-    from .export import loss_curve_png, plain_eval_loss, read_state, tensorboard_events
+    from .export import plain_eval_loss, read_state, write_run_artifacts
 
     uri = join(finetune_dir(spec), "export")
     state = read_state(ckpt)
@@ -229,26 +229,15 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
         tokenizer.save_pretrained(out)
         (out / "eval.json").write_text(json.dumps(evaluation | {"resumes": state.get("resumes", [])}, indent=2))
         (out / "samples.txt").write_text("\n".join(texts) + "\n")
-        (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
-        loss_curve_png(state["history"], out / "loss.png", f"{spec.name}: fine-tune ({cfg.task}, {cfg.tuning['mode']})")
-        tensorboard_events(state["history"], out / "tensorboard")
-        files = {}
-        for path in sorted(x for x in out.rglob("*") if x.is_file()):
-            data = path.read_bytes()
-            rel = path.relative_to(out).as_posix()
-            storage.write_bytes(join(uri, rel), data)
-            files[rel] = FileEntry(sha256=sha256_bytes(data), bytes=len(data))
-        base = init.get("uri") or init.get("path")
-        write_manifest(
+        write_run_artifacts(out, state["history"], f"{spec.name}: fine-tune ({cfg.task}, {cfg.tuning['mode']})")
+        publish_directory(
             storage,
+            out,
             uri,
-            Manifest(
-                kind=f"model/hf-{cfg.task}",
-                spec_hash=spec_hash(spec, "data", "finetune"),
-                inputs={"base": str(base)},
-                files=files,
-                meta={"eval": evaluation},
-            ),
+            kind=f"model/hf-{cfg.task}",
+            spec_hash=spec_hash(spec, "data", "finetune"),
+            inputs={"base": str(init.get("uri") or init.get("path"))},
+            meta={"eval": evaluation},
         )
     for line in texts:
         log(f"[finetune] sample: {line!r}")

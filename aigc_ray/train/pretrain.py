@@ -17,10 +17,10 @@ from pathlib import Path
 from ..data.build import build_data, build_hash
 from ..data.lm_blocks import blocks_from_dataset_iterator, corpus_token_dataset, local_blocks
 from ..data.tokenizer import download_tokenizer
-from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
+from ..manifest import publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, StorageError, join, parse_uri, sha256_bytes
+from ..storage import Storage, StorageError, join, parse_uri
 from .feed import ordered_ingest_options
 from .loop import Hooks, LoopConfig, run_training
 
@@ -205,7 +205,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
     code of ours beyond loading, and write it with eval, samples and plots to storage."""
     from transformers import AutoTokenizer
 
-    from .export import load_export_model, loss_curve_png, plain_eval_loss, read_state, samples, tensorboard_events
+    from .export import load_export_model, plain_eval_loss, read_state, samples, write_run_artifacts
 
     export_uri = join(run_dir(spec), "export")
     state = read_state(ckpt)
@@ -227,27 +227,16 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
         texts = samples(model, tokenizer, spec.pretrain.objective)
         (out / "samples.txt").write_text("\n".join(texts) + "\n")
-        loss_curve_png(state["history"], out / "loss.png", f"{spec.name}: {spec.pretrain.model_family} pretraining")
-        tensorboard_events(state["history"], out / "tensorboard")
-        (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in state["history"]))
-        files = {}
-        for path in sorted(x for x in out.rglob("*") if x.is_file()):
-            data = path.read_bytes()
-            rel = path.relative_to(out).as_posix()
-            storage.write_bytes(join(export_uri, rel), data)
-            files[rel] = FileEntry(sha256=sha256_bytes(data), bytes=len(data))
-        manifest = Manifest(
+        write_run_artifacts(out, state["history"], f"{spec.name}: {spec.pretrain.model_family} pretraining")
+        publish_directory(
+            storage,
+            out,
+            export_uri,
             kind=f"model/hf-{'causal' if spec.pretrain.objective == 'clm' else 'masked'}-lm",
             spec_hash=spec_hash(spec, "data", "pretrain"),
             inputs={k: str(v) for k, v in inputs.items()},
-            files=files,
             meta={"eval": evaluation, "params": sum(p.numel() for p in model.parameters())},
         )
-        previous = read_manifest(storage, export_uri)
-        write_manifest(storage, export_uri, manifest)
-        if previous:  # files of an earlier export that this one does not have
-            for stale in set(previous.files) - set(files):
-                storage.delete(join(export_uri, stale))
     for line in texts:
         log(f"[pretrain] sample: {line!r}")
     log(f"[pretrain] exported to {export_uri}: {json.dumps(evaluation)}")
