@@ -51,10 +51,17 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         f"pretrain.zero_stage={stage}",
         f"pretrain.objective={objective}",
         "pretrain.max_steps=12",
-        "pretrain.checkpoint_every=6",
+        "pretrain.checkpoint_every=4",
+        "pretrain.keep_checkpoints=2",
     )
     result = pretrain(spec, storage, log=lambda *_: None)
     assert result.export_uri.startswith("s3://")
+    kept = {
+        f.split("/checkpoint_2")[1].split("/")[0]
+        for f in storage.list_files(join(run_dir(spec), "ray"))
+        if "/checkpoint_2" in f
+    }
+    assert len(kept) == 2  # 3 checkpoints were written; the oldest was pruned after the newest committed
     losses = [h["loss"] for h in history(storage, result.export_uri)]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.2, losses
 
