@@ -1,0 +1,96 @@
+"""Multimodal fusion: image encoder + text encoder + a fusion operator + a classification head.
+
+Operators (``FusionSpec.operator``):
+  weighted_sum     h = E_f·W_f + h_u·W_u   (the seed's formula: image features E_f, text h_u)
+  concat           h = W [E_f; h_u]
+  gated            g = σ(W_g [E_f; h_u]),  h = g ⊙ E_f·W_f + (1 − g) ⊙ h_u·W_u
+  cross_attention  caption tokens attend to image patches; h = mean of the attended tokens
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ImageEncoder(nn.Module):
+    """(N, 1, 8, 8) -> patch tokens (N, 16, d) and pooled features (N, d)."""
+
+    def __init__(self, dim: int = 64, channels: int = 1):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(channels, dim // 2, 3, padding=1),
+            nn.ReLU(True),
+            nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),  # (N, d, 4, 4)
+            nn.ReLU(True),
+        )
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.conv(images).flatten(2).transpose(1, 2)  # (N, 16, d)
+        return tokens, tokens.mean(dim=1)
+
+
+class TextEncoder(nn.Module):
+    """Token ids (N, T) with mask -> token states (N, T, d) and a masked mean (N, d)."""
+
+    def __init__(self, vocab_size: int, dim: int = 64, layers: int = 1, heads: int = 4, max_len: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, dim)
+        self.pos = nn.Embedding(max_len, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        states = self.encoder(self.embed(ids) + self.pos(positions), src_key_padding_mask=mask == 0)
+        weights = mask.unsqueeze(-1).float()
+        return states, (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class Fusion(nn.Module):
+    """Combines image and text features into one vector of size ``dim``."""
+
+    def __init__(self, operator: str, dim: int = 64, heads: int = 4):
+        super().__init__()
+        self.operator = operator
+        if operator in ("weighted_sum", "gated"):
+            self.w_f = nn.Linear(dim, dim, bias=False)
+            self.w_u = nn.Linear(dim, dim, bias=False)
+        if operator == "gated":
+            self.gate = nn.Linear(2 * dim, dim)
+        elif operator == "concat":
+            self.proj = nn.Linear(2 * dim, dim)
+        elif operator == "cross_attention":
+            self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        elif operator not in ("weighted_sum",):
+            raise ValueError(f"unknown fusion operator {operator!r}")
+
+    def forward(self, image_tokens, image_vec, text_tokens, text_vec, text_mask) -> torch.Tensor:
+        if self.operator == "weighted_sum":
+            return self.w_f(image_vec) + self.w_u(text_vec)
+        if self.operator == "concat":
+            return self.proj(torch.cat([image_vec, text_vec], dim=-1))
+        if self.operator == "gated":
+            g = torch.sigmoid(self.gate(torch.cat([image_vec, text_vec], dim=-1)))
+            return g * self.w_f(image_vec) + (1 - g) * self.w_u(text_vec)
+        attended, _ = self.attn(text_tokens, image_tokens, image_tokens)  # (N, T, d): text queries images
+        weights = text_mask.unsqueeze(-1).float()
+        return ((attended + text_tokens) * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class FusionClassifier(nn.Module):
+    """Image + caption -> class logits."""
+
+    def __init__(
+        self, vocab_size: int, operator: str = "weighted_sum", dim: int = 64, num_classes: int = 10, max_len: int = 64
+    ):
+        super().__init__()
+        self.image = ImageEncoder(dim)
+        self.text = TextEncoder(vocab_size, dim, max_len=max_len)
+        self.fusion = Fusion(operator, dim)
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(dim, num_classes))
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        image_tokens, image_vec = self.image(image)
+        text_tokens, text_vec = self.text(input_ids, attention_mask)
+        return self.head(self.fusion(image_tokens, image_vec, text_tokens, text_vec, attention_mask))

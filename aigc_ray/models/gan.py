@@ -1,0 +1,90 @@
+"""A DCGAN-style generator and discriminator for the shard images, and the minimax losses.
+
+Images live in GAN space: the 8x8 digits upsampled to 16x16 and scaled to [-1, 1] (the
+generator ends in tanh). The objective is min_G max_D E[log D(x)] + E[log(1 − D(G(z)))], with
+the non-saturating generator loss −E[log D(G(z))] (Goodfellow et al. 2014, §3).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGE_SIZE = 16
+
+
+def to_gan_space(images: torch.Tensor) -> torch.Tensor:
+    """(N, C, 8, 8) images in [0, 1] -> (N, C, 16, 16) in [-1, 1]."""
+    up = F.interpolate(images, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", align_corners=False)
+    return up.clamp(0, 1) * 2 - 1
+
+
+def from_gan_space(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1]."""
+    return (images.clamp(-1, 1) + 1) / 2
+
+
+class Generator(nn.Module):
+    """z (N, z_dim) -> image (N, C, 16, 16): project to 4x4, two stride-2 transposed convs."""
+
+    def __init__(self, z_dim: int = 32, width: int = 64, channels: int = 1):
+        super().__init__()
+        self.z_dim = z_dim
+        self.project = nn.Sequential(
+            nn.Linear(z_dim, 2 * width * 4 * 4, bias=False), nn.BatchNorm1d(2 * width * 4 * 4), nn.ReLU(True)
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # (N, w, 8, 8)
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(width, channels, 4, 2, 1),  # (N, C, 16, 16)
+            nn.Tanh(),
+        )
+        self.width = width
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.up(self.project(z).view(len(z), 2 * self.width, 4, 4))
+
+
+class Discriminator(nn.Module):
+    """image (N, C, 16, 16) -> logit (N,): two stride-2 convs with LeakyReLU, then linear."""
+
+    def __init__(self, width: int = 64, channels: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 4, 2, 1),  # (N, w, 8, 8)
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(width, 2 * width, 4, 2, 1, bias=False),  # (N, 2w, 4, 4)
+            nn.BatchNorm2d(2 * width),
+            nn.LeakyReLU(0.2, True),
+            nn.Flatten(),
+            nn.Linear(2 * width * 4 * 4, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(1)
+
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """−E[log D(x)] − E[log(1 − D(G(z)))]: D maximises the minimax value."""
+    return F.binary_cross_entropy_with_logits(
+        real_logits, torch.ones_like(real_logits)
+    ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+
+
+def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating: −E[log D(G(z))] (strong gradients while D still wins easily)."""
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def sample(generator: Generator, n: int, seed: int, device="cpu") -> torch.Tensor:
+    """``n`` images from a seeded noise draw (same seed, same images), in GAN space."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, generator.z_dim, generator=gen).to(device)
+    was_training = generator.training
+    generator.eval()
+    with torch.no_grad():
+        out = generator(z)
+    generator.train(was_training)
+    return out

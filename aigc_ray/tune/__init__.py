@@ -1,0 +1,1 @@
+"""Ray Tune: GAN and fusion trainables, quality metrics, Tuner construction from the spec."""
