@@ -166,6 +166,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .runtime import ray_session
+    from .tune.sweep import run_gan_sweep
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    sweep = spec.gan.sweep
+    print(
+        f"sweeping the GAN: {sweep.num_samples} trials, {sweep.scheduler}, {sweep.search_alg} search over "
+        f"{', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
+    )
+    with ray_session(spec, args.address):
+        result = run_gan_sweep(spec, storage, resume=args.resume)
+    print(f"results: {result.uri}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
@@ -197,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     _address_arg(p)
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("sweep", help="Ray Tune sweep of the GAN (fusion: next)")
+    p.add_argument("family", choices=["gan"], help="what to sweep")
+    _spec_args(p)
+    _address_arg(p)
+    p.add_argument("--resume", action="store_true", help="finish an interrupted sweep (Tuner.restore)")
+    p.set_defaults(func=cmd_sweep)
 
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

@@ -291,33 +291,153 @@ class FinetuneSpec(Section):
         return self
 
 
+class SearchDim(Section):
+    """One dimension of a search space: a distribution to sample or values to try."""
+
+    type: Literal["uniform", "loguniform", "int", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDim:
+        if self.type in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"a '{self.type}' dimension needs a non-empty 'values' list")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a '{self.type}' dimension needs low < high, got low={self.low}, high={self.high}")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError(f"a 'loguniform' dimension needs low > 0, got {self.low}")
+        return self
+
+
 class SweepSpec(Section):
-    """A Ray Tune sweep: search space in YAML, scheduler, budget."""
+    """A Ray Tune sweep: search space in YAML, scheduler, searcher, budget."""
 
     scheduler: Literal["fifo", "asha", "pbt"] = "asha"
     search_alg: Literal["random", "optuna"] = "random"
-    num_samples: int = Field(4, ge=1)
+    num_samples: int = Field(4, ge=1, description="Trials (times the grid, if the space has grid dimensions).")
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(0.5, gt=0)
     metric: str = "score"
     mode: Literal["min", "max"] = "max"
-    search_space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    max_iterations: int = Field(6, ge=1, description="Reports per trial; each is steps_per_iteration training steps.")
+    steps_per_iteration: int = Field(40, ge=1)
+    grace_period: int = Field(2, ge=1, description="ASHA: iterations before a trial can be stopped.")
+    reduction_factor: float = Field(2, gt=1)
+    perturbation_interval: int = Field(2, ge=1, description="PBT: iterations between exploit/explore.")
+    top_k: int = Field(3, ge=1, description="Best checkpoints listed for the ensemble.")
+    seed: int = 0
+    search_space: dict[str, SearchDim] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> SweepSpec:
+        has_grid = any(d.type == "grid" for d in self.search_space.values())
+        if self.search_alg == "optuna" and self.scheduler == "pbt":
+            raise ValueError("PBT mutates running trials itself: use search_alg 'random' with scheduler 'pbt'")
+        if self.search_alg == "optuna" and has_grid:
+            raise ValueError("optuna cannot search 'grid' dimensions: use 'choice' instead")
+        if self.scheduler == "pbt" and not any(d.type != "grid" for d in self.search_space.values()):
+            raise ValueError("PBT needs at least one non-grid dimension to mutate")
+        return self
+
+
+def _check_space(space: dict[str, SearchDim], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(space) - allowed)
+    if unknown:
+        raise ValueError(f"{what} cannot search {', '.join(unknown)}; searchable: {', '.join(sorted(allowed))}")
+
+
+GAN_SEARCHABLE = {"g_lr", "d_lr", "lr_ratio", "z_dim", "width", "batch_size", "beta1"}
+FUSION_SEARCHABLE = {"operator", "image_lr", "text_lr", "head_lr", "freeze_text_iterations", "dim", "batch_size"}
+FUSION_OPERATORS = ("weighted_sum", "concat", "gated", "cross_attention")
+
+
+# Each family's sweep defaults; a spec that sets only some sweep keys keeps the rest of these.
+GAN_SWEEP_DEFAULTS = {
+    "metric": "fid",
+    "mode": "min",
+    "search_space": {
+        "g_lr": {"type": "loguniform", "low": 1e-4, "high": 2e-3},
+        "lr_ratio": {"type": "choice", "values": [0.5, 1.0, 2.0]},
+    },
+}
+FUSION_SWEEP_DEFAULTS = {
+    "metric": "accuracy",
+    "mode": "max",
+    "search_space": {
+        "operator": {"type": "choice", "values": list(FUSION_OPERATORS)},
+        "image_lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+    },
+}
+
+
+def _merge_sweep_defaults(data: Any, defaults: dict) -> Any:
+    if isinstance(data, dict):
+        given = data.get("sweep") or {}
+        if isinstance(given, dict):
+            return {**data, "sweep": {**defaults, **given}}
+    return data
 
 
 class GanSpec(Section):
+    """DCGAN trained on the shard images; its hyperparameters are the sweep's defaults."""
+
     z_dim: int = Field(32, ge=1)
+    width: int = Field(32, ge=4)
     g_lr: float = Field(2e-4, gt=0)
-    d_lr: float = Field(2e-4, gt=0)
-    steps: int = Field(200, ge=1)
-    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    d_lr: float = Field(2e-4, gt=0, description="Ignored when lr_ratio is set (then d_lr = g_lr × lr_ratio).")
+    lr_ratio: float | None = Field(None, gt=0, description="TTUR: D/G learning-rate ratio.")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(64, ge=2)
+    eval_samples: int = Field(500, ge=16, description="Generated samples per Fréchet distance.")
+    collapse_diversity: float = Field(
+        0.25, ge=0, description="Stop a trial whose sample spread falls below this fraction of the real data's."
+    )
+    d_win_accuracy: float = Field(0.995, gt=0, le=1, description="Stop a trial whose D is at least this accurate ...")
+    collapse_patience: int = Field(
+        3, ge=1, description="... for this many consecutive reports (after the sweep's grace_period)."
+    )
+    sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**GAN_SWEEP_DEFAULTS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_defaults(cls, data: Any) -> Any:
+        return _merge_sweep_defaults(data, GAN_SWEEP_DEFAULTS)
+
+    @model_validator(mode="after")
+    def _space(self) -> GanSpec:
+        _check_space(self.sweep.search_space, GAN_SEARCHABLE, "the GAN sweep")
+        return self
 
 
 class FusionSpec(Section):
+    """Image + caption classifier; its hyperparameters are the sweep's defaults."""
+
     operator: Literal["weighted_sum", "concat", "gated", "cross_attention"] = "weighted_sum"
     text_encoder: Literal["tiny", "minilm"] = "tiny"
-    lr: float = Field(1e-3, gt=0)
-    steps: int = Field(200, ge=1)
-    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    dim: int = Field(64, ge=8)
+    image_lr: float = Field(1e-3, gt=0)
+    text_lr: float = Field(1e-3, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    freeze_text_iterations: int = Field(0, ge=0, description="Iterations with the text encoder frozen first.")
+    batch_size: int = Field(64, ge=2)
+    sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_defaults(cls, data: Any) -> Any:
+        return _merge_sweep_defaults(data, FUSION_SWEEP_DEFAULTS)
+
+    @model_validator(mode="after")
+    def _space(self) -> FusionSpec:
+        _check_space(self.sweep.search_space, FUSION_SEARCHABLE, "the fusion sweep")
+        if "operator" in self.sweep.search_space:
+            bad = [v for v in self.sweep.search_space["operator"].values or [] if v not in FUSION_OPERATORS]
+            if bad:
+                raise ValueError(f"unknown fusion operator(s) {bad}; allowed: {', '.join(FUSION_OPERATORS)}")
+        return self
 
 
 class EnsembleSpec(Section):
