@@ -58,6 +58,8 @@ def gan_trainable(
     real_mu: np.ndarray,
     real_sigma: np.ndarray,
     real_spread: float,
+    events_uri: str | None = None,
+    s3=None,
 ) -> None:
     """Tune function trainable. ``real``: training images in GAN space (N, 1, 16, 16)."""
     from ray import tune
@@ -85,6 +87,17 @@ def gan_trainable(
             "restored_from": meta["trial_id"],
             "restored_pair_matches": weights_hash(g) == meta["g_hash"] and weights_hash(d) == meta["d_hash"],
         }
+        me = tune.get_context().get_trial_id()
+        if events_uri and meta["trial_id"] != me:  # a PBT exploit: record it where the driver will look
+            from ..storage import Storage, join
+
+            event = {
+                "trial_id": me,
+                "donor": meta["trial_id"],
+                "at_iteration": iteration,
+                "pair_matches": restored["restored_pair_matches"],
+            }
+            Storage(s3).write_json(join(events_uri, f"{me}-{iteration}-{meta['trial_id']}.json"), event)
     real_t = torch.from_numpy(real)
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
     batch = int(config["batch_size"])

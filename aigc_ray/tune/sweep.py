@@ -10,6 +10,7 @@ safetensors, config, metrics), ``topk.json`` (the k best checkpoints, for the en
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections import defaultdict
@@ -68,6 +69,7 @@ class SweepResult:
     best: dict
     top_k: list[dict]
     trials: int
+    exploits: list[dict]  # PBT: which trial took whose (G, D) pair, and whether the pair matched
 
 
 def sweep_dir(spec: ExperimentSpec, kind: str) -> str:
@@ -113,6 +115,8 @@ def run_gan_sweep(spec: ExperimentSpec, storage: Storage, resume: bool = False, 
             real_mu=feats.mean(0),
             real_sigma=np.cov(feats, rowvar=False),
             real_spread=float(np.linalg.norm(feats - feats.mean(0), axis=1).mean()),
+            events_uri=join(sweep_dir(spec, "gan"), "events"),
+            s3=storage.s3,
         ),
         {"cpu": spec.gan.sweep.cpus_per_trial},
     )
@@ -125,6 +129,8 @@ def run_gan_sweep(spec: ExperimentSpec, storage: Storage, resume: bool = False, 
             experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
         )
     else:
+        for stale in storage.list_files(join(sweep_dir(spec, "gan"), "events")):  # from an earlier sweep
+            storage.delete(stale)
         tuner = tune.Tuner(
             trainable,
             param_space=param_space(gan_defaults(spec), s),
@@ -165,13 +171,19 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
     for r in grid:
         if r.metrics is None or s.metric not in (r.metrics or {}):
             continue
-        best = r.get_best_checkpoint(s.metric, s.mode) or r.checkpoint
+        # The trial's best retained checkpoint (Result.best_checkpoints, unlike get_best_checkpoint,
+        # does not raise for a trial whose folder holds none, e.g. one stopped before its first).
+        kept = [(c, m[s.metric]) for c, m in (r.best_checkpoints or []) if s.metric in m]
+        if not kept and r.checkpoint is not None and s.metric in (r.metrics or {}):
+            kept = [(r.checkpoint, r.metrics[s.metric])]  # PBT can reset a trial's bookkeeping
+        if not kept:
+            continue
+        best, value = min(kept, key=lambda cm: cm[1] if s.mode == "min" else -cm[1])
         df = r.metrics_dataframe
-        value = float(df[s.metric].min() if s.mode == "min" else df[s.metric].max())
         ranked.append(
             {
-                "trial_id": r.metrics["trial_id"],
-                s.metric: value,
+                "trial_id": trial_id_of(r),
+                s.metric: float(value),
                 "checkpoint": best.path,
                 "iterations": int(r.metrics.get("training_iteration", 0)),
                 "config": {k: v for k, v in r.config.items() if isinstance(v, (int, float, str, bool))},
@@ -199,6 +211,8 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
         shutil.rmtree(out / ".ckpt")
         top = [{k: v for k, v in t.items() if k != "history"} for t in ranked[: s.top_k]]
         (out / "topk.json").write_text(json.dumps(top, indent=2))
+        exploits = _exploits(storage, spec)
+        (out / "exploits.json").write_text(json.dumps(exploits, indent=2))
         _results_csv(ranked, out / "results.csv")
         _curves_png(ranked, s.metric, out / "curves.png", f"{spec.name}: GAN sweep ({s.scheduler})")
         _samples_png(generator, out / "samples.png")
@@ -212,7 +226,20 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
             meta={"best": top[0], "trials": len(ranked)},
         )
     log(f"[sweep] best {s.metric} {best[s.metric]:.3f} ({best['trial_id']}), {len(ranked)} trials -> {uri}")
-    return SweepResult(uri, top[0], top, len(ranked))
+    return SweepResult(uri, top[0], top, len(grid), exploits)
+
+
+def trial_id_of(result) -> str:
+    """A Result's own trial id, from its folder name: after a PBT exploit its last reported
+    metrics are a copy of the donor's, trial_id included."""
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(result.path).name)
+    return match.group(1) if match else str(result.metrics.get("trial_id"))
+
+
+def _exploits(storage: Storage, spec: ExperimentSpec) -> list[dict]:
+    """PBT exploits, as the trials recorded them when they restored a donor's checkpoint."""
+    events = [storage.read_json(f) for f in storage.list_files(join(sweep_dir(spec, "gan"), "events"), ".json")]
+    return sorted(events, key=lambda e: (e["trial_id"], e["at_iteration"]))
 
 
 def _local_checkpoint(storage: Storage, uri: str, dest: Path) -> str:
@@ -254,6 +281,8 @@ def _curves_png(ranked: list[dict], metric: str, path: Path, title: str) -> None
     fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
     for t in ranked:
         df = t["history"]
+        if df is None or metric not in df:
+            continue
         ax.plot(df["training_iteration"], df[metric], marker="o", ms=3, label=t["trial_id"][-5:])
     ax.set_xlabel("iteration")
     ax.set_ylabel(metric)
