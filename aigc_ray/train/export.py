@@ -116,8 +116,11 @@ def read_state(ckpt_dir: str) -> dict:
     return json.loads(Path(ckpt_dir, STATE_FILE).read_text())
 
 
-def write_run_artifacts(out: Path, history: list[dict], title: str) -> None:
-    """What a person looks at beside an export: history.jsonl, loss.png, TensorBoard events."""
+def write_run_artifacts(out: Path, history: list[dict], title: str, evaluation: dict, texts: list[str]) -> None:
+    """What a person looks at beside an export: eval.json, samples.txt, history.jsonl, loss.png
+    and TensorBoard events."""
+    (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
+    (out / "samples.txt").write_text("\n".join(texts) + "\n")
     (out / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
     loss_curve_png(history, out / "loss.png", title)
     tensorboard_events(history, out / "tensorboard")

@@ -227,9 +227,8 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
         out = Path(tmp)
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)
-        (out / "eval.json").write_text(json.dumps(evaluation | {"resumes": state.get("resumes", [])}, indent=2))
-        (out / "samples.txt").write_text("\n".join(texts) + "\n")
-        write_run_artifacts(out, state["history"], f"{spec.name}: fine-tune ({cfg.task}, {cfg.tuning['mode']})")
+        title = f"{spec.name}: fine-tune ({cfg.task}, {cfg.tuning['mode']})"
+        write_run_artifacts(out, state["history"], title, evaluation | {"resumes": state.get("resumes", [])}, texts)
         publish_directory(
             storage,
             out,

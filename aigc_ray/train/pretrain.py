@@ -224,10 +224,9 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
             "step": state["step"],
             "resumes": state.get("resumes", []),
         }
-        (out / "eval.json").write_text(json.dumps(evaluation, indent=2))
         texts = samples(model, tokenizer, spec.pretrain.objective)
-        (out / "samples.txt").write_text("\n".join(texts) + "\n")
-        write_run_artifacts(out, state["history"], f"{spec.name}: {spec.pretrain.model_family} pretraining")
+        title = f"{spec.name}: {spec.pretrain.model_family} pretraining"
+        write_run_artifacts(out, state["history"], title, evaluation, texts)
         publish_directory(
             storage,
             out,
