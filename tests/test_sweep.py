@@ -72,12 +72,12 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
         "pbt",
         "gan.sweep.scheduler=pbt",
         "gan.sweep.perturbation_interval=1",
-        "gan.sweep.max_iterations=5",
+        "gan.sweep.max_iterations=8",
         "gan.collapse_patience=99",
     )
     result = run_gan_sweep(spec, storage, log=lambda *_: None)
     assert result.trials == 4
-    assert result.exploits, "PBT made no exploit in 5 iterations of 4 trials"
+    assert result.exploits, "PBT made no exploit in 8 iterations of 4 trials"
     assert all(e["pair_matches"] for e in result.exploits)  # G and D both from the donor's checkpoint
     assert all(e["donor"] != e["trial_id"] for e in result.exploits)
 
@@ -133,3 +133,68 @@ def test_generator_weights_round_trip_through_the_checkpoint_format(tmp_path):
     assert weights_hash(g2) != weights_hash(g)
     g2.load_state_dict(state["g"])
     assert weights_hash(g2) == weights_hash(g)
+
+
+def _finished_trials(tune_dir, iterations: int) -> dict[str, int]:
+    """Trial folder -> reported rows, for trials that reported their last iteration."""
+    done = {}
+    for result in tune_dir.glob("sweep/gan_trainable_*/result.json"):
+        lines = result.read_text().splitlines()
+        if lines and json.loads(lines[-1]).get("training_iteration") == iterations:
+            done[result.parent.name] = len(lines)
+    return done
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_local, local_data):
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from aigc_ray.tune.sweep import sweep_dir
+
+    base, storage = local_data
+    args = [
+        f"storage.root={base.storage.root}",
+        "name=restore",
+        "data.rows_per_shard=300",
+        *TINY,
+        "gan.sweep.scheduler=fifo",
+        "gan.sweep.max_concurrent_trials=1",
+        "gan.sweep.max_iterations=6",
+        "gan.sweep.steps_per_iteration=40",
+        "gan.collapse_patience=99",
+    ]
+    spec = sweep_spec(base, "restore", *args[3:])
+    tune_dir = Path(sweep_dir(spec, "gan")) / "tune"
+    address = ray_local.get_runtime_context().gcs_address
+    cmd = [
+        str(Path(sys.executable).parent / "aigc"),
+        "sweep",
+        "gan",
+        "-c",
+        "examples/quickstart.yaml",
+        "--address",
+        address,
+    ]
+    cmd += [x for a in args for x in ("--set", a)]
+    driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while len(_finished_trials(tune_dir, 6)) < 2:
+        assert driver.poll() is None, f"the sweep ended before it could be interrupted: {_finished_trials(tune_dir, 6)}"
+        assert time.time() < deadline, "trials did not finish in time"
+        time.sleep(0.2)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver dies mid-sweep
+    driver.wait()
+    before = _finished_trials(tune_dir, 6)
+
+    resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "[sweep] resuming" in resumed.stdout
+    after = _finished_trials(tune_dir, 6)
+    assert len(after) == 4  # the sweep finished
+    for trial, rows in before.items():  # and no finished trial ran again
+        assert after[trial] == rows, f"{trial} was re-run"
