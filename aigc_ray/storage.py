@@ -140,6 +140,12 @@ class Storage:
             return self._s3fs, loc.path
         return pafs.LocalFileSystem(), loc.path
 
+    def ray_storage(self, uri: str) -> tuple[str, pafs.FileSystem | None]:
+        """``(storage_path, storage_filesystem)`` for Ray Train/Tune's RunConfig: the S3
+        filesystem (our endpoint, region) for S3, none for a local path."""
+        fs, path = self.filesystem(uri)
+        return path, fs if parse_uri(uri).scheme == "s3" else None
+
     def check_bucket(self, bucket: str) -> None:
         """Fail early and clearly when a bucket is missing or the credentials are refused."""
         if bucket in self._checked_buckets:
@@ -208,6 +214,17 @@ class Storage:
                 continue
             out.append(f"s3://{fi.path}" if loc.scheme == "s3" else fi.path)
         return sorted(out)
+
+    def download(self, uri: str, local_dir: str | Path) -> Path:
+        """Copy every file under ``uri`` into ``local_dir``, keeping relative paths; returns it."""
+        local = Path(local_dir)
+        prefix = len(uri.rstrip("/")) + 1
+        for file_uri in self.list_files(uri):
+            target = local / file_uri[prefix:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(self.read_bytes(file_uri))
+        local.mkdir(parents=True, exist_ok=True)
+        return local
 
     # -- writing -----------------------------------------------------------------------------
 

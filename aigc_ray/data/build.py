@@ -18,15 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-
 from ..manifest import Manifest, read_manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
 from .corpus import corpus_batches
 from .digits import digit_batches
 from .schema import MULTIMODAL_V1, TEXT_V1
-from .shards import write_shards
+from .shards import split_table, write_shards
 from .tokenizer import save_tokenizer, train_tokenizer
 
 DATASET_VERSION = "digits-captions-v1"
@@ -65,17 +63,9 @@ def build_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def _texts(storage: Storage, uri: str, manifest: Manifest) -> list[str]:
+def _texts(storage: Storage, uri: str) -> list[str]:
     """The train-split texts of a shard set, for tokenizer training."""
-    import pyarrow.parquet as pq
-
-    out: list[str] = []
-    for name in sorted(manifest.files):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(join(uri, name))), columns=["text", "split"])
-        out.extend(
-            t for t, s in zip(table["text"].to_pylist(), table["split"].to_pylist(), strict=True) if s == "train"
-        )
-    return out
+    return split_table(storage, uri, "train", ["text"])["text"].to_pylist()
 
 
 def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=print) -> BuiltData:
@@ -132,7 +122,7 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
     if tokenizer is not None and tokenizer.inputs != inputs:
         tokenizer = None  # its training data changed underneath it
     if tokenizer is None:
-        texts = _texts(storage, join(root, "corpus"), corpus) + _texts(storage, join(root, "multimodal"), multimodal)
+        texts = _texts(storage, join(root, "corpus")) + _texts(storage, join(root, "multimodal"))
         tokenizer = save_tokenizer(storage, join(root, "tokenizer"), train_tokenizer(texts, d.vocab_size), h, inputs)
         written.append("tokenizer")
         log(f"  tokenizer  trained byte-level BPE, vocab {tokenizer.meta['vocab_size']}")

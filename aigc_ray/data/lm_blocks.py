@@ -10,12 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..spec import ExperimentSpec
 from ..storage import S3Settings, Storage, join
-from .shards import shard_files
+from .shards import split_table
 from .stream import read_split
 from .tokenizer import load_fast_tokenizer
 
@@ -63,11 +61,6 @@ def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
 
 def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
     """The same blocks without Ray: read the shards in file order and tokenize in-process."""
-    arrays: list[np.ndarray] = []
-    tokenizer_uri = join(spec.data_uri, "tokenizer")
-    for uri in shard_files(storage, join(spec.data_uri, "corpus")):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)), columns=["text", "split"])
-        texts = [t for t, s in zip(table["text"].to_pylist(), table["split"].to_pylist(), strict=True) if s == split]
-        if texts:
-            arrays.extend(tokenize_documents({"text": texts}, storage.s3, tokenizer_uri)["tokens"])
-    return pack_blocks(arrays, block_len)
+    texts = split_table(storage, join(spec.data_uri, "corpus"), split, ["text"])["text"].to_pylist()
+    tokens = tokenize_documents({"text": texts}, storage.s3, join(spec.data_uri, "tokenizer"))["tokens"]
+    return pack_blocks(tokens, block_len)

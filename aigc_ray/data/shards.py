@@ -90,6 +90,18 @@ def shard_files(storage: Storage, uri: str) -> list[str]:
     return files
 
 
+def split_table(storage: Storage, uri: str, split: str, columns: list[str]) -> pa.Table:
+    """One split of a shard set read in-process (small data: tokenizer training, evaluation,
+    fine-tuning examples), rows in shard order — the deterministic order every reader agrees on."""
+    import pyarrow.compute as pc
+
+    tables = []
+    for file_uri in shard_files(storage, uri):
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(file_uri)), columns=[*columns, "split"])
+        tables.append(table.filter(pc.equal(table["split"], split)).select(columns))
+    return pa.concat_tables(tables)
+
+
 @dataclass
 class ValidationReport:
     """What ``aigc data validate`` found: per-split counts and every fault, by file and row."""

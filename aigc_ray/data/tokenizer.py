@@ -68,8 +68,4 @@ def load_fast_tokenizer(s3: S3Settings, uri: str):
 
 def download_tokenizer(storage: Storage, uri: str, local_dir: str | Path) -> Path:
     """Copy the tokenizer folder at ``uri`` to ``local_dir`` for ``AutoTokenizer.from_pretrained``."""
-    local = Path(local_dir)
-    local.mkdir(parents=True, exist_ok=True)
-    for file_uri in storage.list_files(uri):
-        (local / file_uri.rsplit("/", 1)[-1]).write_bytes(storage.read_bytes(file_uri))
-    return local
+    return storage.download(uri, local_dir)

@@ -13,11 +13,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..data.digits import WORDS
-from ..data.shards import shard_files
+from ..data.shards import split_table
 from ..manifest import publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
@@ -55,13 +53,7 @@ def base_init(spec: ExperimentSpec, storage: Storage) -> dict:
 
 def digit_rows(spec: ExperimentSpec, storage: Storage, split: str) -> list[dict]:
     """(text, label, caption_kind) rows of a split, in shard order (deterministic)."""
-    rows = []
-    for uri in shard_files(storage, join(spec.data_uri, "multimodal")):
-        table = pq.read_table(
-            pa.BufferReader(storage.read_bytes(uri)), columns=["text", "label", "split", "caption_kind"]
-        )
-        rows += [r for r in table.to_pylist() if r["split"] == split]
-    return rows
+    return split_table(storage, join(spec.data_uri, "multimodal"), split, ["text", "label", "caption_kind"]).to_pylist()
 
 
 def caption_examples(rows: list[dict], tokenizer, seq_len: int) -> dict[str, np.ndarray]:

@@ -144,13 +144,7 @@ def local_model_dir(init: dict) -> str:
         return init["path"]
     if parse_uri(init["uri"]).scheme == "file":
         return parse_uri(init["uri"]).path
-    local = Path(tempfile.mkdtemp(prefix="aigc-base-"))
-    storage = Storage(init["s3"])
-    for f in storage.list_files(init["uri"]):
-        target = local / f[len(init["uri"].rstrip("/")) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(f))
-    return str(local)
+    return str(Storage(init["s3"]).download(init["uri"], tempfile.mkdtemp(prefix="aigc-base-")))
 
 
 def eval_chunks(num_blocks: int, micro: int, batches: int) -> int:

@@ -20,7 +20,7 @@ from ..data.tokenizer import download_tokenizer
 from ..manifest import publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, StorageError, join, parse_uri
+from ..storage import Storage, StorageError, join
 from .feed import ordered_ingest_options
 from .loop import Hooks, LoopConfig, run_training
 
@@ -118,11 +118,11 @@ def ray_run_config(spec: ExperimentSpec, storage: Storage, root: str, key: str, 
     restarts on failure, the last ``keep`` checkpoints kept, resumed when ``key`` matches."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
-    fs, path = storage.filesystem(root)
+    path, fs = storage.ray_storage(root)
     return RunConfig(
         name=f"train-{key}",
         storage_path=path,
-        storage_filesystem=fs if parse_uri(root).scheme == "s3" else None,
+        storage_filesystem=fs,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
     )
@@ -165,13 +165,18 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     log(
         f"[pretrain] finished: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})}"
     )
-    inputs = {
-        join(built.root, "corpus"): built.corpus.fingerprint,
-        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
-    }
+    inputs = data_inputs(built)
     with result.checkpoint.as_directory() as ckpt:
         export_uri, evaluation = export(spec, storage, ckpt, inputs | {"checkpoint": result.checkpoint.path}, log)
     return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
+
+
+def data_inputs(built) -> dict[str, str]:
+    """The lineage of a language model: the corpus and tokenizer it was trained on."""
+    return {
+        join(built.root, "corpus"): built.corpus.fingerprint,
+        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
+    }
 
 
 def latest_checkpoint_uri(spec: ExperimentSpec, storage: Storage) -> str:
@@ -188,15 +193,9 @@ def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[st
     """Export the latest committed checkpoint now (a run may still be going on)."""
     uri = latest_checkpoint_uri(spec, storage)
     built = build_data(spec, storage, log=lambda *_: None)
-    inputs = {
-        join(built.root, "corpus"): built.corpus.fingerprint,
-        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
-    }
+    inputs = data_inputs(built)
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as local:
-        for f in storage.list_files(uri):
-            target = Path(local, f[len(uri) + 1 :])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(storage.read_bytes(f))
+        storage.download(uri, local)
         return export(spec, storage, local, inputs | {"checkpoint": uri}, log)
 
 

@@ -25,7 +25,7 @@ from ..data.build import build_data
 from ..manifest import publish_directory, read_manifest
 from ..models.gan import from_gan_space, sample, to_gan_space
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, join, parse_uri
+from ..storage import Storage, join
 from .classifier import classifier_uri, load_or_train_classifier
 from .gan_trainable import gan_trainable, load_generator
 from .space import param_space, scheduler, search_alg
@@ -76,11 +76,6 @@ def sweep_dir(spec: ExperimentSpec, kind: str) -> str:
     return join(spec.storage.root, spec.name, "sweeps", kind)
 
 
-def _tune_storage(storage: Storage, uri: str):
-    fs, path = storage.filesystem(uri)
-    return path, (fs if parse_uri(uri).scheme == "s3" else None)
-
-
 def gan_defaults(spec: ExperimentSpec) -> dict:
     g, s = spec.gan, spec.gan.sweep
     return {
@@ -121,7 +116,7 @@ def run_gan_sweep(spec: ExperimentSpec, storage: Storage, resume: bool = False, 
         {"cpu": spec.gan.sweep.cpus_per_trial},
     )
     s = spec.gan.sweep
-    path, fs = _tune_storage(storage, join(sweep_dir(spec, "gan"), "tune"))
+    path, fs = storage.ray_storage(join(sweep_dir(spec, "gan"), "tune"))
     experiment = f"{path.rstrip('/')}/sweep"
     if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"[sweep] resuming {experiment}")
@@ -184,7 +179,8 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
             {
                 "trial_id": trial_id_of(r),
                 s.metric: float(value),
-                "checkpoint": best.path,
+                "checkpoint": checkpoint_uri(best),
+                "checkpoint_ref": best,
                 "iterations": int(r.metrics.get("training_iteration", 0)),
                 "config": {k: v for k, v in r.config.items() if isinstance(v, (int, float, str, bool))},
                 "history": df,
@@ -199,7 +195,7 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
         best = ranked[0]
         best_dir = out / "best"
         best_dir.mkdir()
-        ckpt_local = _local_checkpoint(storage, best["checkpoint"], out / ".ckpt")
+        ckpt_local = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
         generator = load_generator(ckpt_local, best["config"])
         state = torch.load(Path(ckpt_local, "gan_state.pt"), weights_only=True)
         from safetensors.torch import save_file
@@ -209,11 +205,11 @@ def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: di
         (best_dir / "config.json").write_text(json.dumps(best["config"], indent=2))
         (best_dir / "metrics.json").write_text(json.dumps({s.metric: best[s.metric], "trial_id": best["trial_id"]}))
         shutil.rmtree(out / ".ckpt")
-        top = [{k: v for k, v in t.items() if k != "history"} for t in ranked[: s.top_k]]
+        top = [{k: v for k, v in t.items() if k not in ("history", "checkpoint_ref")} for t in ranked[: s.top_k]]
         (out / "topk.json").write_text(json.dumps(top, indent=2))
         exploits = _exploits(storage, spec)
         (out / "exploits.json").write_text(json.dumps(exploits, indent=2))
-        _results_csv(ranked, out / "results.csv")
+        _results_csv(ranked, s.metric, out / "results.csv")
         _curves_png(ranked, s.metric, out / "curves.png", f"{spec.name}: GAN sweep ({s.scheduler})")
         _samples_png(generator, out / "samples.png")
         publish_directory(
@@ -242,20 +238,15 @@ def _exploits(storage: Storage, spec: ExperimentSpec) -> list[dict]:
     return sorted(events, key=lambda e: (e["trial_id"], e["at_iteration"]))
 
 
-def _local_checkpoint(storage: Storage, uri: str, dest: Path) -> str:
-    """Copy a checkpoint folder (local or on S3) into ``dest``."""
-    for f in storage.list_files(uri):
-        target = dest / f[len(uri.rstrip("/")) + 1 :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(storage.read_bytes(f))
-    return str(dest)
+def checkpoint_uri(checkpoint) -> str:
+    """A Tune checkpoint's location as one of our URIs (its ``path`` has no scheme on S3)."""
+    return f"s3://{checkpoint.path}" if checkpoint.filesystem.type_name == "s3" else checkpoint.path
 
 
-def _results_csv(ranked: list[dict], path: Path) -> None:
+def _results_csv(ranked: list[dict], metric: str, path: Path) -> None:
     import csv
 
     keys = sorted({k for t in ranked for k in t["config"]})
-    metric = next(k for k in ranked[0] if k not in ("trial_id", "checkpoint", "iterations", "config", "history"))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "trial_id", metric, "iterations", *keys, "checkpoint"])
