@@ -24,6 +24,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/data_stream.py
+	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/sweep_efficiency.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -100,27 +100,36 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The pipeline so far: data, a streamed epoch, pretraining, fine-tuning, a generated sample."""
+    """The pipeline so far: data, a streamed epoch, pretraining, fine-tuning, the GAN and fusion sweeps."""
     from .data.build import build_data
     from .runtime import ray_session
     from .train.finetune import finetune, resolve_task
     from .train.pretrain import pretrain
+    from .tune.sweep import run_sweep
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    print(f"[1/4] data: {spec.data_uri}")
+    print(f"[1/6] data: {spec.data_uri}")
     build_data(spec, storage)
     with ray_session(spec, args.address):
-        print("[2/4] stream: one epoch of the train split through Ray Data")
+        print("[2/6] stream: one epoch of the train split through Ray Data")
         _stream(spec, storage, "train", args.workers)
         p, f = spec.pretrain, spec.finetune
         print(
-            f"[3/4] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
+            f"[3/6] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
         )
         pretrained = pretrain(spec, storage)
-        print(f"[4/4] finetune: {f.base} for '{resolve_task(spec)}' ({f.mode}), {f.max_steps} steps")
+        print(f"[4/6] finetune: {f.base} for '{resolve_task(spec)}' ({f.mode}), {f.max_steps} steps")
         finetuned, _ = finetune(spec, storage)
+        sweeps = {}
+        for i, family in enumerate(("gan", "fusion"), 5):
+            s = getattr(spec, family).sweep
+            print(f"[{i}/6] sweep {family}: {s.num_samples} sample(s), {s.scheduler}, metric {s.metric} ({s.mode})")
+            sweeps[family] = run_sweep(family, spec, storage)
     print(f"pipeline finished: pretrained {pretrained.export_uri}, fine-tuned {finetuned}")
+    for family, result in sweeps.items():
+        metric = getattr(spec, family).sweep.metric
+        print(f"  {family} sweep: best {metric} {result.best[metric]:.4f}, plots and checkpoints in {result.uri}")
     return 0
 
 
@@ -168,17 +177,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .runtime import ray_session
-    from .tune.sweep import run_gan_sweep
+    from .tune.sweep import run_sweep
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    sweep = spec.gan.sweep
+    sweep = getattr(spec, args.family).sweep
     print(
-        f"sweeping the GAN: {sweep.num_samples} trials, {sweep.scheduler}, {sweep.search_alg} search over "
-        f"{', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
+        f"sweeping the {args.family} model: {sweep.num_samples} sample(s), {sweep.scheduler}, {sweep.search_alg} "
+        f"search over {', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
     )
     with ray_session(spec, args.address):
-        result = run_gan_sweep(spec, storage, resume=args.resume)
+        result = run_sweep(args.family, spec, storage, resume=args.resume)
     print(f"results: {result.uri}")
     return 0
 
@@ -195,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--print", action="store_true", help="also print the resolved spec with defaults")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="run the pipeline for a spec (so far: data build + one streamed epoch)")
+    p = sub.add_parser("run", help="run the pipeline for a spec: data, pretrain, fine-tune, GAN and fusion sweeps")
     _spec_args(p)
     _address_arg(p)
     p.add_argument("--workers", type=int, default=0, help="stream into N Ray Train workers instead of the driver")
@@ -215,8 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     _address_arg(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("sweep", help="Ray Tune sweep of the GAN (fusion: next)")
-    p.add_argument("family", choices=["gan"], help="what to sweep")
+    p = sub.add_parser("sweep", help="Ray Tune sweep of the GAN or the image+caption fusion classifier")
+    p.add_argument("family", choices=["gan", "fusion"], help="what to sweep")
     _spec_args(p)
     _address_arg(p)
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep (Tuner.restore)")

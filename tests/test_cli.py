@@ -93,8 +93,19 @@ def test_stream_into_train_workers_on_an_existing_cluster(ray_local, s3_data):
 
 @pytest.mark.slow
 def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
-    """What `make demo` runs (fewer steps): data, a streamed epoch, pretraining and fine-tuning on
-    an embedded Ray that the command starts and stops itself."""
+    """What `make demo` runs (fewer steps, smaller sweeps): data, a streamed epoch, pretraining,
+    fine-tuning and both sweeps on an embedded Ray that the command starts and stops itself."""
+    small_sweeps = [
+        "gan.width=8",
+        "gan.eval_samples=64",
+        "gan.sweep.num_samples=2",
+        "gan.sweep.max_iterations=2",
+        "gan.sweep.steps_per_iteration=5",
+        "fusion.dim=16",
+        "fusion.sweep.num_samples=2",
+        "fusion.sweep.max_iterations=2",
+        "fusion.sweep.steps_per_iteration=5",
+    ]
     res = aigc(
         "run",
         "-c",
@@ -109,6 +120,7 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
         "finetune.max_steps=8",
         "--set",
         "finetune.checkpoint_every=8",
+        *(x for o in small_sweeps for x in ("--set", o)),
         env={"RAY_ADDRESS": ""},
         timeout=480,
     )
@@ -117,3 +129,7 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     assert "[finetune] sample: 'Caption for a three:" in res.stdout
     assert "pipeline finished" in res.stdout
     assert (tmp_path / "runs" / "quickstart" / "finetune" / "export" / "model.safetensors").exists()
+    assert "gan sweep: best fid" in res.stdout and "fusion sweep: best accuracy" in res.stdout
+    sweeps = tmp_path / "runs" / "quickstart" / "sweeps"
+    for plot in ("gan/results/samples.png", "gan/results/curves.png", "fusion/results/curves.png"):
+        assert (sweeps / plot).read_bytes()[:4] == b"\x89PNG", plot

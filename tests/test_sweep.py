@@ -10,7 +10,7 @@ import torch
 
 from aigc_ray.cli import main
 from aigc_ray.spec import load_spec
-from aigc_ray.tune.sweep import _CollapseRule, run_gan_sweep
+from aigc_ray.tune.gan_sweep import _CollapseRule, run_gan_sweep
 
 TINY = [
     "gan.width=8",

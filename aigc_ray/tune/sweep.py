@@ -1,66 +1,27 @@
-"""``aigc sweep gan``: a Ray Tune sweep from the spec, and its results for people and the ensemble.
+"""``aigc sweep``: the Ray Tune machinery both model families share, and their published results.
 
-Writes under ``<root>/<name>/sweeps/gan/``: ``tune/`` (Tune's own experiment, restorable),
-and a committed results folder: ``best/`` (generator and discriminator weights in
-safetensors, config, metrics), ``topk.json`` (the k best checkpoints, for the ensemble),
-``results.csv``, ``curves.png`` (every trial's metric per iteration) and ``samples.png``
-(a grid from the best generator).
+A sweep of family F writes under ``<root>/<name>/sweeps/<F>/``: ``tune/`` (Tune's own
+experiment, restorable with ``--resume``) and a committed ``results/`` folder: ``best/``
+(weights in safetensors, config, metrics), ``topk.json`` (the k best checkpoints, for the
+ensemble), ``results.csv``, ``curves.png`` (every trial's metric per iteration) and the
+family's own plots. The families (``gan_sweep``, ``fusion_sweep``) supply the trainable, its
+fixed inputs and what goes into ``best/``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 import tempfile
-from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from ..data.arrays import digit_arrays
-from ..data.build import build_data
-from ..manifest import publish_directory, read_manifest
-from ..models.gan import from_gan_space, sample, to_gan_space
+from ..manifest import publish_directory
 from ..spec import ExperimentSpec, spec_hash
+from ..spec.sections import SweepSpec
 from ..storage import Storage, join
-from .classifier import classifier_uri, load_or_train_classifier
-from .gan_trainable import gan_trainable, load_generator
 from .space import param_space, scheduler, search_alg
-
-
-def collapse_stopper(min_diversity: float, d_win_accuracy: float, patience: int, grace: int):
-    """A Tune ``Stopper`` that ends GAN trials whose samples lose diversity or whose
-    discriminator wins outright, for ``patience`` consecutive reports."""
-    from ray.tune import Stopper
-
-    class CollapseStopper(_CollapseRule, Stopper):
-        pass
-
-    return CollapseStopper(min_diversity, d_win_accuracy, patience, grace)
-
-
-class _CollapseRule:
-    """The stopping rule itself (plain Python, so it is testable without Tune)."""
-
-    def __init__(self, min_diversity: float, d_win_accuracy: float, patience: int, grace: int):
-        self.min_diversity, self.d_win_accuracy, self.patience = min_diversity, d_win_accuracy, patience
-        self.grace = grace  # early on D always wins: judge only after this many iterations
-        self.strikes: dict[str, int] = defaultdict(int)
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        if result.get("training_iteration", 0) <= self.grace:
-            return False
-        collapsed = (
-            result.get("diversity", 1.0) < self.min_diversity or result.get("d_accuracy", 0.0) >= self.d_win_accuracy
-        )
-        self.strikes[trial_id] = self.strikes[trial_id] + 1 if collapsed else 0
-        return self.strikes[trial_id] >= self.patience
-
-    def stop_all(self) -> bool:
-        return False
 
 
 @dataclass
@@ -69,54 +30,36 @@ class SweepResult:
     best: dict
     top_k: list[dict]
     trials: int
-    exploits: list[dict]  # PBT: which trial took whose (G, D) pair, and whether the pair matched
+    total_steps: int  # training steps summed over every trial: the sweep's compute
+    exploits: list[dict] = field(default_factory=list)  # GAN PBT: whose (G, D) pair each exploit took
+    best_extra: dict = field(default_factory=dict)  # e.g. the best fusion model's test-split metrics
 
 
 def sweep_dir(spec: ExperimentSpec, kind: str) -> str:
     return join(spec.storage.root, spec.name, "sweeps", kind)
 
 
-def gan_defaults(spec: ExperimentSpec) -> dict:
-    g, s = spec.gan, spec.gan.sweep
-    return {
-        "z_dim": g.z_dim,
-        "width": g.width,
-        "g_lr": g.g_lr,
-        "d_lr": g.d_lr,
-        "lr_ratio": g.lr_ratio,
-        "beta1": g.beta1,
-        "batch_size": g.batch_size,
-        "eval_samples": g.eval_samples,
-        "max_iterations": s.max_iterations,
-        "steps_per_iteration": s.steps_per_iteration,
-        "seed": s.seed,
-    }
-
-
-def run_gan_sweep(spec: ExperimentSpec, storage: Storage, resume: bool = False, log=print) -> SweepResult:
-    """Run (or, with ``resume``, finish) the GAN sweep and publish its results."""
+def run_tuner(
+    sweep: SweepSpec,
+    trainable,
+    defaults: dict,
+    uri: str,
+    storage: Storage,
+    *,
+    structural: frozenset[str] = frozenset(),
+    stop=None,
+    resume: bool = False,
+    on_fresh_start: Callable[[], None] | None = None,
+    progress: bool = True,
+    log=print,
+):
+    """Run the sweep ``sweep`` of ``trainable`` with its experiment under ``<uri>/tune``, or with
+    ``resume`` finish the one there (``Tuner.restore``: finished trials are not run again).
+    ``structural``: dimensions that change the network's shape, so PBT must not mutate them.
+    ``progress``: Tune's progress table on stdout."""
     from ray import tune
 
-    built = build_data(spec, storage, log=log)
-    classifier = load_or_train_classifier(spec, storage)
-    real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"]))
-    with torch.no_grad():
-        feats = classifier.features(real).numpy()
-    trainable = tune.with_resources(
-        tune.with_parameters(
-            gan_trainable,
-            real=real.numpy(),
-            classifier_state=classifier.state_dict(),
-            real_mu=feats.mean(0),
-            real_sigma=np.cov(feats, rowvar=False),
-            real_spread=float(np.linalg.norm(feats - feats.mean(0), axis=1).mean()),
-            events_uri=join(sweep_dir(spec, "gan"), "events"),
-            s3=storage.s3,
-        ),
-        {"cpu": spec.gan.sweep.cpus_per_trial},
-    )
-    s = spec.gan.sweep
-    path, fs = storage.ray_storage(join(sweep_dir(spec, "gan"), "tune"))
+    path, fs = storage.ray_storage(join(uri, "tune"))
     experiment = f"{path.rstrip('/')}/sweep"
     if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log(f"[sweep] resuming {experiment}")
@@ -124,105 +67,116 @@ def run_gan_sweep(spec: ExperimentSpec, storage: Storage, resume: bool = False, 
             experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
         )
     else:
-        for stale in storage.list_files(join(sweep_dir(spec, "gan"), "events")):  # from an earlier sweep
-            storage.delete(stale)
+        if on_fresh_start:
+            on_fresh_start()
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(gan_defaults(spec), s),
+            param_space=param_space(defaults, sweep),
             tune_config=tune.TuneConfig(
-                metric=s.metric,
-                mode=s.mode,
-                scheduler=scheduler(s),
-                search_alg=search_alg(s),
-                num_samples=s.num_samples,
-                max_concurrent_trials=s.max_concurrent_trials,
+                metric=sweep.metric,
+                mode=sweep.mode,
+                scheduler=scheduler(sweep, structural),
+                search_alg=search_alg(sweep),
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent_trials,
             ),
             run_config=tune.RunConfig(
                 name="sweep",
                 storage_path=path,
                 storage_filesystem=fs,
-                stop=collapse_stopper(
-                    spec.gan.collapse_diversity, spec.gan.d_win_accuracy, spec.gan.collapse_patience, s.grace_period
-                ),
+                stop=stop,
+                verbose=1 if progress else 0,
                 # PBT exploits need the donors' checkpoints: with num_to_keep they were pruned (seen here).
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=None if s.scheduler == "pbt" else 2,
-                    checkpoint_score_attribute=None if s.scheduler == "pbt" else s.metric,
-                    checkpoint_score_order=s.mode,
+                    num_to_keep=None if sweep.scheduler == "pbt" else 2,
+                    checkpoint_score_attribute=None if sweep.scheduler == "pbt" else sweep.metric,
+                    checkpoint_score_order=sweep.mode,
                 ),
             ),
         )
-    grid = tuner.fit()
-    inputs = {
-        join(built.root, "multimodal"): built.multimodal.fingerprint,
-        classifier_uri(spec): read_manifest(storage, classifier_uri(spec)).fingerprint,
-    }
-    return publish_gan_results(spec, storage, grid, inputs, log)
+    return tuner.fit()
 
 
-def publish_gan_results(spec: ExperimentSpec, storage: Storage, grid, inputs: dict, log=print) -> SweepResult:
-    s = spec.gan.sweep
+def rank_trials(grid, sweep: SweepSpec) -> list[dict]:
+    """Every trial with a retained checkpoint, best first, each with its best checkpoint and history."""
     ranked = []
     for r in grid:
-        if r.metrics is None or s.metric not in (r.metrics or {}):
+        if r.metrics is None or sweep.metric not in (r.metrics or {}):
             continue
         # The trial's best retained checkpoint (Result.best_checkpoints, unlike get_best_checkpoint,
         # does not raise for a trial whose folder holds none, e.g. one stopped before its first).
-        kept = [(c, m[s.metric]) for c, m in (r.best_checkpoints or []) if s.metric in m]
-        if not kept and r.checkpoint is not None and s.metric in (r.metrics or {}):
-            kept = [(r.checkpoint, r.metrics[s.metric])]  # PBT can reset a trial's bookkeeping
+        kept = [(c, m[sweep.metric]) for c, m in (r.best_checkpoints or []) if sweep.metric in m]
+        if not kept and r.checkpoint is not None:
+            kept = [(r.checkpoint, r.metrics[sweep.metric])]  # PBT can reset a trial's bookkeeping
         if not kept:
             continue
-        best, value = min(kept, key=lambda cm: cm[1] if s.mode == "min" else -cm[1])
-        df = r.metrics_dataframe
+        best, value = min(kept, key=lambda cm: cm[1] if sweep.mode == "min" else -cm[1])
         ranked.append(
             {
                 "trial_id": trial_id_of(r),
-                s.metric: float(value),
+                sweep.metric: float(value),
                 "checkpoint": checkpoint_uri(best),
                 "checkpoint_ref": best,
                 "iterations": int(r.metrics.get("training_iteration", 0)),
                 "config": {k: v for k, v in r.config.items() if isinstance(v, (int, float, str, bool))},
-                "history": df,
+                "history": r.metrics_dataframe,
             }
         )
     if not ranked:
         raise RuntimeError("no trial reported a result; see the Tune output above")
-    ranked.sort(key=lambda t: t[s.metric], reverse=s.mode == "max")
-    uri = join(sweep_dir(spec, "gan"), "results")
+    ranked.sort(key=lambda t: t[sweep.metric], reverse=sweep.mode == "max")
+    return ranked
+
+
+def total_steps(grid) -> int:
+    """Training steps run by all trials together (each trial reports its running ``step``)."""
+    total = 0
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is not None and "step" in df and len(df):
+            total += int(df["step"].max())
+    return total
+
+
+def publish_sweep(
+    spec: ExperimentSpec,
+    storage: Storage,
+    family: str,
+    sweep: SweepSpec,
+    grid,
+    inputs: dict,
+    write_best: Callable[[Path, dict], dict],
+    log=print,
+) -> SweepResult:
+    """Commit ``results/`` for a finished sweep. ``write_best(out_dir, best_trial)`` writes the
+    family's files (``best/`` and its own plots) from the best trial's checkpoint and returns
+    extra metrics recorded with the best (e.g. on the test split)."""
+    ranked = rank_trials(grid, sweep)
+    uri = join(sweep_dir(spec, family), "results")
+    best = ranked[0]
     with tempfile.TemporaryDirectory(prefix="aigc-sweep-") as tmp:
         out = Path(tmp)
-        best = ranked[0]
-        best_dir = out / "best"
-        best_dir.mkdir()
-        ckpt_local = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
-        generator = load_generator(ckpt_local, best["config"])
-        state = torch.load(Path(ckpt_local, "gan_state.pt"), weights_only=True)
-        from safetensors.torch import save_file
-
-        save_file(state["g"], best_dir / "generator.safetensors")
-        save_file(state["d"], best_dir / "discriminator.safetensors")
-        (best_dir / "config.json").write_text(json.dumps(best["config"], indent=2))
-        (best_dir / "metrics.json").write_text(json.dumps({s.metric: best[s.metric], "trial_id": best["trial_id"]}))
-        shutil.rmtree(out / ".ckpt")
-        top = [{k: v for k, v in t.items() if k not in ("history", "checkpoint_ref")} for t in ranked[: s.top_k]]
+        (out / "best").mkdir()
+        extra = write_best(out, best)
+        (out / "best" / "config.json").write_text(json.dumps(best["config"], indent=2))
+        best_metrics = {sweep.metric: best[sweep.metric], "trial_id": best["trial_id"], **extra}
+        (out / "best" / "metrics.json").write_text(json.dumps(best_metrics, indent=2))
+        top = [{k: v for k, v in t.items() if k not in ("history", "checkpoint_ref")} for t in ranked[: sweep.top_k]]
         (out / "topk.json").write_text(json.dumps(top, indent=2))
-        exploits = _exploits(storage, spec)
-        (out / "exploits.json").write_text(json.dumps(exploits, indent=2))
-        _results_csv(ranked, s.metric, out / "results.csv")
-        _curves_png(ranked, s.metric, out / "curves.png", f"{spec.name}: GAN sweep ({s.scheduler})")
-        _samples_png(generator, out / "samples.png")
+        _results_csv(ranked, sweep.metric, out / "results.csv")
+        _curves_png(ranked, sweep.metric, out / "curves.png", f"{spec.name}: {family} sweep ({sweep.scheduler})")
+        steps = total_steps(grid)
         publish_directory(
             storage,
             out,
             uri,
-            kind="sweep/gan",
-            spec_hash=spec_hash(spec, "data", "gan"),
+            kind=f"sweep/{family}",
+            spec_hash=spec_hash(spec, "data", family),
             inputs=inputs,
-            meta={"best": top[0], "trials": len(ranked)},
+            meta={"best": top[0], "best_extra": extra, "trials": len(ranked), "total_steps": steps},
         )
-    log(f"[sweep] best {s.metric} {best[s.metric]:.3f} ({best['trial_id']}), {len(ranked)} trials -> {uri}")
-    return SweepResult(uri, top[0], top, len(grid), exploits)
+    log(f"[sweep] best {sweep.metric} {best[sweep.metric]:.4f} ({best['trial_id']}), {len(ranked)} trials -> {uri}")
+    return SweepResult(uri, top[0], top, len(grid), steps, best_extra=extra)
 
 
 def trial_id_of(result) -> str:
@@ -232,15 +186,19 @@ def trial_id_of(result) -> str:
     return match.group(1) if match else str(result.metrics.get("trial_id"))
 
 
-def _exploits(storage: Storage, spec: ExperimentSpec) -> list[dict]:
-    """PBT exploits, as the trials recorded them when they restored a donor's checkpoint."""
-    events = [storage.read_json(f) for f in storage.list_files(join(sweep_dir(spec, "gan"), "events"), ".json")]
-    return sorted(events, key=lambda e: (e["trial_id"], e["at_iteration"]))
-
-
 def checkpoint_uri(checkpoint) -> str:
     """A Tune checkpoint's location as one of our URIs (its ``path`` has no scheme on S3)."""
     return f"s3://{checkpoint.path}" if checkpoint.filesystem.type_name == "s3" else checkpoint.path
+
+
+def run_sweep(family: str, spec: ExperimentSpec, storage: Storage, resume: bool = False, log=print) -> SweepResult:
+    if family == "gan":
+        from .gan_sweep import run_gan_sweep as run
+    elif family == "fusion":
+        from .fusion_sweep import run_fusion_sweep as run
+    else:
+        raise ValueError(f"unknown sweep family {family!r}; allowed: gan, fusion")
+    return run(spec, storage, resume=resume, log=log)
 
 
 def _results_csv(ranked: list[dict], metric: str, path: Path) -> None:
@@ -283,18 +241,3 @@ def _curves_png(ranked: list[dict], metric: str, path: Path, title: str) -> None
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _samples_png(generator, path: Path, n: int = 64) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    images = from_gan_space(sample(generator, n, seed=0))[:, 0].numpy()
-    side = int(np.ceil(np.sqrt(n)))
-    grid = np.ones((side * 17, side * 17))
-    for i, img in enumerate(images):
-        r, c = divmod(i, side)
-        grid[r * 17 : r * 17 + 16, c * 17 : c * 17 + 16] = img
-    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)

@@ -1,0 +1,142 @@
+"""``aigc sweep fusion``: the image + caption classifier sweep (fusion operator, a learning rate
+per part, the text encoder's freeze schedule). Trials are chosen on the validation split; the
+best model is also scored once on the held-out test split. Beyond the shared results it writes
+``best/model.safetensors`` (with the text tokenizer's location in its config) and
+``confusion.png`` (the best model's test-split confusion matrix)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..data.arrays import digit_arrays
+from ..data.build import build_data
+from ..data.tokenizer import load_fast_tokenizer
+from ..spec import ExperimentSpec
+from ..spec.sections import FUSION_STRUCTURAL
+from ..storage import Storage, join
+from .fusion_trainable import classification_metrics, fusion_trainable, load_fusion, predict
+from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
+
+
+def fusion_defaults(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str) -> dict:
+    f, s = spec.fusion, spec.fusion.sweep
+    return {
+        "operator": f.operator,
+        "text_encoder": f.text_encoder,
+        "dim": f.dim,
+        "image_lr": f.image_lr,
+        "text_lr": f.text_lr,
+        "head_lr": f.head_lr,
+        "freeze_text_iterations": f.freeze_text_iterations,
+        "batch_size": f.batch_size,
+        "max_len": f.max_text_tokens,
+        "vocab_size": vocab_size,
+        "tokenizer": "minilm" if f.text_encoder == "minilm" else tokenizer_uri,  # what a server must encode with
+        "max_iterations": s.max_iterations,
+        "steps_per_iteration": s.steps_per_iteration,
+        "seed": s.seed,
+    }
+
+
+def encode_captions(texts: list[str], spec: ExperimentSpec, storage: Storage, tokenizer_uri: str):
+    """(input_ids, attention_mask) int64 arrays, padded to the longest caption (at most
+    ``max_text_tokens``), with our BPE tokenizer or MiniLM's own, and the vocabulary size."""
+    limit = spec.fusion.max_text_tokens
+    if spec.fusion.text_encoder == "minilm":
+        from transformers import AutoTokenizer
+
+        from ..models.fusion import minilm_path
+
+        tok = AutoTokenizer.from_pretrained(minilm_path())
+        enc = tok(list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="np")
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64), tok.vocab_size
+    tok = load_fast_tokenizer(storage.s3, tokenizer_uri)
+    encoded = [e.ids[:limit] for e in tok.encode_batch(list(texts))]
+    width = max(1, max(len(ids) for ids in encoded))
+    ids = np.full((len(encoded), width), tok.token_to_id("<pad>"), dtype=np.int64)
+    mask = np.zeros((len(encoded), width), dtype=np.int64)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return ids, mask, tok.get_vocab_size()
+
+
+def fusion_arrays(spec: ExperimentSpec, storage: Storage, split: str, tokenizer_uri: str) -> tuple[dict, int]:
+    rows = digit_arrays(spec, storage, split)
+    ids, mask, vocab = encode_captions(list(rows["text"]), spec, storage, tokenizer_uri)
+    return {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}, vocab
+
+
+def run_fusion_sweep(
+    spec: ExperimentSpec, storage: Storage, resume: bool = False, progress: bool = True, log=print
+) -> SweepResult:
+    """Run (or, with ``resume``, finish) the fusion sweep and publish its results."""
+    from ray import tune
+
+    built = build_data(spec, storage, log=log)
+    tokenizer_uri = join(built.root, "tokenizer")
+    train, vocab = fusion_arrays(spec, storage, "train", tokenizer_uri)
+    val, _ = fusion_arrays(spec, storage, "val", tokenizer_uri)
+    trainable = tune.with_resources(
+        tune.with_parameters(fusion_trainable, train=train, val=val, vocab_size=vocab),
+        {"cpu": spec.fusion.sweep.cpus_per_trial},
+    )
+    s = spec.fusion.sweep
+    grid = run_tuner(
+        s,
+        trainable,
+        fusion_defaults(spec, vocab, tokenizer_uri),
+        sweep_dir(spec, "fusion"),
+        storage,
+        structural=FUSION_STRUCTURAL,
+        resume=resume,
+        progress=progress,
+        log=log,
+    )
+    inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
+    if spec.fusion.text_encoder == "tiny":
+        inputs[tokenizer_uri] = built.tokenizer.fingerprint
+
+    def write_best(out: Path, best: dict) -> dict:
+        from safetensors.torch import save_file
+
+        ckpt = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
+        model = load_fusion(ckpt, best["config"], vocab)
+        shutil.rmtree(out / ".ckpt")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "best" / "model.safetensors")
+        test, _ = fusion_arrays(spec, storage, "test", tokenizer_uri)
+        probs = predict(model, test)
+        scores = classification_metrics(probs, test["label"])
+        _confusion_png(probs.argmax(1), test["label"], out / "confusion.png", scores)
+        return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}
+
+    return publish_sweep(spec, storage, "fusion", s, grid, inputs, write_best, log)
+
+
+def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = np.zeros((10, 10), dtype=int)
+    np.add.at(matrix, (labels, pred), 1)
+    fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
+    ax.imshow(matrix, cmap="Blues")
+    for (r, c), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(
+                c, r, str(n), ha="center", va="center", fontsize=7, color="white" if n > matrix.max() / 2 else "black"
+            )
+    ax.set_xticks(range(10))
+    ax.set_yticks(range(10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(
+        f"best fusion model, test: acc {scores['accuracy']:.3f}, macro-F1 {scores['macro_f1']:.3f}", fontsize=9
+    )
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

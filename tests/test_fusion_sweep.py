@@ -1,0 +1,159 @@
+"""Fusion sweeps on real Ray Tune (2 CPUs, tiny models): Optuna + ASHA from the spec, on local
+disk and on the S3 server; the per-part learning rates and the text freeze schedule."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from aigc_ray.spec import load_spec
+from aigc_ray.tune.fusion_sweep import encode_captions, fusion_arrays, run_fusion_sweep
+from aigc_ray.tune.fusion_trainable import (
+    apply_learning_rates,
+    build_model,
+    build_optimizer,
+    classification_metrics,
+    predict,
+    set_text_frozen,
+)
+
+TINY = [
+    "data.rows_per_shard=300",
+    "fusion.dim=16",
+    "fusion.batch_size=32",
+    "fusion.sweep.max_iterations=3",
+    "fusion.sweep.steps_per_iteration=10",
+    "fusion.sweep.max_concurrent_trials=2",
+]
+
+
+def fusion_spec(base, name, *overrides):
+    return load_spec(None, [f"storage.root={base.storage.root}", f"name={name}", *TINY, *overrides])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_optuna_asha_fusion_sweep_publishes_a_model_that_reproduces_its_score(ray_local, local_data, tmp_path):
+    from safetensors.torch import load
+
+    base, storage = local_data
+    spec = fusion_spec(
+        base,
+        "fusion-optuna",
+        "fusion.sweep.search_alg=optuna",
+        "fusion.sweep.scheduler=asha",
+        "fusion.sweep.num_samples=4",
+        "fusion.sweep.grace_period=1",
+        'fusion.sweep.search_space={"operator": {"type": "choice", "values": ["weighted_sum", "gated"]},'
+        ' "text_lr": {"type": "loguniform", "low": 0.001, "high": 0.01},'
+        ' "freeze_text_iterations": {"type": "int", "low": 0, "high": 2}}',
+    )
+    result = run_fusion_sweep(spec, storage, log=lambda *_: None)
+    assert result.trials == 4 and len(result.top_k) == 3
+    accs = [t["accuracy"] for t in result.top_k]
+    assert accs == sorted(accs, reverse=True)
+    text = storage.read_bytes(result.uri + "/results.csv").decode()
+    assert text.startswith("rank,trial_id,accuracy")
+    configs = list(csv.DictReader(io.StringIO(text)))  # trial folder names hold commas: a real CSV reader
+    assert len(configs) == 4
+    for c in configs:  # Optuna sampled inside the YAML bounds
+        assert c["operator"] in ("weighted_sum", "gated")
+        assert 0.001 <= float(c["text_lr"]) <= 0.01 and int(c["freeze_text_iterations"]) in (0, 1, 2)
+    assert len({c["text_lr"] for c in configs}) == 4
+    tune_dir = result.uri.rsplit("/", 1)[0] + "/tune/sweep"
+    assert any("searcher-state" in f for f in storage.list_files(tune_dir)), "Optuna's state was not saved"
+
+    # The exported best model, loaded from safetensors alone, scores what the sweep reported.
+    config = json.loads(storage.read_bytes(result.uri + "/best/config.json"))
+    model = build_model(config, config["vocab_size"])
+    model.load_state_dict(load(storage.read_bytes(result.uri + "/best/model.safetensors")))
+    val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"])
+    assert classification_metrics(predict(model, val), val["label"])["accuracy"] == pytest.approx(
+        result.best["accuracy"]
+    )
+    metrics = json.loads(storage.read_bytes(result.uri + "/best/metrics.json"))
+    assert 0 < metrics["test_accuracy"] <= 1 and 0 < metrics["test_macro_f1"] <= 1
+    assert storage.read_bytes(result.uri + "/confusion.png")[:4] == b"\x89PNG"
+    assert storage.read_bytes(result.uri + "/curves.png")[:4] == b"\x89PNG"
+    # ASHA's compute: each trial reports its running step count; the total is what was trained.
+    assert 4 * 10 <= result.total_steps <= 4 * 3 * 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_sweeps_run_against_s3(ray_local, s3_data):
+    base, storage = s3_data
+    spec = fusion_spec(base, "fusion-s3", "fusion.sweep.scheduler=fifo", "fusion.sweep.num_samples=2")
+    result = run_fusion_sweep(spec, storage, log=lambda *_: None)
+    assert result.uri.startswith("s3://") and result.trials == 2
+    for t in result.top_k:  # the checkpoints the ensemble will load are on S3, where Tune put them
+        assert t["checkpoint"].startswith("s3://") and storage.exists(t["checkpoint"] + "/fusion_state.pt")
+    assert storage.exists(result.uri + "/best/model.safetensors")
+    assert storage.exists(result.uri + "/_manifest.json")
+
+
+def test_per_part_learning_rates_and_the_text_freeze_schedule():
+    config = {
+        "seed": 0,
+        "operator": "concat",
+        "dim": 16,
+        "max_len": 8,
+        "text_encoder": "tiny",
+        "image_lr": 0.01,
+        "text_lr": 0.002,
+        "head_lr": 0.005,
+    }
+    model = build_model(config, vocab_size=50)
+    opt = build_optimizer(model, config)
+    assert {g["name"]: g["lr"] for g in opt.param_groups} == {"image": 0.01, "text": 0.002, "head": 0.005}
+    apply_learning_rates(opt, {**config, "text_lr": 0.004})  # what a PBT explore does
+    assert {g["name"]: g["lr"] for g in opt.param_groups}["text"] == 0.004
+
+    image, ids, mask = torch.rand(8, 1, 8, 8), torch.randint(5, 50, (8, 6)), torch.ones(8, 6, dtype=torch.long)
+    labels = torch.arange(8)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(image, ids, mask), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def snapshot(part):
+        return [p.detach().clone() for p in part.parameters()]
+
+    text0, image0 = snapshot(model.text), snapshot(model.image)
+    set_text_frozen(model, True)
+    step()
+    assert all(torch.equal(a, b) for a, b in zip(text0, snapshot(model.text), strict=True))  # frozen: untouched
+    assert not all(torch.equal(a, b) for a, b in zip(image0, snapshot(model.image), strict=True))
+    set_text_frozen(model, False)
+    step()
+    assert not all(torch.equal(a, b) for a, b in zip(text0, snapshot(model.text), strict=True))
+
+
+def test_macro_f1_weighs_every_class_equally():
+    labels = np.array([0] * 90 + [1] * 10)
+    always_zero = np.eye(10)[np.zeros(100, dtype=int)]
+    scores = classification_metrics(always_zero, labels)
+    assert scores["accuracy"] == pytest.approx(0.9)
+    # F1 of class 0 = 2·0.9/(0.9+1) ≈ 0.947, of class 1 = 0: the rare class halves the mean
+    assert scores["macro_f1"] == pytest.approx((2 * 0.9 / 1.9) / 2)
+
+
+def test_minilm_text_encoder_reads_minilm_tokens(local_data):
+    base, storage = local_data
+    spec = load_spec(None, [f"storage.root={base.storage.root}", "fusion.text_encoder=minilm", "fusion.dim=16"])
+    ids, mask, vocab = encode_captions(["a handwritten seven", "zero"], spec, storage, tokenizer_uri="")
+    assert vocab > 30000 and ids.shape == mask.shape and mask[1].sum() < mask[0].sum()
+    model = build_model(
+        {"seed": 0, "operator": "cross_attention", "dim": 16, "max_len": 32, "text_encoder": "minilm"}, vocab
+    )
+    logits = model(torch.rand(2, 1, 8, 8), torch.from_numpy(ids), torch.from_numpy(mask))
+    assert logits.shape == (2, 10)
+    logits.sum().backward()
+    assert model.text.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
