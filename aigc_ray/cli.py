@@ -7,6 +7,7 @@ stderr without a traceback, 2 a usage error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 from .spec import ExperimentSpec, SpecError, load_spec, spec_hash, spec_to_yaml
@@ -192,6 +193,59 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .ensemble.build import build_ensemble, evaluate_ensemble
+    from .runtime import ray_session
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    if args.action == "evaluate":
+        report = evaluate_ensemble(spec, storage, log=lambda *_: None)
+        print(f"ensemble {report.uri} ({report.strategy})\n{report.table()}")
+        return 0
+    e = spec.ensemble
+    print(
+        f"building a '{e.strategy}' ensemble: top {e.top_k} of the fusion sweep, {e.bagging} bagged, "
+        f"{len(e.members)} listed"
+    )
+    with ray_session(spec, args.address) if e.bagging else contextlib.nullcontext():  # Ray only trains bagged members
+        report = build_ensemble(spec, storage)
+    print(f"ensemble: {report.uri}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.deploy import base_url, serve_config, start_local
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    if args.action == "build":
+        import yaml
+
+        text = yaml.safe_dump(serve_config(spec, storage), sort_keys=False)
+        with open(args.output, "w") as f:
+            f.write(text)
+        print(f"wrote {args.output}: `serve deploy {args.output}` deploys it (the nodes need aigc-ray installed)")
+        return 0
+    import time
+
+    from .runtime import ray_session
+
+    with ray_session(spec, args.address):
+        start_local(spec)
+        print(
+            f"serving {base_url(spec)}  (/v1/classify /v1/images /v1/completions /v1/feedback /v1/models); Ctrl-C stops"
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            from ray import serve
+
+            serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
@@ -231,6 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep (Tuner.restore)")
     p.set_defaults(func=cmd_sweep)
 
+    p = sub.add_parser("ensemble", help="build the ensemble from trained members, or evaluate the built one")
+    p.add_argument("action", choices=["build", "evaluate"])
+    _spec_args(p)
+    _address_arg(p)
+    p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("serve", help="serve the ensemble on Ray Serve (run), or write a `serve deploy` config (build)")
+    p.add_argument("action", choices=["run", "build"])
+    _spec_args(p)
+    _address_arg(p)
+    p.add_argument("-o", "--output", default="serve.yaml", help="build: where to write the Serve config")
+    p.set_defaults(func=cmd_serve)
+
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
@@ -260,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (SpecError, StorageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except FileNotFoundError as exc:  # a stage's input is missing: say which, and what makes it
+        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
 
 

@@ -72,7 +72,7 @@ def test_optuna_asha_fusion_sweep_publishes_a_model_that_reproduces_its_score(ra
     config = json.loads(storage.read_bytes(result.uri + "/best/config.json"))
     model = build_model(config, config["vocab_size"])
     model.load_state_dict(load(storage.read_bytes(result.uri + "/best/model.safetensors")))
-    val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"])
+    val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_len"])
     assert classification_metrics(predict(model, val), val["label"])["accuracy"] == pytest.approx(
         result.best["accuracy"]
     )
@@ -146,9 +146,8 @@ def test_macro_f1_weighs_every_class_equally():
 
 
 def test_minilm_text_encoder_reads_minilm_tokens(local_data):
-    base, storage = local_data
-    spec = load_spec(None, [f"storage.root={base.storage.root}", "fusion.text_encoder=minilm", "fusion.dim=16"])
-    ids, mask, vocab = encode_captions(["a handwritten seven", "zero"], spec, storage, tokenizer_uri="")
+    _, storage = local_data
+    ids, mask, vocab = encode_captions(["a handwritten seven", "zero"], "minilm", storage)
     assert vocab > 30000 and ids.shape == mask.shape and mask[1].sum() < mask[0].sum()
     model = build_model(
         {"seed": 0, "operator": "cross_attention", "dim": 16, "max_len": 32, "text_encoder": "minilm"}, vocab

@@ -34,18 +34,22 @@ def fusion_defaults(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str) -
         "batch_size": f.batch_size,
         "max_len": f.max_text_tokens,
         "vocab_size": vocab_size,
-        "tokenizer": "minilm" if f.text_encoder == "minilm" else tokenizer_uri,  # what a server must encode with
+        "tokenizer": caption_tokenizer(spec, tokenizer_uri),  # what a server must encode captions with
         "max_iterations": s.max_iterations,
         "steps_per_iteration": s.steps_per_iteration,
         "seed": s.seed,
     }
 
 
-def encode_captions(texts: list[str], spec: ExperimentSpec, storage: Storage, tokenizer_uri: str):
-    """(input_ids, attention_mask) int64 arrays, padded to the longest caption (at most
-    ``max_text_tokens``), with our BPE tokenizer or MiniLM's own, and the vocabulary size."""
-    limit = spec.fusion.max_text_tokens
-    if spec.fusion.text_encoder == "minilm":
+def caption_tokenizer(spec: ExperimentSpec, tokenizer_uri: str) -> str:
+    """What a model with this spec's text encoder reads: 'minilm' (MiniLM's own) or our tokenizer's URI."""
+    return "minilm" if spec.fusion.text_encoder == "minilm" else tokenizer_uri
+
+
+def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: int = 32):
+    """(input_ids, attention_mask) int64 arrays padded to the longest caption (at most ``limit``
+    tokens), and the vocabulary size; ``tokenizer``: 'minilm' or the URI of our BPE tokenizer."""
+    if tokenizer == "minilm":
         from transformers import AutoTokenizer
 
         from ..models.fusion import minilm_path
@@ -53,7 +57,7 @@ def encode_captions(texts: list[str], spec: ExperimentSpec, storage: Storage, to
         tok = AutoTokenizer.from_pretrained(minilm_path())
         enc = tok(list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64), tok.vocab_size
-    tok = load_fast_tokenizer(storage.s3, tokenizer_uri)
+    tok = load_fast_tokenizer(storage.s3, tokenizer)
     encoded = [e.ids[:limit] for e in tok.encode_batch(list(texts))]
     width = max(1, max(len(ids) for ids in encoded))
     ids = np.full((len(encoded), width), tok.token_to_id("<pad>"), dtype=np.int64)
@@ -63,9 +67,12 @@ def encode_captions(texts: list[str], spec: ExperimentSpec, storage: Storage, to
     return ids, mask, tok.get_vocab_size()
 
 
-def fusion_arrays(spec: ExperimentSpec, storage: Storage, split: str, tokenizer_uri: str) -> tuple[dict, int]:
+def fusion_arrays(
+    spec: ExperimentSpec, storage: Storage, split: str, tokenizer: str, limit: int = 32
+) -> tuple[dict, int]:
+    """A split as the fusion model's inputs: image, input_ids, attention_mask, label; and the vocabulary size."""
     rows = digit_arrays(spec, storage, split)
-    ids, mask, vocab = encode_captions(list(rows["text"]), spec, storage, tokenizer_uri)
+    ids, mask, vocab = encode_captions(list(rows["text"]), tokenizer, storage, limit)
     return {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}, vocab
 
 
@@ -77,8 +84,9 @@ def run_fusion_sweep(
 
     built = build_data(spec, storage, log=log)
     tokenizer_uri = join(built.root, "tokenizer")
-    train, vocab = fusion_arrays(spec, storage, "train", tokenizer_uri)
-    val, _ = fusion_arrays(spec, storage, "val", tokenizer_uri)
+    tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
+    train, vocab = fusion_arrays(spec, storage, "train", tokenizer, limit)
+    val, _ = fusion_arrays(spec, storage, "val", tokenizer, limit)
     trainable = tune.with_resources(
         tune.with_parameters(fusion_trainable, train=train, val=val, vocab_size=vocab),
         {"cpu": spec.fusion.sweep.cpus_per_trial},
@@ -106,7 +114,7 @@ def run_fusion_sweep(
         model = load_fusion(ckpt, best["config"], vocab)
         shutil.rmtree(out / ".ckpt")
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "best" / "model.safetensors")
-        test, _ = fusion_arrays(spec, storage, "test", tokenizer_uri)
+        test, _ = fusion_arrays(spec, storage, "test", tokenizer, limit)
         probs = predict(model, test)
         scores = classification_metrics(probs, test["label"])
         _confusion_png(probs.argmax(1), test["label"], out / "confusion.png", scores)

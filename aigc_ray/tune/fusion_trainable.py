@@ -78,6 +78,29 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, f
     }
 
 
+def train_iteration(
+    model: FusionClassifier, optimizer, x: dict[str, torch.Tensor], config: dict, iteration: int
+) -> float:
+    """One iteration (``steps_per_iteration`` Adam steps on seeded random batches); the last loss.
+    The batches depend only on (seed, iteration), so a restored trial sees the same ones."""
+    set_text_frozen(model, iteration < config["freeze_text_iterations"])
+    model.train()
+    gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
+    batch = int(config["batch_size"])
+    for _ in range(config["steps_per_iteration"]):
+        idx = torch.randint(0, len(x["label"]), (batch,), generator=gen)
+        logits = model(x["image"][idx], x["input_ids"][idx], x["attention_mask"][idx])
+        loss = nn.functional.cross_entropy(logits, x["label"][idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.item()
+
+
+def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}  # object-store arrays are read-only
+
+
 def fusion_trainable(config: dict, train: dict, val: dict, vocab_size: int) -> None:
     """Tune function trainable. ``train``/``val``: image (N,1,8,8), input_ids, attention_mask, label."""
     from ray import tune
@@ -94,27 +117,17 @@ def fusion_trainable(config: dict, train: dict, val: dict, vocab_size: int) -> N
         optimizer.load_state_dict(state["optimizer"])
         apply_learning_rates(optimizer, config)
         step, iteration = int(state["step"]), int(state["iteration"])
-    x = {k: torch.from_numpy(np.array(v)) for k, v in train.items()}  # the object store's arrays are read-only
-    batch = int(config["batch_size"])
+    x = as_tensors(train)
     while iteration < config["max_iterations"]:
-        set_text_frozen(model, iteration < config["freeze_text_iterations"])
-        model.train()
-        gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)  # the same batches after a restore
-        for _ in range(config["steps_per_iteration"]):
-            idx = torch.randint(0, len(x["label"]), (batch,), generator=gen)
-            logits = model(x["image"][idx], x["input_ids"][idx], x["attention_mask"][idx])
-            loss = nn.functional.cross_entropy(logits, x["label"][idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
+        train_loss = train_iteration(model, optimizer, x, config, iteration)
+        step += config["steps_per_iteration"]
         iteration += 1
         scores = classification_metrics(predict(model, val), val["label"])
         metrics = {
             "accuracy": scores["accuracy"],
             "macro_f1": scores["macro_f1"],
             "val_loss": scores["loss"],
-            "train_loss": loss.item(),
+            "train_loss": train_loss,
             "text_frozen": iteration <= config["freeze_text_iterations"],
             "step": step,
             "trial_id": tune.get_context().get_trial_id(),

@@ -1,0 +1,239 @@
+"""``aigc ensemble build`` / ``evaluate``: the ensemble artifact the Serve app loads.
+
+Written to ``<root>/<name>/ensemble/`` and committed by its manifest:
+  ensemble.json              strategy, member weights, metrics, and each member's lineage
+  members/<name>/            model.safetensors + config.json (one format, whatever the source)
+  combiner.safetensors       the stacking meta-model (strategy 'stacking' only)
+  generator/                 the GAN sweep's best generator (for /v1/images), when there is one
+``ensemble.json`` also names the language models (HF exports sharing a tokenizer) whose
+next-token log-probabilities the completions endpoint averages.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.build import build_data
+from ..manifest import publish_directory, read_manifest
+from ..spec import ExperimentSpec, spec_hash
+from ..storage import Storage, join
+from ..train.finetune import finetune_dir
+from ..train.pretrain import run_dir as pretrain_dir
+from ..tune.fusion_sweep import caption_tokenizer, fusion_arrays, fusion_defaults
+from ..tune.fusion_trainable import build_model, classification_metrics, predict
+from ..tune.sweep import sweep_dir
+from .combine import Combiner, fit_combiner
+from .members import Member, bagged_members, listed_members, sweep_members
+
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def ensemble_dir(spec: ExperimentSpec) -> str:
+    return join(spec.storage.root, spec.name, "ensemble")
+
+
+@dataclass
+class EnsembleReport:
+    uri: str
+    strategy: str
+    weights: list[float]
+    metrics: dict  # split -> name ("ensemble" or a member's) -> {accuracy, macro_f1}
+
+    def table(self) -> str:
+        names = [n for n in self.metrics["val"] if n != "ensemble"] + ["ensemble"]
+        lines = [f"{'':14}{'val acc':>9}{'val F1':>9}{'test acc':>10}{'test F1':>9}"]
+        for n in names:
+            v, t = self.metrics["val"][n], self.metrics["test"][n]
+            lines.append(f"{n:14}{v['accuracy']:9.4f}{v['macro_f1']:9.4f}{t['accuracy']:10.4f}{t['macro_f1']:9.4f}")
+        return "\n".join(lines)
+
+
+class SplitCache:
+    """Each split encoded once per tokenizer (members may read different tokens)."""
+
+    def __init__(self, spec: ExperimentSpec, storage: Storage):
+        self.spec, self.storage, self.cache = spec, storage, {}
+
+    def get(self, split: str, config: dict) -> dict:
+        key = (split, config["tokenizer"], int(config["max_len"]))
+        if key not in self.cache:
+            self.cache[key] = fusion_arrays(
+                self.spec, self.storage, split, config["tokenizer"], int(config["max_len"])
+            )[0]
+        return self.cache[key]
+
+
+def member_probs(models: list, configs: list[dict], splits: SplitCache, split: str) -> np.ndarray:
+    """(M, N, C) probabilities of every member on one split."""
+    return np.stack([predict(m, splits.get(split, c)) for m, c in zip(models, configs, strict=True)])
+
+
+def score(probs: np.ndarray, combined: np.ndarray, labels: np.ndarray, names: list[str]) -> dict:
+    out = {n: _two(classification_metrics(p, labels)) for n, p in zip(names, probs, strict=True)}
+    out["ensemble"] = _two(classification_metrics(combined, labels))
+    return out
+
+
+def _two(m: dict) -> dict:
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
+
+
+def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> EnsembleReport:
+    """Gather the members, fit the combination on the validation split, score both held-out
+    splits, and commit the artifact."""
+    members = sweep_members(spec, storage) + listed_members(spec, storage)  # fail fast on missing inputs
+    built = build_data(spec, storage, log=log)
+    data_inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
+    tokenizer_uri = join(built.root, "tokenizer")
+    if spec.ensemble.bagging:
+        base = _bagging_config(spec, storage, tokenizer_uri)
+        train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_len"]))
+        log(f"[ensemble] training {spec.ensemble.bagging} bagged members on bootstrap resamples (Ray tasks)")
+        members += bagged_members(spec, storage, base, train, data_inputs)
+    names = [m.name for m in members]
+    models, configs = [m.model() for m in members], [m.config for m in members]
+    splits = SplitCache(spec, storage)
+    val_labels = splits.get("val", configs[0])["label"]
+    test_labels = splits.get("test", configs[0])["label"]
+    val_probs, test_probs = member_probs(models, configs, splits, "val"), member_probs(models, configs, splits, "test")
+    combiner = fit_combiner(spec.ensemble.strategy, val_probs, val_labels, spec.ensemble.seed)
+    metrics = {"val": score(val_probs, combiner(val_probs), val_labels, names)}
+    if combiner.strategy == "stacking":  # fitted on val: report its cross-fitted scores there instead
+        metrics["val"]["ensemble"] = combiner.info["out_of_fold"]
+    metrics["test"] = score(test_probs, combiner(test_probs), test_labels, names)
+    uri = ensemble_dir(spec)
+    language_models = resolve_language_models(spec, storage)
+    generator = join(sweep_dir(spec, "gan"), "results")
+    has_generator = read_manifest(storage, generator) is not None
+    with tempfile.TemporaryDirectory(prefix="aigc-ensemble-") as tmp:
+        out = Path(tmp)
+        _write_members(out, members)
+        if combiner.coef is not None:
+            from safetensors.numpy import save_file
+
+            save_file({"coef": combiner.coef, "intercept": combiner.intercept}, str(out / "combiner.safetensors"))
+        if has_generator:
+            (out / "generator").mkdir()
+            for name in ("generator.safetensors", "config.json", "metrics.json"):
+                (out / "generator" / name).write_bytes(storage.read_bytes(join(generator, "best", name)))
+        doc = {
+            "strategy": combiner.strategy,
+            "weights": dict(zip(names, combiner.weights, strict=True)),
+            "combiner": combiner.info,
+            "members": [{"name": m.name, "source": m.source, "lineage": m.lineage} for m in members],
+            "metrics": metrics,
+            "language_models": language_models,
+            "generator": {"source": generator, "fingerprint": read_manifest(storage, generator).fingerprint}
+            if has_generator
+            else None,
+        }
+        (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2))
+        inputs = {**data_inputs, **{lm["uri"]: lm["fingerprint"] for lm in language_models}}
+        for m in members:
+            if "checkpoint" in m.lineage:
+                inputs[m.lineage["checkpoint"]] = m.lineage.get("sweep_fingerprint") or m.lineage.get("fingerprint", "")
+        publish_directory(
+            storage,
+            out,
+            uri,
+            kind="ensemble/fusion",
+            spec_hash=spec_hash(spec, "data", "fusion", "ensemble"),
+            inputs=inputs,
+            meta={"strategy": combiner.strategy, "members": names, "test": metrics["test"]["ensemble"]},
+        )
+    report = EnsembleReport(uri, combiner.strategy, combiner.weights, metrics)
+    log(f"[ensemble] {len(members)} members, {combiner.strategy} -> {uri}\n{report.table()}")
+    return report
+
+
+def _bagging_config(spec: ExperimentSpec, storage: Storage, tokenizer_uri: str) -> dict:
+    """Bagged members use the fusion sweep's best config when there is one, else the spec's defaults."""
+    best = join(sweep_dir(spec, "fusion"), "results", "best", "config.json")
+    if storage.exists(best):
+        return json.loads(storage.read_bytes(best))
+    tok = caption_tokenizer(spec, tokenizer_uri)
+    vocab = fusion_arrays(spec, storage, "val", tok, spec.fusion.max_text_tokens)[1]
+    return fusion_defaults(spec, vocab, tokenizer_uri)
+
+
+def _write_members(out: Path, members: list[Member]) -> None:
+    from safetensors.torch import save_file
+
+    for m in members:
+        folder = out / "members" / m.name
+        folder.mkdir(parents=True)
+        save_file({k: v.contiguous() for k, v in m.state.items()}, str(folder / "model.safetensors"))
+        (folder / "config.json").write_text(json.dumps(m.config, indent=2))
+
+
+def resolve_language_models(spec: ExperimentSpec, storage: Storage) -> list[dict]:
+    """The spec's language models as export URIs with fingerprints; 'pretrain'/'finetune' are this
+    experiment's exports and are skipped (with no error) when that stage has not run."""
+    found = []
+    for name in spec.ensemble.language_models:
+        uri = {"pretrain": join(pretrain_dir(spec), "export"), "finetune": join(finetune_dir(spec), "export")}.get(
+            name, name
+        )
+        manifest = read_manifest(storage, uri)
+        if manifest is None:
+            if name in ("pretrain", "finetune"):
+                continue
+            raise FileNotFoundError(f"ensemble.language_models: no committed export at {uri}")
+        found.append({"name": name, "uri": uri, "fingerprint": manifest.fingerprint, "spec_hash": manifest.spec_hash})
+    return found
+
+
+@dataclass
+class LoadedEnsemble:
+    uri: str
+    doc: dict
+    names: list[str]
+    models: list
+    configs: list[dict]
+    combiner: Combiner
+
+
+def load_ensemble(storage: Storage, uri: str) -> LoadedEnsemble:
+    """The committed ensemble at ``uri``: member models (eval mode), configs and the combiner."""
+    from safetensors.numpy import load as load_np
+    from safetensors.torch import load
+
+    if read_manifest(storage, uri) is None:
+        raise FileNotFoundError(f"no committed ensemble at {uri}: run `aigc ensemble build` first")
+    doc = json.loads(storage.read_bytes(join(uri, ENSEMBLE_FILE)))
+    names = [m["name"] for m in doc["members"]]
+    models, configs = [], []
+    for name in names:
+        config = json.loads(storage.read_bytes(join(uri, "members", name, "config.json")))
+        model = build_model(config, int(config["vocab_size"]))
+        model.load_state_dict(load(storage.read_bytes(join(uri, "members", name, "model.safetensors"))))
+        models.append(model.eval())
+        configs.append(config)
+    coef = intercept = None
+    if doc["strategy"] == "stacking":
+        arrays = load_np(storage.read_bytes(join(uri, "combiner.safetensors")))
+        coef, intercept = arrays["coef"], arrays["intercept"]
+    combiner = Combiner(doc["strategy"], [doc["weights"][n] for n in names], coef, intercept, doc.get("combiner", {}))
+    return LoadedEnsemble(uri, doc, names, models, configs, combiner)
+
+
+def evaluate_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> EnsembleReport:
+    """Re-score the committed artifact (members loaded from its safetensors) on val and test."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    ens = load_ensemble(storage, ensemble_dir(spec))
+    splits = SplitCache(spec, storage)
+    metrics = {}
+    for split in ("val", "test"):
+        probs = member_probs(ens.models, ens.configs, splits, split)
+        metrics[split] = score(probs, ens.combiner(probs), splits.get(split, ens.configs[0])["label"], ens.names)
+    if ens.combiner.strategy == "stacking":
+        metrics["val"]["ensemble"] = ens.combiner.info["out_of_fold"]
+    report = EnsembleReport(ens.uri, ens.combiner.strategy, ens.combiner.weights, metrics)
+    log(report.table())
+    return report

@@ -1,0 +1,94 @@
+"""Causal language models that share a tokenizer, decoded together: each step's next-token
+distribution is the mean of the members' log-probabilities (``combine.average_log_probs``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .combine import average_log_probs
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (a stop string or end of text) | "length"
+
+
+class LMEnsemble:
+    """Members are local HF export folders; the first one's tokenizer is used for all."""
+
+    def __init__(self, folders: list[str], weights: list[float] | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not folders:
+            raise ValueError("an LM ensemble needs at least one model")
+        self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
+        self.models = [AutoModelForCausalLM.from_pretrained(f).eval() for f in folders]
+        vocab = {len(AutoTokenizer.from_pretrained(f)) for f in folders}
+        if len(vocab) != 1:
+            raise ValueError(f"language models must share a tokenizer; vocabulary sizes differ: {sorted(vocab)}")
+        self.weights = weights
+        self.context = min(
+            getattr(m.config, "n_positions", None) or m.config.max_position_embeddings for m in self.models
+        )
+
+    def next_log_probs(self, ids: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            per_model = [torch.log_softmax(m(input_ids=ids).logits[0, -1].double(), -1).numpy() for m in self.models]
+        return average_log_probs(per_model, self.weights)
+
+    def complete(
+        self,
+        prompt: str,
+        max_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """Sample (or, at temperature 0, take the arg-max) token by token until ``max_tokens``,
+        the end-of-text token or a ``stop`` string (which is not returned)."""
+        rng = np.random.default_rng(seed)
+        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        if not prompt_ids:
+            prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id]
+        ids, new = list(prompt_ids), []
+        finish = "length"
+        for _ in range(max_tokens):
+            window = torch.tensor([ids[-self.context :]])
+            token = _choose(self.next_log_probs(window), temperature, top_p, rng)
+            if token == self.tokenizer.eos_token_id:
+                finish = "stop"
+                break
+            ids.append(token)
+            new.append(token)
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            cut = _first_stop(text, stop or [])
+            if cut is not None:
+                return Completion(text[:cut], len(prompt_ids), len(new), "stop")
+        return Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
+
+
+def _choose(log_probs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
+    if temperature <= 0:
+        return int(log_probs.argmax())
+    logits = log_probs / temperature
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    if top_p < 1:  # nucleus: the smallest set of tokens whose mass reaches top_p
+        order = np.argsort(-p)
+        keep = order[: int(np.searchsorted(np.cumsum(p[order]), top_p) + 1)]
+        mask = np.zeros_like(p)
+        mask[keep] = p[keep]
+        p = mask / mask.sum()
+    return int(rng.choice(len(p), p=p))
+
+
+def _first_stop(text: str, stops: list[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s and s in text]
+    return min(hits) if hits else None

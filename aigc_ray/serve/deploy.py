@@ -1,0 +1,64 @@
+"""``aigc serve run`` (the app on the embedded or a given Ray) and ``aigc serve build`` (a Serve
+config file that plain ``serve deploy`` accepts: the same builder, the spec as its args)."""
+
+from __future__ import annotations
+
+import json
+
+from ..ensemble.build import ENSEMBLE_FILE, ensemble_dir
+from ..spec import ExperimentSpec
+from ..storage import Storage, join
+
+APP_NAME = "aigc"
+IMPORT_PATH = "aigc_ray.serve.app:build_app"
+
+
+def app_args(spec: ExperimentSpec) -> dict:
+    return {"spec": spec.model_dump(mode="json")}
+
+
+def serve_config(spec: ExperimentSpec, storage: Storage) -> dict:
+    """A ``serve deploy`` config: HTTP options from the spec, the app built by ``build_app`` from
+    the resolved spec, and the ingress's user_config (strategy and weights: edit and redeploy to
+    reconfigure in place). Checked against Serve's own schema before it is returned."""
+    from ray.serve.schema import ServeDeploySchema
+
+    s = spec.serve
+    doc = json.loads(storage.read_bytes(join(ensemble_dir(spec), ENSEMBLE_FILE)))
+    config = {
+        "proxy_location": "EveryNode",  # a proxy per node: the load balancer spreads over them
+        "http_options": {"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": s.route_prefix,
+                "import_path": IMPORT_PATH,
+                "args": app_args(spec),
+                "runtime_env": {"env_vars": {"OMP_NUM_THREADS": "1"}},
+                "deployments": [
+                    {"name": "ingress", "user_config": {"strategy": doc["strategy"], "weights": doc["weights"]}}
+                ],
+            }
+        ],
+    }
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+def start_local(spec: ExperimentSpec, user_config: dict | None = None):
+    """Start Serve's HTTP proxy (spec.serve.host:port) and run (or update) the app; returns the
+    ingress handle. A new ``user_config`` (strategy, weights) on a running app reconfigures the
+    ingress replicas in place."""
+    from ray import serve
+
+    from .app import build_app
+
+    s = spec.serve
+    serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
+    args = app_args(spec) | ({"user_config": user_config} if user_config is not None else {})
+    return serve.run(build_app(args), name=APP_NAME, route_prefix=s.route_prefix)
+
+
+def base_url(spec: ExperimentSpec) -> str:
+    host = "127.0.0.1" if spec.serve.host in ("0.0.0.0", "::") else spec.serve.host
+    return f"http://{host}:{spec.serve.port}{spec.serve.route_prefix.rstrip('/')}"

@@ -1,0 +1,119 @@
+"""The deployments behind the ingress: one per ensemble member (a fusion classifier, batched),
+the GAN generator, and the language-model ensemble. Each loads its weights from the committed
+ensemble artifact, so every replica serves exactly what ``aigc ensemble build`` wrote."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import tempfile
+from collections import Counter
+
+import numpy as np
+import torch
+from ray import serve
+
+from ..storage import S3Settings, Storage, join
+
+
+def _single_thread() -> None:
+    # Fractional-CPU replicas share cores: more than one torch thread each only thrashes.
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@serve.deployment
+class ClassifierMember:
+    """One fusion classifier. ``classify`` takes (image, caption) and is batched: concurrent
+    requests are stacked into one forward pass (``@serve.batch``)."""
+
+    def __init__(self, ensemble_uri: str, name: str, s3: S3Settings, max_batch_size: int, batch_wait_s: float):
+        from safetensors.torch import load
+
+        from ..tune.fusion_trainable import build_model
+
+        _single_thread()
+        self.storage, self.name = Storage(s3), name
+        folder = join(ensemble_uri, "members", name)
+        self.config = json.loads(self.storage.read_bytes(join(folder, "config.json")))
+        self.model = build_model(self.config, int(self.config["vocab_size"]))
+        self.model.load_state_dict(load(self.storage.read_bytes(join(folder, "model.safetensors"))))
+        self.model.eval()
+        self.batch_sizes: Counter[int] = Counter()
+        self.classify.set_max_batch_size(max_batch_size)
+        self.classify.set_batch_wait_timeout_s(batch_wait_s)
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def classify(self, images: list[np.ndarray], texts: list[str]) -> list[list[float]]:
+        from ..tune.fusion_sweep import encode_captions
+        from ..tune.fusion_trainable import predict
+
+        self.batch_sizes[len(images)] += 1
+        ids, mask, _ = encode_captions(texts, self.config["tokenizer"], self.storage, int(self.config["max_len"]))
+        arrays = {"image": np.stack(images).astype(np.float32), "input_ids": ids, "attention_mask": mask}
+        arrays["label"] = np.zeros(len(images), dtype=np.int64)  # predict() sizes batches by it
+        return predict(self.model, arrays).tolist()
+
+    def batch_stats(self) -> dict[int, int]:
+        """How many batches of each size this replica has run (to observe dynamic batching)."""
+        return dict(self.batch_sizes)
+
+    def check_health(self) -> None:
+        pass  # loaded, or __init__ would have raised
+
+
+@serve.deployment
+class GeneratorDeployment:
+    """The GAN sweep's best generator: seeded samples as PNG."""
+
+    def __init__(self, ensemble_uri: str, s3: S3Settings):
+        from safetensors.torch import load
+
+        from ..models.gan import Generator
+
+        _single_thread()
+        storage = Storage(s3)
+        config = json.loads(storage.read_bytes(join(ensemble_uri, "generator", "config.json")))
+        self.generator = Generator(int(config["z_dim"]), int(config["width"]))
+        self.generator.load_state_dict(
+            load(storage.read_bytes(join(ensemble_uri, "generator", "generator.safetensors")))
+        )
+        self.generator.eval()
+
+    async def generate(self, n: int, seed: int, side: int) -> list[str]:
+        from PIL import Image
+
+        from ..models.gan import from_gan_space, sample
+
+        images = from_gan_space(sample(self.generator, n, seed=seed))[:, 0].numpy()
+        out = []
+        for img in images:
+            pil = Image.fromarray((img * 255).round().astype(np.uint8))
+            if side != pil.width:
+                pil = pil.resize((side, side), Image.Resampling.NEAREST)
+            buf = io.BytesIO()
+            pil.save(buf, format="PNG")
+            out.append(base64.b64encode(buf.getvalue()).decode())
+        return out
+
+
+@serve.deployment
+class LanguageModelDeployment:
+    """Language models sharing a tokenizer, decoded together (averaged next-token log-probs)."""
+
+    def __init__(self, uris: list[str], s3: S3Settings):
+        from ..ensemble.lm import LMEnsemble
+
+        _single_thread()
+        storage = Storage(s3)
+        self._tmp = tempfile.TemporaryDirectory(prefix="aigc-lm-")
+        folders = [str(storage.download(uri, os.path.join(self._tmp.name, str(i)))) for i, uri in enumerate(uris)]
+        self.lm = LMEnsemble(folders)
+        self.lock = asyncio.Lock()  # one decode at a time per replica: they would only share the core
+
+    async def complete(self, prompt: str, max_tokens: int, temperature: float, top_p: float, stop, seed):
+        async with self.lock:
+            return await asyncio.to_thread(self.lm.complete, prompt, max_tokens, temperature, top_p, stop, seed)

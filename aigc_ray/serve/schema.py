@@ -1,0 +1,182 @@
+"""The HTTP schema of the Serve app: what each route accepts and answers. Pydantic validates
+every request, so a bad one gets a 422 that names the field and the rule it broke."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+IMAGE_SIDE = 8  # what the fusion members read: 8x8 grey digits, like the shards
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyRequest(Strict):
+    image: str = Field(
+        description="Base64 PNG of a handwritten digit (grey or colour, any size up to 256x256; resized to 8x8).",
+        max_length=200_000,
+    )
+    text: str = Field(description="The image's caption.", min_length=1, max_length=500)
+    return_members: bool = Field(False, description="Also return each member's probabilities.")
+
+    @field_validator("image")
+    @classmethod
+    def _decodes(cls, v: str) -> str:
+        decode_image(v)  # raises ValueError with the reason
+        return v
+
+
+def decode_image(b64: str) -> np.ndarray:
+    """Base64 PNG -> (1, 8, 8) float32 in [0, 1]; ValueError names what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("image is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.format != "PNG":
+                raise ValueError(f"image must be a PNG, got {img.format}")
+            if img.width > 256 or img.height > 256:
+                raise ValueError(f"image is {img.width}x{img.height}; at most 256x256")
+            grey = img.convert("L")
+            if grey.size != (IMAGE_SIDE, IMAGE_SIDE):
+                grey = grey.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BOX)
+            pixels = np.asarray(grey, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("image is not a decodable PNG") from None
+    return pixels[None]
+
+
+def png_b64(pixels: np.ndarray) -> str:
+    """A (H, W) uint8 array as the base64 PNG that /v1/classify takes (for clients and tests)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+class ClassifyResponse(BaseModel):
+    id: str
+    model: str
+    label: int
+    probabilities: list[float]
+    strategy: str
+    members: dict[str, list[float]] | None = None
+
+
+class ImagesRequest(Strict):
+    n: int = Field(1, ge=1, le=16, description="How many images.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed, same images.")
+    size: Literal["16x16", "64x64"] = Field("64x64", description="16x16 is the generator's own size.")
+
+
+class ImageData(BaseModel):
+    b64_json: str
+
+
+class ImagesResponse(BaseModel):
+    id: str
+    created: int
+    model: str
+    seed: int
+    data: list[ImageData]
+
+
+class CompletionRequest(Strict):
+    """OpenAI's completions request (the fields this server honours; others are refused)."""
+
+    model_config = ConfigDict(extra="ignore")  # clients send extras such as logit_bias: accept, ignore
+
+    model: str = Field(description="Any name; GET /v1/models lists this server's.")
+    prompt: str | list[str] = Field(description="A prompt (or a list holding one).")
+    max_tokens: int = Field(16, ge=1)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1, le=1, description="One choice per request.")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: Literal[False] = False
+    user: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        prompts = [v] if isinstance(v, str) else v
+        if len(prompts) != 1:
+            raise ValueError("send one prompt per request")
+        if not 0 < len(prompts[0]) <= 2000:
+            raise ValueError("prompt must be 1 to 2000 characters")
+        return v
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class CompletionChoice(BaseModel):
+    text: str
+    index: int
+    logprobs: None = None
+    finish_reason: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class FeedbackRequest(Strict):
+    response_id: str = Field(min_length=1, max_length=100, description="The id of an earlier answer.")
+    rating: int | None = Field(None, ge=1, le=5, description="1 (bad) to 5 (good).")
+    correct_label: int | None = Field(None, ge=0, le=9, description="For a classification: the right digit.")
+    correct_text: str | None = Field(None, min_length=1, max_length=2000, description="For a completion: a better one.")
+    comment: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackRequest:
+        if self.rating is None and self.correct_label is None and self.correct_text is None:
+            raise ValueError("feedback needs a rating, a correct_label or a correct_text")
+        return self
+
+
+class FeedbackResponse(BaseModel):
+    id: str
+    stored: str
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "aigc-ray"
+    kind: str
+    details: dict
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

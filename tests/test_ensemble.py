@@ -1,0 +1,134 @@
+"""Ensembles: the combination rules on known predictions, and a real build from a fusion sweep's
+top-k plus bagged members trained on Ray, re-scored from its committed artifact."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aigc_ray.ensemble.combine import Combiner, average_log_probs, fit_combiner
+
+RNG = np.random.default_rng(0)
+
+
+def confident(pred: np.ndarray, classes: int = 10, p: float = 0.8) -> np.ndarray:
+    out = np.full((len(pred), classes), (1 - p) / (classes - 1))
+    out[np.arange(len(pred)), pred] = p
+    return out
+
+
+LABELS = RNG.integers(0, 10, 400)
+GOOD = confident(np.where(RNG.random(400) < 0.9, LABELS, RNG.integers(0, 10, 400)))  # ~91 % right
+NOISE = confident(RNG.integers(0, 10, 400))  # chance
+SHIFTED = confident((LABELS + 1) % 10)  # always wrong, but in a learnable way
+
+
+def accuracy(probs):
+    return float((probs.argmax(1) == LABELS).mean())
+
+
+def test_mean_is_the_average_of_member_probabilities():
+    combined = fit_combiner("mean", np.stack([GOOD, NOISE]), LABELS)(np.stack([GOOD, NOISE]))
+    np.testing.assert_allclose(combined, (GOOD + NOISE) / 2)
+
+
+def test_weighted_fits_weight_onto_the_member_that_is_right():
+    probs = np.stack([NOISE, GOOD, NOISE[::-1]])
+    combiner = fit_combiner("weighted", probs, LABELS)
+    assert sum(combiner.weights) == pytest.approx(1) and min(combiner.weights) >= 0
+    assert combiner.weights[1] > 0.8
+    mean = fit_combiner("mean", probs, LABELS)
+    assert accuracy(combiner(probs)) > accuracy(mean(probs)) + 0.1
+
+
+def test_vote_takes_the_majority_and_breaks_ties_by_probability():
+    # example 1: votes 3, 3, 5 (the 5 very sure) -> 3; example 2: votes 3, 5, 7 -> a tie, the surest (7) wins
+    a, b = confident(np.array([3, 3])), confident(np.array([3, 5]))
+    c = confident(np.array([5, 7]), p=0.99)
+    combined = Combiner("vote", [1 / 3] * 3)(np.stack([a, b, c]))
+    assert combined.argmax(1).tolist() == [3, 7]
+    np.testing.assert_allclose(combined.sum(1), 1)
+
+
+def test_stacking_learns_what_members_mean_and_reports_out_of_fold_scores():
+    probs = np.stack([SHIFTED, NOISE])
+    stacking = fit_combiner("stacking", probs, LABELS)
+    assert accuracy(fit_combiner("mean", probs, LABELS)(probs)) < 0.2
+    assert accuracy(stacking(probs)) > 0.95  # it learned "class k means k-1"
+    assert stacking.info["out_of_fold"]["accuracy"] > 0.9  # and held out, too
+    assert 0 < stacking.info["out_of_fold"]["macro_f1"] <= 1
+
+
+def test_averaged_log_probabilities_are_the_renormalised_geometric_mean():
+    p = np.array([0.7, 0.2, 0.1])
+    q = np.array([0.1, 0.6, 0.3])
+    mixed = np.exp(average_log_probs([np.log(p), np.log(q)]))
+    expected = np.sqrt(p * q) / np.sqrt(p * q).sum()
+    np.testing.assert_allclose(mixed, expected)
+    np.testing.assert_allclose(np.exp(average_log_probs([np.log(p), np.log(p)])), p)
+
+
+def test_reweighting_is_checked():
+    combiner = Combiner("weighted", [0.5, 0.5])
+    assert combiner.with_weights([3, 1]).weights == [0.75, 0.25]
+    for bad in ([1], [-1, 2], [0, 0]):
+        with pytest.raises(ValueError, match="non-negative weights"):
+            combiner.with_weights(bad)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_local, local_data):
+    from aigc_ray.ensemble.build import build_ensemble, ensemble_dir, evaluate_ensemble
+    from aigc_ray.manifest import read_manifest
+    from aigc_ray.spec import load_spec
+    from aigc_ray.tune.fusion_sweep import run_fusion_sweep
+
+    base, storage = local_data
+    spec = load_spec(
+        None,
+        [
+            f"storage.root={base.storage.root}",
+            "name=ensemble",
+            "data.rows_per_shard=300",
+            "fusion.dim=16",
+            "fusion.sweep.scheduler=fifo",
+            "fusion.sweep.num_samples=2",
+            "fusion.sweep.max_iterations=2",
+            "fusion.sweep.steps_per_iteration=20",
+            "ensemble.top_k=2",
+            "ensemble.bagging=2",
+            "ensemble.bagging_iterations=2",
+            "ensemble.strategy=weighted",
+        ],
+    )
+    sweep = run_fusion_sweep(spec, storage, progress=False, log=lambda *_: None)
+    report = build_ensemble(spec, storage, log=lambda *_: None)
+    doc = json.loads(storage.read_bytes(ensemble_dir(spec) + "/ensemble.json"))
+    assert [m["name"] for m in doc["members"]] == ["sweep-1", "sweep-2", "bagged-1", "bagged-2"]
+    assert sum(doc["weights"].values()) == pytest.approx(1)
+    shards = read_manifest(storage, base.data_uri + "/multimodal").fingerprint
+    top = doc["members"][0]["lineage"]
+    assert top["sweep_trial"] == sweep.top_k[0]["trial_id"] and top["checkpoint"] == sweep.top_k[0]["checkpoint"]
+    assert top["data"][base.data_uri + "/multimodal"] == shards
+    assert doc["members"][2]["lineage"]["data"][base.data_uri + "/multimodal"] == shards
+    assert doc["members"][2]["lineage"]["bootstrap_seed"] != doc["members"][3]["lineage"]["bootstrap_seed"]
+    manifest = read_manifest(storage, ensemble_dir(spec))
+    assert manifest.kind == "ensemble/fusion" and top["checkpoint"] in manifest.inputs
+    # the two bagged members saw different resamples: they disagree somewhere
+    val = report.metrics["val"]
+    assert val["bagged-1"] != val["bagged-2"]
+    # the committed artifact, loaded from its safetensors, scores exactly what the build reported
+    again = evaluate_ensemble(spec, storage, log=lambda *_: None)
+    assert again.metrics == report.metrics
+
+
+def test_building_without_a_sweep_names_what_is_missing(tmp_path, capsys):
+    from aigc_ray.cli import main
+
+    assert main(["ensemble", "build", "-c", "examples/quickstart.yaml", "--set", f"storage.root={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert "no fusion sweep results" in err and "aigc sweep fusion" in err
+    assert not (tmp_path / "quickstart" / "ensemble").exists()  # nothing half-written

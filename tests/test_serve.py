@@ -1,0 +1,277 @@
+"""The Serve app for real: an ensemble of two fusion members (from a real sweep), a GAN generator
+(from a real sweep) and a small language model, on the session's Ray, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from aigc_ray.spec import load_spec
+
+TOKEN = "test-token-1234567890"
+
+
+def tiny_language_model(spec, storage, uri):
+    """A small GPT-2 on our tokenizer, trained a few steps on captions, exported like a fine-tune."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+    from transformers import AutoConfig, PreTrainedTokenizerFast
+
+    from aigc_ray.data.tokenizer import download_tokenizer
+    from aigc_ray.manifest import publish_directory
+    from aigc_ray.models.lm import build_lm
+    from aigc_ray.spec import spec_hash
+    from aigc_ray.train.pretrain import loop_config
+
+    cfg = loop_config(load_spec(None, [f"storage.root={spec.storage.root}", "pretrain.model.preset=tiny"]))
+    torch.manual_seed(0)
+    model = build_lm(AutoConfig.for_model(**cfg.hf_config))
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir = download_tokenizer(storage, spec.data_uri + "/tokenizer", Path(tmp) / "tok")
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
+        text = " ".join(f"Caption for a {w}: a handwritten {w}." for w in ["three", "seven", "zero"] * 8)
+        ids = torch.tensor([tokenizer(text)["input_ids"][:64]])
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(20):
+            loss = model(input_ids=ids, labels=ids).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        out = Path(tmp) / "export"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        publish_directory(storage, out, uri, kind="model/causal-lm", spec_hash=spec_hash(spec, "pretrain"), inputs={})
+
+
+@pytest.fixture(scope="module")
+def served(ray_local, local_data, tmp_path_factory):
+    from conftest import free_port
+    from ray import serve
+
+    from aigc_ray.ensemble.build import build_ensemble
+    from aigc_ray.serve.deploy import base_url, start_local
+    from aigc_ray.tune.fusion_sweep import run_fusion_sweep
+    from aigc_ray.tune.gan_sweep import run_gan_sweep
+
+    base, storage = local_data
+    token_file = tmp_path_factory.mktemp("secret") / "token"
+    token_file.write_text(TOKEN + "\n")
+    lm_uri = f"{base.storage.root}/serve/lm-export"
+    spec = load_spec(
+        None,
+        [
+            f"storage.root={base.storage.root}",
+            "name=serve",
+            "data.rows_per_shard=300",
+            "fusion.dim=16",
+            "fusion.sweep.scheduler=fifo",
+            "fusion.sweep.num_samples=2",
+            "fusion.sweep.max_iterations=3",
+            "fusion.sweep.steps_per_iteration=30",
+            "gan.width=8",
+            "gan.eval_samples=64",
+            "gan.sweep.scheduler=fifo",
+            "gan.sweep.num_samples=1",
+            "gan.sweep.max_iterations=1",
+            "gan.sweep.steps_per_iteration=5",
+            "ensemble.top_k=2",
+            "ensemble.strategy=weighted",
+            f"ensemble.language_models=[{lm_uri}]",
+            f"serve.port={free_port()}",
+            "serve.cpus_per_replica=0.2",
+            "serve.batch_wait_ms=20",
+            f"serve.auth_token_file={token_file}",
+            "serve.auth_token_env=AIGC_TEST_TOKEN_NOT_SET",
+            "serve.max_request_bytes=20000",
+            "serve.max_tokens=32",
+        ],
+    )
+    quiet = {"progress": False, "log": lambda *_: None}
+    run_fusion_sweep(spec, storage, **quiet)
+    run_gan_sweep(spec, storage, **quiet)
+    tiny_language_model(spec, storage, lm_uri)
+    build_ensemble(spec, storage, log=lambda *_: None)
+    start_local(spec)
+    client = httpx.Client(base_url=base_url(spec), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    yield spec, storage, client
+    client.close()
+    serve.shutdown()
+
+
+def digit_request(storage, spec, i=0, members=False):
+    from aigc_ray.data.arrays import digit_arrays
+    from aigc_ray.serve.schema import png_b64
+
+    val = digit_arrays(spec, storage, "val")
+    pixels = (val["image"][i, 0] * 255).round().astype(np.uint8)
+    return {"image": png_b64(pixels), "text": str(val["text"][i]), "return_members": members}, int(val["label"][i])
+
+
+@pytest.mark.slow
+def test_classify_answers_what_the_offline_ensemble_answers(served):
+    from aigc_ray.ensemble.build import ensemble_dir, load_ensemble
+    from aigc_ray.tune.fusion_sweep import fusion_arrays
+    from aigc_ray.tune.fusion_trainable import predict
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 3, members=True)
+    res = client.post("/v1/classify", json=body)
+    assert res.status_code == 200, res.text
+    out = res.json()
+    assert out["id"].startswith("clf-") and out["strategy"] == "weighted"
+    assert sum(out["probabilities"]) == pytest.approx(1, abs=1e-4) and out["label"] == int(
+        np.argmax(out["probabilities"])
+    )
+    ens = load_ensemble(storage, ensemble_dir(spec))
+    assert set(out["members"]) == set(ens.names)
+    expected = []
+    for model, config in zip(ens.models, ens.configs, strict=True):
+        val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_len"])
+        expected.append(predict(model, {k: v[3:4] for k, v in val.items()})[0])
+    np.testing.assert_allclose(out["members"][ens.names[0]], expected[0], atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"], ens.combiner(np.stack(expected)[:, None])[0], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_images_are_pngs_reproducible_from_a_seed(served):
+    from PIL import Image
+
+    _, _, client = served
+    a = client.post("/v1/images", json={"n": 2, "seed": 7}).json()
+    b = client.post("/v1/images", json={"n": 2, "seed": 7}).json()
+    c = client.post("/v1/images", json={"n": 2, "seed": 8}).json()
+    assert a["seed"] == 7 and len(a["data"]) == 2
+    assert [d["b64_json"] for d in a["data"]] == [d["b64_json"] for d in b["data"]]
+    assert a["data"] != c["data"]
+    img = Image.open(io.BytesIO(base64.b64decode(a["data"][0]["b64_json"])))
+    assert img.format == "PNG" and img.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_the_openai_client_talks_to_completions(served):
+    from openai import NotFoundError, OpenAI
+
+    spec, _, _ = served
+    from aigc_ray.serve.deploy import base_url
+
+    client = OpenAI(base_url=base_url(spec) + "/v1", api_key=TOKEN, max_retries=0)
+    first = client.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=8, temperature=0)
+    again = client.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=8, temperature=0)
+    assert first.object == "text_completion" and first.id.startswith("cmpl-")
+    assert first.choices[0].text == again.choices[0].text  # greedy decoding is deterministic
+    assert first.choices[0].finish_reason in ("length", "stop")
+    assert 0 < first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
+    assert {m.id for m in client.models.list().data} == {"aigc-ensemble", "aigc-gan", "aigc-lm"}
+    with pytest.raises(NotFoundError, match="not found"):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+
+
+@pytest.mark.slow
+def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
+    from aigc_ray.serve.feedback import read_feedback
+
+    spec, storage, client = served
+    body, label = digit_request(storage, spec, 5)
+    answer = client.post("/v1/classify", json=body).json()
+    res = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": label, "rating": 2})
+    assert res.status_code == 200, res.text
+    table = read_feedback(storage, f"{spec.storage.root}/serve/feedback")
+    row = [r for r in table.to_pylist() if r["response_id"] == answer["id"]][0]
+    assert row["kind"] == "classify" and row["correct_label"] == label and row["rating"] == 2
+    assert row["input_image"] == base64.b64decode(body["image"]) and row["input_text"] == body["text"]
+    assert json.loads(row["answer"])["label"] == answer["label"] and row["model_version"]
+    assert client.post("/v1/feedback", json={"response_id": "clf-nope", "rating": 1}).status_code == 404
+    wrong = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_text": "x"})
+    assert wrong.status_code == 422 and "completions only" in wrong.text
+    empty = client.post("/v1/feedback", json={"response_id": answer["id"]})
+    assert empty.status_code == 422 and "needs a rating" in empty.text
+
+
+@pytest.mark.slow
+def test_models_show_members_weights_and_lineage(served):
+    spec, storage, client = served
+    cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
+    details = cards["aigc-ensemble"]["details"]
+    assert details["strategy"] == "weighted" and sum(details["weights"].values()) == pytest.approx(1)
+    for m in details["members"]:
+        assert storage.exists(m["lineage"]["checkpoint"] + "/fusion_state.pt")
+        assert m["lineage"]["sweep_trial"] and m["lineage"]["data"] and m["lineage"]["spec_hash"]
+    assert cards["aigc-lm"]["details"]["members"][0]["fingerprint"]
+
+
+@pytest.mark.slow
+def test_auth_limits_and_validation_answer_4xx_that_say_what_is_wrong(served):
+    spec, storage, client = served
+    anonymous = httpx.Client(base_url=str(client.base_url), timeout=30)
+    body, _ = digit_request(storage, spec)
+    assert anonymous.post("/v1/classify", json=body).status_code == 401
+    assert anonymous.get("/v1/models").status_code == 401
+    wrong = anonymous.post("/v1/classify", json=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert anonymous.get("/healthz").status_code == 200
+    bad = client.post("/v1/classify", json={**body, "image": "not base64!"})
+    assert bad.status_code == 422 and "not valid base64" in bad.text
+    jpeg = client.post("/v1/classify", json={**body, "image": base64.b64encode(b"GIF89a" + b"0" * 20).decode()})
+    assert jpeg.status_code == 422 and "PNG" in jpeg.text
+    missing = client.post("/v1/classify", json={"image": body["image"]})
+    assert missing.status_code == 422 and "text" in missing.text
+    big = client.post("/v1/classify", json={**body, "text": "x" * 30000})
+    assert big.status_code == 413 and "20000 bytes" in big.text
+    too_long = client.post("/v1/completions", json={"model": "aigc-lm", "prompt": "a", "max_tokens": 1000})
+    assert too_long.status_code == 400 and "at most 32" in too_long.text
+    assert client.post("/v1/images", json={"n": 100}).status_code == 422
+
+
+@pytest.mark.slow
+def test_members_batch_concurrent_requests(served):
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec)
+    before = client.get("/v1/members/stats").json()
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(lambda _: client.post("/v1/classify", json=body).status_code, range(64)))
+    assert codes == [200] * 64
+    after = client.get("/v1/members/stats").json()
+    for name, sizes in after.items():
+        new = {int(k): v - before.get(name, {}).get(k, 0) for k, v in sizes.items()}
+        assert sum(k * v for k, v in new.items()) == 64  # every request went through a batch
+        assert max(k for k, v in new.items() if v) > 1, f"{name} never batched: {new}"
+
+
+@pytest.mark.slow
+def test_weights_change_in_place_under_load_without_a_failed_request(served):
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 2, members=True)
+    names = list(client.get("/v1/models").json()["data"][0]["details"]["weights"])
+    codes, stop = [], threading.Event()
+
+    def load():
+        with httpx.Client(base_url=str(client.base_url), headers=client.headers, timeout=60) as c:
+            while not stop.is_set():
+                codes.append(c.post("/v1/classify", json=body).status_code)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    start_local(spec, user_config={"strategy": "weighted", "weights": {names[0]: 1.0, names[1]: 0.0}})
+    time.sleep(1)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(codes) > 10 and set(codes) == {200}, f"{len(codes)} requests, codes {set(codes)}"
+    out = client.post("/v1/classify", json=body).json()
+    np.testing.assert_allclose(out["probabilities"], out["members"][names[0]], atol=1e-5)  # only member 0 counts
+    weights = client.get("/v1/models").json()["data"][0]["details"]["weights"]
+    assert weights == {names[0]: 1.0, names[1]: 0.0}
