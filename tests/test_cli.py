@@ -95,6 +95,8 @@ def test_stream_into_train_workers_on_an_existing_cluster(ray_local, s3_data):
 def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     """What `make demo` runs (fewer steps, smaller sweeps): data, a streamed epoch, pretraining,
     fine-tuning and both sweeps on an embedded Ray that the command starts and stops itself."""
+    from conftest import free_port
+
     small_sweeps = [
         "gan.width=8",
         "gan.eval_samples=64",
@@ -105,6 +107,7 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
         "fusion.sweep.num_samples=2",
         "fusion.sweep.max_iterations=2",
         "fusion.sweep.steps_per_iteration=5",
+        f"serve.port={free_port()}",
     ]
     res = aigc(
         "run",
@@ -133,3 +136,8 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     sweeps = tmp_path / "runs" / "quickstart" / "sweeps"
     for plot in ("gan/results/samples.png", "gan/results/curves.png", "fusion/results/curves.png"):
         assert (sweeps / plot).read_bytes()[:4] == b"\x89PNG", plot
+    # it ends with the served ensemble answering one request of each kind
+    for route in ("/v1/models", "/v1/classify", "/v1/images", "/v1/completions", "/v1/feedback"):
+        assert f"  {route}" in res.stdout, route
+    assert "ensemble: test accuracy" in res.stdout
+    assert list((tmp_path / "runs" / "quickstart" / "feedback").glob("part-*.parquet"))

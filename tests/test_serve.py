@@ -89,6 +89,7 @@ def served(ray_local, local_data, tmp_path_factory):
             f"ensemble.language_models=[{lm_uri}]",
             f"serve.port={free_port()}",
             "serve.cpus_per_replica=0.2",
+            "serve.replicas=2",  # two per member, so one can die under load
             "serve.batch_wait_ms=20",
             f"serve.auth_token_file={token_file}",
             "serve.auth_token_env=AIGC_TEST_TOKEN_NOT_SET",
@@ -241,8 +242,9 @@ def test_members_batch_concurrent_requests(served):
         codes = list(pool.map(lambda _: client.post("/v1/classify", json=body).status_code, range(64)))
     assert codes == [200] * 64
     after = client.get("/v1/members/stats").json()
-    for name, sizes in after.items():
-        new = {int(k): v - before.get(name, {}).get(k, 0) for k, v in sizes.items()}
+    for name, stats in after.items():
+        assert stats["replicas"] == 2
+        new = {int(k): v - before[name]["batches"].get(k, 0) for k, v in stats["batches"].items()}
         assert sum(k * v for k, v in new.items()) == 64  # every request went through a batch
         assert max(k for k, v in new.items() if v) > 1, f"{name} never batched: {new}"
 
@@ -254,6 +256,17 @@ def test_weights_change_in_place_under_load_without_a_failed_request(served):
     spec, storage, client = served
     body, _ = digit_request(storage, spec, 2, members=True)
     names = list(client.get("/v1/models").json()["data"][0]["details"]["weights"])
+    new = {"strategy": "weighted", "weights": {names[0]: 1.0, names[1]: 0.0}}
+    codes = steady_load(client, body, 1, lambda: start_local(spec, user_config=new), 1)
+    assert len(codes) > 10 and set(codes) == {200}, f"{len(codes)} requests, codes {set(codes)}"
+    out = client.post("/v1/classify", json=body).json()
+    np.testing.assert_allclose(out["probabilities"], out["members"][names[0]], atol=1e-5)  # only member 0 counts
+    weights = client.get("/v1/models").json()["data"][0]["details"]["weights"]
+    assert weights == {names[0]: 1.0, names[1]: 0.0}
+
+
+def steady_load(client, body, seconds_before, action, seconds_after, threads=4):
+    """Status codes of requests sent without pause by ``threads`` clients while ``action`` runs."""
     codes, stop = [], threading.Event()
 
     def load():
@@ -261,17 +274,152 @@ def test_weights_change_in_place_under_load_without_a_failed_request(served):
             while not stop.is_set():
                 codes.append(c.post("/v1/classify", json=body).status_code)
 
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
+    workers = [threading.Thread(target=load) for _ in range(threads)]
+    for t in workers:
         t.start()
-    time.sleep(1)
-    start_local(spec, user_config={"strategy": "weighted", "weights": {names[0]: 1.0, names[1]: 0.0}})
-    time.sleep(1)
+    time.sleep(seconds_before)
+    action()
+    time.sleep(seconds_after)
     stop.set()
-    for t in threads:
+    for t in workers:
         t.join()
-    assert len(codes) > 10 and set(codes) == {200}, f"{len(codes)} requests, codes {set(codes)}"
-    out = client.post("/v1/classify", json=body).json()
-    np.testing.assert_allclose(out["probabilities"], out["members"][names[0]], atol=1e-5)  # only member 0 counts
-    weights = client.get("/v1/models").json()["data"][0]["details"]["weights"]
-    assert weights == {names[0]: 1.0, names[1]: 0.0}
+    return codes
+
+
+@pytest.mark.slow
+def test_a_member_replica_killed_under_load_costs_at_most_one_request_in_a_thousand(served):
+    import ray
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 1)
+    replicas = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "member-sweep-1" in a["name"]
+    ]
+    assert len(replicas) == 2, replicas
+
+    def kill_one():
+        ray.kill(ray.get_actor(replicas[0], namespace="serve"), no_restart=True)
+
+    codes = steady_load(client, body, 1.5, kill_one, 4)
+    ok = sum(c == 200 for c in codes)
+    assert len(codes) > 50 and ok / len(codes) >= 0.999, f"{ok} of {len(codes)} succeeded: {set(codes)}"
+
+
+def test_serve_build_writes_a_config_that_serve_accepts(served, tmp_path):
+    import importlib
+
+    import yaml
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    from aigc_ray.cli import main
+
+    spec, _, _ = served
+    out = tmp_path / "serve.yaml"
+    args = ["serve", "build", "-c", "examples/quickstart.yaml", "-o", str(out)]
+    args += ["--set", f"storage.root={spec.storage.root}", "--set", "name=serve", "--set", "serve.host=0.0.0.0"]
+    assert main(args) == 0
+    config = yaml.safe_load(out.read_text())
+    ServeDeploySchema.model_validate(config)  # what `serve deploy` checks first
+    app = config["applications"][0]
+    assert config["http_options"]["host"] == "0.0.0.0" and app["deployments"][0]["name"] == "ingress"
+    assert set(app["deployments"][0]["user_config"]["weights"]) == {"sweep-1", "sweep-2"}
+    module, attr = app["import_path"].split(":")
+    assert isinstance(getattr(importlib.import_module(module), attr)(app["args"]), Application)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(500)
+def test_fuzzing_the_openapi_schema_finds_no_server_error(served):
+    """Schemathesis generates requests from the app's own OpenAPI document, valid and invalid
+    ones, for every route; none may get a 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    from aigc_ray.serve.deploy import base_url
+
+    spec, _, client = served
+    url = base_url(spec)
+    schema = schemathesis.openapi.from_url(url + "/openapi.json")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    failures, calls = [], 0
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+
+            @settings(
+                max_examples=20, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+            )
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def probe(case):
+                nonlocal calls
+                response = case.call(base_url=url, headers=auth, timeout=60)
+                calls += 1
+                if response.status_code >= 500:
+                    failures.append(
+                        f"{case.method} {case.formatted_path}: {response.status_code} {response.text[:200]}"
+                    )
+
+            try:
+                probe()
+            except Unsatisfiable:  # e.g. no invalid request exists for a GET without parameters
+                continue
+    assert calls > 100
+    assert not failures, "\n".join(failures[:10])
+
+
+def test_the_committed_nginx_config_is_the_generated_one():
+    from pathlib import Path
+
+    from aigc_ray.serve.loadbalancer import nginx_config
+
+    committed = Path(__file__).resolve().parent.parent / "infra" / "nginx" / "aigc-serve.conf"
+    assert committed.read_text() == nginx_config(), "regenerate infra/nginx/aigc-serve.conf from nginx_config()"
+
+
+@pytest.mark.slow
+def test_nginx_balances_across_serve_proxies_and_routes_around_a_dead_one(served, tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import free_port
+
+    from aigc_ray.serve.loadbalancer import nginx_config
+
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        pytest.skip("nginx is not installed (.ci/run installs Debian's package)")
+    spec, storage, client = served
+    dead, port = free_port(), free_port()  # nothing listens on `dead`: a proxy that went away
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        nginx_config([f"127.0.0.1:{spec.serve.port}", f"127.0.0.1:{dead}"], f"127.0.0.1:{port}", prefix=str(tmp_path))
+    )
+    check = subprocess.run([nginx, "-t", "-c", str(conf), "-p", str(tmp_path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path), "-g", "daemon off;"])
+    try:
+        lb = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=client.headers, timeout=30)
+        deadline = time.time() + 20
+        while True:
+            try:
+                if lb.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.time() < deadline, "nginx did not come up"
+            time.sleep(0.2)
+        body, _ = digit_request(storage, spec, 4)
+        codes = [lb.post("/v1/classify", json=body).status_code for _ in range(40)]
+        assert codes == [200] * 40
+        assert lb.post("/v1/classify", json={"image": "x"}).status_code == 422  # errors pass through as they are
+        log = (tmp_path / "access.log").read_text()
+        assert f"upstream=127.0.0.1:{spec.serve.port}" in log
+        assert f"127.0.0.1:{dead}" in log  # it was tried, failed, and the request moved on
+        lb.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -30,6 +31,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..ensemble.build import ENSEMBLE_FILE, ensemble_dir
@@ -59,7 +61,11 @@ from .schema import (
 LM_MODEL_ID = "aigc-lm"
 ENSEMBLE_MODEL_ID = "aigc-ensemble"
 GENERATOR_MODEL_ID = "aigc-gan"
-REMEMBERED_RESPONSES = 10_000  # answers that feedback can refer to, per ingress replica
+REMEMBERED_RESPONSES = 10_000
+REPLICA_GONE = (
+    RayActorError,
+    ActorUnavailableError,
+)  # a replica died or restarts under the request  # answers that feedback can refer to, per ingress replica
 
 api = FastAPI(title="aigc-ray ensemble", version="1", description=__doc__.split("\n\n")[0])
 
@@ -175,22 +181,31 @@ class EnsembleIngress:
             self.responses.popitem(last=False)
         return rid
 
-    async def _call(self, *responses):
-        """Await deployment calls with the request timeout; overload and timeouts become 503/504."""
+    async def _call(self, *calls):
+        """Run deployment calls (zero-argument functions returning a handle call) concurrently
+        within the request timeout. A call whose replica died is sent again (the router moves
+        it to a live replica: every member call is idempotent); overload, unavailability and
+        timeouts become 503/504 answers."""
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         try:
-            return await asyncio.wait_for(asyncio.gather(*responses), self.timeout)
+            return await asyncio.wait_for(asyncio.gather(*(self._retrying(c) for c in calls)), self.timeout)
         except BackPressureError:
-            raise HTTPException(
-                503, "overloaded: a member's queue is full, retry later", headers={"Retry-After": "1"}
-            ) from None
-        except DeploymentUnavailableError:
-            raise HTTPException(
-                503, "a member deployment is unavailable, retry later", headers={"Retry-After": "1"}
-            ) from None
+            raise HTTPException(503, "overloaded: a queue is full, retry later", headers={"Retry-After": "1"}) from None
+        except (DeploymentUnavailableError, *REPLICA_GONE):
+            raise HTTPException(503, "a deployment is unavailable, retry later", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise HTTPException(504, f"no answer within {self.timeout:g} s") from None
+
+    @staticmethod
+    async def _retrying(call, attempts: int = 4):
+        for attempt in range(attempts):
+            try:
+                return await call()
+            except REPLICA_GONE:
+                if attempt == attempts - 1:
+                    raise
+                await asyncio.sleep(0.05 * 2**attempt)  # the router learns of the death meanwhile
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -199,7 +214,7 @@ class EnsembleIngress:
     @api.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_token)])
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         image = decode_image(req.image)
-        outs = await self._call(*(self.members[n].classify.remote(image, req.text) for n in self.names))
+        outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
         answer = {
@@ -222,7 +237,7 @@ class EnsembleIngress:
             raise HTTPException(404, "this ensemble has no generator: run the GAN sweep and rebuild the ensemble")
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         side = int(req.size.split("x")[0])
-        (pngs,) = await self._call(self.generator.generate.remote(req.n, seed, side))
+        (pngs,) = await self._call(partial(self.generator.generate.remote, req.n, seed, side))
         rid = self._remember("img", "images", {"n": req.n, "seed": seed, "size": req.size})
         return ImagesResponse(
             id=rid,
@@ -241,7 +256,15 @@ class EnsembleIngress:
         if req.max_tokens > self.max_tokens:
             raise HTTPException(400, f"max_tokens is {req.max_tokens}; this server allows at most {self.max_tokens}")
         (done,) = await self._call(
-            self.lm.complete.remote(req.prompt_text, req.max_tokens, req.temperature, req.top_p, req.stops, req.seed)
+            partial(
+                self.lm.complete.remote,
+                req.prompt_text,
+                req.max_tokens,
+                req.temperature,
+                req.top_p,
+                req.stops,
+                req.seed,
+            )
         )
         rid = self._remember("cmpl", "completion", {"text": done.text}, input_text=req.prompt_text)
         return CompletionResponse(
@@ -306,8 +329,16 @@ class EnsembleIngress:
 
     @api.get("/v1/members/stats", dependencies=[Depends(require_token)])
     async def member_stats(self) -> dict:
-        stats = await self._call(*(self.members[n].batch_stats.remote() for n in self.names))
-        return {n: {str(k): v for k, v in s.items()} for n, s in zip(self.names, stats, strict=True)}
+        """Per member, summed over its live replicas: how many batches of each size have run."""
+        out = {}
+        for n in self.names:
+            per_replica = await self.members[n].broadcast("batch_stats").results_async(timeout_s=self.timeout)
+            total: dict[str, int] = {}
+            for stats in per_replica:
+                for size, count in stats.items():
+                    total[str(size)] = total.get(str(size), 0) + count
+            out[n] = {"replicas": len(per_replica), "batches": total}
+        return out
 
 
 def build_app(args: dict):

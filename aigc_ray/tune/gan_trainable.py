@@ -98,7 +98,7 @@ def gan_trainable(
                 "pair_matches": restored["restored_pair_matches"],
             }
             Storage(s3).write_json(join(events_uri, f"{me}-{iteration}-{meta['trial_id']}.json"), event)
-    real_t = torch.from_numpy(real)
+    real_t = torch.from_numpy(np.array(real))  # the object store's arrays are read-only
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
     batch = int(config["batch_size"])
     while iteration < config["max_iterations"]:

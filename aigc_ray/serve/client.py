@@ -1,0 +1,74 @@
+"""A small client for the Serve app (standard library only), and the demo's "one request of
+each kind". The OpenAI client works against /v1/completions too; this covers the other routes."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+
+class ServeError(RuntimeError):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+class AigcClient:
+    def __init__(self, base_url: str, token: str | None = None, timeout: float = 60):
+        self.base_url, self.token, self.timeout = base_url.rstrip("/"), token, timeout
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, method=method)
+        req.add_header("Content-Type", "application/json")
+        if self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as res:
+                return json.loads(res.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except Exception:  # not our JSON error body
+                message = exc.reason
+            raise ServeError(exc.code, message) from None
+
+    def classify(self, image_b64: str, text: str, members: bool = False) -> dict:
+        return self._request("POST", "/v1/classify", {"image": image_b64, "text": text, "return_members": members})
+
+    def images(self, n: int = 1, seed: int | None = None) -> dict:
+        return self._request("POST", "/v1/images", {"n": n, "seed": seed})
+
+    def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0) -> dict:
+        body = {"model": "aigc-lm", "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
+        return self._request("POST", "/v1/completions", body)
+
+    def feedback(self, response_id: str, **fields) -> dict:
+        return self._request("POST", "/v1/feedback", {"response_id": response_id, **fields})
+
+    def models(self) -> dict:
+        return self._request("GET", "/v1/models")
+
+
+def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: int, log=print) -> dict:
+    """Ask every kind of question once and print the answers (the end of the demo)."""
+    answers = {}
+    cards = {c["id"]: c for c in client.models()["data"]}
+    e = cards["aigc-ensemble"]["details"]
+    log(f"  /v1/models       {', '.join(cards)}; ensemble of {len(e['weights'])} ({e['strategy']})")
+    answers["classify"] = out = client.classify(image_b64, caption)
+    log(
+        f"  /v1/classify     {caption!r} + image -> {out['label']} (p={max(out['probabilities']):.2f}; truly {true_label})"
+    )
+    if "aigc-gan" in cards:
+        answers["images"] = img = client.images(n=4, seed=0)
+        log(f"  /v1/images       {len(img['data'])} PNGs from the generator (seed {img['seed']})")
+    if "aigc-lm" in cards:
+        answers["completion"] = done = client.complete("Caption for a seven:", max_tokens=12)
+        log(f"  /v1/completions  'Caption for a seven:' -> {done['choices'][0]['text']!r}")
+    answers["feedback"] = fb = client.feedback(
+        out["id"], correct_label=true_label, rating=5 if out["label"] == true_label else 1
+    )
+    log(f"  /v1/feedback     stored {fb['stored']}")
+    return answers
