@@ -65,8 +65,12 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
         answers["images"] = img = client.images(n=4, seed=0)
         log(f"  /v1/images       {len(img['data'])} PNGs from the generator (seed {img['seed']})")
     if "aigc-lm" in cards:
-        answers["completion"] = done = client.complete("Caption for a seven:", max_tokens=12)
-        log(f"  /v1/completions  'Caption for a seven:' -> {done['choices'][0]['text']!r}")
+        from ..data.digits import WORDS
+        from ..train.finetune import CAPTION_PROMPT
+
+        prompt = CAPTION_PROMPT.format(word=WORDS[true_label])  # what the caption fine-tune learned to answer
+        answers["completion"] = done = client.complete(prompt, max_tokens=12)
+        log(f"  /v1/completions  {prompt!r} -> {done['choices'][0]['text']!r}")
     answers["feedback"] = fb = client.feedback(
         out["id"], correct_label=true_label, rating=5 if out["label"] == true_label else 1
     )

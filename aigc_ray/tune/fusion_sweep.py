@@ -6,6 +6,7 @@ best model is also scored once on the held-out test split. Beyond the shared res
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -50,11 +51,7 @@ def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: i
     """(input_ids, attention_mask) int64 arrays padded to the longest caption (at most ``limit``
     tokens), and the vocabulary size; ``tokenizer``: 'minilm' or the URI of our BPE tokenizer."""
     if tokenizer == "minilm":
-        from transformers import AutoTokenizer
-
-        from ..models.fusion import minilm_path
-
-        tok = AutoTokenizer.from_pretrained(minilm_path())
+        tok = _minilm_tokenizer()
         enc = tok(list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64), tok.vocab_size
     tok = load_fast_tokenizer(storage.s3, tokenizer)
@@ -65,6 +62,16 @@ def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: i
     for i, row in enumerate(encoded):
         ids[i, : len(row)], mask[i, : len(row)] = row, 1
     return ids, mask, tok.get_vocab_size()
+
+
+@functools.cache
+def _minilm_tokenizer():
+    """Loaded once per process: servers encode every batch with it."""
+    from transformers import AutoTokenizer
+
+    from ..models.fusion import minilm_path
+
+    return AutoTokenizer.from_pretrained(minilm_path())
 
 
 def fusion_arrays(
