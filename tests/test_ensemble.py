@@ -105,21 +105,24 @@ def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_loc
         ],
     )
     sweep = run_fusion_sweep(spec, storage, progress=False, log=lambda *_: None)
+    spec.ensemble.members = [sweep.uri + "/best"]  # an exported model, listed by URI
     report = build_ensemble(spec, storage, log=lambda *_: None)
     doc = json.loads(storage.read_bytes(ensemble_dir(spec) + "/ensemble.json"))
-    assert [m["name"] for m in doc["members"]] == ["sweep-1", "sweep-2", "bagged-1", "bagged-2"]
+    assert [m["name"] for m in doc["members"]] == ["sweep-1", "sweep-2", "listed-1", "bagged-1", "bagged-2"]
+    assert doc["members"][2]["lineage"]["checkpoint"] == sweep.uri + "/best"
     assert sum(doc["weights"].values()) == pytest.approx(1)
     shards = read_manifest(storage, base.data_uri + "/multimodal").fingerprint
     top = doc["members"][0]["lineage"]
     assert top["sweep_trial"] == sweep.top_k[0]["trial_id"] and top["checkpoint"] == sweep.top_k[0]["checkpoint"]
     assert top["data"][base.data_uri + "/multimodal"] == shards
-    assert doc["members"][2]["lineage"]["data"][base.data_uri + "/multimodal"] == shards
-    assert doc["members"][2]["lineage"]["bootstrap_seed"] != doc["members"][3]["lineage"]["bootstrap_seed"]
+    assert doc["members"][3]["lineage"]["data"][base.data_uri + "/multimodal"] == shards
+    assert doc["members"][3]["lineage"]["bootstrap_seed"] != doc["members"][4]["lineage"]["bootstrap_seed"]
     manifest = read_manifest(storage, ensemble_dir(spec))
     assert manifest.kind == "ensemble/fusion" and top["checkpoint"] in manifest.inputs
     # the two bagged members saw different resamples: they disagree somewhere
     val = report.metrics["val"]
     assert val["bagged-1"] != val["bagged-2"]
+    assert val["listed-1"] == val["sweep-1"]  # the sweep's best, exported: the same model
     # the committed artifact, loaded from its safetensors, scores exactly what the build reported
     again = evaluate_ensemble(spec, storage, log=lambda *_: None)
     assert again.metrics == report.metrics

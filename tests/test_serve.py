@@ -423,3 +423,29 @@ def test_nginx_balances_across_serve_proxies_and_routes_around_a_dead_one(served
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_overload_is_answered_503_at_once_instead_of_piling_up(served):
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 6)
+    tight = spec.model_copy(
+        update={
+            "serve": spec.serve.model_copy(
+                update={"max_ongoing_requests": 1, "max_queued_requests": 1, "max_batch_size": 1}
+            )
+        }
+    )
+    start_local(tight)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            codes = list(pool.map(lambda _: client.post("/v1/classify", json=body).status_code, range(96)))
+        assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0, codes
+        rejected = client.post("/v1/classify", json=body)
+        if rejected.status_code == 503:
+            assert "retry later" in rejected.text or "Service Unavailable" in rejected.text
+    finally:
+        start_local(spec)
+    assert client.post("/v1/classify", json=body).status_code == 200

@@ -387,7 +387,8 @@ def build_app(args: dict):
         name="ingress",
         num_replicas=s.ingress_replicas,
         ray_actor_options={"num_cpus": s.cpus_per_replica},
-        max_ongoing_requests=max(s.max_ongoing_requests, 64),
+        # each ingress request waits on every member at once: it may hold as many as they serve together
+        max_ongoing_requests=s.max_ongoing_requests * s.replicas * max(1, len(members)),
         max_queued_requests=s.max_queued_requests,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )

@@ -509,6 +509,17 @@ class ServeSpec(Section):
     def _abs(cls, v: str | None) -> str | None:
         return absolute_local(v) if v else v
 
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ServeSpec:
+        if self.max_batch_size > self.max_ongoing_requests:
+            raise ValueError(
+                f"max_batch_size ({self.max_batch_size}) cannot exceed max_ongoing_requests "
+                f"({self.max_ongoing_requests}): a replica never holds enough requests to fill the batch"
+            )
+        if self.autoscale_max_replicas is not None and self.autoscale_max_replicas < self.replicas:
+            raise ValueError(f"autoscale_max_replicas ({self.autoscale_max_replicas}) < replicas ({self.replicas})")
+        return self
+
 
 class ClusterSpec(Section):
     name: str = "aigc-ray"
