@@ -12,7 +12,6 @@ Prints throughput and p50/p99 latency of each, then the ratios (targets: Serve b
 plain; batched ≥ 3× unbatched). Every server gets the whole machine while it is measured.
 """
 
-
 import argparse
 import concurrent.futures
 import os
