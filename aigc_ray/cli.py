@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 
 from .spec import ExperimentSpec, SpecError, load_spec, spec_hash, spec_to_yaml
@@ -283,6 +284,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    if args.action == "ingest":
+        from .data.feedback_ingest import feedback_shards_uri, ingest_feedback
+
+        manifest = ingest_feedback(spec, storage)
+        print(f"feedback shards: {feedback_shards_uri(spec)} ({manifest.meta['rows']} examples)")
+        return 0
+    from .ensemble.refresh import refresh_from_feedback
+
+    report = refresh_from_feedback(spec, storage)
+    print(f"ensemble refreshed: {report.uri}; `aigc serve run` redeploys it")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from .lineage import format_tree, lineage
+    from .storage import S3Settings
+
+    storage = Storage(S3Settings.resolve(args.endpoint_url))
+    node = lineage(storage, args.uri if "://" in args.uri else os.path.abspath(args.uri))
+    if node.kind is None:
+        print(f"error: no committed artifact (no _manifest.json) at {args.uri}", file=sys.stderr)
+        return 1
+    print(format_tree(node))
+    return 0
+
+
+def cmd_infra(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .infra.render import check_in_sync, render_all
+
+    spec = _load(args)
+    out = Path(args.output)
+    if args.check:
+        stale = check_in_sync(spec, out)
+        for name in stale:
+            print(f"out of date: {name}")
+        print("in sync" if not stale else f"{len(stale)} file(s) differ: run `aigc infra render -c {args.config}`")
+        return 1 if stale else 0
+    for path in render_all(spec, out):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
@@ -337,6 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
     _address_arg(p)
     p.add_argument("-o", "--output", default="serve.yaml", help="build: where to write the Serve config")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("feedback", help="turn served feedback into shards (ingest) and fine-tune the ensemble on them")
+    p.add_argument("action", choices=["ingest", "finetune"])
+    _spec_args(p)
+    p.set_defaults(func=cmd_feedback)
+
+    p = sub.add_parser("lineage", help="show where an artifact came from: its manifest's inputs, followed")
+    p.add_argument("uri", metavar="URI", help="an artifact folder (local or s3://), e.g. runs/quickstart/ensemble")
+    p.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint (default: AWS_ENDPOINT_URL / AWS)")
+    p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("infra", help="generate cluster.yaml and the KubeRay manifests from the spec")
+    p.add_argument("action", choices=["render"])
+    _spec_args(p)
+    p.add_argument("-o", "--output", default=".", help="repository root to write cluster.yaml and infra/kuberay/ under")
+    p.add_argument("--check", action="store_true", help="only check the files there are what the spec renders")
+    p.set_defaults(func=cmd_infra)
 
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"

@@ -281,3 +281,8 @@ class Storage:
         fs, path = self.filesystem(uri)
         with contextlib.suppress(FileNotFoundError):
             fs.delete_file(path)
+
+
+def checkpoint_uri(checkpoint) -> str:
+    """A Ray Train/Tune checkpoint's location as one of our URIs (its ``path`` has no scheme on S3)."""
+    return f"s3://{checkpoint.path}" if checkpoint.filesystem.type_name == "s3" else checkpoint.path

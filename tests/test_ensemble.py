@@ -80,7 +80,7 @@ def test_reweighting_is_checked():
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_local, local_data):
+def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_local, local_data, capsys):
     from aigc_ray.ensemble.build import build_ensemble, ensemble_dir, evaluate_ensemble
     from aigc_ray.manifest import read_manifest
     from aigc_ray.spec import load_spec
@@ -118,11 +118,25 @@ def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_loc
     assert doc["members"][3]["lineage"]["data"][base.data_uri + "/multimodal"] == shards
     assert doc["members"][3]["lineage"]["bootstrap_seed"] != doc["members"][4]["lineage"]["bootstrap_seed"]
     manifest = read_manifest(storage, ensemble_dir(spec))
-    assert manifest.kind == "ensemble/fusion" and top["checkpoint"] in manifest.inputs
+    assert (
+        manifest.kind == "ensemble/fusion"
+        and manifest.inputs[sweep.uri] == read_manifest(storage, sweep.uri).fingerprint
+    )
     # the two bagged members saw different resamples: they disagree somewhere
     val = report.metrics["val"]
     assert val["bagged-1"] != val["bagged-2"]
     assert val["listed-1"] == val["sweep-1"]  # the sweep's best, exported: the same model
+    # `aigc lineage` follows the manifests from the ensemble to the sweep and on to the shards
+    from aigc_ray.cli import main
+    from aigc_ray.lineage import lineage
+
+    def kinds(node):
+        return {node.kind} | {k for p in node.parents for k in kinds(p)}
+
+    assert {"ensemble/fusion", "sweep/fusion", "shards/multimodal/v1"} <= kinds(lineage(storage, ensemble_dir(spec)))
+    assert main(["lineage", ensemble_dir(spec)]) == 0
+    printed = capsys.readouterr().out
+    assert f"member sweep-1 (sweep trial {sweep.top_k[0]['trial_id']}" in printed and "CHANGED" not in printed
     # the committed artifact, loaded from its safetensors, scores exactly what the build reported
     again = evaluate_ensemble(spec, storage, log=lambda *_: None)
     assert again.metrics == report.metrics

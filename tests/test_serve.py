@@ -449,3 +449,32 @@ def test_overload_is_answered_503_at_once_instead_of_piling_up(served):
     finally:
         start_local(spec)
     assert client.post("/v1/classify", json=body).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answers_differently(served):
+    """Serve -> corrections -> `feedback ingest` -> `feedback finetune` -> redeploy -> new answers.
+    (Runs last in this module: it replaces the served ensemble.)"""
+    from aigc_ray.data.feedback_ingest import feedback_shards_uri, ingest_feedback
+    from aigc_ray.data.shards import validate_shards
+    from aigc_ray.ensemble.refresh import refresh_from_feedback
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    corrected = {}
+    for i in (7, 8, 9):
+        body, _ = digit_request(storage, spec, i)
+        answer = client.post("/v1/classify", json=body).json()
+        corrected[i] = (answer["label"] + 1) % 10  # a correction the model disagrees with
+        res = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": corrected[i]})
+        assert res.status_code == 200
+    manifest = ingest_feedback(spec, storage, log=lambda *_: None)
+    assert manifest.meta["rows"] >= 3 and validate_shards(storage, feedback_shards_uri(spec)).ok
+    loop = spec.model_copy(update={"feedback": spec.feedback.model_copy(update={"steps": 80, "lr": 0.005})})
+    refresh_from_feedback(loop, storage, log=lambda *_: None)
+    start_local(spec)  # the new artifact version redeploys the members
+    for i, label in corrected.items():
+        body, _ = digit_request(storage, spec, i)
+        assert client.post("/v1/classify", json=body).json()["label"] == label, f"example {i}"
+    details = client.get("/v1/models").json()["data"][0]["details"]
+    assert all(m["lineage"]["finetuned_on_feedback"] == feedback_shards_uri(spec) for m in details["members"])

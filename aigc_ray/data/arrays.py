@@ -13,9 +13,14 @@ from .shards import split_table
 
 def digit_arrays(spec: ExperimentSpec, storage: Storage, split: str) -> dict[str, np.ndarray]:
     """{"image": (N, C, H, W) float32 in [0, 1], "label": (N,) int64, "text": (N,) object}."""
-    table = split_table(storage, join(spec.data_uri, "multimodal"), split, ["image", "label", "text"])
+    return shard_arrays(storage, join(spec.data_uri, "multimodal"), split)
+
+
+def shard_arrays(storage: Storage, uri: str, split: str) -> dict[str, np.ndarray]:
+    """One split of any ``multimodal/v1`` shard set at ``uri``, as arrays (see ``digit_arrays``)."""
+    table = split_table(storage, uri, split, ["image", "label", "text"])
     if not table.num_rows:
-        raise ValueError(f"split '{split}' of {spec.data_uri}/multimodal is empty")
+        raise ValueError(f"split '{split}' of {uri} is empty")
     images = [decode_png(b).transpose(2, 0, 1) for b in table["image"].to_pylist()]
     labels, texts = table["label"].to_pylist(), table["text"].to_pylist()
     return {

@@ -96,6 +96,15 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
         train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_len"]))
         log(f"[ensemble] training {spec.ensemble.bagging} bagged members on bootstrap resamples (Ray tasks)")
         members += bagged_members(spec, storage, base, train, data_inputs)
+    return commit_ensemble(spec, storage, members, data_inputs, log=log)
+
+
+def commit_ensemble(
+    spec: ExperimentSpec, storage: Storage, members: list[Member], inputs: dict, parent: dict | None = None, log=print
+) -> EnsembleReport:
+    """Fit the combination on the validation split, score both held-out splits and commit the
+    artifact. ``inputs``: data (and other) fingerprints for the manifest; ``parent``: what this
+    version was derived from (a feedback refresh records the previous ensemble and the feedback)."""
     names = [m.name for m in members]
     models, configs = [m.model() for m in members], [m.config for m in members]
     splits = SplitCache(spec, storage)
@@ -132,12 +141,15 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
             "generator": {"source": generator, "fingerprint": read_manifest(storage, generator).fingerprint}
             if has_generator
             else None,
+            "parent": parent,
         }
         (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2))
-        inputs = {**data_inputs, **{lm["uri"]: lm["fingerprint"] for lm in language_models}}
-        for m in members:
-            if "checkpoint" in m.lineage:
-                inputs[m.lineage["checkpoint"]] = m.lineage.get("sweep_fingerprint") or m.lineage.get("fingerprint", "")
+        inputs = {**inputs, **{lm["uri"]: lm["fingerprint"] for lm in language_models}}
+        for m in members:  # parents: the sweep's committed results (which chain on to data), or a listed export
+            if "sweep_results" in m.lineage:
+                inputs[m.lineage["sweep_results"]] = m.lineage["sweep_fingerprint"]
+            elif "checkpoint" in m.lineage:
+                inputs[m.lineage["checkpoint"]] = m.lineage.get("fingerprint", "listed")
         publish_directory(
             storage,
             out,

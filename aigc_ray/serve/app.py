@@ -34,6 +34,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.feedback_ingest import feedback_uri
 from ..ensemble.build import ENSEMBLE_FILE, ensemble_dir
 from ..ensemble.combine import STRATEGIES, Combiner
 from ..manifest import read_manifest
@@ -351,6 +352,7 @@ def build_app(args: dict):
     if read_manifest(storage, uri) is None:
         raise FileNotFoundError(f"no committed ensemble at {uri}: run `aigc ensemble build` first")
     doc = json.loads(storage.read_bytes(join(uri, ENSEMBLE_FILE)))
+    version = read_manifest(storage, uri).fingerprint
     common = {
         "ray_actor_options": {"num_cpus": s.cpus_per_replica},
         "max_ongoing_requests": s.max_ongoing_requests,
@@ -363,7 +365,7 @@ def build_app(args: dict):
     )
     members = {
         m["name"]: ClassifierMember.options(name=f"member-{m['name']}", **common, **scaling).bind(
-            uri, m["name"], storage.s3, s.max_batch_size, s.batch_wait_ms / 1000
+            uri, m["name"], storage.s3, s.max_batch_size, s.batch_wait_ms / 1000, version
         )
         for m in doc["members"]
     }
@@ -375,13 +377,14 @@ def build_app(args: dict):
     settings = {
         "s3": storage.s3,
         "ensemble_uri": uri,
+        "version": version,  # a new artifact version redeploys the ingress too
         "name": spec.name,
         "request_timeout_s": s.request_timeout_s,
         "max_tokens": s.max_tokens,
         "max_request_bytes": s.max_request_bytes,
         "auth_token_env": s.auth_token_env,
         "auth_token_file": s.auth_token_file,
-        "feedback_uri": s.feedback_uri or join(spec.storage.root, spec.name, "feedback"),
+        "feedback_uri": feedback_uri(spec),
     }
     ingress = EnsembleIngress.options(
         name="ingress",

@@ -30,7 +30,11 @@ class ClassifierMember:
     """One fusion classifier. ``classify`` takes (image, caption) and is batched: concurrent
     requests are stacked into one forward pass (``@serve.batch``)."""
 
-    def __init__(self, ensemble_uri: str, name: str, s3: S3Settings, max_batch_size: int, batch_wait_s: float):
+    def __init__(
+        self, ensemble_uri: str, name: str, s3: S3Settings, max_batch_size: int, batch_wait_s: float, version: str = ""
+    ):
+        # ``version`` (the artifact's fingerprint) is unused here: a new one makes Serve redeploy
+        # this member when a refreshed ensemble is served, so replicas load the new weights.
         from safetensors.torch import load
 
         from ..tune.fusion_trainable import build_model

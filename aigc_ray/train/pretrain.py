@@ -20,7 +20,7 @@ from ..data.tokenizer import download_tokenizer
 from ..manifest import publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, StorageError, join
+from ..storage import Storage, StorageError, checkpoint_uri, join
 from .feed import ordered_ingest_options
 from .loop import Hooks, LoopConfig, run_training
 
@@ -167,7 +167,9 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     )
     inputs = data_inputs(built)
     with result.checkpoint.as_directory() as ckpt:
-        export_uri, evaluation = export(spec, storage, ckpt, inputs | {"checkpoint": result.checkpoint.path}, log)
+        export_uri, evaluation = export(
+            spec, storage, ckpt, inputs | {checkpoint_uri(result.checkpoint): "ray-train-checkpoint"}, log
+        )
     return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
 
 
@@ -196,7 +198,7 @@ def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[st
     inputs = data_inputs(built)
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as local:
         storage.download(uri, local)
-        return export(spec, storage, local, inputs | {"checkpoint": uri}, log)
+        return export(spec, storage, local, inputs | {uri: "ray-train-checkpoint"}, log)
 
 
 def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=print) -> tuple[str, dict]:

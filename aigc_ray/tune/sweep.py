@@ -20,7 +20,7 @@ from pathlib import Path
 from ..manifest import publish_directory
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.sections import SweepSpec
-from ..storage import Storage, join
+from ..storage import Storage, checkpoint_uri, join
 from .space import param_space, scheduler, search_alg
 
 
@@ -184,11 +184,6 @@ def trial_id_of(result) -> str:
     metrics are a copy of the donor's, trial_id included."""
     match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(result.path).name)
     return match.group(1) if match else str(result.metrics.get("trial_id"))
-
-
-def checkpoint_uri(checkpoint) -> str:
-    """A Tune checkpoint's location as one of our URIs (its ``path`` has no scheme on S3)."""
-    return f"s3://{checkpoint.path}" if checkpoint.filesystem.type_name == "s3" else checkpoint.path
 
 
 def run_sweep(family: str, spec: ExperimentSpec, storage: Storage, resume: bool = False, log=print) -> SweepResult:
