@@ -73,23 +73,6 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _stream(spec: ExperimentSpec, storage: Storage, split: str, workers: int) -> None:
-    from .data.stream import multimodal_dataset, summarize
-
-    if workers:
-        from .train.feed import stream_to_workers
-
-        summaries = stream_to_workers(spec, storage, workers, split)
-        for rank, s in enumerate(summaries):
-            print(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
-        print(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
-        return
-    ds = multimodal_dataset(spec, storage, split)
-    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
-    for line in summary.lines():
-        print(f"  {line}")
-
-
 def cmd_data_stream(args: argparse.Namespace) -> int:
     from .runtime import ray_session
 
@@ -97,79 +80,33 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
     storage = Storage.from_spec(spec.storage)
     with ray_session(spec, args.address):
         print(f"streaming split '{args.split}' of {spec.data_uri}/multimodal through Ray Data")
-        _stream(spec, storage, args.split, args.workers)
+        from .data.stream import stream_epoch
+
+        stream_epoch(spec, storage, args.split, args.workers)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """The pipeline so far: data, a streamed epoch, pretraining, fine-tuning, the GAN and fusion
-    sweeps, the ensemble, and the Serve app answering one request of each kind."""
-    from .data.build import build_data
-    from .ensemble.build import build_ensemble
+    """The pipeline: every stage that is not up to date, then the run report."""
+    from .pipeline import run_pipeline
+    from .report import write_report
     from .runtime import ray_session
-    from .train.finetune import finetune, resolve_task
-    from .train.pretrain import pretrain
-    from .tune.sweep import run_sweep
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    print(f"[1/8] data: {spec.data_uri}")
-    build_data(spec, storage)
     with ray_session(spec, args.address):
-        print("[2/8] stream: one epoch of the train split through Ray Data")
-        _stream(spec, storage, "train", args.workers)
-        p, f = spec.pretrain, spec.finetune
-        print(
-            f"[3/8] pretrain: {p.model_family} {p.model.preset}, ZeRO-{p.zero_stage}, {p.num_workers} workers, {p.max_steps} steps"
+        results = run_pipeline(
+            spec,
+            storage,
+            force=tuple(args.force),
+            skip_serve=args.no_serve,
+            keep_serving=args.keep_serving,
+            workers=args.workers,
         )
-        pretrained = pretrain(spec, storage)
-        print(f"[4/8] finetune: {f.base} for '{resolve_task(spec)}' ({f.mode}), {f.max_steps} steps")
-        finetuned, _ = finetune(spec, storage)
-        sweeps = {}
-        for i, family in enumerate(("gan", "fusion"), 5):
-            s = getattr(spec, family).sweep
-            print(f"[{i}/8] sweep {family}: {s.num_samples} sample(s), {s.scheduler}, metric {s.metric} ({s.mode})")
-            sweeps[family] = run_sweep(family, spec, storage)
-        e = spec.ensemble
-        print(f"[7/8] ensemble: top {e.top_k} of the fusion sweep + {e.bagging} bagged, '{e.strategy}'")
-        ensemble = build_ensemble(spec, storage)
-        print("[8/8] serve: the ensemble on Ray Serve, one request of each kind")
-        _serve_and_ask(spec, storage, keep_serving=args.keep_serving)
-    print(f"pipeline finished: pretrained {pretrained.export_uri}, fine-tuned {finetuned}")
-    for family, result in sweeps.items():
-        metric = getattr(spec, family).sweep.metric
-        print(f"  {family} sweep: best {metric} {result.best[metric]:.4f}, plots and checkpoints in {result.uri}")
-    test = ensemble.metrics["test"]["ensemble"]
-    print(f"  ensemble: test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f} ({ensemble.uri})")
+    report = write_report(spec, storage, results)
+    ran = [r.name for r in results if r.status == "ran"]
+    print(f"pipeline finished: ran {', '.join(ran) or 'nothing (all up to date)'}; report: {report}")
     return 0
-
-
-def _serve_and_ask(spec: ExperimentSpec, storage: Storage, keep_serving: bool) -> None:
-    import time
-
-    from ray import serve
-
-    from .data.arrays import digit_arrays
-    from .serve.app import read_token
-    from .serve.client import AigcClient, one_of_each
-    from .serve.deploy import base_url, start_local
-    from .serve.schema import png_b64
-
-    start_local(spec)
-    try:
-        test = digit_arrays(spec, storage, "test")
-        pixels = (test["image"][0, 0] * 255).round().astype("uint8")
-        token = read_token(spec.serve.auth_token_env, spec.serve.auth_token_file)
-        print(f"  serving {base_url(spec)}")
-        one_of_each(AigcClient(base_url(spec), token), png_b64(pixels), str(test["text"][0]), int(test["label"][0]))
-        if keep_serving:
-            print("  still serving (--keep-serving); Ctrl-C stops")
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        serve.shutdown()
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -350,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     _address_arg(p)
     p.add_argument("--workers", type=int, default=0, help="stream into N Ray Train workers instead of the driver")
     p.add_argument("--keep-serving", action="store_true", help="keep the Serve app up after the demo requests")
+    p.add_argument("--no-serve", action="store_true", help="stop after the ensemble (no Serve app)")
+    p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if up to date")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("pretrain", help="pretrain a causal or masked LM with Ray Train + DeepSpeed; export to HF")

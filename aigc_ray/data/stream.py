@@ -158,3 +158,20 @@ def summarize(batches: Iterable[dict]) -> EpochSummary:
         summary.add(batch)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def stream_epoch(spec: ExperimentSpec, storage: Storage, split: str, workers: int = 0, log=print) -> None:
+    """Stream one epoch of ``split`` through Ray Data (into ``workers`` Ray Train workers, or the
+    driver) and print what was read: a smoke check that the shards flow."""
+    if workers:
+        from ..train.feed import stream_to_workers
+
+        summaries = stream_to_workers(spec, storage, workers, split)
+        for rank, s in enumerate(summaries):
+            log(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
+        log(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
+        return
+    ds = multimodal_dataset(spec, storage, split)
+    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
+    for line in summary.lines():
+        log(f"  {line}")

@@ -145,6 +145,8 @@ def commit_ensemble(
         }
         (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2))
         inputs = {**inputs, **{lm["uri"]: lm["fingerprint"] for lm in language_models}}
+        if has_generator:
+            inputs[generator] = doc["generator"]["fingerprint"]
         for m in members:  # parents: the sweep's committed results (which chain on to data), or a listed export
             if "sweep_results" in m.lineage:
                 inputs[m.lineage["sweep_results"]] = m.lineage["sweep_fingerprint"]

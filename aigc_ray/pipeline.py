@@ -1,0 +1,201 @@
+"""``aigc run``: the stages as a DAG, each skipped when its output already exists for the same
+inputs, then a run report.
+
+    data ─▶ stream        (a smoke check: one epoch through Ray Data, when the data changed)
+    data ─▶ pretrain ─▶ finetune ─┐
+    data ─▶ sweep_gan ────────────┤
+    data ─▶ sweep_fusion ─────────┴─▶ ensemble ─▶ serve
+
+A stage is up to date when its artifact's manifest exists, was made from the same spec
+sections (its recorded spec hash) and every parent artifact it recorded still has the
+fingerprint it recorded — decided from the lineage manifests, never from file names. The GAN
+and fusion sweeps do not depend on each other; they run one after the other because on a small
+machine they would only compete for the same cores.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .manifest import read_manifest
+from .spec import ExperimentSpec, spec_hash
+from .storage import Storage, join
+
+FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+def freshness(storage: Storage, uri: str, expected_spec_hash: str) -> tuple[bool, str]:
+    """(up to date?, why) for the artifact at ``uri``."""
+    manifest = read_manifest(storage, uri)
+    if manifest is None:
+        return False, "not built yet"
+    if manifest.spec_hash != expected_spec_hash:
+        return False, "its spec sections changed"
+    for parent, recorded in sorted(manifest.inputs.items()):
+        if not FINGERPRINT.fullmatch(recorded):
+            continue  # a checkpoint folder or a package version: not an artifact to compare
+        current = read_manifest(storage, parent)
+        if current is None or current.fingerprint != recorded:
+            return False, f"its input {parent} changed"
+    return True, f"up to date ({manifest.fingerprint[:12]})"
+
+
+@dataclass
+class Stage:
+    name: str
+    needs: tuple[str, ...]
+    run: Callable[[ExperimentSpec, Storage, dict], dict]  # (spec, storage, context) -> summary
+    output: Callable[[ExperimentSpec], str] | None = None  # its artifact; None: always runs
+    sections: tuple[str, ...] = ()  # the spec sections its artifact's spec hash covers
+
+
+@dataclass
+class StageResult:
+    name: str
+    status: str  # ran | skipped | failed
+    seconds: float
+    why: str = ""
+    summary: dict = field(default_factory=dict)
+
+
+def _data(spec, storage, ctx):
+    from .data.build import build_data
+
+    built = build_data(spec, storage)  # checks its own parts: only what changed is rebuilt
+    ctx["data_written"] = built.written
+    return {"written": built.written, "uri": built.root, "up_to_date": not built.written}
+
+
+def _stream(spec, storage, ctx):
+    from .data.stream import stream_epoch
+
+    stream_epoch(spec, storage, "train", ctx.get("workers", 0))
+    return {}
+
+
+def _pretrain(spec, storage, ctx):
+    from .train.pretrain import pretrain
+
+    return {"uri": pretrain(spec, storage).export_uri}
+
+
+def _finetune(spec, storage, ctx):
+    from .train.finetune import finetune
+
+    uri, evaluation = finetune(spec, storage)
+    return {"uri": uri, "eval": evaluation}
+
+
+def _sweep(family):
+    def run(spec, storage, ctx):
+        from .tune.sweep import run_sweep
+
+        result = run_sweep(family, spec, storage)
+        metric = getattr(spec, family).sweep.metric
+        return {"uri": result.uri, metric: result.best[metric], "trials": result.trials}
+
+    return run
+
+
+def _ensemble(spec, storage, ctx):
+    from .ensemble.build import build_ensemble
+
+    report = build_ensemble(spec, storage)
+    return {"uri": report.uri, "test": report.metrics["test"]["ensemble"]}
+
+
+def _serve(spec, storage, ctx):
+    from .serve.demo import serve_and_ask
+
+    return {"answers": serve_and_ask(spec, storage, keep_serving=ctx.get("keep_serving", False))}
+
+
+def _pretrain_out(spec):
+    from .train.pretrain import run_dir
+
+    return join(run_dir(spec), "export")
+
+
+def _finetune_out(spec):
+    from .train.finetune import finetune_dir
+
+    return join(finetune_dir(spec), "export")
+
+
+def _sweep_out(family):
+    def out(spec):
+        from .tune.sweep import sweep_dir
+
+        return join(sweep_dir(spec, family), "results")
+
+    return out
+
+
+def _ensemble_out(spec):
+    from .ensemble.build import ensemble_dir
+
+    return ensemble_dir(spec)
+
+
+STAGES = (
+    Stage("data", (), _data),
+    Stage("stream", ("data",), _stream),
+    Stage("pretrain", ("data",), _pretrain, _pretrain_out, ("data", "pretrain")),
+    Stage("finetune", ("pretrain",), _finetune, _finetune_out, ("data", "finetune")),
+    Stage("sweep_gan", ("data",), _sweep("gan"), _sweep_out("gan"), ("data", "gan")),
+    Stage("sweep_fusion", ("data",), _sweep("fusion"), _sweep_out("fusion"), ("data", "fusion")),
+    Stage(
+        "ensemble", ("finetune", "sweep_gan", "sweep_fusion"), _ensemble, _ensemble_out, ("data", "fusion", "ensemble")
+    ),
+    Stage("serve", ("ensemble",), _serve),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def run_pipeline(
+    spec: ExperimentSpec,
+    storage: Storage,
+    *,
+    force: tuple[str, ...] = (),
+    skip_serve: bool = False,
+    keep_serving: bool = False,
+    workers: int = 0,
+    log=print,
+) -> list[StageResult]:
+    """Run every stage that is not up to date, in dependency order (inside a Ray session the
+    caller opened). ``force``: stages to run even when up to date. A failing stage stops the run."""
+    unknown = set(force) - set(STAGE_NAMES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_NAMES)}")
+    ctx = {"keep_serving": keep_serving, "workers": workers}
+    results: list[StageResult] = []
+    stages = [s for s in STAGES if not (skip_serve and s.name == "serve")]
+    for i, stage in enumerate(stages, 1):
+        tag = f"[{i}/{len(stages)}] {stage.name}"
+        fresh, why = False, ""
+        if stage.output is not None and stage.name not in force:
+            fresh, why = freshness(storage, stage.output(spec), spec_hash(spec, *stage.sections))
+        if stage.name == "stream" and not ctx.get("data_written") and "stream" not in force:
+            fresh, why = True, "the data did not change"
+        if fresh:
+            log(f"{tag}: skipped, {why}")
+            results.append(StageResult(stage.name, "skipped", 0.0, why))
+            continue
+        log(f"{tag}: running" + (f" ({why})" if why else ""))
+        start = time.perf_counter()
+        try:
+            summary = stage.run(spec, storage, ctx)
+        except Exception:
+            results.append(StageResult(stage.name, "failed", time.perf_counter() - start, why))
+            log(f"{tag}: FAILED after {time.perf_counter() - start:.0f} s")
+            raise
+        if summary.get("up_to_date"):  # a stage that checks its own parts found nothing to do
+            results.append(StageResult(stage.name, "skipped", time.perf_counter() - start, "up to date", summary))
+            log(f"{tag}: up to date")
+            continue
+        results.append(StageResult(stage.name, "ran", time.perf_counter() - start, why, summary))
+        log(f"{tag}: done in {time.perf_counter() - start:.0f} s")
+    return results

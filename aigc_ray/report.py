@@ -1,0 +1,176 @@
+"""The run report: one page a person would rather look at than read.
+
+``<root>/<name>/report/`` holds ``report.html`` (self-contained: the plots are embedded) and
+``report.md`` (the same, with the PNGs beside it): what each stage did, the loss curves, the
+sweeps' learning curves, the GAN's samples, the fusion model's confusion matrix, the ensemble
+against its members, and the served answers. Everything is read back from the committed
+artifacts, so a re-run that skipped every stage reports the same results.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from .manifest import code_version, publish_directory, read_manifest
+from .spec import ExperimentSpec, spec_hash
+from .storage import Storage, join
+
+
+def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[str], list[tuple[str, bytes]]]]:
+    """(title, Markdown lines, [(png name, bytes)]) per finished artifact."""
+    from .ensemble.build import ENSEMBLE_FILE, ensemble_dir
+    from .train.finetune import finetune_dir
+    from .train.pretrain import run_dir
+    from .tune.sweep import sweep_dir
+
+    out = []
+    for title, uri in (
+        ("Pretraining", join(run_dir(spec), "export")),
+        ("Fine-tuning", join(finetune_dir(spec), "export")),
+    ):
+        if read_manifest(storage, uri) is None:
+            continue
+        ev = json.loads(storage.read_bytes(join(uri, "eval.json")))
+        samples = storage.read_bytes(join(uri, "samples.txt")).decode().strip().splitlines()
+        lines = [
+            f"Held-out loss **{ev.get('eval_loss', float('nan')):.3f}** (perplexity {ev.get('eval_perplexity', float('nan')):.1f}). Samples:",
+            "",
+        ]
+        lines += [f"> {s}" for s in samples[:3]]
+        out.append((title, lines, [(f"{title.lower()}-loss.png", storage.read_bytes(join(uri, "loss.png")))]))
+    for family, title, pngs in (
+        ("gan", "GAN sweep", ("curves.png", "samples.png")),
+        ("fusion", "Fusion sweep", ("curves.png", "confusion.png")),
+    ):
+        uri = join(sweep_dir(spec, family), "results")
+        manifest = read_manifest(storage, uri)
+        if manifest is None:
+            continue
+        best, metric = manifest.meta["best"], getattr(spec, family).sweep.metric
+        extra = manifest.meta.get("best_extra") or {}
+        lines = [
+            f"{manifest.meta['trials']} trials ({getattr(spec, family).sweep.scheduler}); best {metric} "
+            f"**{best[metric]:.4f}** (trial {best['trial_id']}), {manifest.meta.get('total_steps', '?')} training steps in all."
+        ]
+        if extra:
+            lines.append("Best model on the test split: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()) + ".")
+        out.append((title, lines, [(f"{family}-{p}", storage.read_bytes(join(uri, p))) for p in pngs]))
+    uri = ensemble_dir(spec)
+    if read_manifest(storage, uri) is not None:
+        doc = json.loads(storage.read_bytes(join(uri, ENSEMBLE_FILE)))
+        lines = [
+            f"Strategy **{doc['strategy']}**; weights " + ", ".join(f"{n} {w:.2f}" for n, w in doc["weights"].items()),
+            "",
+        ]
+        lines += ["| | val accuracy | val macro-F1 | test accuracy | test macro-F1 |", "|---|---|---|---|---|"]
+        names = [n for n in doc["metrics"]["val"] if n != "ensemble"] + ["ensemble"]
+        for n in names:
+            v, t = doc["metrics"]["val"][n], doc["metrics"]["test"][n]
+            label = f"**{n}**" if n == "ensemble" else n
+            lines.append(
+                f"| {label} | {v['accuracy']:.4f} | {v['macro_f1']:.4f} | {t['accuracy']:.4f} | {t['macro_f1']:.4f} |"
+            )
+        if doc.get("parent"):
+            lines += ["", f"Refreshed from feedback ({doc['parent']['feedback']})."]
+        out.append(("Ensemble vs members", lines, []))
+    return out
+
+
+def _stage_table(results) -> list[str]:
+    lines = ["| stage | status | time | why |", "|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {r.why} |")
+    return lines
+
+
+def _served(results) -> list[str]:
+    answers = next((r.summary.get("answers") for r in results if r.name == "serve" and r.status == "ran"), None)
+    if not answers:
+        return []
+    lines = []
+    if "classify" in answers:
+        c = answers["classify"]
+        lines.append(f"- `/v1/classify` → **{c['label']}** (p = {max(c['probabilities']):.2f}, {c['strategy']})")
+    if "images" in answers:
+        lines.append(f"- `/v1/images` → {len(answers['images']['data'])} PNGs (seed {answers['images']['seed']})")
+    if "completion" in answers:
+        lines.append(f"- `/v1/completions` → “{answers['completion']['choices'][0]['text'].strip()}”")
+    if "feedback" in answers:
+        lines.append(f"- `/v1/feedback` → stored `{answers['feedback']['stored']}`")
+    return lines
+
+
+def write_report(spec: ExperimentSpec, storage: Storage, results) -> str:
+    """Write and commit the report for this run; returns the URI of ``report.html``."""
+    uri = join(spec.storage.root, spec.name, "report")
+    head = f"{spec.name} — run report"
+    meta = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · code {code_version()} · spec {spec_hash(spec)[:12]}"
+    sections = [("Stages", _stage_table(results), [])] + _sections(spec, storage)
+    served = _served(results)
+    if served:
+        sections.append(("Served answers", served, []))
+    md = [f"# {head}", "", meta, ""]
+    body = [f"<h1>{html.escape(head)}</h1>", f"<p class=meta>{html.escape(meta)}</p>"]
+    with tempfile.TemporaryDirectory(prefix="aigc-report-") as tmp:
+        out = Path(tmp)
+        for title, lines, pngs in sections:
+            md += [f"## {title}", "", *lines, ""]
+            body += [f"<h2>{html.escape(title)}</h2>", _html_lines(lines)]
+            for name, data in pngs:
+                (out / name).write_bytes(data)
+                md += [f"![{name}]({name})", ""]
+                body.append(f'<img alt="{name}" src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+        (out / "report.md").write_text("\n".join(md))
+        (out / "report.html").write_text(_page(head, "\n".join(body)))
+        publish_directory(storage, out, uri, kind="report", spec_hash=spec_hash(spec), inputs={})
+    return join(uri, "report.html")
+
+
+def _html_lines(lines: list[str]) -> str:
+    """The little Markdown these sections use (tables, bullets, quotes, bold) as HTML."""
+    import re
+
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+    parts, table = [], []
+    for line in [*lines, ""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not set("".join(cells)) <= set("-"):
+                table.append(cells)
+            continue
+        if table:
+            head, *rows = table
+            parts.append(
+                "<table><tr>"
+                + "".join(f"<th>{inline(c)}</th>" for c in head)
+                + "</tr>"
+                + "".join("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in r) + "</tr>" for r in rows)
+                + "</table>"
+            )
+            table = []
+        if line.startswith("- "):
+            parts.append(f"<li>{inline(line[2:])}</li>")
+        elif line.startswith("> "):
+            parts.append(f"<blockquote>{inline(line[2:])}</blockquote>")
+        elif line:
+            parts.append(f"<p>{inline(line)}</p>")
+    return "\n".join(parts)
+
+
+def _page(title: str, body: str) -> str:
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
+        "img{max-width:48%;margin:4px;border:1px solid #ddd}table{border-collapse:collapse;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+        "td:first-child,th:first-child{text-align:left}.meta{color:#777}blockquote{color:#555;margin:.2em 1em}"
+    )
+    return f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style></head><body>\n{body}\n</body></html>\n"
