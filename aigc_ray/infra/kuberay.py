@@ -31,7 +31,19 @@ import yaml
 from ..spec import ExperimentSpec
 
 API_VERSION = "ray.io/v1"
-STAGES = ("data_build", "data_stream", "pretrain", "finetune", "pipeline")
+# One RayJob per batch stage in jobs/; jobs/serve.py is the RayService's business, not a job's.
+STAGES = (
+    "data_build",
+    "data_stream",
+    "pretrain",
+    "finetune",
+    "sweep_gan",
+    "sweep_fusion",
+    "ensemble_build",
+    "feedback_ingest",
+    "feedback_finetune",
+    "pipeline",
+)
 # Same as aigc_ray.serve.deploy (not imported: that module pulls torch in through the ensemble
 # code, seconds for a renderer that needs two strings; tests/test_infra.py checks they agree).
 APP_NAME = "aigc"
