@@ -157,7 +157,9 @@ def kuberay_manifests(rendered: dict[str, str]) -> dict[str, dict]:
 
 def test_every_kuberay_manifest_validates_against_its_crd(rendered):
     manifests = kuberay_manifests(rendered)
-    assert sorted(m["kind"] for m in manifests.values()) == ["RayCluster"] + ["RayJob"] * len(kuberay.STAGES) + ["RayService"]
+    assert sorted(m["kind"] for m in manifests.values()) == ["RayCluster"] + ["RayJob"] * len(kuberay.STAGES) + [
+        "RayService"
+    ]
     for path, manifest in manifests.items():
         try:
             check_manifest(manifest)
