@@ -268,6 +268,55 @@ def cmd_infra(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .jobs import submit
+
+    spec = _load(args)  # validated here, before anything is sent to the cluster
+    _, status = submit(
+        args.address, args.stage, args.config, args.overrides, spec, token=_token(args), wait=not args.no_wait
+    )
+    return 0 if status in ("SUCCEEDED", "PENDING", "RUNNING") else 1
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        with open(args.token_file) as f:
+            return f.read().strip()
+    return None
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from .jobs import job_logs, list_jobs, stop_job
+
+    token = _token(args)
+    if args.action == "list":
+        for job in list_jobs(args.address, token):
+            print(f"{job['id']}  {job['status']:<9}  {job['start_time'] or '-':<25}  {job['entrypoint']}")
+        return 0
+    if not args.job_id:
+        print(f"error: `aigc jobs {args.action}` needs a JOB_ID", file=sys.stderr)
+        return 2
+    if args.action == "logs":
+        print(job_logs(args.address, args.job_id, token), end="")
+        return 0
+    stopped = stop_job(args.address, args.job_id, token)
+    print(f"{args.job_id}: {'stopping' if stopped else 'already finished'}")
+    return 0
+
+
+def _jobs_api_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265",
+        help="the cluster's jobs API (dashboard), e.g. http://HEAD:8265",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="Ray auth token file (default: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, then ~/.ray/auth_token)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
@@ -342,6 +391,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="only check the files there are what the spec renders")
     p.set_defaults(func=cmd_infra)
 
+    p = sub.add_parser("submit", help="submit a stage (a jobs/*.py entry point) as a Ray job; stream its logs")
+    p.add_argument(
+        "stage", help="data_build, pretrain, finetune, sweep_gan, sweep_fusion, ensemble_build, pipeline, ..."
+    )
+    _spec_args(p)
+    _jobs_api_args(p)
+    p.add_argument("--no-wait", action="store_true", help="return once submitted")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("jobs", help="list the cluster's Ray jobs, print one's logs, or stop one")
+    p.add_argument("action", choices=["list", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID")
+    _jobs_api_args(p)
+    p.set_defaults(func=cmd_jobs)
+
     data = sub.add_parser("data", help="build, validate and stream shard sets").add_subparsers(
         dest="data_command", required=True, metavar="ACTION"
     )
@@ -366,10 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .jobs import JobsError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (SpecError, StorageError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except JobsError as exc:  # the cluster refused or is not there: the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except FileNotFoundError as exc:  # a stage's input is missing: say which, and what makes it

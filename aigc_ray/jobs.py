@@ -140,7 +140,7 @@ def find_token(token: str | None = None) -> tuple[str | None, str]:
         text = ""
     if text:
         return text, where
-    looked = "--token / the token argument, RAY_AUTH_TOKEN (unset), " + (
+    looked = "the token argument (--token), RAY_AUTH_TOKEN (unset), " + (
         f"RAY_AUTH_TOKEN_PATH={path} (missing or empty)" if named else f"RAY_AUTH_TOKEN_PATH (unset), {where} (missing)"
     )
     return None, looked
@@ -303,7 +303,7 @@ def submit(
             log(f"(log stream of {job_id} interrupted: {exc}; waiting for the job to end)")
         status = wait_for(c, job_id)
     except KeyboardInterrupt:
-        log(f"job {job_id} keeps running on the cluster; stop it with `aigc job stop {job_id}`")
+        log(f"job {job_id} keeps running on the cluster; stop it with `aigc jobs stop {job_id} --address ...`")
         raise
     log(f"job {job_id} {status}")
     return job_id, status

@@ -297,3 +297,29 @@ def test_a_cluster_without_auth_takes_jobs_without_a_token(tmp_path):
         assert [j["id"] for j in jobs.list_jobs(open_cluster.address)] == [job_id]
     assert (tmp_path / "runs" / "data" / "multimodal" / "_manifest.json").is_file()
     assert not _cluster_pids(open_cluster.temp_dir)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_submit_and_jobs_commands(cluster, tmp_path, capsys):
+    from aigc_ray.cli import main
+
+    token_file = tmp_path / "token"
+    token_file.write_text(cluster.token or "")
+    runs = tmp_path / "runs"
+    common = ["--address", cluster.address, "--token-file", str(token_file)]
+    argv = ["submit", "data_build", "-c", str(REPO / QUICKSTART), *common]
+    for o in _data_overrides(runs):
+        argv += ["--set", o]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    job_id = out.split("submitted job ", 1)[1].split()[0]
+    assert "SUCCEEDED" in out and (runs / "data" / "multimodal" / "_manifest.json").exists()
+    assert main(["jobs", "list", *common]) == 0
+    assert job_id in capsys.readouterr().out
+    assert main(["jobs", "logs", job_id, *common]) == 0
+    assert "multimodal" in capsys.readouterr().out
+    assert main(["jobs", "stop", job_id, *common]) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert main(["jobs", "list", "--address", cluster.address]) == 1  # no token: refused, clearly
+    assert "requires an authentication token" in capsys.readouterr().err
