@@ -154,8 +154,8 @@ def _http_address(address: str) -> str:
 class _Guard:
     """Turns Ray's authentication and connection errors into a JobsError that says what to do."""
 
-    def __init__(self, address: str, where: str):
-        self.address, self.where = address, where
+    def __init__(self, address: str, where: str, had_token: bool = True):
+        self.address, self.where, self.had_token = address, where, had_token
 
     def __enter__(self):
         return self
@@ -165,7 +165,10 @@ class _Guard:
 
         if isinstance(exc, AuthenticationError):  # Ray raises it for HTTP 401 and 403
             text = str(exc)
-            if "401" in text or "Missing authentication token" in text or "Authentication required" in text:
+            missing = "401" in text or "Missing authentication token" in text or "Authentication required" in text
+            if missing or not self.had_token:
+                # (without a token of ours, a refused one is one Ray found by itself, e.g. the token
+                # of another local cluster's session: still, we have none for this cluster)
                 raise JobsError(
                     f"the Ray cluster at {self.address} requires an authentication token (token auth is on) "
                     f"and none was found: looked in {self.where}. Copy the cluster's token into "
@@ -196,9 +199,9 @@ def client(address: str, token: str | None = None):
     address = _http_address(address)
     found, where = find_token(token)
     headers = {"Authorization": f"Bearer {found}"} if found else None
-    with _Guard(address, where):
+    with _Guard(address, where, bool(found)):
         c = JobSubmissionClient(address, headers=headers)  # its version check is refused here
-    c._aigc_guard = _Guard(address, where)
+    c._aigc_guard = _Guard(address, where, bool(found))
     return c
 
 

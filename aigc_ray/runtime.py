@@ -33,7 +33,13 @@ def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[No
         ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
         ray.init(
-            num_cpus=spec.ray.num_cpus, include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING
+            # "local": always start a new cluster, even when a stale /tmp/ray/ray_current_cluster
+            # (left by a killed `ray start`) would make a plain init try to join a dead one
+            address="local",
+            num_cpus=spec.ray.num_cpus,
+            include_dashboard=False,
+            runtime_env=runtime_env,
+            logging_level=logging.WARNING,
         )
     try:
         yield
