@@ -28,6 +28,20 @@ from aigc_ray.storage import Storage
 _ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 
 
+# GAN and fusion sweeps small enough for a test: 2 trials of 2 short iterations each.
+TINY_SWEEPS = [
+    "gan.width=8",
+    "gan.eval_samples=64",
+    "gan.sweep.num_samples=2",
+    "gan.sweep.max_iterations=2",
+    "gan.sweep.steps_per_iteration=5",
+    "fusion.dim=16",
+    "fusion.sweep.num_samples=2",
+    "fusion.sweep.max_iterations=2",
+    "fusion.sweep.steps_per_iteration=10",
+]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

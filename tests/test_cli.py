@@ -95,20 +95,9 @@ def test_stream_into_train_workers_on_an_existing_cluster(ray_local, s3_data):
 def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     """What `make demo` runs (fewer steps, smaller sweeps): data, a streamed epoch, pretraining,
     fine-tuning and both sweeps on an embedded Ray that the command starts and stops itself."""
-    from conftest import free_port
+    from conftest import TINY_SWEEPS, free_port
 
-    small_sweeps = [
-        "gan.width=8",
-        "gan.eval_samples=64",
-        "gan.sweep.num_samples=2",
-        "gan.sweep.max_iterations=2",
-        "gan.sweep.steps_per_iteration=5",
-        "fusion.dim=16",
-        "fusion.sweep.num_samples=2",
-        "fusion.sweep.max_iterations=2",
-        "fusion.sweep.steps_per_iteration=5",
-        f"serve.port={free_port()}",
-    ]
+    small_sweeps = [*TINY_SWEEPS, f"serve.port={free_port()}"]
     res = aigc(
         "run",
         "-c",

@@ -4,6 +4,7 @@ HTTP), then re-runs that skip what is up to date, decided from the lineage manif
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_SWEEPS
 
 from aigc_ray.pipeline import freshness, run_pipeline
 from aigc_ray.spec import load_spec
@@ -15,15 +16,7 @@ TINY = [
     "pretrain.log_every=6",
     "finetune.max_steps=6",
     "finetune.checkpoint_every=6",
-    "gan.width=8",
-    "gan.eval_samples=64",
-    "gan.sweep.num_samples=2",
-    "gan.sweep.max_iterations=2",
-    "gan.sweep.steps_per_iteration=5",
-    "fusion.dim=16",
-    "fusion.sweep.num_samples=2",
-    "fusion.sweep.max_iterations=2",
-    "fusion.sweep.steps_per_iteration=10",
+    *TINY_SWEEPS,
     "serve.cpus_per_replica=0.2",
 ]
 

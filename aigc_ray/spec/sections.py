@@ -7,7 +7,7 @@ Later stages own their sections; the shape is here so one file describes a whole
 from __future__ import annotations
 
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -390,7 +390,26 @@ def _merge_sweep_defaults(data: Any, defaults: dict) -> Any:
     return data
 
 
-class GanSpec(Section):
+class SweptSection(Section):
+    """A model family with a ``sweep``: the family's sweep defaults fill what the spec leaves out,
+    and its search space may only name the family's searchable dimensions.
+    ``_sweep_family``: (name, sweep defaults, searchable, structural)."""
+
+    _sweep_family: ClassVar = ("", {}, set(), frozenset())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_defaults(cls, data: Any) -> Any:
+        return _merge_sweep_defaults(data, cls._sweep_family[1])
+
+    @model_validator(mode="after")
+    def _space(self):
+        name, _, searchable, structural = self._sweep_family
+        _check_space(self.sweep, searchable, structural, name)
+        return self
+
+
+class GanSpec(SweptSection):
     """DCGAN trained on the shard images; its hyperparameters are the sweep's defaults."""
 
     z_dim: int = Field(32, ge=1)
@@ -410,18 +429,10 @@ class GanSpec(Section):
     )
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**GAN_SWEEP_DEFAULTS))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _sweep_defaults(cls, data: Any) -> Any:
-        return _merge_sweep_defaults(data, GAN_SWEEP_DEFAULTS)
-
-    @model_validator(mode="after")
-    def _space(self) -> GanSpec:
-        _check_space(self.sweep, GAN_SEARCHABLE, GAN_STRUCTURAL, "the GAN sweep")
-        return self
+    _sweep_family: ClassVar = ("the GAN sweep", GAN_SWEEP_DEFAULTS, GAN_SEARCHABLE, GAN_STRUCTURAL)
 
 
-class FusionSpec(Section):
+class FusionSpec(SweptSection):
     """Image + caption classifier; its hyperparameters are the sweep's defaults."""
 
     operator: Literal["weighted_sum", "concat", "gated", "cross_attention"] = "weighted_sum"
@@ -435,14 +446,10 @@ class FusionSpec(Section):
     max_text_tokens: int = Field(32, ge=4, le=512, description="Captions are cut to this many tokens.")
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _sweep_defaults(cls, data: Any) -> Any:
-        return _merge_sweep_defaults(data, FUSION_SWEEP_DEFAULTS)
+    _sweep_family: ClassVar = ("the fusion sweep", FUSION_SWEEP_DEFAULTS, FUSION_SEARCHABLE, FUSION_STRUCTURAL)
 
     @model_validator(mode="after")
-    def _space(self) -> FusionSpec:
-        _check_space(self.sweep, FUSION_SEARCHABLE, FUSION_STRUCTURAL, "the fusion sweep")
+    def _operators(self) -> FusionSpec:
         if "operator" in self.sweep.search_space:
             bad = [v for v in self.sweep.search_space["operator"].values or [] if v not in FUSION_OPERATORS]
             if bad:
