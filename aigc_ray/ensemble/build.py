@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..data.build import build_data
 from ..manifest import publish_directory, read_manifest
@@ -25,7 +24,7 @@ from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
 from ..train.finetune import finetune_dir
 from ..train.pretrain import run_dir as pretrain_dir
-from ..tune.fusion_sweep import caption_tokenizer, fusion_arrays, fusion_defaults
+from ..tune.fusion_sweep import caption_tokenizer, encode_captions, fusion_arrays, fusion_defaults
 from ..tune.fusion_trainable import build_model, classification_metrics, predict
 from ..tune.sweep import sweep_dir
 from .combine import Combiner, fit_combiner
@@ -172,7 +171,7 @@ def _bagging_config(spec: ExperimentSpec, storage: Storage, tokenizer_uri: str) 
     if storage.exists(best):
         return json.loads(storage.read_bytes(best))
     tok = caption_tokenizer(spec, tokenizer_uri)
-    vocab = fusion_arrays(spec, storage, "val", tok, spec.fusion.max_text_tokens)[1]
+    vocab = encode_captions(["a"], tok, storage)[2]  # the vocabulary size: no need to read a split for it
     return fusion_defaults(spec, vocab, tokenizer_uri)
 
 
@@ -239,7 +238,6 @@ def load_ensemble(storage: Storage, uri: str) -> LoadedEnsemble:
 
 def evaluate_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> EnsembleReport:
     """Re-score the committed artifact (members loaded from its safetensors) on val and test."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     ens = load_ensemble(storage, ensemble_dir(spec))
     splits = SplitCache(spec, storage)
     metrics = {}
