@@ -1,0 +1,138 @@
+"""Where artifacts live, how Ray runs, and the multimodal data."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from .base import Section, absolute_local
+
+
+class StorageSpec(Section):
+    """Where artifacts live. Credentials never appear here: they come from the standard AWS chain."""
+
+    root: str = Field("./runs", description="Local path or s3://bucket/prefix under which every artifact is written.")
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (e.g. http://127.0.0.1:9000); default: AWS_ENDPOINT_URL or AWS."
+    )
+    region: str | None = Field(None, description="S3 region; default: AWS_REGION / AWS_DEFAULT_REGION or us-east-1.")
+
+    @field_validator("root")
+    @classmethod
+    def _root_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a local path or an s3://bucket/prefix URI, not empty")
+        return absolute_local(v)
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint_has_scheme(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
+class RaySpec(Section):
+    """How to reach Ray, and the environment every worker gets."""
+
+    address: str | None = Field(
+        None,
+        description="Cluster to join ('auto', 'ray://host:10001', host:port); default: RAY_ADDRESS or an embedded local Ray.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for an embedded local Ray (default: all).")
+    data_cpus: float = Field(
+        1.0,
+        ge=0,
+        description="CPUs kept free of training workers so Ray Data's read/decode tasks always run (2-core deadlock otherwise).",
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=lambda: {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"},
+        description="Environment for every Ray worker (runtime_env). Threads pinned: oversubscribed BLAS collapses throughput.",
+    )
+
+    @field_validator("env_vars")
+    @classmethod
+    def _no_secrets(cls, v: dict[str, str]) -> dict[str, str]:
+        secret_words = {"SECRET", "PASSWORD", "PASSWD", "TOKEN", "CREDENTIALS", "APIKEY"}
+        secret_like = [
+            k
+            for k in v
+            if secret_words & set(k.upper().split("_")) or "ACCESS_KEY" in k.upper() or "API_KEY" in k.upper()
+        ]
+        if secret_like:
+            raise ValueError(
+                f"looks like a secret ({', '.join(secret_like)}); secrets never go in the spec — "
+                "use the standard AWS chain, Ray's token file or the environment of the process"
+            )
+        return v
+
+
+class SplitFractions(Section):
+    train: float = Field(0.8, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> SplitFractions:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class CaptionNoise(Section):
+    """Fractions of captions that are deliberately unhelpful, so a model must use the image too."""
+
+    vague: float = Field(0.15, ge=0, le=1, description="Captions that name no digit ('a handwritten digit').")
+    wrong: float = Field(0.10, ge=0, le=1, description="Captions that name a different digit than the label.")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> CaptionNoise:
+        if self.vague + self.wrong > 1:
+            raise ValueError(f"vague + wrong must be at most 1, got {self.vague + self.wrong:g}")
+        return self
+
+
+class DataSpec(Section):
+    """The embedded dataset, its shards, and how Ray Data streams them."""
+
+    dataset: Literal["digits"] = Field(
+        "digits", description="Embedded multimodal dataset to build (no network needed)."
+    )
+    uri: str | None = Field(None, description="Where shards live; default: <storage.root>/data.")
+
+    @field_validator("uri")
+    @classmethod
+    def _absolute_uri(cls, v: str | None) -> str | None:
+        return absolute_local(v) if v else v
+
+    seed: int = Field(0, description="Seed for captions, splits and shuffling.")
+    rows_per_shard: int = Field(256, ge=1, description="Rows per Parquet shard.")
+    repeat: int = Field(1, ge=1, description="Write the embedded dataset this many times (bigger data for benchmarks).")
+    splits: SplitFractions = Field(default_factory=SplitFractions)
+    caption_noise: CaptionNoise = Field(default_factory=CaptionNoise)
+    corpus_max_chars: int = Field(2_000_000, ge=10_000, description="Upper bound on the pretraining text corpus size.")
+    vocab_size: int = Field(4096, ge=300, le=200_000, description="Byte-level BPE tokenizer vocabulary size.")
+    max_seq_len: int = Field(32, ge=4, description="Tokens per caption after padding/truncation.")
+    batch_size: int = Field(64, ge=1, description="Rows per batch streamed to a worker.")
+    shuffle: Literal["none", "files", "global"] = Field(
+        "global", description="none: file order; files: shuffle shard order; global: full seeded row shuffle."
+    )
+    read_unit_mb: float = Field(
+        4.0,
+        gt=0,
+        description="Target size of one Ray Data read task (in-memory MiB). Ray packs small shards into "
+        "128 MiB units by default: one task, no parallelism, for a dataset of small shards.",
+    )
+    footer_readers: int = Field(
+        2,
+        ge=1,
+        description="Actors Ray Data starts to read Parquet footers per epoch (its default, 32, "
+        "costs seconds and dozens of processes on a small machine).",
+    )
+    equal_shards: bool = Field(
+        True,
+        description="Every training worker sees the same row count (synchronous training needs it; "
+        "drops fewer than num_workers rows per epoch). false: every row exactly once.",
+    )

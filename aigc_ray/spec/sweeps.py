@@ -1,0 +1,268 @@
+"""Swept model families (GAN, fusion): their hyperparameters and their Ray Tune sweeps."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from .base import Section
+
+
+class SearchDim(Section):
+    """One dimension of a search space: a distribution to sample or values to try."""
+
+    type: Literal["uniform", "loguniform", "int", "choice", "grid"]
+    low: float | None = None
+    high: float | None = None
+    values: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> SearchDim:
+        if self.type in ("choice", "grid"):
+            if not self.values:
+                raise ValueError(f"a '{self.type}' dimension needs a non-empty 'values' list")
+        else:
+            if self.low is None or self.high is None or not self.low < self.high:
+                raise ValueError(f"a '{self.type}' dimension needs low < high, got low={self.low}, high={self.high}")
+            if self.type == "loguniform" and self.low <= 0:
+                raise ValueError(f"a 'loguniform' dimension needs low > 0, got {self.low}")
+        return self
+
+
+class SweepSpec(Section):
+    """A Ray Tune sweep: search space in YAML, scheduler, searcher, budget."""
+
+    scheduler: Literal["fifo", "asha", "pbt"] = "asha"
+    search_alg: Literal["random", "optuna"] = "random"
+    num_samples: int = Field(4, ge=1, description="Trials (times the grid, if the space has grid dimensions).")
+    max_concurrent_trials: int = Field(2, ge=1)
+    cpus_per_trial: float = Field(0.5, gt=0)
+    metric: str = "score"
+    mode: Literal["min", "max"] = "max"
+    max_iterations: int = Field(6, ge=1, description="Reports per trial; each is steps_per_iteration training steps.")
+    steps_per_iteration: int = Field(40, ge=1)
+    grace_period: int = Field(2, ge=1, description="ASHA: iterations before a trial can be stopped.")
+    reduction_factor: float = Field(2, gt=1)
+    perturbation_interval: int = Field(2, ge=1, description="PBT: iterations between exploit/explore.")
+    top_k: int = Field(3, ge=1, description="Best checkpoints listed for the ensemble.")
+    seed: int = 0
+    search_space: dict[str, SearchDim] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _compatible(self) -> SweepSpec:
+        has_grid = any(d.type == "grid" for d in self.search_space.values())
+        if self.search_alg == "optuna" and self.scheduler == "pbt":
+            raise ValueError("PBT mutates running trials itself: use search_alg 'random' with scheduler 'pbt'")
+        if self.search_alg == "optuna" and has_grid:
+            raise ValueError("optuna cannot search 'grid' dimensions: use 'choice' instead")
+        if self.scheduler == "pbt" and not any(d.type != "grid" for d in self.search_space.values()):
+            raise ValueError("PBT needs at least one non-grid dimension to mutate")
+        return self
+
+
+def _check_space(sweep: SweepSpec, allowed: set[str], structural: frozenset[str], what: str) -> None:
+    unknown = sorted(set(sweep.search_space) - allowed)
+    if unknown:
+        raise ValueError(f"{what} cannot search {', '.join(unknown)}; searchable: {', '.join(sorted(allowed))}")
+    mutable = [n for n, d in sweep.search_space.items() if d.type != "grid" and n not in structural]
+    if sweep.scheduler == "pbt" and not mutable:
+        raise ValueError(
+            f"PBT in {what} needs a dimension it can mutate; {', '.join(sorted(structural))} change the "
+            "network's shape and are only sampled once"
+        )
+
+
+GAN_SEARCHABLE = {
+    "g_lr",
+    "d_lr",
+    "lr_ratio",
+    "z_dim",
+    "width",
+    "batch_size",
+    "beta1",
+    "generator",
+    "style_dim",
+    "mixing_prob",
+    "mismatch_weight",
+}
+FUSION_SEARCHABLE = {
+    "operator",
+    "image_lr",
+    "text_lr",
+    "head_lr",
+    "freeze_text_iterations",
+    "dim",
+    "batch_size",
+    "augment_ratio",
+}
+VIDEO_SEARCHABLE = {"g_lr", "d_lr", "lr_ratio", "z_dim", "width", "batch_size", "beta1"}
+FUSION_OPERATORS = ("weighted_sum", "concat", "gated", "cross_attention")
+GENERATORS = ("dcgan", "style")
+# Dimensions that shape the network: a trial samples them once; PBT never mutates them.
+GAN_STRUCTURAL = frozenset({"z_dim", "width", "generator", "style_dim"})
+FUSION_STRUCTURAL = frozenset({"operator", "dim"})
+VIDEO_STRUCTURAL = frozenset({"z_dim", "width"})
+
+
+# Each family's sweep defaults; a spec that sets only some sweep keys keeps the rest of these.
+GAN_SWEEP_DEFAULTS = {
+    "metric": "fid",
+    "mode": "min",
+    "search_space": {
+        "g_lr": {"type": "loguniform", "low": 1e-4, "high": 2e-3},
+        "lr_ratio": {"type": "choice", "values": [0.5, 1.0, 2.0]},
+    },
+}
+FUSION_SWEEP_DEFAULTS = {
+    "metric": "accuracy",
+    "mode": "max",
+    "search_space": {
+        "operator": {"type": "choice", "values": list(FUSION_OPERATORS)},
+        "image_lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+    },
+}
+VIDEO_SWEEP_DEFAULTS = {
+    "metric": "frame_fid",
+    "mode": "min",
+    "num_samples": 2,
+    "search_space": {"g_lr": {"type": "loguniform", "low": 2e-4, "high": 2e-3}},
+}
+
+
+def _merge_sweep_defaults(data: Any, defaults: dict) -> Any:
+    if isinstance(data, dict):
+        given = data.get("sweep") or {}
+        if isinstance(given, dict):
+            return {**data, "sweep": {**defaults, **given}}
+    return data
+
+
+class SweptSection(Section):
+    """A model family with a ``sweep``: the family's sweep defaults fill what the spec leaves out,
+    and its search space may only name the family's searchable dimensions.
+    ``_sweep_family``: (name, sweep defaults, searchable, structural)."""
+
+    _sweep_family: ClassVar = ("", {}, set(), frozenset())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_defaults(cls, data: Any) -> Any:
+        return _merge_sweep_defaults(data, cls._sweep_family[1])
+
+    @model_validator(mode="after")
+    def _space(self):
+        name, _, searchable, structural = self._sweep_family
+        _check_space(self.sweep, searchable, structural, name)
+        return self
+
+
+class GanSpec(SweptSection):
+    """The image GAN trained on the shard images; its hyperparameters are the sweep's defaults.
+
+    ``generator`` picks the architecture (DCGAN or style-based); ``condition: caption`` makes it
+    text-to-image: G is conditioned on the caption's MiniLM embedding and D judges image–caption
+    agreement by projection."""
+
+    generator: Literal["dcgan", "style"] = "dcgan"
+    condition: Literal["none", "caption"] = Field(
+        "none", description="'caption': text-to-image, conditioned on the caption's sentence embedding."
+    )
+    cond_dim: int = Field(32, ge=1, description="Width the caption embedding is projected to (condition: caption).")
+    mismatch_weight: float = Field(
+        1.0, ge=0, description="Weight of D's loss on real images paired with a wrong caption (condition: caption)."
+    )
+    style_dim: int = Field(64, ge=4, description="Style generator: width of the mapping network's style vector w.")
+    mapping_layers: int = Field(3, ge=1, le=8, description="Style generator: layers of the mapping network z -> w.")
+    mixing_prob: float = Field(
+        0.5, ge=0, le=1, description="Style generator: share of training batches generated with two mixed styles."
+    )
+    z_dim: int = Field(32, ge=1)
+    width: int = Field(32, ge=4)
+    g_lr: float = Field(2e-4, gt=0)
+    d_lr: float = Field(2e-4, gt=0, description="Ignored when lr_ratio is set (then d_lr = g_lr × lr_ratio).")
+    lr_ratio: float | None = Field(None, gt=0, description="TTUR: D/G learning-rate ratio.")
+    beta1: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(64, ge=2)
+    eval_samples: int = Field(500, ge=16, description="Generated samples per Fréchet distance.")
+    collapse_diversity: float = Field(
+        0.25, ge=0, description="Stop a trial whose sample spread falls below this fraction of the real data's."
+    )
+    d_win_accuracy: float = Field(0.995, gt=0, le=1, description="Stop a trial whose D is at least this accurate ...")
+    collapse_patience: int = Field(
+        3, ge=1, description="... for this many consecutive reports (after the sweep's grace_period)."
+    )
+    sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**GAN_SWEEP_DEFAULTS))
+
+    _sweep_family: ClassVar = ("the GAN sweep", GAN_SWEEP_DEFAULTS, GAN_SEARCHABLE, GAN_STRUCTURAL)
+
+    @model_validator(mode="after")
+    def _generators(self) -> GanSpec:
+        if "generator" in self.sweep.search_space:
+            bad = [v for v in self.sweep.search_space["generator"].values or [] if v not in GENERATORS]
+            if bad:
+                raise ValueError(f"unknown generator(s) {bad}; allowed: {', '.join(GENERATORS)}")
+        return self
+
+
+class FusionSpec(SweptSection):
+    """Image + caption classifier; its hyperparameters are the sweep's defaults."""
+
+    operator: Literal["weighted_sum", "concat", "gated", "cross_attention"] = "weighted_sum"
+    text_encoder: Literal["tiny", "minilm"] = "tiny"
+    dim: int = Field(64, ge=8)
+    image_lr: float = Field(3e-3, gt=0)
+    text_lr: float = Field(3e-3, gt=0)
+    head_lr: float = Field(3e-3, gt=0)
+    freeze_text_iterations: int = Field(0, ge=0, description="Iterations with the text encoder frozen first.")
+    batch_size: int = Field(64, ge=2)
+    max_text_tokens: int = Field(32, ge=4, le=512, description="Captions are cut to this many tokens.")
+    augment_ratio: float = Field(
+        0.0,
+        ge=0,
+        le=4,
+        description="Generated, labelled samples mixed into training per real sample (0: real data only).",
+    )
+    augment_generator: str | None = Field(
+        None,
+        description="Text-to-image generator that makes them: a GAN sweep's best/ folder "
+        "(default: this experiment's GAN sweep, which must then have condition: caption).",
+    )
+    real_fraction: float = Field(
+        1.0, gt=0, le=1, description="Share of the real training split used (the augmentation benchmark's knob)."
+    )
+    sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
+
+    _sweep_family: ClassVar = ("the fusion sweep", FUSION_SWEEP_DEFAULTS, FUSION_SEARCHABLE, FUSION_STRUCTURAL)
+
+    @model_validator(mode="after")
+    def _operators(self) -> FusionSpec:
+        if "operator" in self.sweep.search_space:
+            bad = [v for v in self.sweep.search_space["operator"].values or [] if v not in FUSION_OPERATORS]
+            if bad:
+                raise ValueError(f"unknown fusion operator(s) {bad}; allowed: {', '.join(FUSION_OPERATORS)}")
+        return self
+
+
+class VideoSpec(SweptSection):
+    """Short clips of a digit drifting and bouncing in a small frame (built offline from the
+    embedded digits, deterministic in the seed) and the video GAN swept on them."""
+
+    enabled: bool = Field(True, description="Build the clips and sweep the video GAN in `aigc run`.")
+    clips: int = Field(600, ge=16, description="Clips to build (one per source digit image, cycled).")
+    frames: int = Field(8, ge=2, le=32)
+    frame_size: int = Field(16, ge=12, le=64, description="Square frame side in pixels; the 8x8 digit moves inside.")
+    max_speed: float = Field(1.5, gt=0, description="Pixels per frame, at most, along each axis.")
+    seed: int = 0
+    rows_per_shard: int = Field(128, ge=1)
+    z_dim: int = Field(32, ge=1)
+    width: int = Field(32, ge=4)
+    g_lr: float = Field(5e-4, gt=0)
+    d_lr: float = Field(5e-4, gt=0, description="Ignored when lr_ratio is set (then d_lr = g_lr × lr_ratio).")
+    lr_ratio: float | None = Field(None, gt=0)
+    beta1: float = Field(0.5, ge=0, lt=1)
+    batch_size: int = Field(32, ge=2)
+    eval_samples: int = Field(128, ge=16, description="Generated clips per frame Fréchet distance.")
+    sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**VIDEO_SWEEP_DEFAULTS))
+
+    _sweep_family: ClassVar = ("the video sweep", VIDEO_SWEEP_DEFAULTS, VIDEO_SEARCHABLE, VIDEO_STRUCTURAL)

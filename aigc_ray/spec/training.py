@@ -1,0 +1,135 @@
+"""Language-model pretraining and fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Section, check_batch
+
+# (n_layer, n_head, n_embd) per preset. GPT-2 sizes follow the GPT-2 paper; "tiny" and "small"
+# train on a 2-core laptop in minutes.
+MODEL_PRESETS: dict[str, tuple[int, int, int]] = {
+    "tiny": (2, 2, 64),
+    "small": (4, 4, 128),
+    "gpt2": (12, 12, 768),
+    "gpt2-medium": (24, 16, 1024),
+    "gpt2-large": (36, 20, 1280),
+    "gpt2-xl": (48, 25, 1600),
+}
+
+
+class ModelSize(Section):
+    """A model size: a preset, optionally with any of its dimensions overridden."""
+
+    preset: Literal["tiny", "small", "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"] = "tiny"
+    n_layer: int | None = Field(None, ge=1)
+    n_head: int | None = Field(None, ge=1)
+    n_embd: int | None = Field(None, ge=8)
+
+    @property
+    def dims(self) -> tuple[int, int, int]:
+        """(n_layer, n_head, n_embd) after overrides."""
+        layer, head, embd = MODEL_PRESETS[self.preset]
+        return (self.n_layer or layer, self.n_head or head, self.n_embd or embd)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelSize:
+        _, n_head, n_embd = self.dims
+        if n_embd % n_head:
+            raise ValueError(f"n_embd ({n_embd}) must be divisible by n_head ({n_head})")
+        return self
+
+
+FAMILY_OF_OBJECTIVE = {"clm": "gpt2", "mlm": "bert"}
+
+
+class PretrainSpec(Section):
+    """Language-model pretraining on Ray Train + DeepSpeed."""
+
+    objective: Literal["clm", "mlm"] = Field("clm", description="clm: next-token; mlm: 15 % masking.")
+    family: Literal["gpt2", "bert"] | None = Field(
+        None, description="Model family; default gpt2 for clm, bert for mlm."
+    )
+    model: ModelSize = Field(default_factory=ModelSize)
+    seq_len: int = Field(64, ge=8, description="Tokens per training sample (packed from the corpus).")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: fraction of tokens masked.")
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state in CPU memory (GPU runs).")
+    offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory.")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0 = off).")
+    warmup_steps: int = Field(10, ge=0)
+    max_steps: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
+    eval_batches: int = Field(8, ge=1, description="Held-out batches for perplexity / masked accuracy.")
+
+    @property
+    def model_family(self) -> str:
+        return self.family or FAMILY_OF_OBJECTIVE[self.objective]
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.global_batch_size // (self.micro_batch_size * self.num_workers)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSpec:
+        check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
+        if self.family and self.family != FAMILY_OF_OBJECTIVE[self.objective]:
+            raise ValueError(
+                f"family '{self.family}' does not train objective '{self.objective}' (clm trains gpt2, mlm trains bert)"
+            )
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+
+class FinetuneSpec(Section):
+    """Fine-tuning of our pretrained export or the offline MiniLM, on the captioned digits."""
+
+    base: Literal["pretrain", "minilm"] = Field(
+        "pretrain", description="pretrain: our export; minilm: the PyPI MiniLM."
+    )
+    task: Literal["caption", "classify"] | None = Field(
+        None,
+        description="caption: generate a digit's caption (causal LM); classify: caption -> digit (encoder). "
+        "Default: caption for a causal base, classify for an encoder.",
+    )
+    mode: Literal["full", "freeze", "lora"] = "lora"
+    freeze_layers: int = Field(0, ge=0, description="mode freeze: embeddings and the lower N layers stay fixed.")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    num_workers: int = Field(2, ge=1)
+    zero_stage: Literal[0, 1, 2] = 2
+    micro_batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    max_steps: int = Field(60, ge=1)
+    seq_len: int = Field(24, ge=8, description="Tokens per example (prompt + caption, or caption).")
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(30, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(1, ge=0)
+    eval_batches: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FinetuneSpec:
+        check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
+        if self.base == "minilm" and self.task == "caption":
+            raise ValueError("the MiniLM base is an encoder: it can classify, not generate captions")
+        if self.mode == "freeze" and self.freeze_layers < 1:
+            raise ValueError("mode 'freeze' needs freeze_layers >= 1")
+        return self
