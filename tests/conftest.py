@@ -7,9 +7,11 @@ and stopped by its own handle — never `ray stop`, which kills every Ray proces
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 
+import psutil
 import pytest
 
 from aigc_ray.data.build import build_data
@@ -46,6 +49,39 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def cluster_pids(temp_dir: str) -> set[int]:
+    """The processes of the cluster in ``temp_dir``: those whose command line names it, and their
+    descendants (workers, agents, job drivers rename themselves `ray::...`)."""
+    pids: set[int] = set()
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
+            pids.add(proc.pid)
+            with contextlib.suppress(psutil.Error):
+                pids.update(child.pid for child in proc.children(recursive=True))
+    pids.discard(os.getpid())
+    return pids
+
+
+def kill_cluster(temp_dir: str) -> None:
+    """Stop a cluster we started, by its processes (never `ray stop`: it kills every cluster here)."""
+    for _ in range(3):  # again, in case a dying raylet started something
+        procs = []
+        for pid in cluster_pids(temp_dir):
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+        if not procs:
+            break
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGTERM)
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=5)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclass

@@ -12,8 +12,6 @@ import contextlib
 import os
 import secrets
 import shlex
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -23,9 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import free_port
+from conftest import cluster_pids, free_port, kill_cluster
 
 from aigc_ray import jobs
 from aigc_ray.spec import load_spec
@@ -55,38 +52,6 @@ class Cluster:
     temp_dir: str  # private: every process of the cluster names it, or descends from one that does
     token: str | None
     env: dict[str, str]  # what `ray start` ran with
-
-
-def _cluster_pids(temp_dir: str) -> set[int]:
-    """The processes of the cluster in ``temp_dir``: those whose command line names it, and their
-    descendants (workers, agents, job drivers rename themselves `ray::...`)."""
-    pids: set[int] = set()
-    for proc in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in arg for arg in proc.info["cmdline"] or ()):
-            pids.add(proc.pid)
-            with contextlib.suppress(psutil.Error):
-                pids.update(child.pid for child in proc.children(recursive=True))
-    pids.discard(os.getpid())
-    return pids
-
-
-def _kill_cluster(temp_dir: str) -> None:
-    for _ in range(3):  # again, in case a dying raylet started something
-        procs = []
-        for pid in _cluster_pids(temp_dir):
-            with contextlib.suppress(psutil.Error):
-                procs.append(psutil.Process(pid))
-        if not procs:
-            break
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(signal.SIGTERM)
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(alive, timeout=5)
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_jobs_api(cluster: Cluster, timeout: float = 90) -> None:
@@ -133,7 +98,7 @@ def ray_cluster(auth: bool):
         _wait_for_jobs_api(cluster)
         yield cluster
     finally:
-        _kill_cluster(temp_dir)
+        kill_cluster(temp_dir)
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +261,7 @@ def test_a_cluster_without_auth_takes_jobs_without_a_token(tmp_path):
         assert status == "SUCCEEDED", logs[-3000:]
         assert [j["id"] for j in jobs.list_jobs(open_cluster.address)] == [job_id]
     assert (tmp_path / "runs" / "data" / "multimodal" / "_manifest.json").is_file()
-    assert not _cluster_pids(open_cluster.temp_dir)
+    assert not cluster_pids(open_cluster.temp_dir)
 
 
 @pytest.mark.slow

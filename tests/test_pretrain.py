@@ -156,13 +156,15 @@ def test_bad_pretrain_specs_are_refused_before_ray_starts(tmp_path, capsys):
         "pretrain.zero_stage=4": "pretrain.zero_stage = 4: Input should be 0, 1, 2 or 3",
         "pretrain.global_batch_size=20": "global_batch_size (20) must be divisible by micro_batch_size × num_workers = 8 × 2 = 16",
         "pretrain.family=llama": "pretrain.family = \"llama\": Input should be 'gpt2' or 'bert'",
+        "pretrain.min_workers=3": "min_workers (3) > num_workers (2)",
+        "pretrain.num_workers=4;pretrain.min_workers=2": "an elastic run (min_workers 2) may run on 3: global_batch_size "
+        "(32) must be divisible by micro_batch_size × num_workers = 8 × 3 = 24",
+        "pretrain.worker_resources={CPU: 2}": "worker_resources cannot set CPU",
     }
-    for override, message in cases.items():
+    for overrides, message in cases.items():
         started = time.perf_counter()
-        assert (
-            main(["pretrain", "-c", "examples/quickstart.yaml", "--set", override, "--set", f"storage.root={tmp_path}"])
-            == 1
-        )
+        sets = [arg for override in overrides.split(";") for arg in ("--set", override)]
+        assert main(["pretrain", "-c", "examples/quickstart.yaml", *sets, "--set", f"storage.root={tmp_path}"]) == 1
         assert message in capsys.readouterr().err
         assert time.perf_counter() - started < 5  # refused up front, no Ray start
     assert not torch.distributed.is_initialized()

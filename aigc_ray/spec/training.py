@@ -56,8 +56,19 @@ class PretrainSpec(Section):
     seq_len: int = Field(64, ge=8, description="Tokens per training sample (packed from the corpus).")
     mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: fraction of tokens masked.")
     num_workers: int = Field(2, ge=1)
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Elastic training: after losing nodes, restart on as few as this many workers (and grow back "
+        "to num_workers when they return); the global batch stays the same. None: always num_workers.",
+    )
     use_gpu: bool = False
     cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="More Ray resources per worker, e.g. {train_slot: 1} to place one worker per node that "
+        "advertises a train_slot.",
+    )
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state in CPU memory (GPU runs).")
     offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory.")
@@ -86,6 +97,19 @@ class PretrainSpec(Section):
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
         check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
+        if self.min_workers is not None:
+            if self.min_workers > self.num_workers:
+                raise ValueError(f"min_workers ({self.min_workers}) > num_workers ({self.num_workers})")
+            for world in range(self.min_workers, self.num_workers):  # every size an elastic run may take
+                try:
+                    check_batch(self.global_batch_size, self.micro_batch_size, world)
+                except ValueError as e:
+                    raise ValueError(
+                        f"an elastic run (min_workers {self.min_workers}) may run on {world}: {e}"
+                    ) from None
+        for name in ("CPU", "GPU"):
+            if name in self.worker_resources:
+                raise ValueError(f"worker_resources cannot set {name}: use cpus_per_worker / use_gpu")
         if self.family and self.family != FAMILY_OF_OBJECTIVE[self.objective]:
             raise ValueError(
                 f"family '{self.family}' does not train objective '{self.objective}' (clm trains gpt2, mlm trains bert)"

@@ -96,7 +96,9 @@ def run_dir(spec: ExperimentSpec) -> str:
 # in these resumes the same run (e.g. on fewer workers); any other change starts a fresh one.
 RESUME_NEUTRAL = {
     "num_workers",
+    "min_workers",
     "cpus_per_worker",
+    "worker_resources",
     "use_gpu",
     "max_failures",
     "log_every",
@@ -142,7 +144,12 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"loop": loop_config(spec)},
-        scaling_config=ScalingConfig(num_workers=p.num_workers, use_gpu=p.use_gpu, resources_per_worker={"CPU": cpus}),
+        scaling_config=ScalingConfig(
+            # Elastic: Train restarts on whatever number of workers in [min, max] the cluster fits now.
+            num_workers=(p.min_workers, p.num_workers) if p.min_workers else p.num_workers,
+            use_gpu=p.use_gpu,
+            resources_per_worker={"CPU": cpus, **p.worker_resources},
+        ),
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
         datasets={
             "train": corpus_token_dataset(spec, storage, "train"),
