@@ -53,6 +53,18 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_video(args: argparse.Namespace) -> int:
+    from .data.video import build_video_shards
+
+    spec = _load(args)
+    v = spec.video
+    print(
+        f"building {v.clips} moving-digit clips ({v.frames}x{v.frame_size}x{v.frame_size}) into {spec.data_uri}/video"
+    )
+    build_video_shards(spec, Storage.from_spec(spec.storage), force=args.force)
+    return 0
+
+
 def _print_report(report) -> None:
     splits = ", ".join(f"{k} {v}" for k, v in sorted(report.splits.items()))
     print(f"{report.uri}: {report.kind or 'unknown kind'}, {report.files} file(s), {report.rows} rows ({splits})")
@@ -163,7 +175,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"search over {', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
     )
     with ray_session(spec, args.address):
-        result = run_sweep(args.family, spec, storage, resume=args.resume)
+        if args.family == "video":  # tune.sweep.run_sweep dispatches gan and fusion only
+            from .tune.video_sweep import run_video_sweep
+
+            result = run_video_sweep(spec, storage, resume=args.resume)
+        else:
+            result = run_sweep(args.family, spec, storage, resume=args.resume)
     print(f"results: {result.uri}")
     return 0
 
@@ -354,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     _address_arg(p)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("sweep", help="Ray Tune sweep of the GAN or the image+caption fusion classifier")
-    p.add_argument("family", choices=["gan", "fusion"], help="what to sweep")
+    p = sub.add_parser("sweep", help="Ray Tune sweep of the GAN, the image+caption fusion classifier or the video GAN")
+    p.add_argument("family", choices=["gan", "fusion", "video"], help="what to sweep")
     _spec_args(p)
     _address_arg(p)
     p.add_argument("--resume", action="store_true", help="finish an interrupted sweep (Tuner.restore)")
@@ -413,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.add_argument("--force", action="store_true", help="rebuild even if the manifests say up to date")
     p.set_defaults(func=cmd_data_build)
+
+    p = data.add_parser("video", help="write the moving-digit clips (video/v1) made from the built digit shards")
+    _spec_args(p)
+    p.add_argument("--force", action="store_true", help="rebuild even if the manifest says up to date")
+    p.set_defaults(func=cmd_data_video)
 
     p = data.add_parser("validate", help="check shard sets: schema, decodable images, counts, hashes")
     p.add_argument("uri", nargs="+", metavar="URI", help="shard set folder (local or s3://bucket/prefix)")

@@ -1,6 +1,6 @@
 """The Parquet schemas of aigc-ray's shards (documented in docs/shards.md).
 
-Two kinds of shard set share the storage layout:
+These kinds of shard set share the storage layout:
 
 ``multimodal/v1`` — one row per image–caption pair:
     id           string   stable row id, unique across the set ("digits-00042-r0")
@@ -14,6 +14,12 @@ Two kinds of shard set share the storage layout:
 
 ``text/v1`` — one row per document of the language-model corpus:
     id, text, split, source   as above
+
+``video/v1`` — one row per short clip of a moving digit (built by ``video.py``):
+    id, split, label     as above ("video-00042")
+    frames, height, width  int32   the clip's shape
+    clip         binary   uint8 frames, C-order (frames, height, width)
+    source_id    string   the multimodal/v1 row whose image moves
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import pyarrow as pa
 
 MULTIMODAL_V1 = "multimodal/v1"
 TEXT_V1 = "text/v1"
+VIDEO_V1 = "video/v1"
 SCHEMA_METADATA_KEY = b"aigc.schema"
 
 SPLITS = ("train", "val", "test")
@@ -60,7 +67,23 @@ TEXT_SCHEMA = _with_kind(
     TEXT_V1,
 )
 
-SCHEMAS = {MULTIMODAL_V1: MULTIMODAL_SCHEMA, TEXT_V1: TEXT_SCHEMA}
+VIDEO_SCHEMA = _with_kind(
+    pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("split", pa.string(), nullable=False),
+            pa.field("label", pa.int32(), nullable=False),
+            pa.field("frames", pa.int32(), nullable=False),
+            pa.field("height", pa.int32(), nullable=False),
+            pa.field("width", pa.int32(), nullable=False),
+            pa.field("clip", pa.binary(), nullable=False),
+            pa.field("source_id", pa.string(), nullable=False),
+        ]
+    ),
+    VIDEO_V1,
+)
+
+SCHEMAS = {MULTIMODAL_V1: MULTIMODAL_SCHEMA, TEXT_V1: TEXT_SCHEMA, VIDEO_V1: VIDEO_SCHEMA}
 
 
 def schema_problems(actual: pa.Schema, kind: str) -> list[str]:

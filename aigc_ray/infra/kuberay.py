@@ -39,6 +39,7 @@ STAGES = (
     "finetune",
     "sweep_gan",
     "sweep_fusion",
+    "sweep_video",
     "ensemble_build",
     "feedback_ingest",
     "feedback_finetune",
