@@ -122,6 +122,27 @@ def test_overrides_are_typed_and_validated(tmp_path):
     assert "expected KEY.PATH=VALUE" in problems(None, ["data.seed"])[0]
 
 
+def test_generation_settings_are_checked():
+    assert "frames (6) must be a multiple of 4" in problems(None, ["video.frames=6"])[0]
+    assert (
+        "unknown generator(s) ['biggan']"
+        in problems(None, ["gan.sweep.search_space={generator: {type: choice, values: [style, biggan]}}"])[0]
+    )
+    assert problems(None, ["gan.generator=vq"])[0].startswith(
+        "gan.generator = \"vq\": Input should be 'dcgan' or 'style'"
+    )
+    assert (
+        "PBT in the GAN sweep needs a dimension it can mutate"
+        in problems(
+            None,
+            ["gan.sweep.scheduler=pbt", "gan.sweep.search_space={generator: {type: choice, values: [dcgan, style]}}"],
+        )[0]
+    )
+    assert "less than or equal to 4" in problems(None, ["fusion.augment_ratio=5"])[0]
+    spec = load_spec(None, ["fusion.sweep.search_space={augment_ratio: {type: choice, values: [0, 0.5]}}"])
+    assert spec.fusion.sweep.search_space["augment_ratio"].values == [0, 0.5]
+
+
 def test_spec_hash_is_stable_and_sensitive():
     a, b = load_spec(None), load_spec(None)
     assert spec_hash(a) == spec_hash(b)

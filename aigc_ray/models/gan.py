@@ -26,13 +26,24 @@ def from_gan_space(images: torch.Tensor) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    """z (N, z_dim) -> image (N, C, 16, 16): project to 4x4, two stride-2 transposed convs."""
+    """z (N, z_dim) -> image (N, C, 16, 16): project to 4x4, two stride-2 transposed convs.
 
-    def __init__(self, z_dim: int = 32, width: int = 64, channels: int = 1):
+    With ``cond_dim`` > 0 it is conditional (text-to-image): ``forward(z, cond)`` takes the raw
+    caption embedding (N, ``embed_dim``), projects it to ``cond_dim`` with a learned linear layer
+    and concatenates it to z. With ``cond_dim`` = 0 the module (and its state-dict keys) are the
+    plain unconditional DCGAN generator.
+    """
+
+    def __init__(self, z_dim: int = 32, width: int = 64, channels: int = 1, cond_dim: int = 0, embed_dim: int = 384):
         super().__init__()
         self.z_dim = z_dim
+        self.cond_dim = cond_dim
+        if cond_dim:
+            self.cond_proj = nn.Linear(embed_dim, cond_dim)
         self.project = nn.Sequential(
-            nn.Linear(z_dim, 2 * width * 4 * 4, bias=False), nn.BatchNorm1d(2 * width * 4 * 4), nn.ReLU(True)
+            nn.Linear(z_dim + cond_dim, 2 * width * 4 * 4, bias=False),
+            nn.BatchNorm1d(2 * width * 4 * 4),
+            nn.ReLU(True),
         )
         self.up = nn.Sequential(
             nn.ConvTranspose2d(2 * width, width, 4, 2, 1, bias=False),  # (N, w, 8, 8)
@@ -43,15 +54,28 @@ class Generator(nn.Module):
         )
         self.width = width
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cond_dim:
+            if cond is None:
+                raise ValueError("this generator is conditional: pass the caption embeddings as cond")
+            z = torch.cat([z, self.cond_proj(cond)], dim=1)
+        elif cond is not None:
+            raise ValueError("this generator is unconditional: it takes no cond")
         return self.up(self.project(z).view(len(z), 2 * self.width, 4, 4))
 
 
 class Discriminator(nn.Module):
-    """image (N, C, 16, 16) -> logit (N,): two stride-2 convs with LeakyReLU, then linear."""
+    """image (N, C, 16, 16) -> logit (N,): two stride-2 convs with LeakyReLU, then linear.
 
-    def __init__(self, width: int = 64, channels: int = 1):
+    With ``cond_dim`` > 0 it is a projection discriminator (Miyato & Koyama 2018): with φ(x) the
+    features before the last linear layer, logit = linear(φ(x)) + <embed(c), φ(x)>, where embed
+    maps the raw caption embedding (N, ``embed_dim``) through ``cond_dim`` to φ's width. With
+    ``cond_dim`` = 0 the module (and its state-dict keys) are the plain unconditional one.
+    """
+
+    def __init__(self, width: int = 64, channels: int = 1, cond_dim: int = 0, embed_dim: int = 384):
         super().__init__()
+        self.cond_dim = cond_dim
         self.net = nn.Sequential(
             nn.Conv2d(channels, width, 4, 2, 1),  # (N, w, 8, 8)
             nn.LeakyReLU(0.2, True),
@@ -61,9 +85,20 @@ class Discriminator(nn.Module):
             nn.Flatten(),
             nn.Linear(2 * width * 4 * 4, 1),
         )
+        if cond_dim:
+            self.cond_proj = nn.Linear(embed_dim, cond_dim)
+            self.cond_embed = nn.Linear(cond_dim, 2 * width * 4 * 4, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).squeeze(1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cond_dim:
+            if cond is not None:
+                raise ValueError("this discriminator is unconditional: it takes no cond")
+            return self.net(x).squeeze(1)
+        if cond is None:
+            raise ValueError("this discriminator is conditional: pass the caption embeddings as cond")
+        phi = self.net[:-1](x)  # (N, 2w·16)
+        projection = (self.cond_embed(self.cond_proj(cond)) * phi).sum(1)
+        return self.net[-1](phi).squeeze(1) + projection
 
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -250,7 +250,7 @@ class VideoSpec(SweptSection):
 
     enabled: bool = Field(True, description="Build the clips and sweep the video GAN in `aigc run`.")
     clips: int = Field(600, ge=16, description="Clips to build (one per source digit image, cycled).")
-    frames: int = Field(8, ge=2, le=32)
+    frames: int = Field(8, ge=4, le=32)
     frame_size: int = Field(16, ge=12, le=64, description="Square frame side in pixels; the 8x8 digit moves inside.")
     max_speed: float = Field(1.5, gt=0, description="Pixels per frame, at most, along each axis.")
     seed: int = 0
@@ -266,3 +266,11 @@ class VideoSpec(SweptSection):
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**VIDEO_SWEEP_DEFAULTS))
 
     _sweep_family: ClassVar = ("the video sweep", VIDEO_SWEEP_DEFAULTS, VIDEO_SEARCHABLE, VIDEO_STRUCTURAL)
+
+    @model_validator(mode="after")
+    def _shape(self) -> VideoSpec:
+        # The video GAN doubles time and space twice from a 1/4-size volume.
+        for name in ("frames", "frame_size"):
+            if getattr(self, name) % 4:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be a multiple of 4 for the video GAN")
+        return self

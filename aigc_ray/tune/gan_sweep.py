@@ -1,6 +1,9 @@
-"""``aigc sweep gan``: the DCGAN sweep. Beyond the shared results it writes the best generator
-and discriminator (safetensors), ``samples.png`` (a grid from the best generator) and
-``exploits.json`` (PBT: which trial took whose (G, D) pair, and whether the pair matched)."""
+"""``aigc sweep gan``: the GAN sweep (DCGAN or style-based generator, unconditional or
+text-to-image). Beyond the shared results it writes the best generator and discriminator
+(safetensors), ``samples.png`` (a grid from the best generator; for a caption-conditioned GAN one
+row per digit prompt, "a handwritten zero" ... "nine") and ``exploits.json`` (PBT: which trial
+took whose (G, D) pair, and whether the pair matched). ``best/config.json`` holds every key
+``models.generators.build_generator`` needs to rebuild the generator."""
 
 from __future__ import annotations
 
@@ -14,13 +17,16 @@ import torch
 
 from ..data.arrays import digit_arrays
 from ..data.build import build_data
+from ..data.shards import split_table
 from ..manifest import read_manifest
 from ..models.gan import from_gan_space, sample, to_gan_space
+from ..models.generators import generate_for_embeddings
+from ..models.text_condition import digit_prompts, embed_texts
 from ..spec import ExperimentSpec
 from ..spec.sections import GAN_STRUCTURAL
 from ..storage import Storage, join
 from .classifier import classifier_uri, load_or_train_classifier
-from .gan_trainable import STATE_FILE, gan_trainable, load_generator
+from .gan_trainable import META_FILE, STATE_FILE, gan_trainable, load_generator
 from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
 
 
@@ -59,6 +65,13 @@ class _CollapseRule:
 def gan_defaults(spec: ExperimentSpec) -> dict:
     g, s = spec.gan, spec.gan.sweep
     return {
+        "generator": g.generator,
+        "condition": g.condition,
+        "cond_dim": g.cond_dim,
+        "mismatch_weight": g.mismatch_weight,
+        "style_dim": g.style_dim,
+        "mapping_layers": g.mapping_layers,
+        "mixing_prob": g.mixing_prob,
         "z_dim": g.z_dim,
         "width": g.width,
         "g_lr": g.g_lr,
@@ -73,28 +86,58 @@ def gan_defaults(spec: ExperimentSpec) -> dict:
     }
 
 
+def caption_training_rows(spec: ExperimentSpec, storage: Storage) -> tuple[np.ndarray, dict]:
+    """The training rows of a caption-conditioned GAN: (images in GAN space, captions) with
+    captions = {"embedding": (N, 384) MiniLM embeddings, "label": true digits, "named": the digit
+    each caption names, -1 for a vague one}.
+
+    Rows whose caption_kind is 'wrong' are left out: those captions deliberately name another
+    digit than the image shows (a test for the fusion classifier), and training a text-to-image
+    GAN on them would teach it to draw a 3 for "a handwritten seven"."""
+    train = digit_arrays(spec, storage, "train")
+    kinds = np.array(split_table(storage, join(spec.data_uri, "multimodal"), "train", ["caption_kind"])["caption_kind"])
+    if len(kinds) != len(train["label"]):  # both read the split in shard order
+        raise RuntimeError(f"caption kinds ({len(kinds)}) and rows ({len(train['label'])}) disagree")
+    keep = kinds != "wrong"
+    images = to_gan_space(torch.from_numpy(train["image"][keep])).numpy()
+    labels = train["label"][keep]
+    named = np.where(kinds[keep] == "exact", labels, -1)
+    embedding = embed_texts(list(train["text"][keep]))
+    return images, {"embedding": embedding, "label": labels, "named": named}
+
+
 def run_gan_sweep(
     spec: ExperimentSpec, storage: Storage, resume: bool = False, progress: bool = True, log=print
 ) -> SweepResult:
     """Run (or, with ``resume``, finish) the GAN sweep and publish its results."""
     from ray import tune
 
+    conditional = spec.gan.condition == "caption"
+    if spec.gan.sweep.metric == "cond_accuracy" and not conditional:
+        raise ValueError("gan.sweep.metric cond_accuracy needs gan.condition: caption")
     built = build_data(spec, storage, log=log)
     classifier = load_or_train_classifier(spec, storage)
     real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"]))
     with torch.no_grad():
-        feats = classifier.features(real).numpy()
+        feats = classifier.features(real).numpy()  # the Fréchet reference: every training image
     events = join(sweep_dir(spec, "gan"), "events")
+    extra_inputs: dict = {}
+    prompt_embeddings = None
+    if conditional:  # MiniLM runs here, once: the trials get its embeddings, not the model
+        train_images, captions = caption_training_rows(spec, storage)
+        prompt_embeddings = embed_texts(digit_prompts())
+        extra_inputs = {"captions": captions, "prompt_embeddings": prompt_embeddings}
     trainable = tune.with_resources(
         tune.with_parameters(
             gan_trainable,
-            real=real.numpy(),
+            real=train_images if conditional else real.numpy(),
             classifier_state=classifier.state_dict(),
             real_mu=feats.mean(0),
             real_sigma=np.cov(feats, rowvar=False),
             real_spread=float(np.linalg.norm(feats - feats.mean(0), axis=1).mean()),
             events_uri=events,
             s3=storage.s3,
+            **extra_inputs,
         ),
         {"cpu": spec.gan.sweep.cpus_per_trial},
     )
@@ -130,12 +173,17 @@ def run_gan_sweep(
 
         ckpt = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
         state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)
+        meta_path = Path(ckpt, META_FILE)
+        reported = json.loads(meta_path.read_text()).get("metrics", {}) if meta_path.exists() else {}
         save_file(state["g"], out / "best" / "generator.safetensors")
         save_file(state["d"], out / "best" / "discriminator.safetensors")
-        _samples_png(load_generator(ckpt, best["config"]), out / "samples.png")
+        _samples_png(load_generator(ckpt, best["config"]), out / "samples.png", prompt_embeddings)
         shutil.rmtree(out / ".ckpt")
         (out / "exploits.json").write_text(json.dumps(exploits, indent=2))
-        return {}
+        if not conditional:
+            return {}
+        # the best checkpoint's own report: best/metrics.json has both, whichever is the sweep's metric
+        return {k: reported[k] for k in ("cond_accuracy", "fid") if k in reported}
 
     result = publish_sweep(spec, storage, "gan", s, grid, inputs, write_best, log)
     result.exploits = exploits
@@ -148,16 +196,21 @@ def _exploits(storage: Storage, events_uri: str) -> list[dict]:
     return sorted(events, key=lambda e: (e["trial_id"], e["at_iteration"]))
 
 
-def _samples_png(generator, path: Path, n: int = 64) -> None:
+def _samples_png(generator, path: Path, prompt_embeddings: np.ndarray | None = None, n: int = 64) -> None:
+    """A grid of samples (seed 0); with ``prompt_embeddings`` (conditional) one row per prompt."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = from_gan_space(sample(generator, n, seed=0))[:, 0].numpy()
-    side = int(np.ceil(np.sqrt(n)))
-    grid = np.ones((side * 17, side * 17))
+    if prompt_embeddings is None:
+        images = from_gan_space(sample(generator, n, seed=0))[:, 0].numpy()
+        rows = cols = int(np.ceil(np.sqrt(n)))
+    else:
+        rows, cols = len(prompt_embeddings), 8
+        images = from_gan_space(generate_for_embeddings(generator, prompt_embeddings, cols, seed=0))[:, 0].numpy()
+    grid = np.ones((rows * 17, cols * 17))
     for i, img in enumerate(images):
-        r, c = divmod(i, side)
+        r, c = divmod(i, cols)
         grid[r * 17 : r * 17 + 16, c * 17 : c * 17 + 16] = img
     plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)

@@ -56,3 +56,12 @@ def inception_score(probs: np.ndarray, eps: float = 1e-12) -> float:
     marginal = p.mean(axis=0, keepdims=True)
     kl = (p * (np.log(p + eps) - np.log(marginal + eps))).sum(axis=1)
     return float(np.exp(kl.mean()))
+
+
+def class_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Share of rows whose most probable class is the wanted label (e.g. a text-to-image GAN's
+    samples for "a handwritten seven" classified as 7: ``cond_accuracy``; chance is 1/classes)."""
+    p, y = np.asarray(probs), np.asarray(labels)
+    if len(p) != len(y) or not len(p):
+        raise ValueError(f"need as many labels as rows, got {len(y)} labels for {len(p)} rows")
+    return float((p.argmax(axis=1) == y).mean())
