@@ -175,12 +175,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"search over {', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
     )
     with ray_session(spec, args.address):
-        if args.family == "video":  # tune.sweep.run_sweep dispatches gan and fusion only
-            from .tune.video_sweep import run_video_sweep
-
-            result = run_video_sweep(spec, storage, resume=args.resume)
-        else:
-            result = run_sweep(args.family, spec, storage, resume=args.resume)
+        result = run_sweep(args.family, spec, storage, resume=args.resume)
     print(f"results: {result.uri}")
     return 0
 

@@ -4,6 +4,7 @@ inputs, then a run report.
     data ─▶ stream        (a smoke check: one epoch through Ray Data, when the data changed)
     data ─▶ pretrain ─▶ finetune ─┐
     data ─▶ sweep_gan ────────────┤
+    data ─▶ sweep_video ──────────┤   (when video.enabled)
     data ─▶ sweep_fusion ─────────┴─▶ ensemble ─▶ serve
 
 A stage is up to date when its artifact's manifest exists, was made from the same spec
@@ -146,9 +147,14 @@ STAGES = (
     Stage("pretrain", ("data",), _pretrain, _pretrain_out, ("data", "pretrain")),
     Stage("finetune", ("pretrain",), _finetune, _finetune_out, ("data", "finetune")),
     Stage("sweep_gan", ("data",), _sweep("gan"), _sweep_out("gan"), ("data", "gan")),
+    Stage("sweep_video", ("data",), _sweep("video"), _sweep_out("video"), ("data", "video")),
     Stage("sweep_fusion", ("data",), _sweep("fusion"), _sweep_out("fusion"), ("data", "fusion")),
     Stage(
-        "ensemble", ("finetune", "sweep_gan", "sweep_fusion"), _ensemble, _ensemble_out, ("data", "fusion", "ensemble")
+        "ensemble",
+        ("finetune", "sweep_gan", "sweep_video", "sweep_fusion"),
+        _ensemble,
+        _ensemble_out,
+        ("data", "fusion", "ensemble"),
     ),
     Stage("serve", ("ensemble",), _serve),
 )
@@ -180,6 +186,8 @@ def run_pipeline(
             fresh, why = freshness(storage, stage.output(spec), spec_hash(spec, *stage.sections))
         if stage.name == "stream" and not ctx.get("data_written") and "stream" not in force:
             fresh, why = True, "the data did not change"
+        if stage.name == "sweep_video" and not spec.video.enabled:
+            fresh, why = True, "video.enabled is false"
         if fresh:
             log(f"{tag}: skipped, {why}")
             results.append(StageResult(stage.name, "skipped", 0.0, why))

@@ -42,6 +42,14 @@ TINY_SWEEPS = [
     "fusion.sweep.num_samples=2",
     "fusion.sweep.max_iterations=2",
     "fusion.sweep.steps_per_iteration=10",
+    "video.clips=64",
+    "video.width=4",
+    "video.z_dim=8",
+    "video.batch_size=8",
+    "video.eval_samples=16",
+    "video.sweep.num_samples=2",
+    "video.sweep.max_iterations=2",
+    "video.sweep.steps_per_iteration=3",
 ]
 
 

@@ -52,6 +52,7 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
         "pretrain": "ran",
         "finetune": "ran",
         "sweep_gan": "ran",
+        "sweep_video": "ran",
         "sweep_fusion": "ran",
         "ensemble": "ran",
         "serve": "ran",

@@ -1,5 +1,6 @@
-"""The Serve app for real: an ensemble of two fusion members (from a real sweep), a GAN generator
-(from a real sweep) and a small language model, on the session's Ray, over real HTTP."""
+"""The Serve app for real: an ensemble of two fusion members (from a real sweep), a text-to-image
+GAN and a video GAN (from real sweeps) and a small language model, on the session's Ray, over
+real HTTP."""
 
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def served(ray_local, local_data, tmp_path_factory):
     from aigc_ray.serve.deploy import base_url, start_local
     from aigc_ray.tune.fusion_sweep import run_fusion_sweep
     from aigc_ray.tune.gan_sweep import run_gan_sweep
+    from aigc_ray.tune.video_sweep import run_video_sweep
 
     base, storage = local_data
     token_file = tmp_path_factory.mktemp("secret") / "token"
@@ -78,12 +80,24 @@ def served(ray_local, local_data, tmp_path_factory):
             "fusion.sweep.num_samples=2",
             "fusion.sweep.max_iterations=3",
             "fusion.sweep.steps_per_iteration=30",
+            "gan.condition=caption",  # text-to-image
             "gan.width=8",
-            "gan.eval_samples=64",
+            "gan.batch_size=32",
+            "gan.lr_ratio=1.0",
+            "gan.eval_samples=100",
             "gan.sweep.scheduler=fifo",
             "gan.sweep.num_samples=1",
-            "gan.sweep.max_iterations=1",
-            "gan.sweep.steps_per_iteration=5",
+            "gan.sweep.max_iterations=3",
+            "gan.sweep.steps_per_iteration=100",
+            "gan.sweep.search_space={g_lr: {type: choice, values: [0.001]}}",
+            "video.clips=64",
+            "video.width=4",
+            "video.z_dim=8",
+            "video.batch_size=8",
+            "video.eval_samples=16",
+            "video.sweep.num_samples=1",
+            "video.sweep.max_iterations=1",
+            "video.sweep.steps_per_iteration=3",
             "ensemble.top_k=2",
             "ensemble.strategy=weighted",
             f"ensemble.language_models=[{lm_uri}]",
@@ -95,11 +109,13 @@ def served(ray_local, local_data, tmp_path_factory):
             "serve.auth_token_env=AIGC_TEST_TOKEN_NOT_SET",
             "serve.max_request_bytes=20000",
             "serve.max_tokens=32",
+            "serve.max_prompt_chars=100",
         ],
     )
     quiet = {"progress": False, "log": lambda *_: None}
     run_fusion_sweep(spec, storage, **quiet)
     run_gan_sweep(spec, storage, **quiet)
+    run_video_sweep(spec, storage, **quiet)
     tiny_language_model(spec, storage, lm_uri)
     build_ensemble(spec, storage, log=lambda *_: None)
     start_local(spec)
@@ -143,19 +159,104 @@ def test_classify_answers_what_the_offline_ensemble_answers(served):
     np.testing.assert_allclose(out["probabilities"], ens.combiner(np.stack(expected)[:, None])[0], atol=1e-5)
 
 
+def png_to_gan_space(b64: str):
+    """A served 16x16 PNG as the classifier's input (1, 1, 16, 16) in [-1, 1]."""
+    import torch
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("L"), dtype=np.float32) / 255
+    return torch.from_numpy(pixels)[None, None] * 2 - 1
+
+
 @pytest.mark.slow
 def test_images_are_pngs_reproducible_from_a_seed(served):
     from PIL import Image
 
     _, _, client = served
-    a = client.post("/v1/images", json={"n": 2, "seed": 7}).json()
-    b = client.post("/v1/images", json={"n": 2, "seed": 7}).json()
-    c = client.post("/v1/images", json={"n": 2, "seed": 8}).json()
-    assert a["seed"] == 7 and len(a["data"]) == 2
+    body = {"prompt": "a handwritten seven", "n": 2}
+    a = client.post("/v1/images", json={**body, "seed": 7}).json()
+    b = client.post("/v1/images", json={**body, "seed": 7}).json()
+    c = client.post("/v1/images", json={**body, "seed": 8}).json()
+    assert a["seed"] == 7 and len(a["data"]) == 2 and a["prompt"] == "a handwritten seven"
     assert [d["b64_json"] for d in a["data"]] == [d["b64_json"] for d in b["data"]]
     assert a["data"] != c["data"]
     img = Image.open(io.BytesIO(base64.b64decode(a["data"][0]["b64_json"])))
     assert img.format == "PNG" and img.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_text_to_image_draws_the_digit_the_prompt_names(served):
+    """ "a handwritten three" gets threes: the in-project digit classifier reads the served images
+    as the digits their prompts name far above chance, and they are exactly what the exported
+    generator draws offline for the same prompt and seed."""
+    import torch
+    from safetensors.torch import load
+
+    from aigc_ray.data.digits import WORDS
+    from aigc_ray.ensemble.build import ensemble_dir
+    from aigc_ray.models.gan import from_gan_space
+    from aigc_ray.models.generators import generate_for_prompts, load_generator_export
+    from aigc_ray.storage import join
+    from aigc_ray.tune.classifier import load_or_train_classifier
+
+    spec, storage, client = served
+    classifier = load_or_train_classifier(spec, storage)
+    hits = []
+    for digit, word in enumerate(WORDS):
+        out = client.post("/v1/images", json={"prompt": f"a handwritten {word}", "n": 4, "seed": 1, "size": "16x16"})
+        assert out.status_code == 200, out.text
+        with torch.no_grad():
+            seen = classifier(torch.cat([png_to_gan_space(d["b64_json"]) for d in out.json()["data"]])).argmax(1)
+        hits += (seen == digit).tolist()
+    assert np.mean(hits) >= 0.4, f"conditional accuracy {np.mean(hits):.2f} (chance 0.10)"
+
+    folder = join(ensemble_dir(spec), "generator")
+    config = json.loads(storage.read_bytes(join(folder, "config.json")))
+    g = load_generator_export(load(storage.read_bytes(join(folder, "generator.safetensors"))), config)
+    offline = from_gan_space(generate_for_prompts(g, config, ["a handwritten three"], 4, seed=1))
+    served_three = client.post("/v1/images", json={"prompt": "a handwritten three", "n": 4, "seed": 1, "size": "16x16"})
+    served_pixels = torch.cat([png_to_gan_space(d["b64_json"]) for d in served_three.json()["data"]])
+    np.testing.assert_allclose(((served_pixels + 1) / 2).numpy(), offline.numpy(), atol=1 / 255 + 1e-6)
+
+
+@pytest.mark.slow
+def test_videos_are_animations_reproducible_from_a_seed(served):
+    from aigc_ray.serve.animation import decode_gif_frames
+
+    _, _, client = served
+    a = client.post("/v1/videos", json={"n": 2, "seed": 3}).json()
+    b = client.post("/v1/videos", json={"n": 2, "seed": 3}).json()
+    assert a["model"] == "aigc-video-gan" and a["seed"] == 3 and len(a["data"]) == 2
+    assert [d["b64_data"] for d in a["data"]] == [d["b64_data"] for d in b["data"]]
+    clip = a["data"][0]
+    assert clip["media_type"] == "image/gif" and (clip["frames"], clip["width"], clip["height"]) == (8, 64, 64)
+    frames = decode_gif_frames(base64.b64decode(clip["b64_data"]))
+    assert frames.shape[1:] == (64, 64) and 1 <= len(frames) <= 8  # Pillow merges identical neighbours
+    apng = client.post("/v1/videos", json={"n": 1, "seed": 3, "format": "apng", "scale": 2}).json()["data"][0]
+    data = base64.b64decode(apng["b64_data"])
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and b"acTL" in data[:200]  # an animated PNG
+    assert decode_gif_frames(data).shape[1:] == (32, 32)
+
+
+@pytest.mark.slow
+def test_bad_prompts_and_oversized_generation_requests_get_clear_4xx(served):
+    _, _, client = served
+
+    def error(path, body):
+        r = client.post(path, json=body)
+        assert r.status_code == 422, (body, r.status_code, r.text)
+        return r.json()["error"]["message"]
+
+    assert "prompt is blank" in error("/v1/images", {"prompt": "   "})
+    assert "control characters (U+0007)" in error("/v1/images", {"prompt": "a three\a"})
+    assert "prompt: required" in error("/v1/images", {"n": 1})
+    assert "at most 100" in error("/v1/images", {"prompt": "a handwritten three " * 6})
+    assert "at most 16 per request" in error("/v1/images", {"prompt": "a three", "n": 17})
+    assert "style-based generator" in error("/v1/images", {"prompt": "a three", "style_seed": 1})
+    assert "n" in error("/v1/images", {"prompt": "a three", "n": 0})
+    assert "at most 16 per request" in error("/v1/videos", {"n": 20})
+    assert "format" in error("/v1/videos", {"format": "mp4"})
+    assert "scale" in error("/v1/videos", {"scale": 50})
 
 
 @pytest.mark.slow
@@ -172,7 +273,7 @@ def test_the_openai_client_talks_to_completions(served):
     assert first.choices[0].text == again.choices[0].text  # greedy decoding is deterministic
     assert first.choices[0].finish_reason in ("length", "stop")
     assert 0 < first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
-    assert {m.id for m in client.models.list().data} == {"aigc-ensemble", "aigc-gan", "aigc-lm"}
+    assert {m.id for m in client.models.list().data} == {"aigc-ensemble", "aigc-gan", "aigc-video-gan", "aigc-lm"}
     with pytest.raises(NotFoundError, match="not found"):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
 

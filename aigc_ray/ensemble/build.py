@@ -5,6 +5,7 @@ Written to ``<root>/<name>/ensemble/`` and committed by its manifest:
   members/<name>/            model.safetensors + config.json (one format, whatever the source)
   combiner.safetensors       the stacking meta-model (strategy 'stacking' only)
   generator/                 the GAN sweep's best generator (for /v1/images), when there is one
+  video_generator/           the video sweep's best generator (for /v1/videos), when there is one
 ``ensemble.json`` also names the language models (HF exports sharing a tokenizer) whose
 next-token log-probabilities the completions endpoint averages.
 """
@@ -117,8 +118,11 @@ def commit_ensemble(
     metrics["test"] = score(test_probs, combiner(test_probs), test_labels, names)
     uri = ensemble_dir(spec)
     language_models = resolve_language_models(spec, storage)
-    generator = join(sweep_dir(spec, "gan"), "results")
-    has_generator = read_manifest(storage, generator) is not None
+    generators = {  # artifact folder -> the sweep whose best generator it serves, if that sweep ran
+        folder: (join(sweep_dir(spec, family), "results"), manifest)
+        for folder, family in (("generator", "gan"), ("video_generator", "video"))
+        if (manifest := read_manifest(storage, join(sweep_dir(spec, family), "results"))) is not None
+    }
     with tempfile.TemporaryDirectory(prefix="aigc-ensemble-") as tmp:
         out = Path(tmp)
         _write_members(out, members)
@@ -126,10 +130,10 @@ def commit_ensemble(
             from safetensors.numpy import save_file
 
             save_file({"coef": combiner.coef, "intercept": combiner.intercept}, str(out / "combiner.safetensors"))
-        if has_generator:
-            (out / "generator").mkdir()
+        for folder, (source, _) in generators.items():
+            (out / folder).mkdir()
             for name in ("generator.safetensors", "config.json", "metrics.json"):
-                (out / "generator" / name).write_bytes(storage.read_bytes(join(generator, "best", name)))
+                (out / folder / name).write_bytes(storage.read_bytes(join(source, "best", name)))
         doc = {
             "strategy": combiner.strategy,
             "weights": dict(zip(names, combiner.weights, strict=True)),
@@ -137,15 +141,13 @@ def commit_ensemble(
             "members": [{"name": m.name, "source": m.source, "lineage": m.lineage} for m in members],
             "metrics": metrics,
             "language_models": language_models,
-            "generator": {"source": generator, "fingerprint": read_manifest(storage, generator).fingerprint}
-            if has_generator
-            else None,
+            "generator": _source_doc(generators.get("generator")),
+            "video_generator": _source_doc(generators.get("video_generator")),
             "parent": parent,
         }
         (out / ENSEMBLE_FILE).write_text(json.dumps(doc, indent=2))
         inputs = {**inputs, **{lm["uri"]: lm["fingerprint"] for lm in language_models}}
-        if has_generator:
-            inputs[generator] = doc["generator"]["fingerprint"]
+        inputs.update({source: manifest.fingerprint for source, manifest in generators.values()})
         for m in members:  # parents: the sweep's committed results (which chain on to data), or a listed export
             if "sweep_results" in m.lineage:
                 inputs[m.lineage["sweep_results"]] = m.lineage["sweep_fingerprint"]
@@ -173,6 +175,11 @@ def _bagging_config(spec: ExperimentSpec, storage: Storage, tokenizer_uri: str) 
     tok = caption_tokenizer(spec, tokenizer_uri)
     vocab = encode_captions(["a"], tok, storage)[2]  # the vocabulary size: no need to read a split for it
     return fusion_defaults(spec, vocab, tokenizer_uri)
+
+
+def _source_doc(found) -> dict | None:
+    """Where a served generator came from: its sweep results and their fingerprint."""
+    return None if found is None else {"source": found[0], "fingerprint": found[1].fingerprint}
 
 
 def _write_members(out: Path, members: list[Member]) -> None:

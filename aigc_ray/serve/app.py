@@ -41,7 +41,7 @@ from ..manifest import read_manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
 from .feedback import feedback_row, write_feedback
-from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment
+from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
 from .schema import (
     ClassifyRequest,
     ClassifyResponse,
@@ -56,12 +56,16 @@ from .schema import (
     ModelCard,
     ModelList,
     Usage,
+    VideoData,
+    VideosRequest,
+    VideosResponse,
     decode_image,
 )
 
 LM_MODEL_ID = "aigc-lm"
 ENSEMBLE_MODEL_ID = "aigc-ensemble"
 GENERATOR_MODEL_ID = "aigc-gan"
+VIDEO_MODEL_ID = "aigc-video-gan"
 REMEMBERED_RESPONSES = 10_000
 REPLICA_GONE = (
     RayActorError,
@@ -137,15 +141,19 @@ async def require_token(request: Request) -> None:
 @serve.deployment
 @serve.ingress(api)
 class EnsembleIngress:
-    def __init__(self, settings: dict, members: dict, generator=None, lm=None):
+    def __init__(self, settings: dict, members: dict, generator=None, lm=None, video=None):
         self.storage = Storage(settings["s3"])
         self.uri, self.spec_name = settings["ensemble_uri"], settings["name"]
         self.doc = json.loads(self.storage.read_bytes(join(self.uri, ENSEMBLE_FILE)))
         self.version = read_manifest(self.storage, self.uri).fingerprint[:16]
-        self.members, self.generator, self.lm = members, generator, lm
+        self.members, self.generator, self.lm, self.video = members, generator, lm, video
         self.names = list(members)
         self.timeout = settings["request_timeout_s"]
         self.max_tokens = settings["max_tokens"]
+        self.max_images, self.max_prompt_chars = settings["max_images"], settings["max_prompt_chars"]
+        self.generator_config = (
+            json.loads(self.storage.read_bytes(join(self.uri, "generator", "config.json"))) if generator else {}
+        )
         self.feedback_uri = settings["feedback_uri"]
         self.responses: OrderedDict[str, dict] = OrderedDict()
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
@@ -232,20 +240,60 @@ class EnsembleIngress:
             **answer,
         )
 
+    def _check_count(self, n: int) -> None:
+        if n > self.max_images:
+            raise HTTPException(422, f"n: {n} requested; this server makes at most {self.max_images} per request")
+
+    def _check_image_request(self, req: ImagesRequest) -> None:
+        """What the generator can do with this request: a prompt for a text-to-image generator (and
+        only for one), style mixing only for the style generator, within the server's limits."""
+        self._check_count(req.n)
+        conditional = self.generator_config.get("condition") == "caption"
+        if conditional and req.prompt is None:
+            raise HTTPException(422, "prompt: required, this generator draws what the prompt describes")
+        if not conditional and req.prompt is not None:
+            raise HTTPException(
+                422, "prompt: this generator is unconditional (trained without captions); leave prompt out"
+            )
+        if req.prompt is not None and len(req.prompt) > self.max_prompt_chars:
+            raise HTTPException(
+                422, f"prompt: {len(req.prompt)} characters; this server accepts at most {self.max_prompt_chars}"
+            )
+        if req.style_seed is not None and self.generator_config.get("generator") != "style":
+            raise HTTPException(422, "style_seed: style mixing needs the style-based generator (gan.generator: style)")
+
     @api.post("/v1/images", response_model=ImagesResponse, dependencies=[Depends(require_token)])
     async def images(self, req: ImagesRequest) -> ImagesResponse:
         if self.generator is None:
             raise HTTPException(404, "this ensemble has no generator: run the GAN sweep and rebuild the ensemble")
+        self._check_image_request(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         side = int(req.size.split("x")[0])
-        (pngs,) = await self._call(partial(self.generator.generate.remote, req.n, seed, side))
-        rid = self._remember("img", "images", {"n": req.n, "seed": seed, "size": req.size})
+        (pngs,) = await self._call(
+            partial(self.generator.generate.remote, req.n, seed, side, req.prompt, req.style_seed)
+        )
+        rid = self._remember("img", "images", {"n": req.n, "seed": seed, "size": req.size}, input_text=req.prompt or "")
         return ImagesResponse(
             id=rid,
             created=int(time.time()),
             model=GENERATOR_MODEL_ID,
             seed=seed,
+            prompt=req.prompt,
             data=[ImageData(b64_json=p) for p in pngs],
+        )
+
+    @api.post("/v1/videos", response_model=VideosResponse, dependencies=[Depends(require_token)])
+    async def videos(self, req: VideosRequest) -> VideosResponse:
+        if self.video is None:
+            raise HTTPException(
+                404, "this ensemble has no video generator: run the video sweep and rebuild the ensemble"
+            )
+        self._check_count(req.n)
+        seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
+        (clips,) = await self._call(partial(self.video.generate.remote, req.n, seed, req.format, req.fps, req.scale))
+        rid = self._remember("vid", "videos", {"n": req.n, "seed": seed, "format": req.format})
+        return VideosResponse(
+            id=rid, created=int(time.time()), model=VIDEO_MODEL_ID, seed=seed, data=[VideoData(**c) for c in clips]
         )
 
     @api.post("/v1/completions", response_model=CompletionResponse, dependencies=[Depends(require_token)])
@@ -314,8 +362,13 @@ class EnsembleIngress:
             )
         ]
         if self.generator is not None:
+            details = {**self.doc["generator"], "config": self.generator_config}
+            cards.append(ModelCard(id=GENERATOR_MODEL_ID, created=created, kind="gan-generator", details=details))
+        if self.video is not None:
             cards.append(
-                ModelCard(id=GENERATOR_MODEL_ID, created=created, kind="gan-generator", details=self.doc["generator"])
+                ModelCard(
+                    id=VIDEO_MODEL_ID, created=created, kind="video-gan-generator", details=self.doc["video_generator"]
+                )
             )
         if self.lm is not None:
             cards.append(
@@ -372,6 +425,11 @@ def build_app(args: dict):
     generator = (
         GeneratorDeployment.options(name="generator", **common).bind(uri, storage.s3) if doc["generator"] else None
     )
+    video = (
+        VideoGeneratorDeployment.options(name="video-generator", **common).bind(uri, storage.s3)
+        if doc.get("video_generator")
+        else None
+    )
     lm_uris = [lm["uri"] for lm in doc["language_models"]]
     lm = LanguageModelDeployment.options(name="language-model", **common).bind(lm_uris, storage.s3) if lm_uris else None
     settings = {
@@ -381,6 +439,8 @@ def build_app(args: dict):
         "name": spec.name,
         "request_timeout_s": s.request_timeout_s,
         "max_tokens": s.max_tokens,
+        "max_images": s.max_images,
+        "max_prompt_chars": s.max_prompt_chars,
         "max_request_bytes": s.max_request_bytes,
         "auth_token_env": s.auth_token_env,
         "auth_token_file": s.auth_token_file,
@@ -395,4 +455,4 @@ def build_app(args: dict):
         max_queued_requests=s.max_queued_requests,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
-    return ingress.bind(settings, members, generator, lm)
+    return ingress.bind(settings, members, generator, lm, video)

@@ -37,8 +37,14 @@ class AigcClient:
     def classify(self, image_b64: str, text: str, members: bool = False) -> dict:
         return self._request("POST", "/v1/classify", {"image": image_b64, "text": text, "return_members": members})
 
-    def images(self, n: int = 1, seed: int | None = None) -> dict:
-        return self._request("POST", "/v1/images", {"n": n, "seed": seed})
+    def images(
+        self, n: int = 1, seed: int | None = None, prompt: str | None = None, style_seed: int | None = None
+    ) -> dict:
+        body = {"n": n, "seed": seed, "prompt": prompt, "style_seed": style_seed}
+        return self._request("POST", "/v1/images", {k: v for k, v in body.items() if v is not None})
+
+    def videos(self, n: int = 1, seed: int | None = None, format: str = "gif", fps: int = 8, scale: int = 4) -> dict:
+        return self._request("POST", "/v1/videos", {"n": n, "seed": seed, "format": format, "fps": fps, "scale": scale})
 
     def complete(self, prompt: str, max_tokens: int = 16, temperature: float = 0.0) -> dict:
         body = {"model": "aigc-lm", "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
@@ -62,8 +68,23 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
         f"  /v1/classify     {caption!r} + image -> {out['label']} (p={max(out['probabilities']):.2f}; truly {true_label})"
     )
     if "aigc-gan" in cards:
-        answers["images"] = img = client.images(n=4, seed=0)
-        log(f"  /v1/images       {len(img['data'])} PNGs from the generator (seed {img['seed']})")
+        config = cards["aigc-gan"]["details"].get("config", {})
+        if config.get("condition") == "caption":
+            from ..data.digits import WORDS
+
+            prompt = f"a handwritten {WORDS[true_label]}"
+            answers["images"] = img = client.images(n=4, seed=0, prompt=prompt)
+            # Read the drawings back with the served classifier (a caption that names no digit).
+            seen = [client.classify(d["b64_json"], "a handwritten digit")["label"] for d in img["data"]]
+            answers["images"]["read_back"] = seen
+            log(f"  /v1/images       {prompt!r} -> {len(img['data'])} PNGs, read back as {seen}")
+        else:
+            answers["images"] = img = client.images(n=4, seed=0)
+            log(f"  /v1/images       {len(img['data'])} PNGs from the generator (seed {img['seed']})")
+    if "aigc-video-gan" in cards:
+        answers["videos"] = vid = client.videos(n=1, seed=0)
+        clip = vid["data"][0]
+        log(f"  /v1/videos       a {clip['frames']}-frame {clip['width']}x{clip['height']} {clip['media_type']}")
     if "aigc-lm" in cards:
         from ..data.digits import WORDS
         from ..train.finetune import CAPTION_PROMPT

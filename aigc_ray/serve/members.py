@@ -69,38 +69,89 @@ class ClassifierMember:
         pass  # loaded, or __init__ would have raised
 
 
+def _load_export(storage: Storage, folder: str) -> tuple[dict, dict]:
+    """A served generator's (config, weights) from the ensemble artifact's ``folder``."""
+    from safetensors.torch import load
+
+    config = json.loads(storage.read_bytes(join(folder, "config.json")))
+    return config, load(storage.read_bytes(join(folder, "generator.safetensors")))
+
+
+def _png_b64(image: np.ndarray, side: int) -> str:
+    from PIL import Image
+
+    pil = Image.fromarray((image * 255).round().astype(np.uint8))
+    if side != pil.width:
+        pil = pil.resize((side, side), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
 @serve.deployment
 class GeneratorDeployment:
-    """The GAN sweep's best generator: seeded samples as PNG."""
+    """The GAN sweep's best generator (DCGAN or style-based; text-to-image when it was trained on
+    captions): seeded samples as PNG."""
 
     def __init__(self, ensemble_uri: str, s3: S3Settings):
-        from safetensors.torch import load
-
-        from ..models.gan import Generator
+        from ..models.generators import is_conditional, load_generator_export
 
         _single_thread()
-        storage = Storage(s3)
-        config = json.loads(storage.read_bytes(join(ensemble_uri, "generator", "config.json")))
-        self.generator = Generator(int(config["z_dim"]), int(config["width"]))
-        self.generator.load_state_dict(
-            load(storage.read_bytes(join(ensemble_uri, "generator", "generator.safetensors")))
-        )
-        self.generator.eval()
+        self.config, weights = _load_export(Storage(s3), join(ensemble_uri, "generator"))
+        self.generator = load_generator_export(weights, self.config)
+        self.conditional = is_conditional(self.config)
+        self.style = self.config.get("generator") == "style"
+        if self.conditional:  # load MiniLM now, not on the first request
+            from ..models.text_condition import embed_texts
 
-    async def generate(self, n: int, seed: int, side: int) -> list[str]:
-        from PIL import Image
+            embed_texts(["a handwritten digit"])
 
-        from ..models.gan import from_gan_space, sample
+    def describe(self) -> dict:
+        return {"conditional": self.conditional, "style": self.style}
 
-        images = from_gan_space(sample(self.generator, n, seed=seed))[:, 0].numpy()
+    async def generate(
+        self, n: int, seed: int, side: int, prompt: str | None = None, style_seed: int | None = None
+    ) -> list[str]:
+        from ..models.gan import from_gan_space
+        from ..models.generators import generate
+
+        cond = None
+        if self.conditional:
+            from ..models.text_condition import embed_texts
+
+            cond = embed_texts([prompt])[0]
+        images = from_gan_space(generate(self.generator, n, seed, cond=cond, mix_seed=style_seed))[:, 0].numpy()
+        return [_png_b64(img, side) for img in images]
+
+
+@serve.deployment
+class VideoGeneratorDeployment:
+    """The video sweep's best generator: seeded clips as animated GIF or PNG."""
+
+    def __init__(self, ensemble_uri: str, s3: S3Settings):
+        from ..models.video_gan import load_video_generator
+
+        _single_thread()
+        config, weights = _load_export(Storage(s3), join(ensemble_uri, "video_generator"))
+        self.generator = load_video_generator(weights, config)
+
+    async def generate(self, n: int, seed: int, fmt: str, fps: int, scale: int) -> list[dict]:
+        from ..models.video_gan import generate_clips
+        from .animation import encode_apng, encode_gif
+
+        encode = encode_gif if fmt == "gif" else encode_apng
         out = []
-        for img in images:
-            pil = Image.fromarray((img * 255).round().astype(np.uint8))
-            if side != pil.width:
-                pil = pil.resize((side, side), Image.Resampling.NEAREST)
-            buf = io.BytesIO()
-            pil.save(buf, format="PNG")
-            out.append(base64.b64encode(buf.getvalue()).decode())
+        for clip in generate_clips(self.generator, n, seed):  # (T, H, W) in [0, 1]
+            data = encode(clip, fps=fps, scale=scale)
+            out.append(
+                {
+                    "b64_data": base64.b64encode(data).decode(),
+                    "media_type": "image/gif" if fmt == "gif" else "image/apng",
+                    "frames": int(clip.shape[0]),
+                    "width": int(clip.shape[2] * scale),
+                    "height": int(clip.shape[1] * scale),
+                }
+            )
         return out
 
 

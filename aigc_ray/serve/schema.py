@@ -74,10 +74,61 @@ class ClassifyResponse(BaseModel):
     members: dict[str, list[float]] | None = None
 
 
+def check_prompt(v: str) -> str:
+    """A prompt must say something: not blank, no control characters."""
+    if not v.strip():
+        raise ValueError("prompt is blank: describe the image, e.g. 'a handwritten three'")
+    bad = sorted({f"U+{ord(c):04X}" for c in v if ord(c) < 32 or 0x7F <= ord(c) < 0xA0})
+    if bad:
+        raise ValueError(f"prompt holds control characters ({', '.join(bad)})")
+    return v.strip()
+
+
 class ImagesRequest(Strict):
-    n: int = Field(1, ge=1, le=16, description="How many images.")
+    prompt: str | None = Field(
+        None,
+        max_length=2000,
+        description="What to draw, e.g. 'a handwritten three' (text-to-image generators need one; "
+        "an unconditional generator refuses it). The server's limit is serve.max_prompt_chars.",
+    )
+    n: int = Field(1, ge=1, le=64, description="How many images (the server's limit is serve.max_images).")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed, same images.")
+    style_seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**31 - 1,
+        description="Style generator only: mix in the styles of this seed's latent (coarse from seed, fine from style_seed).",
+    )
     size: Literal["16x16", "64x64"] = Field("64x64", description="16x16 is the generator's own size.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v: str | None) -> str | None:
+        return None if v is None else check_prompt(v)
+
+
+class VideosRequest(Strict):
+    n: int = Field(1, ge=1, le=64, description="How many clips (the server's limit is serve.max_images).")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Same seed, same clips.")
+    format: Literal["gif", "apng"] = Field("gif", description="Animated GIF or animated PNG.")
+    fps: int = Field(8, ge=1, le=30, description="Frames per second of the animation.")
+    scale: int = Field(4, ge=1, le=8, description="Each pixel drawn scale x scale.")
+
+
+class VideoData(BaseModel):
+    b64_data: str = Field(description="The animation, base64.")
+    media_type: str
+    frames: int
+    width: int
+    height: int
+
+
+class VideosResponse(BaseModel):
+    id: str
+    created: int
+    model: str
+    seed: int
+    data: list[VideoData]
 
 
 class ImageData(BaseModel):
@@ -89,6 +140,7 @@ class ImagesResponse(BaseModel):
     created: int
     model: str
     seed: int
+    prompt: str | None = None
     data: list[ImageData]
 
 

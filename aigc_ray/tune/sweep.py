@@ -191,8 +191,10 @@ def run_sweep(family: str, spec: ExperimentSpec, storage: Storage, resume: bool 
         from .gan_sweep import run_gan_sweep as run
     elif family == "fusion":
         from .fusion_sweep import run_fusion_sweep as run
+    elif family == "video":
+        from .video_sweep import run_video_sweep as run
     else:
-        raise ValueError(f"unknown sweep family {family!r}; allowed: gan, fusion")
+        raise ValueError(f"unknown sweep family {family!r}; allowed: gan, fusion, video")
     return run(spec, storage, resume=resume, log=log)
 
 
