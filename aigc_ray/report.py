@@ -43,9 +43,10 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
         ]
         lines += [f"> {s}" for s in samples[:3]]
         out.append((title, lines, [(f"{title.lower()}-loss.png", storage.read_bytes(join(uri, "loss.png")))]))
-    for family, title, pngs in (
-        ("gan", "GAN sweep", ("curves.png", "samples.png")),
-        ("fusion", "Fusion sweep", ("curves.png", "confusion.png")),
+    for family, title, pngs, extra_label in (
+        ("gan", "GAN sweep", ("curves.png", "samples.png"), "Best generator's samples"),
+        ("video", "Video sweep", ("curves.png", "strip.png"), "Best generator's clips"),
+        ("fusion", "Fusion sweep", ("curves.png", "confusion.png"), "Best model on the test split"),
     ):
         uri = join(sweep_dir(spec, family), "results")
         manifest = read_manifest(storage, uri)
@@ -58,7 +59,8 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
             f"**{best[metric]:.4f}** (trial {best['trial_id']}), {manifest.meta.get('total_steps', '?')} training steps in all."
         ]
         if extra:
-            lines.append("Best model on the test split: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()) + ".")
+            lines.append(f"{extra_label}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()) + ".")
+        lines += _by_choice(storage, uri, getattr(spec, family).sweep)
         out.append((title, lines, [(f"{family}-{p}", storage.read_bytes(join(uri, p))) for p in pngs]))
     uri = ensemble_dir(spec)
     if read_manifest(storage, uri) is not None:
@@ -81,6 +83,27 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
     return out
 
 
+def _by_choice(storage: Storage, uri: str, sweep) -> list[str]:
+    """For each searched 'choice'/'grid' dimension with several values (e.g. the GAN's generator
+    architecture), the best trial per value: the sweep's comparison on its own metric."""
+    import csv
+    import io
+    from collections import Counter
+
+    rows = list(csv.DictReader(io.StringIO(storage.read_bytes(join(uri, "results.csv")).decode())))
+    lines = []
+    for name, dim in sweep.search_space.items():
+        if dim.type not in ("choice", "grid") or len(dim.values or []) < 2 or not rows or name not in rows[0]:
+            continue
+        best: dict[str, float] = {}
+        for row in rows:  # ranked best first: the first row of each value is its best
+            best.setdefault(row[name], float(row[sweep.metric]))
+        counts = Counter(row[name] for row in rows)
+        parts = [f"{v} {s:.4f} ({counts[v]} trial{'s' * (counts[v] > 1)})" for v, s in best.items()]
+        lines.append(f"Best {sweep.metric} by {name}: " + ", ".join(parts) + ".")
+    return lines
+
+
 def _stage_table(results) -> list[str]:
     lines = ["| stage | status | time | why |", "|---|---|---|---|"]
     for r in results:
@@ -97,7 +120,13 @@ def _served(results) -> list[str]:
         c = answers["classify"]
         lines.append(f"- `/v1/classify` → **{c['label']}** (p = {max(c['probabilities']):.2f}, {c['strategy']})")
     if "images" in answers:
-        lines.append(f"- `/v1/images` → {len(answers['images']['data'])} PNGs (seed {answers['images']['seed']})")
+        img = answers["images"]
+        asked = f"“{img['prompt']}” → " if img.get("prompt") else ""
+        seen = f", read back by the ensemble as {img['read_back']}" if img.get("read_back") else ""
+        lines.append(f"- `/v1/images` → {asked}{len(img['data'])} PNGs (seed {img['seed']}){seen}")
+    if "videos" in answers:
+        clip = answers["videos"]["data"][0]
+        lines.append(f"- `/v1/videos` → a {clip['frames']}-frame {clip['width']}×{clip['height']} {clip['media_type']}")
     if "completion" in answers:
         lines.append(f"- `/v1/completions` → “{answers['completion']['choices'][0]['text'].strip()}”")
     if "feedback" in answers:

@@ -121,13 +121,22 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     assert "[finetune] sample: 'Caption for a three:" in res.stdout
     assert "pipeline finished" in res.stdout
     assert (tmp_path / "runs" / "quickstart" / "finetune" / "export" / "model.safetensors").exists()
-    assert "[sweep] best fid" in res.stdout and "[sweep] best accuracy" in res.stdout
+    assert "[sweep] best cond_accuracy" in res.stdout and "[sweep] best accuracy" in res.stdout
+    assert "[sweep] best frame_fid" in res.stdout
     sweeps = tmp_path / "runs" / "quickstart" / "sweeps"
-    for plot in ("gan/results/samples.png", "gan/results/curves.png", "fusion/results/curves.png"):
+    plots = (
+        "gan/results/samples.png",
+        "gan/results/curves.png",
+        "fusion/results/curves.png",
+        "video/results/strip.png",
+    )
+    for plot in plots:
         assert (sweeps / plot).read_bytes()[:4] == b"\x89PNG", plot
     # it ends with the served ensemble answering one request of each kind
-    for route in ("/v1/models", "/v1/classify", "/v1/images", "/v1/completions", "/v1/feedback"):
+    for route in ("/v1/models", "/v1/classify", "/v1/images", "/v1/videos", "/v1/completions", "/v1/feedback"):
         assert f"  {route}" in res.stdout, route
+    assert "'a handwritten " in res.stdout and "read back as [" in res.stdout
     report = (tmp_path / "runs" / "quickstart" / "report" / "report.html").read_text()
     assert "Ensemble vs members" in report and "data:image/png;base64," in report and "/v1/classify" in report
+    assert "Video sweep" in report and "Best cond_accuracy by generator: " in report
     assert list((tmp_path / "runs" / "quickstart" / "feedback").glob("part-*.parquet"))

@@ -58,7 +58,9 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
         "serve": "ran",
     }
     answers = first[-1].summary["answers"]
-    assert set(answers) == {"classify", "images", "completion", "feedback"}
+    assert set(answers) == {"classify", "images", "videos", "completion", "feedback"}
+    assert answers["images"]["prompt"].startswith("a handwritten ") and len(answers["images"]["read_back"]) == 4
+    assert answers["videos"]["data"][0]["media_type"] == "image/gif"
     assert answers["feedback"]["stored"].startswith("s3://")
     assert 0 <= answers["classify"]["label"] <= 9 and answers["completion"]["choices"][0]["text"] is not None
 
