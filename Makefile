@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/data_stream.py
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/sweep_efficiency.py
+	$(BIN)/python bench/augmentation.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -3,9 +3,9 @@ inputs, then a run report.
 
     data ─▶ stream        (a smoke check: one epoch through Ray Data, when the data changed)
     data ─▶ pretrain ─▶ finetune ─┐
-    data ─▶ sweep_gan ────────────┤
+    data ─▶ sweep_gan ─┬──────────┤
     data ─▶ sweep_video ──────────┤   (when video.enabled)
-    data ─▶ sweep_fusion ─────────┴─▶ ensemble ─▶ serve
+    data ─▶ sweep_fusion ◀┘ ──────┴─▶ ensemble ─▶ serve   (GAN samples, when fusion.augment_ratio > 0)
 
 A stage is up to date when its artifact's manifest exists, was made from the same spec
 sections (its recorded spec hash) and every parent artifact it recorded still has the
@@ -148,7 +148,8 @@ STAGES = (
     Stage("finetune", ("pretrain",), _finetune, _finetune_out, ("data", "finetune")),
     Stage("sweep_gan", ("data",), _sweep("gan"), _sweep_out("gan"), ("data", "gan")),
     Stage("sweep_video", ("data",), _sweep("video"), _sweep_out("video"), ("data", "video")),
-    Stage("sweep_fusion", ("data",), _sweep("fusion"), _sweep_out("fusion"), ("data", "fusion")),
+    # after sweep_gan: with fusion.augment_ratio > 0 its generator makes training samples
+    Stage("sweep_fusion", ("data", "sweep_gan"), _sweep("fusion"), _sweep_out("fusion"), ("data", "fusion")),
     Stage(
         "ensemble",
         ("finetune", "sweep_gan", "sweep_video", "sweep_fusion"),

@@ -53,13 +53,16 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
         if manifest is None:
             continue
         best, metric = manifest.meta["best"], getattr(spec, family).sweep.metric
-        extra = manifest.meta.get("best_extra") or {}
+        extra = dict(manifest.meta.get("best_extra") or {})
         lines = [
             f"{manifest.meta['trials']} trials ({getattr(spec, family).sweep.scheduler}); best {metric} "
             f"**{best[metric]:.4f}** (trial {best['trial_id']}), {manifest.meta.get('total_steps', '?')} training steps in all."
         ]
+        settings = {k: extra.pop(k) for k in ("real_fraction", "augment_ratio") if k in extra}
         if extra:
             lines.append(f"{extra_label}: " + ", ".join(f"{k} {v:.4f}" for k, v in extra.items()) + ".")
+        if settings:
+            lines.append("Trained with " + ", ".join(f"{k} {v:g}" for k, v in settings.items()) + ".")
         lines += _by_choice(storage, uri, getattr(spec, family).sweep)
         out.append((title, lines, [(f"{family}-{p}", storage.read_bytes(join(uri, p))) for p in pngs]))
     uri = ensemble_dir(spec)

@@ -139,7 +139,13 @@ def test_generation_settings_are_checked():
         )[0]
     )
     assert "less than or equal to 4" in problems(None, ["fusion.augment_ratio=5"])[0]
-    spec = load_spec(None, ["fusion.sweep.search_space={augment_ratio: {type: choice, values: [0, 0.5]}}"])
+    assert problems(None, ["fusion.augment_ratio=1"]) == [
+        "spec: fusion augmentation draws labelled samples from this experiment's GAN, which must then be "
+        "text-to-image: set gan.condition: caption (or point fusion.augment_generator at one)"
+    ]
+    spec = load_spec(
+        None, ["gan.condition=caption", "fusion.sweep.search_space={augment_ratio: {type: choice, values: [0, 0.5]}}"]
+    )
     assert spec.fusion.sweep.search_space["augment_ratio"].values == [0, 0.5]
 
 

@@ -114,7 +114,7 @@ def test_wrong_credentials_are_refused_clearly(s3, s3_server, monkeypatch, key_i
 
 
 def test_unreachable_endpoint_is_named():
-    from tests.conftest import free_port
+    from conftest import free_port
 
     storage = Storage(S3Settings(f"http://127.0.0.1:{free_port()}", "us-east-1"))
     with pytest.raises(StorageError, match="cannot connect to the S3 endpoint"):

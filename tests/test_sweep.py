@@ -166,6 +166,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_loc
         "gan.sweep.max_concurrent_trials=1",
         "gan.sweep.max_iterations=6",
         "gan.sweep.steps_per_iteration=40",
+        "gan.sweep.search_space={g_lr: {type: loguniform, low: 0.0001, high: 0.002}}",  # not the quickstart's grid
         "gan.collapse_patience=99",
     ]
     spec = sweep_spec(base, "restore", *args[3:])

@@ -110,6 +110,9 @@ def describe_errors(exc: ValidationError) -> list[str]:
             did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
             lines.append(f"{path}: unknown key{did_you_mean} (allowed: {', '.join(allowed)})")
             continue
+        if not loc:  # a check across sections: the value would be the whole spec
+            lines.append(f"spec: {err['msg'].removeprefix('Value error, ')}")
+            continue
         value = err.get("input")
         shown = json.dumps(value, default=str)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."

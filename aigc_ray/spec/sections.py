@@ -6,7 +6,7 @@ The sections live in per-family modules; this one assembles them and re-exports 
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .base import Section, absolute_local, check_batch
 from .cluster import K8S_QUANTITY, ClusterSpec
@@ -77,6 +77,19 @@ class ExperimentSpec(Section):
     serve: ServeSpec = Field(default_factory=ServeSpec)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @model_validator(mode="after")
+    def _augmentation_has_a_generator(self) -> ExperimentSpec:
+        if (
+            self.fusion.max_augment_ratio > 0
+            and self.fusion.augment_generator is None
+            and self.gan.condition != "caption"
+        ):
+            raise ValueError(
+                "fusion augmentation draws labelled samples from this experiment's GAN, which must then be "
+                "text-to-image: set gan.condition: caption (or point fusion.augment_generator at one)"
+            )
+        return self
 
     @property
     def data_uri(self) -> str:

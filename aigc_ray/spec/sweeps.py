@@ -235,6 +235,15 @@ class FusionSpec(SweptSection):
 
     _sweep_family: ClassVar = ("the fusion sweep", FUSION_SWEEP_DEFAULTS, FUSION_SEARCHABLE, FUSION_STRUCTURAL)
 
+    @property
+    def max_augment_ratio(self) -> float:
+        """The largest augment_ratio any trial can use: the default, or the search space's bound/values."""
+        ratios = [float(self.augment_ratio)]
+        dim = self.sweep.search_space.get("augment_ratio")
+        if dim is not None:
+            ratios += [float(v) for v in dim.values] if dim.type in ("choice", "grid") else [float(dim.high)]
+        return max(ratios)
+
     @model_validator(mode="after")
     def _operators(self) -> FusionSpec:
         if "operator" in self.sweep.search_space:

@@ -2,11 +2,20 @@
 per part, the text encoder's freeze schedule). Trials are chosen on the validation split; the
 best model is also scored once on the held-out test split. Beyond the shared results it writes
 ``best/model.safetensors`` (with the text tokenizer's location in its config) and
-``confusion.png`` (the best model's test-split confusion matrix)."""
+``confusion.png`` (the best model's test-split confusion matrix).
+
+Augmentation (``fusion.augment_ratio`` > 0, or the ratio among the searched dimensions): the
+driver loads the text-to-image generator (``tune.augment``), makes one synthetic pool for every
+trial (its captions as noisy as the data's, ``data.caption_noise``; the images always show their
+label's digit) and records the generator's artifact among the sweep's inputs.
+``fusion.real_fraction`` trains on a seeded, label-stratified share of the real training split
+(validation and test stay whole and real). ``best/metrics.json`` records both, with the best
+trial's ratio, and ``augmentation.json`` the details (real rows, pool size, generator)."""
 
 from __future__ import annotations
 
 import functools
+import json
 import shutil
 from pathlib import Path
 
@@ -18,6 +27,7 @@ from ..data.tokenizer import load_fast_tokenizer
 from ..spec import ExperimentSpec
 from ..spec.sections import FUSION_STRUCTURAL
 from ..storage import Storage, join
+from .augment import load_augmenter, max_augment_ratio, pool_per_class, real_subset, synthetic_pool
 from .fusion_trainable import classification_metrics, fusion_trainable, load_fusion, predict
 from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
 
@@ -33,6 +43,7 @@ def fusion_defaults(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str) -
         "head_lr": f.head_lr,
         "freeze_text_iterations": f.freeze_text_iterations,
         "batch_size": f.batch_size,
+        "augment_ratio": f.augment_ratio,
         "max_len": f.max_text_tokens,
         "vocab_size": vocab_size,
         "tokenizer": caption_tokenizer(spec, tokenizer_uri),  # what a server must encode captions with
@@ -49,7 +60,8 @@ def caption_tokenizer(spec: ExperimentSpec, tokenizer_uri: str) -> str:
 
 def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: int = 32):
     """(input_ids, attention_mask) int64 arrays padded to the longest caption (at most ``limit``
-    tokens), and the vocabulary size; ``tokenizer``: 'minilm' or the URI of our BPE tokenizer."""
+    tokens), and the vocabulary size; ``tokenizer``: 'minilm' or the URI of our BPE tokenizer.
+    Padding is masked out (attention_mask 0), so the width does not change a model's outputs."""
     if tokenizer == "minilm":
         tok = _minilm_tokenizer()
         enc = tok(list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="np")
@@ -92,13 +104,40 @@ def run_fusion_sweep(
     built = build_data(spec, storage, log=log)
     tokenizer_uri = join(built.root, "tokenizer")
     tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
+    f, s = spec.fusion, spec.fusion.sweep
     train, vocab = fusion_arrays(spec, storage, "train", tokenizer, limit)
+    all_rows = len(train["label"])
+    train = real_subset(train, f.real_fraction, s.seed)
     val, _ = fusion_arrays(spec, storage, "val", tokenizer, limit)
+    inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
+    if spec.fusion.text_encoder == "tiny":
+        inputs[tokenizer_uri] = built.tokenizer.fingerprint
+    augmentation = {"real_fraction": f.real_fraction, "real_rows": len(train["label"]), "real_rows_all": all_rows}
+    params = {"train": train, "val": val, "vocab_size": vocab}
+    max_ratio = max_augment_ratio(spec)
+    if max_ratio > 0:  # one pool, made here, for every trial and every ratio up to the largest
+        augmenter = load_augmenter(spec, storage)
+        per_class = pool_per_class(max_ratio, len(train["label"]))
+        noise = spec.data.caption_noise.model_dump()  # captions as noisy as the real ones
+        rows = synthetic_pool(augmenter.generator, augmenter.config, per_class, s.seed, s.seed, **noise)
+        ids, mask, _ = encode_captions(list(rows["text"]), tokenizer, storage, limit)
+        params["synthetic"] = {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}
+        inputs[augmenter.source_uri] = augmenter.fingerprint
+        augmentation |= {
+            "max_augment_ratio": max_ratio,
+            "pool_rows": len(rows["label"]),
+            "pool_captions": noise,
+            "generator": augmenter.uri,
+            "generator_source": augmenter.source_uri,
+            "generator_fingerprint": augmenter.fingerprint,
+        }
+        log(
+            f"[sweep] augmentation: {len(rows['label'])} generated samples ({per_class} per digit) from "
+            f"{augmenter.uri}, for ratios up to {max_ratio:g} over {len(train['label'])} real rows"
+        )
     trainable = tune.with_resources(
-        tune.with_parameters(fusion_trainable, train=train, val=val, vocab_size=vocab),
-        {"cpu": spec.fusion.sweep.cpus_per_trial},
+        tune.with_parameters(fusion_trainable, **params), {"cpu": spec.fusion.sweep.cpus_per_trial}
     )
-    s = spec.fusion.sweep
     grid = run_tuner(
         s,
         trainable,
@@ -110,9 +149,6 @@ def run_fusion_sweep(
         progress=progress,
         log=log,
     )
-    inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
-    if spec.fusion.text_encoder == "tiny":
-        inputs[tokenizer_uri] = built.tokenizer.fingerprint
 
     def write_best(out: Path, best: dict) -> dict:
         from safetensors.torch import save_file
@@ -125,7 +161,14 @@ def run_fusion_sweep(
         probs = predict(model, test)
         scores = classification_metrics(probs, test["label"])
         _confusion_png(probs.argmax(1), test["label"], out / "confusion.png", scores)
-        return {"test_accuracy": scores["accuracy"], "test_macro_f1": scores["macro_f1"]}
+        ratio = float(best["config"].get("augment_ratio") or 0.0)
+        (out / "augmentation.json").write_text(json.dumps({**augmentation, "augment_ratio": ratio}, indent=2))
+        return {
+            "test_accuracy": scores["accuracy"],
+            "test_macro_f1": scores["macro_f1"],
+            "real_fraction": float(f.real_fraction),
+            "augment_ratio": ratio,  # the best trial's (its last, should PBT have changed it)
+        }
 
     return publish_sweep(spec, storage, "fusion", s, grid, inputs, write_best, log)
 
