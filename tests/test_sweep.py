@@ -121,7 +121,8 @@ def test_bad_sweeps_are_refused_before_any_trial(tmp_path, capsys, override, mes
 
 
 def test_generator_weights_round_trip_through_the_checkpoint_format(tmp_path):
-    from aigc_ray.tune.gan_trainable import build, weights_hash
+    from aigc_ray.tune.gan_pair import weights_hash
+    from aigc_ray.tune.gan_trainable import build
 
     g, d, opt_g, opt_d = build(
         {"seed": 1, "z_dim": 8, "width": 8, "g_lr": 1e-3, "lr_ratio": 2.0, "d_lr": 0.0, "beta1": 0.5}

@@ -12,9 +12,6 @@ handed to every trial, so no trial loads MiniLM.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,20 +23,13 @@ from ..models.gan import discriminator_loss, generator_loss
 from ..models.generators import build_discriminator, build_generator, generate, generate_for_embeddings, is_conditional
 from ..models.style_gan import StyleGenerator
 from .classifier import DigitClassifier
+from .gan_pair import d_lr_of, pair_checkpoint, plain_config, restore_pair
 from .metrics import class_accuracy, frechet_distance, inception_score
 
 STATE_FILE = "gan_state.pt"
 META_FILE = "gan_meta.json"
 EVAL_SEED = 12345  # the fixed latents every evaluation samples from
 DIGITS = 10
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def spread(features: np.ndarray) -> float:
@@ -58,7 +48,7 @@ def build(config: dict):
     torch.manual_seed(config["seed"])
     g = build_generator(config)
     d = build_discriminator(config)
-    d_lr = config["g_lr"] * config["lr_ratio"] if config.get("lr_ratio") else config["d_lr"]
+    d_lr = d_lr_of(config)
     betas = (config["beta1"], 0.999)
     return (
         g,
@@ -181,11 +171,6 @@ def cond_accuracy(g, classifier: DigitClassifier, prompt_embeddings: np.ndarray,
     return class_accuracy(probs, digits)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
 def gan_trainable(
     config: dict,
     real: np.ndarray,
@@ -213,21 +198,7 @@ def gan_trainable(
     step, iteration, restored = 0, 0, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt:
-            state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)  # our own file, tensors only
-            meta = json.loads(Path(ckpt, META_FILE).read_text())
-        g.load_state_dict(state["g"])
-        d.load_state_dict(state["d"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step, iteration = int(state["step"]), int(state["iteration"])
-        # After a PBT exploit the config holds the explored learning rates: apply them.
-        set_lr(opt_g, config["g_lr"])
-        set_lr(opt_d, config["g_lr"] * config["lr_ratio"] if config.get("lr_ratio") else config["d_lr"])
-        restored = {
-            "restored_from": meta["trial_id"],
-            "restored_pair_matches": weights_hash(g) == meta["g_hash"] and weights_hash(d) == meta["d_hash"],
-        }
+        step, iteration, restored, meta = restore_pair(checkpoint, g, d, opt_g, opt_d, config, STATE_FILE, META_FILE)
         me = tune.get_context().get_trial_id()
         if events_uri and meta["trial_id"] != me:  # a PBT exploit: record it where the driver will look
             from ..storage import Storage, join
@@ -274,34 +245,13 @@ def gan_trainable(
         if data.cond is not None:
             metrics["cond_accuracy"] = class_accuracy(probs, digits)
             metrics["cond_diversity"] = class_spread(feats, digits) / real_class_spread
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(
-                {
-                    "g": g.state_dict(),
-                    "d": d.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "step": step,
-                    "iteration": iteration,
-                },
-                Path(tmp, STATE_FILE),
-            )
-            Path(tmp, META_FILE).write_text(
-                json.dumps(
-                    {
-                        "trial_id": metrics["trial_id"],
-                        "g_hash": weights_hash(g),
-                        "d_hash": weights_hash(d),
-                        "config": _plain(config),
-                        "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-                    }
-                )
-            )
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-def _plain(config: dict) -> dict:
-    return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
+        meta = {
+            "trial_id": metrics["trial_id"],
+            "config": plain_config(config),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        }
+        with pair_checkpoint(g, d, opt_g, opt_d, step, iteration, meta, STATE_FILE, META_FILE) as folder:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def load_generator(ckpt_dir: str, config: dict):

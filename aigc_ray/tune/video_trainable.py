@@ -4,9 +4,6 @@ optimizers as one unit, so a PBT exploit always copies a matching (G, D) pair fr
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +12,12 @@ import torch
 from ..models.gan import discriminator_loss, generator_loss
 from ..models.video_gan import VideoDiscriminator, VideoGenerator, from_video_space, load_video_generator
 from .classifier import DigitClassifier
+from .gan_pair import d_lr_of, pair_checkpoint, plain_config, restore_pair
 from .video_metrics import clip_metrics
 
 STATE_FILE = "video_gan_state.pt"
 META_FILE = "video_gan_meta.json"
 EVAL_SEED = 12345  # every evaluation scores clips from the same noise
-
-
-def weights_hash(module: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def d_lr_of(config: dict) -> float:
-    return config["g_lr"] * config["lr_ratio"] if config.get("lr_ratio") else config["d_lr"]
 
 
 def build(config: dict):
@@ -75,21 +56,7 @@ def video_trainable(
     step, iteration, restored = 0, 0, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:
-        with checkpoint.as_directory() as ckpt:
-            state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)  # our own file, tensors only
-            meta = json.loads(Path(ckpt, META_FILE).read_text())
-        g.load_state_dict(state["g"])
-        d.load_state_dict(state["d"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        step, iteration = int(state["step"]), int(state["iteration"])
-        # After a PBT exploit the config holds the explored learning rates: apply them.
-        set_lr(opt_g, config["g_lr"])
-        set_lr(opt_d, d_lr_of(config))
-        restored = {
-            "restored_from": meta["trial_id"],
-            "restored_pair_matches": weights_hash(g) == meta["g_hash"] and weights_hash(d) == meta["d_hash"],
-        }
+        step, iteration, restored, _ = restore_pair(checkpoint, g, d, opt_g, opt_d, config, STATE_FILE, META_FILE)
     real_t = torch.from_numpy(np.array(real))  # the object store's arrays are read-only
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
     batch = int(config["batch_size"])
@@ -130,29 +97,9 @@ def video_trainable(
             "trial_id": tune.get_context().get_trial_id(),
             **restored,
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(
-                {
-                    "g": g.state_dict(),
-                    "d": d.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
-                    "step": step,
-                    "iteration": iteration,
-                },
-                Path(tmp, STATE_FILE),
-            )
-            Path(tmp, META_FILE).write_text(
-                json.dumps(
-                    {
-                        "trial_id": metrics["trial_id"],
-                        "g_hash": weights_hash(g),
-                        "d_hash": weights_hash(d),
-                        "config": {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool))},
-                    }
-                )
-            )
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        meta = {"trial_id": metrics["trial_id"], "config": plain_config(config)}
+        with pair_checkpoint(g, d, opt_g, opt_d, step, iteration, meta, STATE_FILE, META_FILE) as folder:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 
 def load_checkpoint_generator(ckpt_dir: str, config: dict) -> VideoGenerator:
