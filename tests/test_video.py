@@ -294,3 +294,38 @@ def test_tiny_video_sweep_publishes_a_rebuildable_generator(ray_local, local_dat
     g = load_video_generator(load(storage.read_bytes(join(result.uri, "best/generator.safetensors"))), config)
     assert generate_clips(g, 3, seed=0).shape == (3, 8, 16, 16)
     print("tiny video sweep:", json.dumps(metrics))
+
+
+@pytest.mark.slow
+def test_video_pbt_exploits_restore_a_matching_generator_and_discriminator(ray_local, local_data):
+    """PBT on the video GAN: a trial that takes another's checkpoint gets that donor's G and D
+    together (the weight hashes recorded with the checkpoint match after loading)."""
+    from aigc_ray.tune.sweep import sweep_dir
+    from aigc_ray.tune.video_sweep import run_video_sweep
+
+    base, storage = local_data
+    spec = video_spec(
+        base.storage.root,
+        "name=video-pbt",
+        "video.width=4",
+        "video.z_dim=8",
+        "video.batch_size=8",
+        "video.eval_samples=16",
+        "video.sweep.scheduler=pbt",
+        "video.sweep.perturbation_interval=1",
+        "video.sweep.num_samples=3",
+        "video.sweep.max_concurrent_trials=3",
+        "video.sweep.max_iterations=8",
+        "video.sweep.steps_per_iteration=3",
+    )
+    result = run_video_sweep(spec, storage, progress=False, log=lambda *_: None)
+    assert result.trials == 3
+    reports = [
+        json.loads(line)
+        for path in (Path(sweep_dir(spec, "video")) / "tune").rglob("result.json")
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    exploits = [r for r in reports if r.get("restored_from") and r["restored_from"] != r["trial_id"]]
+    assert exploits, "PBT made no exploit in 8 iterations of 3 trials"
+    assert all(r["restored_pair_matches"] for r in exploits)
