@@ -463,5 +463,20 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def exit_with(code: int) -> None:
+    """End a command's process: S3 released before the interpreter exits (see ``storage.release_s3``)."""
+    from .storage import release_s3
+
+    sys.stdout.flush()
+    release_s3()
+    sys.exit(code)
+
+
+def console_main(argv: list[str] | None = None) -> None:
+    """The `aigc` command (and the jobs/ entry points): ``main``, then ``exit_with``. In-process
+    callers (tests, notebooks) use ``main`` and keep S3."""
+    exit_with(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

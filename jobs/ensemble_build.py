@@ -7,7 +7,7 @@ Inside a Ray job RAY_ADDRESS is set, so the command joins the job's cluster inst
 
 import sys
 
-from aigc_ray.cli import main
+from aigc_ray.cli import console_main
 
 if __name__ == "__main__":
-    sys.exit(main(["ensemble", "build", *sys.argv[1:]]))
+    console_main(["ensemble", "build", *sys.argv[1:]])

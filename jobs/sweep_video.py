@@ -10,7 +10,7 @@ the command joins the job's cluster instead of starting one.
 import argparse
 import sys
 
-from aigc_ray.cli import main
+from aigc_ray.cli import exit_with, main
 
 
 def spec_args(argv: list[str]) -> list[str]:
@@ -28,4 +28,4 @@ def spec_args(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     argv = sys.argv[1:]
     data = spec_args(argv)
-    sys.exit(main(["data", "build", *data]) or main(["data", "video", *data]) or main(["sweep", "video", *argv]))
+    exit_with(main(["data", "build", *data]) or main(["data", "video", *data]) or main(["sweep", "video", *argv]))
