@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .gan import sample
+
 __all__ = [
     "VideoDiscriminator",
     "VideoGenerator",
@@ -114,14 +116,9 @@ def load_video_generator(state_dict: dict, config: dict) -> VideoGenerator:
 
 
 def sample_clips(generator: VideoGenerator, n: int, seed: int) -> torch.Tensor:
-    """``n`` clips (n, 1, T, S, S) in video space from a seeded noise draw (same seed, same clips)."""
-    z = torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(seed))
-    was_training = generator.training
-    generator.eval()
-    with torch.no_grad():
-        out = generator(z)
-    generator.train(was_training)
-    return out
+    """``n`` clips (n, 1, T, S, S) in video space from a seeded noise draw (same seed, same clips):
+    the image GAN's ``sample``, which only needs ``z_dim`` and a forward from z."""
+    return sample(generator, n, seed)
 
 
 def generate_clips(generator: VideoGenerator, n: int, seed: int) -> np.ndarray:
