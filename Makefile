@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.aigc-installed
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast nginx-check lint bench clean
 
 setup: $(STAMP)
 
@@ -15,8 +15,16 @@ $(STAMP): pyproject.toml scripts/setup-venv.sh
 demo: $(STAMP)
 	$(BIN)/aigc run -c examples/quickstart.yaml
 
-test: $(STAMP) lint
+test: $(STAMP) lint nginx-check
 	$(BIN)/python -m pytest
+
+# The quick subset: no Ray cluster, no sweeps (a few minutes on 2 cores).
+test-fast: $(STAMP) lint
+	$(BIN)/python -m pytest -m "not slow"
+
+# The load-balancer test runs a real nginx in front of Serve: say how to get it rather than skip in silence.
+nginx-check:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || echo "note: nginx is not installed, so the load-balancer test will be skipped; install it with 'sudo apt-get install nginx' (Debian/Ubuntu) or 'brew install nginx' to run it"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -11,6 +11,7 @@ import contextlib
 import os
 import sys
 
+from . import layout
 from .spec import ExperimentSpec, SpecError, load_spec, spec_hash, spec_to_yaml
 from .storage import S3Settings, Storage, StorageError
 
@@ -47,7 +48,7 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from .data.build import build_data
 
     spec = _load(args)
-    print(f"building the embedded '{spec.data.dataset}' dataset into {spec.data_uri}")
+    print(f"building the embedded '{spec.data.dataset}' dataset into {layout.data_root(spec)}")
     built = build_data(spec, Storage.from_spec(spec.storage), force=args.force)
     print(f"done: {', '.join(built.written) or 'everything was up to date'}")
     return 0
@@ -59,7 +60,7 @@ def cmd_data_video(args: argparse.Namespace) -> int:
     spec = _load(args)
     v = spec.video
     print(
-        f"building {v.clips} moving-digit clips ({v.frames}x{v.frame_size}x{v.frame_size}) into {spec.data_uri}/video"
+        f"building {v.clips} moving-digit clips ({v.frames}x{v.frame_size}x{v.frame_size}) into {layout.video_uri(spec)}"
     )
     build_video_shards(spec, Storage.from_spec(spec.storage), force=args.force)
     return 0
@@ -91,8 +92,8 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     with ray_session(spec, args.address):
-        print(f"streaming split '{args.split}' of {spec.data_uri}/multimodal through Ray Data")
-        from .data.stream import stream_epoch
+        print(f"streaming split '{args.split}' of {layout.multimodal_uri(spec)} through Ray Data")
+        from .train.feed import stream_epoch
 
         stream_epoch(spec, storage, args.split, args.workers)
     return 0
@@ -100,21 +101,15 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline: every stage that is not up to date, then the run report."""
-    from .pipeline import run_pipeline
+    from .pipeline import RunOptions, run_pipeline
     from .report import write_report
     from .runtime import ray_session
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     with ray_session(spec, args.address):
-        results = run_pipeline(
-            spec,
-            storage,
-            force=tuple(args.force),
-            skip_serve=args.no_serve,
-            keep_serving=args.keep_serving,
-            workers=args.workers,
-        )
+        options = RunOptions(tuple(args.force), args.no_serve, args.keep_serving, args.workers)
+        results = run_pipeline(spec, storage, options)
     report = write_report(spec, storage, results)
     ran = [r.name for r in results if r.status == "ran"]
     print(f"pipeline finished: ran {', '.join(ran) or 'nothing (all up to date)'}; report: {report}")
@@ -237,10 +232,10 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     if args.action == "ingest":
-        from .data.feedback_ingest import feedback_shards_uri, ingest_feedback
+        from .data.feedback_ingest import ingest_feedback
 
         manifest = ingest_feedback(spec, storage)
-        print(f"feedback shards: {feedback_shards_uri(spec)} ({manifest.meta['rows']} examples)")
+        print(f"feedback shards: {layout.feedback_shards_uri(spec)} ({manifest.meta['rows']} examples)")
         return 0
     from .ensemble.refresh import refresh_from_feedback
 

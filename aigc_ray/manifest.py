@@ -1,6 +1,6 @@
 """Artifact manifests: what an artifact holds and what it was made from.
 
-Every artifact (a shard set, a tokenizer, later a checkpoint or an ensemble) is a folder with a
+Every artifact (a shard set, a tokenizer, a model export, a sweep's results, an ensemble) is a folder with a
 ``_manifest.json`` written last: the manifest is the commit marker, so an artifact without one
 is incomplete and is never read. The manifest records the spec hash, the fingerprints of its
 inputs, the code version and the time, so any served answer can be traced to its data.

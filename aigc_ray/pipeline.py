@@ -20,10 +20,12 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
+from . import layout
 from .manifest import read_manifest
 from .spec import ExperimentSpec, spec_hash
-from .storage import Storage, join
+from .storage import Storage
 
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
@@ -45,10 +47,28 @@ def freshness(storage: Storage, uri: str, expected_spec_hash: str) -> tuple[bool
 
 
 @dataclass
+class RunOptions:
+    """What the command line asks of ``aigc run``."""
+
+    force: tuple[str, ...] = ()  # stages to run even when up to date
+    skip_serve: bool = False  # stop after the ensemble
+    keep_serving: bool = False  # leave the Serve app up after the demo requests
+    workers: int = 0  # the stream check's Ray Train workers (0: the driver reads the epoch)
+
+
+@dataclass
+class RunContext:
+    """What the stages of one run share: the options, and what earlier stages found."""
+
+    options: RunOptions
+    data_written: bool = False  # the data stage wrote something (so the stream check runs)
+
+
+@dataclass
 class Stage:
     name: str
     needs: tuple[str, ...]
-    run: Callable[[ExperimentSpec, Storage, dict], dict]  # (spec, storage, context) -> summary
+    run: Callable[[ExperimentSpec, Storage, RunContext], dict]  # (spec, storage, context) -> summary
     output: Callable[[ExperimentSpec], str] | None = None  # its artifact; None: always runs
     sections: tuple[str, ...] = ()  # the spec sections its artifact's spec hash covers
 
@@ -66,14 +86,14 @@ def _data(spec, storage, ctx):
     from .data.build import build_data
 
     built = build_data(spec, storage)  # checks its own parts: only what changed is rebuilt
-    ctx["data_written"] = built.written
+    ctx.data_written = bool(built.written)
     return {"written": built.written, "uri": built.root, "up_to_date": not built.written}
 
 
 def _stream(spec, storage, ctx):
-    from .data.stream import stream_epoch
+    from .train.feed import stream_epoch
 
-    stream_epoch(spec, storage, "train", ctx.get("workers", 0))
+    stream_epoch(spec, storage, "train", ctx.options.workers)
     return {}
 
 
@@ -111,50 +131,29 @@ def _ensemble(spec, storage, ctx):
 def _serve(spec, storage, ctx):
     from .serve.demo import serve_and_ask
 
-    return {"answers": serve_and_ask(spec, storage, keep_serving=ctx.get("keep_serving", False))}
-
-
-def _pretrain_out(spec):
-    from .train.pretrain import run_dir
-
-    return join(run_dir(spec), "export")
-
-
-def _finetune_out(spec):
-    from .train.finetune import finetune_dir
-
-    return join(finetune_dir(spec), "export")
-
-
-def _sweep_out(family):
-    def out(spec):
-        from .tune.sweep import sweep_dir
-
-        return join(sweep_dir(spec, family), "results")
-
-    return out
-
-
-def _ensemble_out(spec):
-    from .ensemble.build import ensemble_dir
-
-    return ensemble_dir(spec)
+    return {"answers": serve_and_ask(spec, storage, keep_serving=ctx.options.keep_serving)}
 
 
 STAGES = (
     Stage("data", (), _data),
     Stage("stream", ("data",), _stream),
-    Stage("pretrain", ("data",), _pretrain, _pretrain_out, ("data", "pretrain")),
-    Stage("finetune", ("pretrain",), _finetune, _finetune_out, ("data", "finetune")),
-    Stage("sweep_gan", ("data",), _sweep("gan"), _sweep_out("gan"), ("data", "gan")),
-    Stage("sweep_video", ("data",), _sweep("video"), _sweep_out("video"), ("data", "video")),
+    Stage("pretrain", ("data",), _pretrain, layout.pretrain_export, ("data", "pretrain")),
+    Stage("finetune", ("pretrain",), _finetune, layout.finetune_export, ("data", "finetune")),
+    Stage("sweep_gan", ("data",), _sweep("gan"), partial(layout.sweep_results, family="gan"), ("data", "gan")),
+    Stage("sweep_video", ("data",), _sweep("video"), partial(layout.sweep_results, family="video"), ("data", "video")),
     # after sweep_gan: with fusion.augment_ratio > 0 its generator makes training samples
-    Stage("sweep_fusion", ("data", "sweep_gan"), _sweep("fusion"), _sweep_out("fusion"), ("data", "fusion")),
+    Stage(
+        "sweep_fusion",
+        ("data", "sweep_gan"),
+        _sweep("fusion"),
+        partial(layout.sweep_results, family="fusion"),
+        ("data", "fusion"),
+    ),
     Stage(
         "ensemble",
         ("finetune", "sweep_gan", "sweep_video", "sweep_fusion"),
         _ensemble,
-        _ensemble_out,
+        layout.ensemble_dir,
         ("data", "fusion", "ensemble"),
     ),
     Stage("serve", ("ensemble",), _serve),
@@ -163,29 +162,24 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def run_pipeline(
-    spec: ExperimentSpec,
-    storage: Storage,
-    *,
-    force: tuple[str, ...] = (),
-    skip_serve: bool = False,
-    keep_serving: bool = False,
-    workers: int = 0,
-    log=print,
+    spec: ExperimentSpec, storage: Storage, options: RunOptions | None = None, log=print
 ) -> list[StageResult]:
     """Run every stage that is not up to date, in dependency order (inside a Ray session the
-    caller opened). ``force``: stages to run even when up to date. A failing stage stops the run."""
+    caller opened). A failing stage stops the run; ValueError for an unknown stage in ``force``."""
+    options = options or RunOptions()
+    force = options.force
     unknown = set(force) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_NAMES)}")
-    ctx = {"keep_serving": keep_serving, "workers": workers}
+    ctx = RunContext(options)
     results: list[StageResult] = []
-    stages = [s for s in STAGES if not (skip_serve and s.name == "serve")]
+    stages = [s for s in STAGES if not (options.skip_serve and s.name == "serve")]
     for i, stage in enumerate(stages, 1):
         tag = f"[{i}/{len(stages)}] {stage.name}"
         fresh, why = False, ""
         if stage.output is not None and stage.name not in force:
             fresh, why = freshness(storage, stage.output(spec), spec_hash(spec, *stage.sections))
-        if stage.name == "stream" and not ctx.get("data_written") and "stream" not in force:
+        if stage.name == "stream" and not ctx.data_written and "stream" not in force:
             fresh, why = True, "the data did not change"
         if stage.name == "sweep_video" and not spec.video.enabled:
             fresh, why = True, "video.enabled is false"

@@ -1,6 +1,6 @@
 """The run report: one page a person would rather look at than read.
 
-``<root>/<name>/report/`` holds ``report.html`` (self-contained: the plots are embedded) and
+``layout.report_dir`` holds ``report.html`` (self-contained: the plots are embedded) and
 ``report.md`` (the same, with the PNGs beside it): what each stage did, the loss curves, the
 sweeps' learning curves, the GAN's samples, the fusion model's confusion matrix, the ensemble
 against its members, and the served answers. Everything is read back from the committed
@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import layout
 from .manifest import code_version, publish_directory, read_manifest
 from .spec import ExperimentSpec, spec_hash
 from .storage import Storage, join
@@ -23,16 +24,10 @@ from .storage import Storage, join
 
 def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[str], list[tuple[str, bytes]]]]:
     """(title, Markdown lines, [(png name, bytes)]) per finished artifact."""
-    from .ensemble.build import ENSEMBLE_FILE, ensemble_dir
-    from .train.finetune import finetune_dir
-    from .train.pretrain import run_dir
-    from .tune.sweep import sweep_dir
+    from .ensemble.build import ENSEMBLE_FILE
 
     out = []
-    for title, uri in (
-        ("Pretraining", join(run_dir(spec), "export")),
-        ("Fine-tuning", join(finetune_dir(spec), "export")),
-    ):
+    for title, uri in (("Pretraining", layout.pretrain_export(spec)), ("Fine-tuning", layout.finetune_export(spec))):
         if read_manifest(storage, uri) is None:
             continue
         ev = json.loads(storage.read_bytes(join(uri, "eval.json")))
@@ -48,7 +43,7 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
         ("video", "Video sweep", ("curves.png", "strip.png"), "Best generator's clips"),
         ("fusion", "Fusion sweep", ("curves.png", "confusion.png"), "Best model on the test split"),
     ):
-        uri = join(sweep_dir(spec, family), "results")
+        uri = layout.sweep_results(spec, family)
         manifest = read_manifest(storage, uri)
         if manifest is None:
             continue
@@ -65,7 +60,7 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
             lines.append("Trained with " + ", ".join(f"{k} {v:g}" for k, v in settings.items()) + ".")
         lines += _by_choice(storage, uri, getattr(spec, family).sweep)
         out.append((title, lines, [(f"{family}-{p}", storage.read_bytes(join(uri, p))) for p in pngs]))
-    uri = ensemble_dir(spec)
+    uri = layout.ensemble_dir(spec)
     if read_manifest(storage, uri) is not None:
         doc = json.loads(storage.read_bytes(join(uri, ENSEMBLE_FILE)))
         lines = [
@@ -139,7 +134,7 @@ def _served(results) -> list[str]:
 
 def write_report(spec: ExperimentSpec, storage: Storage, results) -> str:
     """Write and commit the report for this run; returns the URI of ``report.html``."""
-    uri = join(spec.storage.root, spec.name, "report")
+    uri = layout.report_dir(spec)
     head = f"{spec.name} — run report"
     meta = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · code {code_version()} · spec {spec_hash(spec)[:12]}"
     sections = [("Stages", _stage_table(results), [])] + _sections(spec, storage)

@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from aigc_ray.layout import data_root
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 VAGUE = "a handwritten digit"
@@ -68,10 +70,10 @@ def ensure_gan(spec, storage, args, fraction: float, log) -> str:
     from safetensors.torch import save_file
 
     from aigc_ray.manifest import publish_directory, read_manifest
+    from aigc_ray.models.augment import real_subset
+    from aigc_ray.models.gan_training import TrainData, build_gan, train_step
     from aigc_ray.storage import join
-    from aigc_ray.tune.augment import real_subset
     from aigc_ray.tune.gan_sweep import caption_training_rows
-    from aigc_ray.tune.gan_trainable import TrainData, build, train_step
 
     config = gan_config(args)
     key = {"config": config, "steps": args.gan_steps, "fraction": fraction, "subset_seed": args.subset_seed}
@@ -86,12 +88,12 @@ def ensure_gan(spec, storage, args, fraction: float, log) -> str:
         from aigc_ray.data.shards import split_table
 
         labels = digit_arrays(spec, storage, "train")["label"]
-        kinds = split_table(storage, join(spec.data_uri, "multimodal"), "train", ["caption_kind"])["caption_kind"]
+        kinds = split_table(storage, join(data_root(spec), "multimodal"), "train", ["caption_kind"])["caption_kind"]
         chosen = real_subset({"row": np.arange(len(labels)), "label": labels}, fraction, args.subset_seed)["row"]
         keep = np.isin(np.flatnonzero(np.array(kinds) != "wrong"), chosen)  # caption_training_rows' rows, in order
         images, captions = images[keep], {k: v[keep] for k, v in captions.items()}
     t = time.time()
-    g, d, opt_g, opt_d = build(config)
+    g, d, opt_g, opt_d = build_gan(config)
     data, gen = TrainData.make(images, captions), torch.Generator().manual_seed(0)
     for _ in range(args.gan_steps):
         train_step(g, d, opt_g, opt_d, data, config, gen)
@@ -105,7 +107,7 @@ def ensure_gan(spec, storage, args, fraction: float, log) -> str:
 
 
 def train_and_score(config: dict, vocab: int, train, pool, tests: dict) -> dict[str, float]:
-    from aigc_ray.tune.fusion_trainable import (
+    from aigc_ray.models.fusion_training import (
         as_tensors,
         build_model,
         build_optimizer,
@@ -152,13 +154,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from aigc_ray.data.build import build_data
+    from aigc_ray.data.captions import caption_tokenizer, encode_captions, fusion_arrays
+    from aigc_ray.models.augment import load_augmenter, pool_per_class, real_subset, synthetic_pool
+    from aigc_ray.models.classifier import load_or_train_classifier
+    from aigc_ray.models.fusion_training import fusion_config
+    from aigc_ray.models.gan_training import cond_accuracy
     from aigc_ray.models.text_condition import digit_prompts, embed_texts
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage, join
-    from aigc_ray.tune.augment import load_augmenter, pool_per_class, real_subset, synthetic_pool
-    from aigc_ray.tune.classifier import load_or_train_classifier
-    from aigc_ray.tune.fusion_sweep import caption_tokenizer, encode_captions, fusion_arrays, fusion_defaults
-    from aigc_ray.tune.gan_trainable import cond_accuracy
 
     def log(msg: str) -> None:
         if args.verbose:
@@ -177,7 +180,7 @@ def main() -> None:
     test, _ = fusion_arrays(spec, storage, "test", tokenizer, limit)
     ids, mask, _ = encode_captions([VAGUE] * len(test["label"]), tokenizer, storage, limit)
     tests = {"captions": test, "vague": {**test, "input_ids": ids, "attention_mask": mask}}
-    base = {**fusion_defaults(spec, vocab, tokenizer_uri), "batch_size": args.batch_size}
+    base = {**fusion_config(spec, vocab, tokenizer_uri), "batch_size": args.batch_size}
     base |= {"max_iterations": args.iterations, "steps_per_iteration": args.steps_per_iteration}
     classifier = load_or_train_classifier(spec, storage)
     prompts = embed_texts(digit_prompts())

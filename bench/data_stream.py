@@ -22,6 +22,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from aigc_ray.layout import data_root
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 COLUMNS = ["id", "text", "image", "label"]
@@ -121,12 +123,12 @@ def main() -> None:
         )
         storage = Storage.from_spec(spec.storage)
         build_data(spec, storage, log=lambda *_: None)
-        files = shard_files(storage, join(spec.data_uri, "multimodal"))
+        files = shard_files(storage, join(data_root(spec), "multimodal"))
         fs, _ = storage.filesystem(files[0])
         paths = [storage.filesystem(f)[1] for f in files]
         tok_kwargs = {
             "s3": storage.s3,
-            "tokenizer_uri": join(spec.data_uri, "tokenizer"),
+            "tokenizer_uri": join(data_root(spec), "tokenizer"),
             "max_len": spec.data.max_seq_len,
         }
 

@@ -81,12 +81,15 @@ def plain_server(root: str, port: int) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from aigc_ray.ensemble.build import ensemble_dir, load_ensemble
-    from aigc_ray.serve.schema import ClassifyRequest, decode_image
+    from aigc_ray.data.captions import encode_captions
+    from aigc_ray.data.digits import IMAGE_SIDE
+    from aigc_ray.data.images import decode_image_b64
+    from aigc_ray.ensemble.build import load_ensemble
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.models.fusion_training import predict
+    from aigc_ray.serve.schema import ClassifyRequest
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage
-    from aigc_ray.tune.fusion_sweep import encode_captions
-    from aigc_ray.tune.fusion_trainable import predict
 
     torch.set_num_threads(os.cpu_count() or 2)
     spec = load_spec(None, [f"storage.root={root}", "name=bench"])
@@ -100,10 +103,10 @@ def plain_server(root: str, port: int) -> None:
 
     @app.post("/v1/classify")
     def classify(req: ClassifyRequest):
-        image = decode_image(req.image)[None]
+        image = decode_image_b64(req.image, IMAGE_SIDE)[None]
         probs = []
         for model, config in zip(ens.models, ens.configs, strict=True):
-            ids, mask, _ = encode_captions([req.text], config["tokenizer"], storage, int(config["max_len"]))
+            ids, mask, _ = encode_captions([req.text], config["tokenizer"], storage, int(config["max_text_tokens"]))
             arrays = {"image": image, "input_ids": ids, "attention_mask": mask, "label": np.zeros(1, dtype=np.int64)}
             probs.append(predict(model, arrays))
         combined = ens.combiner(np.stack(probs))[0]
@@ -129,10 +132,10 @@ def main() -> None:
     from ray import serve
 
     from aigc_ray.data.arrays import digit_arrays
+    from aigc_ray.data.images import png_b64
     from aigc_ray.ensemble.build import build_ensemble
     from aigc_ray.runtime import ray_session
     from aigc_ray.serve.deploy import base_url, start_local
-    from aigc_ray.serve.schema import png_b64
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage
 

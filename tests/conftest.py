@@ -53,6 +53,17 @@ TINY_SWEEPS = [
 ]
 
 
+# Fixtures that start a Ray cluster (directly or through another fixture). A test that uses one
+# is slow whether or not it says so: ``make test-fast`` (-m "not slow") must never start Ray.
+RAY_FIXTURES = {"ray_local", "served", "cluster", "built"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -29,9 +29,10 @@ def main(root: str, name: str, temp_dir: str) -> None:
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
 
+    from aigc_ray.layout import pretrain_dir
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage, join
-    from aigc_ray.train.pretrain import pretrain, run_dir
+    from aigc_ray.train.pretrain import pretrain
 
     os.environ.pop("RAY_ADDRESS", None)
     # One train_slot per node pins one worker to each. The head has a whole CPU left over for
@@ -75,7 +76,7 @@ def main(root: str, name: str, temp_dir: str) -> None:
             for actor in list_actors(filters=[("state", "=", "ALIVE")]):
                 if "RayTrainWorker" in (actor.class_name or ""):
                     nodes_seen.add(actor.node_id)
-            if committed_checkpoints(storage, join(run_dir(spec), "ray")) >= 1:
+            if committed_checkpoints(storage, join(pretrain_dir(spec), "ray")) >= 1:
                 cluster.remove_node(second, allow_graceful=False)
                 removed.append(time.time())
                 return

@@ -12,11 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from aigc_ray.layout import augment_generator_uri
 from aigc_ray.manifest import publish_directory, read_manifest
-from aigc_ray.spec import load_spec
-from aigc_ray.storage import Storage, join
-from aigc_ray.tune.augment import (
-    augment_generator_uri,
+from aigc_ray.models.augment import (
     load_augmenter,
     max_augment_ratio,
     pool_per_class,
@@ -24,20 +22,16 @@ from aigc_ray.tune.augment import (
     synthetic_pool,
     to_real_space,
 )
-from aigc_ray.tune.fusion_trainable import (
-    build_model,
-    build_optimizer,
-    draw_batch,
-    set_text_frozen,
-    train_iteration,
-)
+from aigc_ray.models.fusion_training import build_model, build_optimizer, draw_batch, set_text_frozen, train_iteration
+from aigc_ray.spec import load_spec
+from aigc_ray.storage import Storage, join
 
 CONFIG = {
     "seed": 3,
     "operator": "gated",
     "text_encoder": "tiny",
     "dim": 16,
-    "max_len": 16,
+    "max_text_tokens": 16,
     "image_lr": 3e-3,
     "text_lr": 3e-3,
     "head_lr": 3e-3,
@@ -228,7 +222,7 @@ def test_load_augmenter_refuses_a_missing_or_unconditional_generator(tmp_path):
 
 def test_pool_captions_can_be_as_noisy_as_the_data():
     from aigc_ray.data.digits import VAGUE_TEMPLATES, WORDS
-    from aigc_ray.tune.augment import pool_captions, shown_captions
+    from aigc_ray.models.augment import pool_captions, shown_captions
 
     labels, exact = pool_captions(200, caption_seed=0)
     assert shown_captions(labels, exact, 0.0, 0.0, 0)[0] == exact
@@ -272,15 +266,15 @@ def test_pool_size_follows_the_largest_ratio_in_the_search_space(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_fusion_sweep_with_augment_ratio_searched_records_the_generator(ray_local, local_data, one_thread):
+    from aigc_ray.models.gan_training import TrainData, build_gan, train_step
     from aigc_ray.tune.fusion_sweep import run_fusion_sweep
     from aigc_ray.tune.gan_sweep import caption_training_rows
-    from aigc_ray.tune.gan_trainable import TrainData, build, train_step
 
     base, storage = local_data
     name = "augmented"
     # a tiny text-to-image GAN, trained briefly here and published where the GAN sweep would
     config = {**COND_GAN, "seed": 0, "g_lr": 2e-3, "d_lr": 2e-3, "lr_ratio": None, "beta1": 0.5, "batch_size": 32}
-    g, d, opt_g, opt_d = build(config)
+    g, d, opt_g, opt_d = build_gan(config)
     images, captions = caption_training_rows(base, storage)
     data, gen = TrainData.make(images, captions), torch.Generator().manual_seed(0)
     for _ in range(30):

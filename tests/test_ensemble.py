@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from aigc_ray.ensemble.combine import Combiner, average_log_probs, fit_combiner
+from aigc_ray.layout import data_root
 
 RNG = np.random.default_rng(0)
 
@@ -81,7 +82,8 @@ def test_reweighting_is_checked():
 @pytest.mark.slow
 @pytest.mark.timeout(400)
 def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_local, local_data, capsys):
-    from aigc_ray.ensemble.build import build_ensemble, ensemble_dir, evaluate_ensemble
+    from aigc_ray.ensemble.build import build_ensemble, evaluate_ensemble
+    from aigc_ray.layout import ensemble_dir
     from aigc_ray.manifest import read_manifest
     from aigc_ray.spec import load_spec
     from aigc_ray.tune.fusion_sweep import run_fusion_sweep
@@ -111,11 +113,11 @@ def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_loc
     assert [m["name"] for m in doc["members"]] == ["sweep-1", "sweep-2", "listed-1", "bagged-1", "bagged-2"]
     assert doc["members"][2]["lineage"]["checkpoint"] == sweep.uri + "/best"
     assert sum(doc["weights"].values()) == pytest.approx(1)
-    shards = read_manifest(storage, base.data_uri + "/multimodal").fingerprint
+    shards = read_manifest(storage, data_root(base) + "/multimodal").fingerprint
     top = doc["members"][0]["lineage"]
     assert top["sweep_trial"] == sweep.top_k[0]["trial_id"] and top["checkpoint"] == sweep.top_k[0]["checkpoint"]
-    assert top["data"][base.data_uri + "/multimodal"] == shards
-    assert doc["members"][3]["lineage"]["data"][base.data_uri + "/multimodal"] == shards
+    assert top["data"][data_root(base) + "/multimodal"] == shards
+    assert doc["members"][3]["lineage"]["data"][data_root(base) + "/multimodal"] == shards
     assert doc["members"][3]["lineage"]["bootstrap_seed"] != doc["members"][4]["lineage"]["bootstrap_seed"]
     manifest = read_manifest(storage, ensemble_dir(spec))
     assert (

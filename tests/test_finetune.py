@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aigc_ray.layout import finetune_dir
 from aigc_ray.spec import load_spec
-from aigc_ray.train.finetune import finetune, finetune_dir, load_finetuned
+from aigc_ray.train.finetune import finetune, load_finetuned
 from aigc_ray.train.loop import LoopConfig
 from aigc_ray.train.pretrain import pretrain
 

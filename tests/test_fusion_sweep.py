@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from aigc_ray.spec import load_spec
-from aigc_ray.tune.fusion_sweep import encode_captions, fusion_arrays, run_fusion_sweep
-from aigc_ray.tune.fusion_trainable import (
+from aigc_ray.data.captions import encode_captions, fusion_arrays
+from aigc_ray.models.fusion_training import (
     apply_learning_rates,
     build_model,
     build_optimizer,
@@ -21,6 +20,8 @@ from aigc_ray.tune.fusion_trainable import (
     predict,
     set_text_frozen,
 )
+from aigc_ray.spec import load_spec
+from aigc_ray.tune.fusion_sweep import run_fusion_sweep
 
 TINY = [
     "data.rows_per_shard=300",
@@ -72,7 +73,7 @@ def test_optuna_asha_fusion_sweep_publishes_a_model_that_reproduces_its_score(ra
     config = json.loads(storage.read_bytes(result.uri + "/best/config.json"))
     model = build_model(config, config["vocab_size"])
     model.load_state_dict(load(storage.read_bytes(result.uri + "/best/model.safetensors")))
-    val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_len"])
+    val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_text_tokens"])
     assert classification_metrics(predict(model, val), val["label"])["accuracy"] == pytest.approx(
         result.best["accuracy"]
     )
@@ -102,7 +103,7 @@ def test_per_part_learning_rates_and_the_text_freeze_schedule():
         "seed": 0,
         "operator": "concat",
         "dim": 16,
-        "max_len": 8,
+        "max_text_tokens": 8,
         "text_encoder": "tiny",
         "image_lr": 0.01,
         "text_lr": 0.002,
@@ -150,7 +151,7 @@ def test_minilm_text_encoder_reads_minilm_tokens(local_data):
     ids, mask, vocab = encode_captions(["a handwritten seven", "zero"], "minilm", storage)
     assert vocab > 30000 and ids.shape == mask.shape and mask[1].sum() < mask[0].sum()
     model = build_model(
-        {"seed": 0, "operator": "cross_attention", "dim": 16, "max_len": 32, "text_encoder": "minilm"}, vocab
+        {"seed": 0, "operator": "cross_attention", "dim": 16, "max_text_tokens": 32, "text_encoder": "minilm"}, vocab
     )
     logits = model(torch.rand(2, 1, 8, 8), torch.from_numpy(ids), torch.from_numpy(mask))
     assert logits.shape == (2, 10)

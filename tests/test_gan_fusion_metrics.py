@@ -9,7 +9,7 @@ import torch
 
 from aigc_ray.models.fusion import Fusion, FusionClassifier
 from aigc_ray.models.gan import Discriminator, Generator, discriminator_loss, from_gan_space, generator_loss, sample
-from aigc_ray.tune.metrics import feature_stats, frechet_distance, frechet_from_features, inception_score
+from aigc_ray.models.metrics import feature_stats, frechet_distance, frechet_from_features, inception_score
 
 
 def rotation(dim: int, seed: int) -> np.ndarray:
@@ -56,8 +56,9 @@ def test_inception_score_bounds():
 
 def test_classifier_learns_real_digits_and_scores_noise_far_from_them(local_data):
     from aigc_ray.data.arrays import digit_arrays
+    from aigc_ray.layout import classifier_uri
+    from aigc_ray.models.classifier import accuracy, load_or_train_classifier, score_images
     from aigc_ray.models.gan import to_gan_space
-    from aigc_ray.tune.classifier import accuracy, classifier_uri, load_or_train_classifier, score_images
 
     spec, storage = local_data
     model = load_or_train_classifier(spec, storage)

@@ -103,7 +103,7 @@ def test_conditional_style_generator_mixes_under_one_condition():
 
 
 def test_style_mixing_is_used_in_training_with_mixing_prob(monkeypatch):
-    from aigc_ray.tune.gan_trainable import TrainData, build, train_step
+    from aigc_ray.models.gan_training import TrainData, build_gan, train_step
 
     calls = []
     forward = StyleGenerator.forward
@@ -115,7 +115,7 @@ def test_style_mixing_is_used_in_training_with_mixing_prob(monkeypatch):
     monkeypatch.setattr(StyleGenerator, "forward", spy)
     config = {"seed": 0, "generator": "style", "z_dim": 8, "width": 4, "style_dim": 8, "mapping_layers": 1}
     config |= {"g_lr": 1e-3, "d_lr": 1e-3, "lr_ratio": None, "beta1": 0.5, "batch_size": 4}
-    g, d, opt_g, opt_d = build(config)
+    g, d, opt_g, opt_d = build_gan(config)
     data = TrainData.make(np.zeros((8, 1, 16, 16), dtype=np.float32))
     for prob in (0.0, 1.0, 0.5):
         calls.clear()
@@ -200,18 +200,18 @@ def test_text_to_image_training_beats_chance(local_data, one_thread, kind, steps
     """A few hundred direct train_step calls (no Tune): the samples for "a handwritten <digit>"
     are classified as that digit far above chance (10 %). Measured on 5 seeds (2 cores):
     dcgan 300 steps 0.76–0.92 in ~2 s, style 500 steps 0.81–0.90 in ~7 s."""
+    from aigc_ray.models.classifier import load_or_train_classifier
+    from aigc_ray.models.gan_training import TrainData, build_gan, cond_accuracy, train_step
     from aigc_ray.models.text_condition import digit_prompts, embed_texts
-    from aigc_ray.tune.classifier import load_or_train_classifier
-    from aigc_ray.tune.gan_sweep import caption_training_rows, gan_defaults
-    from aigc_ray.tune.gan_trainable import TrainData, build, cond_accuracy, train_step
+    from aigc_ray.tune.gan_sweep import caption_training_rows
 
     spec, storage = local_data
     classifier = load_or_train_classifier(spec, storage)
     images, captions = caption_training_rows(spec, storage)
     assert len(images) == len(captions["embedding"]) and captions["embedding"].shape[1] == 384
-    config = {**gan_defaults(spec), "generator": kind, "condition": "caption", "width": 8, "z_dim": 16}
+    config = {**spec.gan.trial_config(), "generator": kind, "condition": "caption", "width": 8, "z_dim": 16}
     config |= {"batch_size": 32, "g_lr": 1e-3, "lr_ratio": 1.0, "cond_dim": 32, "style_dim": 32, "mapping_layers": 2}
-    g, d, opt_g, opt_d = build(config)
+    g, d, opt_g, opt_d = build_gan(config)
     data = TrainData.make(images, captions)
     prompts = embed_texts(digit_prompts())
     chance_before = cond_accuracy(g, classifier, prompts, 200)
@@ -231,11 +231,11 @@ def test_text_to_image_training_beats_chance(local_data, one_thread, kind, steps
 def test_style_caption_sweep_exports_a_generator_that_reproduces_cond_accuracy(ray_local, local_data, one_thread):
     from safetensors.torch import load
 
+    from aigc_ray.models.classifier import load_or_train_classifier
+    from aigc_ray.models.gan_training import EVAL_SEED
     from aigc_ray.models.text_condition import digit_prompts
     from aigc_ray.spec import load_spec
-    from aigc_ray.tune.classifier import load_or_train_classifier
     from aigc_ray.tune.gan_sweep import run_gan_sweep
-    from aigc_ray.tune.gan_trainable import EVAL_SEED
 
     base, storage = local_data
     spec = load_spec(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import TINY_SWEEPS
 
-from aigc_ray.pipeline import freshness, run_pipeline
+from aigc_ray.pipeline import STAGES, RunOptions, freshness, run_pipeline
 from aigc_ray.spec import load_spec
 
 TINY = [
@@ -44,6 +44,7 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
     spec = load_spec("examples/quickstart.yaml", args)
     storage = Storage.from_spec(spec.storage)
     quiet = {"log": lambda *_: None}
+    no_serve = RunOptions(skip_serve=True)
 
     first = run_pipeline(spec, storage, **quiet)
     assert statuses(first) == {
@@ -62,15 +63,19 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
     assert answers["images"]["prompt"].startswith("a handwritten ") and len(answers["images"]["read_back"]) == 4
     assert answers["videos"]["data"][0]["media_type"] == "image/gif"
     assert answers["feedback"]["stored"].startswith("s3://")
-    assert 0 <= answers["classify"]["label"] <= 9 and answers["completion"]["choices"][0]["text"] is not None
+    probabilities = answers["classify"]["probabilities"]
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
+    assert answers["classify"]["label"] == max(range(10), key=probabilities.__getitem__)
+    (choice,) = answers["completion"]["choices"]
+    assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
 
-    again = run_pipeline(spec, storage, skip_serve=True, **quiet)
+    again = run_pipeline(spec, storage, no_serve, **quiet)
     assert set(statuses(again).values()) == {"skipped"}, statuses(again)
     assert all(r.why for r in again)
 
     # a change to one sweep re-runs that sweep and what depends on it, nothing else
     changed = load_spec("examples/quickstart.yaml", [*args, "gan.sweep.max_iterations=1"])
-    third = run_pipeline(changed, storage, skip_serve=True, **quiet)
+    third = run_pipeline(changed, storage, no_serve, **quiet)
     ran = {n for n, s in statuses(third).items() if s == "ran"}
     assert ran == {"sweep_gan", "ensemble"}, statuses(third)
     why = {r.name: r.why for r in third}
@@ -99,3 +104,35 @@ def test_freshness_follows_recorded_fingerprints(tmp_path):
     publish_directory(storage, src, parent, kind="x", spec_hash="s")  # the parent changed
     assert freshness(storage, child, "h") == (False, f"its input {parent} changed")
     assert freshness(storage, str(tmp_path / "nothing"), "h") == (False, "not built yet")
+
+
+def test_a_change_to_any_setting_a_stage_reads_makes_it_stale(tmp_path):
+    """Each training stage reads only its own section (fine-tuning no longer borrows precision,
+    clipping, decay, offload or GPUs from pretrain:), and its freshness hash covers that section:
+    a change to what it reads re-runs it, a change to another stage's settings does not."""
+    from aigc_ray.manifest import publish_directory
+    from aigc_ray.spec import spec_hash
+    from aigc_ray.storage import Storage
+    from aigc_ray.train.ds_config import deepspeed_config
+
+    stages = {s.name: s for s in STAGES}
+    storage = Storage(None)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("x")
+    base = ["finetune.base=minilm", "finetune.task=classify", f"storage.root={tmp_path}"]
+    spec = load_spec(None, base)
+    out = stages["finetune"].output(spec)
+    publish_directory(storage, src, out, kind="y", spec_hash=spec_hash(spec, *stages["finetune"].sections))
+    assert freshness(storage, out, spec_hash(spec, *stages["finetune"].sections))[0]
+    for setting in ("grad_clip=0.5", "precision=bf16", "weight_decay=0.1", "lr=0.01", "use_gpu=true"):
+        changed = load_spec(None, [*base, f"finetune.{setting}"])
+        fresh, why = freshness(storage, out, spec_hash(changed, *stages["finetune"].sections))
+        assert (fresh, why) == (False, "its spec sections changed"), setting
+        elsewhere = load_spec(None, [*base, f"pretrain.{setting}"])
+        assert freshness(storage, out, spec_hash(elsewhere, *stages["finetune"].sections))[0], setting
+    # and the engine is configured from the fine-tune's own section
+    clipped = load_spec(None, [*base, "finetune.grad_clip=0.25", "pretrain.grad_clip=2.0", "finetune.precision=bf16"])
+    ds = deepspeed_config(clipped.finetune, clipped.finetune.num_workers)
+    assert ds["gradient_clipping"] == 0.25 and ds["bf16"]["enabled"] is True
+    assert deepspeed_config(clipped.pretrain, 2)["gradient_clipping"] == 2.0

@@ -14,9 +14,10 @@ import torch
 
 from aigc_ray.cli import main
 from aigc_ray.data.lm_blocks import local_blocks
+from aigc_ray.layout import pretrain_dir
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import Storage, join
-from aigc_ray.train.pretrain import pretrain, run_dir
+from aigc_ray.train.pretrain import pretrain
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -50,7 +51,7 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
     assert result.export_uri.startswith("s3://")
     kept = {
         f.split("/checkpoint_2")[1].split("/")[0]
-        for f in storage.list_files(join(run_dir(spec), "ray"))
+        for f in storage.list_files(join(pretrain_dir(spec), "ray"))
         if "/checkpoint_2" in f
     }
     assert len(kept) == 2  # 3 checkpoints were written; the oldest was pruned after the newest committed
@@ -112,7 +113,9 @@ def test_killed_worker_is_replaced_and_the_resumed_run_matches_an_uninterrupted_
     spec = spec_for(base, "interrupted", *common)
     killed: list[int] = []
     watcher = threading.Thread(
-        target=_kill_a_worker_after_first_checkpoint, args=(storage, join(run_dir(spec), "ray"), killed), daemon=True
+        target=_kill_a_worker_after_first_checkpoint,
+        args=(storage, join(pretrain_dir(spec), "ray"), killed),
+        daemon=True,
     )
     watcher.start()
     resumed = pretrain(spec, storage, log=lambda *_: None)
@@ -133,7 +136,9 @@ def test_resume_on_fewer_workers_continues_from_the_checkpoint(ray_local, local_
     spec = spec_for(base, "shrink", *common)
     killed: list[int] = []
     watcher = threading.Thread(
-        target=_kill_a_worker_after_first_checkpoint, args=(storage, join(run_dir(spec), "ray"), killed), daemon=True
+        target=_kill_a_worker_after_first_checkpoint,
+        args=(storage, join(pretrain_dir(spec), "ray"), killed),
+        daemon=True,
     )
     watcher.start()
     with pytest.raises((WorkerGroupError, ControllerError)):

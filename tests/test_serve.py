@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from aigc_ray.layout import data_root
 from aigc_ray.spec import load_spec
 
 TOKEN = "test-token-1234567890"
@@ -38,7 +39,7 @@ def tiny_language_model(spec, storage, uri):
     torch.manual_seed(0)
     model = build_lm(AutoConfig.for_model(**cfg.hf_config))
     with tempfile.TemporaryDirectory() as tmp:
-        tok_dir = download_tokenizer(storage, spec.data_uri + "/tokenizer", Path(tmp) / "tok")
+        tok_dir = download_tokenizer(storage, data_root(spec) + "/tokenizer", Path(tmp) / "tok")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(tok_dir)
         text = " ".join(f"Caption for a {w}: a handwritten {w}." for w in ["three", "seven", "zero"] * 8)
         ids = torch.tensor([tokenizer(text)["input_ids"][:64]])
@@ -127,7 +128,7 @@ def served(ray_local, local_data, tmp_path_factory):
 
 def digit_request(storage, spec, i=0, members=False):
     from aigc_ray.data.arrays import digit_arrays
-    from aigc_ray.serve.schema import png_b64
+    from aigc_ray.data.images import png_b64
 
     val = digit_arrays(spec, storage, "val")
     pixels = (val["image"][i, 0] * 255).round().astype(np.uint8)
@@ -136,9 +137,10 @@ def digit_request(storage, spec, i=0, members=False):
 
 @pytest.mark.slow
 def test_classify_answers_what_the_offline_ensemble_answers(served):
-    from aigc_ray.ensemble.build import ensemble_dir, load_ensemble
-    from aigc_ray.tune.fusion_sweep import fusion_arrays
-    from aigc_ray.tune.fusion_trainable import predict
+    from aigc_ray.data.captions import fusion_arrays
+    from aigc_ray.ensemble.build import load_ensemble
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.models.fusion_training import predict
 
     spec, storage, client = served
     body, _ = digit_request(storage, spec, 3, members=True)
@@ -153,7 +155,7 @@ def test_classify_answers_what_the_offline_ensemble_answers(served):
     assert set(out["members"]) == set(ens.names)
     expected = []
     for model, config in zip(ens.models, ens.configs, strict=True):
-        val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_len"])
+        val, _ = fusion_arrays(spec, storage, "val", config["tokenizer"], config["max_text_tokens"])
         expected.append(predict(model, {k: v[3:4] for k, v in val.items()})[0])
     np.testing.assert_allclose(out["members"][ens.names[0]], expected[0], atol=1e-5)
     np.testing.assert_allclose(out["probabilities"], ens.combiner(np.stack(expected)[:, None])[0], atol=1e-5)
@@ -193,11 +195,11 @@ def test_text_to_image_draws_the_digit_the_prompt_names(served):
     from safetensors.torch import load
 
     from aigc_ray.data.digits import WORDS
-    from aigc_ray.ensemble.build import ensemble_dir
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.models.classifier import load_or_train_classifier
     from aigc_ray.models.gan import from_gan_space
     from aigc_ray.models.generators import generate_for_prompts, load_generator_export
     from aigc_ray.storage import join
-    from aigc_ray.tune.classifier import load_or_train_classifier
 
     spec, storage, client = served
     classifier = load_or_train_classifier(spec, storage)
@@ -221,7 +223,7 @@ def test_text_to_image_draws_the_digit_the_prompt_names(served):
 
 @pytest.mark.slow
 def test_videos_are_animations_reproducible_from_a_seed(served):
-    from aigc_ray.serve.animation import decode_gif_frames
+    from aigc_ray.data.animation import decode_gif_frames
 
     _, _, client = served
     a = client.post("/v1/videos", json={"n": 2, "seed": 3}).json()
@@ -280,7 +282,7 @@ def test_the_openai_client_talks_to_completions(served):
 
 @pytest.mark.slow
 def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
-    from aigc_ray.serve.feedback import read_feedback
+    from aigc_ray.data.feedback import read_feedback
 
     spec, storage, client = served
     body, label = digit_request(storage, spec, 5)
@@ -492,7 +494,7 @@ def test_nginx_balances_across_serve_proxies_and_routes_around_a_dead_one(served
 
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
     if nginx is None:
-        pytest.skip("nginx is not installed (.ci/run installs Debian's package)")
+        pytest.skip("nginx is not installed: 'sudo apt-get install nginx' (Debian/Ubuntu; .ci/run does it) or 'brew install nginx'")
     spec, storage, client = served
     dead, port = free_port(), free_port()  # nothing listens on `dead`: a proxy that went away
     conf = tmp_path / "nginx.conf"
@@ -556,9 +558,10 @@ def test_overload_is_answered_503_at_once_instead_of_piling_up(served):
 def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answers_differently(served):
     """Serve -> corrections -> `feedback ingest` -> `feedback finetune` -> redeploy -> new answers.
     (Runs last in this module: it replaces the served ensemble.)"""
-    from aigc_ray.data.feedback_ingest import feedback_shards_uri, ingest_feedback
+    from aigc_ray.data.feedback_ingest import ingest_feedback
     from aigc_ray.data.shards import validate_shards
     from aigc_ray.ensemble.refresh import refresh_from_feedback
+    from aigc_ray.layout import feedback_shards_uri
     from aigc_ray.serve.deploy import start_local
 
     spec, storage, client = served

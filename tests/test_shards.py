@@ -17,6 +17,7 @@ from aigc_ray.data.images import decode_png, encode_png
 from aigc_ray.data.schema import MULTIMODAL_SCHEMA
 from aigc_ray.data.shards import validate_shards
 from aigc_ray.data.tokenizer import download_tokenizer
+from aigc_ray.layout import data_root
 from aigc_ray.manifest import read_manifest
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import Storage, join
@@ -61,7 +62,7 @@ def test_png_round_trip_and_bad_bytes():
 
 def test_local_build_validates_and_is_idempotent(local_data, capsys):
     spec, storage = local_data
-    root = spec.data_uri
+    root = data_root(spec)
     report = validate_shards(storage, join(root, "multimodal"))
     assert report.ok, report.faults
     assert report.rows == 1797 and report.files == 6 and report.splits == {"train": 1437, "val": 180, "test": 180}
@@ -77,12 +78,12 @@ def test_local_build_validates_and_is_idempotent(local_data, capsys):
 def test_s3_build_matches_local_byte_for_byte(local_data, s3_data):
     (lspec, lstore), (sspec, sstore) = local_data, s3_data
     for part in ("multimodal", "corpus", "tokenizer"):
-        local = read_manifest(lstore, join(lspec.data_uri, part))
-        remote = read_manifest(sstore, join(sspec.data_uri, part))
+        local = read_manifest(lstore, join(data_root(lspec), part))
+        remote = read_manifest(sstore, join(data_root(sspec), part))
         assert local.fingerprint == remote.fingerprint, part
-    report = validate_shards(sstore, join(sspec.data_uri, "multimodal"))
+    report = validate_shards(sstore, join(data_root(sspec), "multimodal"))
     assert report.ok and report.rows == 1797
-    assert sspec.data_uri.startswith("s3://") and sstore.list_files(join(sspec.data_uri, "multimodal"), ".parquet")
+    assert data_root(sspec).startswith("s3://") and sstore.list_files(join(data_root(sspec), "multimodal"), ".parquet")
 
 
 def test_rebuild_with_other_shard_size_replaces_the_set(tmp_path):
@@ -93,16 +94,16 @@ def test_rebuild_with_other_shard_size_replaces_the_set(tmp_path):
     spec.data.rows_per_shard = 500
     second = build_data(spec, storage, log=lambda *_: None)
     assert second.written == ["multimodal", "corpus", "tokenizer"]
-    files = storage.list_files(join(spec.data_uri, "multimodal"), ".parquet")
+    files = storage.list_files(join(data_root(spec), "multimodal"), ".parquet")
     assert [f.rsplit("/", 1)[1] for f in files] == sorted(second.multimodal.files) and len(files) == 4
-    assert validate_shards(storage, join(spec.data_uri, "multimodal")).rows == 1797
+    assert validate_shards(storage, join(data_root(spec), "multimodal")).rows == 1797
 
 
 @pytest.fixture
 def copy_of_shards(local_data, tmp_path):
     """A private copy of the local multimodal shard set, to damage."""
     spec, storage = local_data
-    src = join(spec.data_uri, "multimodal")
+    src = join(data_root(spec), "multimodal")
     dst = str(tmp_path / "multimodal")
     for f in storage.list_files(src):
         storage.write_bytes(join(dst, f.rsplit("/", 1)[1]), storage.read_bytes(f))
@@ -167,7 +168,7 @@ def test_tokenizer_loads_with_plain_transformers(local_data, tmp_path):
     from transformers import AutoTokenizer
 
     spec, storage = local_data
-    folder = download_tokenizer(storage, join(spec.data_uri, "tokenizer"), tmp_path / "tok")
+    folder = download_tokenizer(storage, join(data_root(spec), "tokenizer"), tmp_path / "tok")
     tok = AutoTokenizer.from_pretrained(folder)
     assert len(tok) == spec.data.vocab_size and tok.pad_token == "<pad>" and tok.mask_token == "<mask>"
     text = "a handwritten seven, written by hand"

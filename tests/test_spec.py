@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from aigc_ray.cli import main
+from aigc_ray.layout import data_root
 from aigc_ray.spec import ExperimentSpec, SpecError, load_spec, spec_hash
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +38,7 @@ def test_defaults_run_on_a_laptop():
     assert spec.storage.root == os.path.abspath("./runs")  # workers run elsewhere: paths are absolute
     assert spec.ray.env_vars["OMP_NUM_THREADS"] == "1"
     assert spec.pretrain.zero_stage in (0, 1, 2, 3) and spec.pretrain.num_workers <= 2
-    assert spec.data_uri == os.path.abspath("./runs/data")
+    assert data_root(spec) == os.path.abspath("./runs/data")
     assert set(ExperimentSpec.model_fields) >= {
         "data",
         "pretrain",
@@ -110,7 +111,7 @@ def test_overrides_are_typed_and_validated(tmp_path):
         None, ["data.seed=7", "data.equal_shards=false", "pretrain.precision=bf16", "storage.root=s3://b/p"]
     )
     assert spec.data.seed == 7 and spec.data.equal_shards is False
-    assert spec.pretrain.precision == "bf16" and spec.data_uri == "s3://b/p/data"
+    assert spec.pretrain.precision == "bf16" and data_root(spec) == "s3://b/p/data"
     assert problems(None, ["data.seed=abc"]) == [
         'data.seed = "abc": Input should be a valid integer, unable to parse string as an integer'
     ]

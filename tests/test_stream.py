@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aigc_ray.data.stream import multimodal_dataset, read_split, summarize
+from aigc_ray.layout import data_root
 from aigc_ray.runtime import cpus_per_train_worker
 from aigc_ray.storage import S3Settings, Storage, StorageError
 from aigc_ray.train.feed import stream_to_workers
@@ -18,7 +19,7 @@ def split_ids(storage, spec, split):
     from aigc_ray.data.shards import shard_files
 
     ids = []
-    for uri in shard_files(storage, spec.data_uri + "/multimodal"):
+    for uri in shard_files(storage, data_root(spec) + "/multimodal"):
         fs, path = storage.filesystem(uri)
         t = pq.read_table(path, filesystem=fs, columns=["id", "split"])
         ids += [i for i, s in zip(t["id"].to_pylist(), t["split"].to_pylist(), strict=True) if s == split]

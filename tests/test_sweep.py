@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,9 +64,50 @@ def test_asha_sweep_runs_and_publishes_results(ray_local, local_data):
         assert storage.exists(t["checkpoint"] + "/gan_state.pt")
 
 
+def _trial_rows(trial_dir) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+
+
+def _checkpoints(trial_dir) -> dict[int, list]:
+    """iteration -> the trial's checkpoint folders holding it (read from the files themselves)."""
+    found: dict[int, list] = {}
+    for folder in sorted(trial_dir.glob("checkpoint_*")):
+        state = torch.load(folder / "gan_state.pt", weights_only=True)
+        found.setdefault(int(state["iteration"]), []).append(folder)
+    return found
+
+
+def _replay_one_iteration(spec, storage, donor_folder, config: dict, iteration: int) -> dict:
+    """What a trial with ``config`` holds after one iteration from the donor's checkpoint files,
+    loaded here by hand (not through the code under test's restore or its hashes)."""
+    from aigc_ray.data.arrays import digit_arrays
+    from aigc_ray.models.classifier import load_or_train_classifier
+    from aigc_ray.models.gan import d_lr_of, to_gan_space
+    from aigc_ray.models.gan_training import TrainData
+    from aigc_ray.tune.gan_trainable import GanTrial
+
+    torch.set_num_threads(1)
+    real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"])).numpy()
+    stats = {"mu": np.zeros(64), "sigma": np.eye(64), "spread": 1.0}
+    trial = GanTrial(config, TrainData.make(real), load_or_train_classifier(spec, storage), stats)
+    state = torch.load(donor_folder / "gan_state.pt", weights_only=True)
+    for part in ("g", "d", "opt_g", "opt_d"):
+        getattr(trial, part).load_state_dict(state[part])
+    for group in trial.opt_g.param_groups:  # the explored learning rates, not the donor's
+        group["lr"] = config["g_lr"]
+    for group in trial.opt_d.param_groups:
+        group["lr"] = d_lr_of(config)
+    trial.iterate(iteration)
+    return {"g": trial.g.state_dict(), "d": trial.d.state_dict()}
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(500)
 def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local, local_data):
+    from pathlib import Path
+
+    from aigc_ray.layout import sweep_dir
+
     base, storage = local_data
     spec = sweep_spec(
         base,
@@ -74,12 +116,59 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
         "gan.sweep.perturbation_interval=1",
         "gan.sweep.max_iterations=8",
         "gan.collapse_patience=99",
+        "gan.sweep.search_space.g_lr={type: loguniform, low: 0.0001, high: 0.002}",
+        "gan.sweep.search_space.lr_ratio={type: choice, values: [0.5, 1.0, 2.0]}",
+        "gan.sweep.search_space.width={type: choice, values: [8, 12]}",  # shapes: PBT must never mutate them
+        "gan.sweep.search_space.z_dim={type: choice, values: [8, 16]}",
     )
     result = run_gan_sweep(spec, storage, log=lambda *_: None)
     assert result.trials == 4
     assert result.exploits, "PBT made no exploit in 8 iterations of 4 trials"
-    assert all(e["pair_matches"] for e in result.exploits)  # G and D both from the donor's checkpoint
     assert all(e["donor"] != e["trial_id"] for e in result.exploits)
+    published = json.loads(storage.read_bytes(result.uri + "/exploits.json"))
+    assert published == result.exploits and {"trial_id", "donor", "at_iteration", "pair_matches"} <= set(published[0])
+
+    trials = {
+        d.name.split("_")[2] + "_" + d.name.split("_")[3]: d
+        for d in (Path(sweep_dir(spec, "gan")) / "tune" / "sweep").glob("gan_trainable_*")
+    }
+    rows = {t: _trial_rows(d) for t, d in trials.items()}
+    replayed = 0
+    for e in result.exploits:
+        recipient, donor, k = e["trial_id"], e["donor"], e["at_iteration"]
+        if k >= spec.gan.sweep.max_iterations:  # the donor had finished: the recipient ends with its copy
+            continue
+        donor_folders = _checkpoints(trials[donor]).get(k, [])
+        taken = [  # Tune may drop a recipient's checkpoints on a later exploit: check those that remain
+            f for f in _checkpoints(trials[recipient]).get(k + 1, []) if _meta(f).get("restored_from") == donor
+        ]
+        if not (donor_folders and taken):
+            continue
+        config = _meta(taken[0])["config"]  # the recipient's config after PBT's explore
+        # an exploit copies the donor's shapes; PBT's explore never changes them
+        assert any((config["width"], config["z_dim"]) == _shape(_meta(f)["config"]) for f in donor_folders)
+        # Independently of the trial's own restore and hashes: one iteration from the donor's
+        # files gives exactly the recipient's next checkpoint (G and D both the donor's).
+        expected = [_replay_one_iteration(spec, storage, f, config, k) for f in donor_folders]
+        got = [torch.load(f / "gan_state.pt", weights_only=True) for f in taken]
+        assert any(
+            all(torch.equal(x[net][n], y[net][n]) for net in ("g", "d") for n in x[net]) for x in expected for y in got
+        ), f"{recipient}'s checkpoint after the exploit is not one iteration from {donor}'s (G, D) at {k}"
+        replayed += 1
+    assert replayed, "no exploit could be replayed from the donor's checkpoint files"
+    for trial, trial_rows in rows.items():  # within one lineage, a trial keeps its shapes
+        for prev, row in zip(trial_rows, trial_rows[1:], strict=False):
+            same_lineage = row.get("restored_from") == prev.get("restored_from")
+            if same_lineage and row["training_iteration"] == prev["training_iteration"] + 1:
+                assert _shape(row["config"]) == _shape(prev["config"]), trial
+
+
+def _meta(folder) -> dict:
+    return json.loads((folder / "gan_meta.json").read_text())
+
+
+def _shape(config: dict) -> tuple[int, int]:
+    return int(config["width"]), int(config["z_dim"])
 
 
 def test_collapse_rule():
@@ -121,16 +210,18 @@ def test_bad_sweeps_are_refused_before_any_trial(tmp_path, capsys, override, mes
 
 
 def test_generator_weights_round_trip_through_the_checkpoint_format(tmp_path):
+    from aigc_ray.models.gan_training import build_gan
     from aigc_ray.tune.gan_pair import weights_hash
-    from aigc_ray.tune.gan_trainable import build
 
-    g, d, opt_g, opt_d = build(
+    g, d, opt_g, opt_d = build_gan(
         {"seed": 1, "z_dim": 8, "width": 8, "g_lr": 1e-3, "lr_ratio": 2.0, "d_lr": 0.0, "beta1": 0.5}
     )
     assert opt_d.param_groups[0]["lr"] == pytest.approx(2e-3)  # TTUR: d_lr = g_lr × lr_ratio
     torch.save({"g": g.state_dict(), "d": d.state_dict()}, tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
-    g2, d2, *_ = build({"seed": 2, "z_dim": 8, "width": 8, "g_lr": 1e-3, "lr_ratio": None, "d_lr": 1e-3, "beta1": 0.5})
+    g2, d2, *_ = build_gan(
+        {"seed": 2, "z_dim": 8, "width": 8, "g_lr": 1e-3, "lr_ratio": None, "d_lr": 1e-3, "beta1": 0.5}
+    )
     assert weights_hash(g2) != weights_hash(g)
     g2.load_state_dict(state["g"])
     assert weights_hash(g2) == weights_hash(g)
@@ -155,7 +246,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_loc
     import sys
     from pathlib import Path
 
-    from aigc_ray.tune.sweep import sweep_dir
+    from aigc_ray.layout import sweep_dir
 
     base, storage = local_data
     args = [

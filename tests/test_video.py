@@ -15,6 +15,7 @@ import torch
 
 from aigc_ray.cli import main
 from aigc_ray.data import video
+from aigc_ray.data.animation import decode_gif_frames, encode_apng, encode_gif, is_gif, video_grid
 from aigc_ray.data.digits import load_pixels
 from aigc_ray.data.shards import validate_shards
 from aigc_ray.data.video import (
@@ -24,21 +25,19 @@ from aigc_ray.data.video import (
     moving_digit_clip,
     video_arrays,
     video_batches,
-    video_dataset,
-    video_uri,
 )
+from aigc_ray.layout import data_root, video_uri
 from aigc_ray.manifest import read_manifest
+from aigc_ray.models.classifier import DigitClassifier
 from aigc_ray.models.video_gan import (
     VideoDiscriminator,
     VideoGenerator,
     generate_clips,
     load_video_generator,
 )
-from aigc_ray.serve.animation import decode_gif_frames, encode_apng, encode_gif, is_gif, video_grid
+from aigc_ray.models.video_metrics import frame_fid, motion, temporal_consistency
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import join
-from aigc_ray.tune.classifier import DigitClassifier
-from aigc_ray.tune.video_metrics import frame_fid, motion, temporal_consistency
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -109,13 +108,13 @@ def test_truncated_clip_is_an_error_naming_the_row(local_data):
 # ------------------------------------------------------------------------------ shards
 
 
-def test_video_shards_round_trip_through_ray_data(ray_local, local_data, capsys):
+def test_video_shards_round_trip(local_data, capsys):
     base, storage = local_data
     spec = video_spec(base.storage.root)
     manifest = build_video_shards(spec, storage, log=lambda *_: None)
     assert manifest.kind == "shards/video/v1" and manifest.meta["rows"] == 64 and len(manifest.files) == 4
     assert manifest.inputs == {
-        join(spec.data_uri, "multimodal"): read_manifest(storage, join(spec.data_uri, "multimodal")).fingerprint
+        join(data_root(spec), "multimodal"): read_manifest(storage, join(data_root(spec), "multimodal")).fingerprint
     }
     logged = []
     assert build_video_shards(spec, storage, log=logged.append).files == manifest.files
@@ -123,20 +122,19 @@ def test_video_shards_round_trip_through_ray_data(ray_local, local_data, capsys)
     report = validate_shards(storage, video_uri(spec))
     assert report.ok and report.kind == "video/v1" and report.rows == 64, report.faults
 
-    # Ray Data: read, filter the split, decode.
-    rows = video_dataset(spec, storage, "train").take_all()
-    clips = np.stack([r["clip"] for r in rows])
+    # Read back: the split, decoded, in shard order.
     arrays = video_arrays(spec, storage, "train")
-    assert clips.shape == (len(rows), 1, 8, 16, 16) == arrays["clip"].shape and clips.dtype == np.float32
-    assert [r["id"] for r in rows] == list(arrays["id"]) and np.array_equal(clips, arrays["clip"])
+    clips = arrays["clip"]
+    assert clips.shape[1:] == (1, 8, 16, 16) and clips.dtype == np.float32 and 0 < len(clips) < 64
+    assert len(set(arrays["id"])) == len(clips)
     # Labels and splits are the source digits'; the stored clips are the embedded recipe's.
     pixels, labels = load_pixels()
     table = pa.Table.from_batches(list(video_batches(spec)))
     by_id = {r["id"]: r for r in table.to_pylist()}
-    for r in rows:
-        src = by_id[r["id"]]
-        assert src["split"] == "train" and r["label"] == src["label"] == labels[int(src["source_id"][7:12])]
-        np.testing.assert_allclose(r["clip"][0], decode_clip(src), atol=0)
+    for clip, label, row_id in zip(arrays["clip"], arrays["label"], arrays["id"], strict=True):
+        src = by_id[row_id]
+        assert src["split"] == "train" and label == src["label"] == labels[int(src["source_id"][7:12])]
+        np.testing.assert_allclose(clip[0], decode_clip(src), atol=0)
     assert sum(report.splits.values()) == 64 and set(report.splits) <= {"train", "val", "test"}
 
     cli = ["data", "video", "-c", QUICKSTART, "--set", f"storage.root={base.storage.root}"]
@@ -152,7 +150,7 @@ def test_missing_or_corrupt_input_is_a_clear_error_and_writes_nothing(local_data
     assert main(["data", "video", "-c", QUICKSTART, "--set", f"storage.root={tmp_path}"]) == 1
     assert "run `aigc data build` first" in capsys.readouterr().err
     # A copy of the digit shards with one undecodable image.
-    src, dst = join(base.data_uri, "multimodal"), join(spec.data_uri, "multimodal")
+    src, dst = join(data_root(base), "multimodal"), join(data_root(spec), "multimodal")
     for f in storage.list_files(src):
         storage.write_bytes(join(dst, f.rsplit("/", 1)[1]), storage.read_bytes(f))
     name = sorted(read_manifest(storage, dst).files)[1]
@@ -174,7 +172,7 @@ def test_missing_or_corrupt_input_is_a_clear_error_and_writes_nothing(local_data
 def test_a_failed_rebuild_leaves_the_previous_set_intact(local_data, tmp_path, monkeypatch):
     base, storage = local_data
     spec = video_spec(tmp_path)
-    src, dst = join(base.data_uri, "multimodal"), join(spec.data_uri, "multimodal")
+    src, dst = join(data_root(base), "multimodal"), join(data_root(spec), "multimodal")
     for f in storage.list_files(src):
         storage.write_bytes(join(dst, f.rsplit("/", 1)[1]), storage.read_bytes(f))
     first = build_video_shards(spec, storage, log=lambda *_: None)
@@ -196,15 +194,15 @@ def test_a_failed_rebuild_leaves_the_previous_set_intact(local_data, tmp_path, m
     assert read_manifest(storage, video_uri(spec)).files == first.files
 
 
-def test_video_shards_on_s3_match_local(ray_local, local_data, s3_data):
+def test_video_shards_on_s3_match_local(local_data, s3_data):
     (lbase, lstore), (sbase, sstore) = local_data, s3_data
     local = build_video_shards(video_spec(lbase.storage.root), lstore, log=lambda *_: None)
     spec = video_spec(sbase.storage.root, f"storage.endpoint_url={sbase.storage.endpoint_url}")
     remote = build_video_shards(spec, sstore, log=lambda *_: None)
     assert video_uri(spec).startswith("s3://") and remote.fingerprint == local.fingerprint
     assert validate_shards(sstore, video_uri(spec)).ok
-    rows = video_dataset(spec, sstore, "val").take_all()
-    assert rows and all(r["clip"].shape == (1, 8, 16, 16) for r in rows)
+    clips = video_arrays(spec, sstore, "val")["clip"]
+    assert len(clips) and clips.shape[1:] == (1, 8, 16, 16)
 
 
 # ------------------------------------------------------------------------------ animation, metrics, model
@@ -300,7 +298,7 @@ def test_tiny_video_sweep_publishes_a_rebuildable_generator(ray_local, local_dat
 def test_video_pbt_exploits_restore_a_matching_generator_and_discriminator(ray_local, local_data):
     """PBT on the video GAN: a trial that takes another's checkpoint gets that donor's G and D
     together (the weight hashes recorded with the checkpoint match after loading)."""
-    from aigc_ray.tune.sweep import sweep_dir
+    from aigc_ray.layout import sweep_dir
     from aigc_ray.tune.video_sweep import run_video_sweep
 
     base, storage = local_data

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..layout import multimodal_uri
 from ..spec import ExperimentSpec
-from ..storage import Storage, join
+from ..storage import Storage
 from .images import decode_png
 from .shards import split_table
 
 
 def digit_arrays(spec: ExperimentSpec, storage: Storage, split: str) -> dict[str, np.ndarray]:
     """{"image": (N, C, H, W) float32 in [0, 1], "label": (N,) int64, "text": (N,) object}."""
-    return shard_arrays(storage, join(spec.data_uri, "multimodal"), split)
+    return shard_arrays(storage, multimodal_uri(spec), split)
 
 
 def shard_arrays(storage: Storage, uri: str, split: str) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..layout import data_root
 from ..manifest import Manifest, read_manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
@@ -71,7 +72,7 @@ def _texts(storage: Storage, uri: str) -> list[str]:
 def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=print) -> BuiltData:
     """Build (or confirm up to date) the multimodal shards, the corpus and the tokenizer."""
     d = spec.data
-    root = spec.data_uri
+    root = data_root(spec)
     h = build_hash(spec)
     fractions = d.splits.model_dump()
     written: list[str] = []

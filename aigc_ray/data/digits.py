@@ -18,6 +18,10 @@ from .schema import MULTIMODAL_SCHEMA, SPLITS
 
 SOURCE = "sklearn-digits"
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+NUM_CLASSES = len(WORDS)
+IMAGE_SIDE = 8  # the digits are 8x8 grey images
+# The fine-tuned language model writes a caption after this prompt (training and serving alike).
+CAPTION_PROMPT = "Caption for a {word}:"
 
 EXACT_TEMPLATES = (
     "a handwritten {word}",

@@ -3,7 +3,7 @@
 Corrected classifications (``correct_label`` set) become ``multimodal/v1`` rows — the image
 the user sent (normalised to the shards' 8x8 grey PNG), their caption, the corrected label,
 ``split=train``, ``source=feedback`` — committed as a shard set at
-``<root>/<name>/feedback-shards``. When one answer was corrected more than once, the latest
+``layout.feedback_shards_uri``. When one answer was corrected more than once, the latest
 correction wins. Ratings without a correction are counted, not turned into examples.
 """
 
@@ -14,23 +14,15 @@ import hashlib
 
 import pyarrow as pa
 
+from ..layout import feedback_shards_uri, feedback_uri
 from ..manifest import Manifest
-from ..serve.feedback import read_feedback
-from ..serve.schema import decode_image
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, join
-from .images import encode_png
+from ..storage import Storage
+from .digits import IMAGE_SIDE
+from .feedback import read_feedback
+from .images import decode_image_b64, encode_png
 from .schema import MULTIMODAL_V1, SCHEMAS
 from .shards import write_shards
-
-
-def feedback_uri(spec: ExperimentSpec) -> str:
-    """Where the Serve app writes feedback (``serve.feedback_uri`` or ``<root>/<name>/feedback``)."""
-    return spec.serve.feedback_uri or join(spec.storage.root, spec.name, "feedback")
-
-
-def feedback_shards_uri(spec: ExperimentSpec) -> str:
-    return join(spec.storage.root, spec.name, "feedback-shards")
 
 
 def ingest_feedback(spec: ExperimentSpec, storage: Storage, log=print) -> Manifest:
@@ -61,7 +53,9 @@ def ingest_feedback(spec: ExperimentSpec, storage: Storage, log=print) -> Manife
 
 
 def _example(row: dict) -> dict:
-    pixels = (decode_image(base64.b64encode(row["input_image"]).decode())[0] * 255).round().astype("uint8")
+    pixels = (
+        (decode_image_b64(base64.b64encode(row["input_image"]).decode(), IMAGE_SIDE)[0] * 255).round().astype("uint8")
+    )
     return {
         "id": f"feedback-{row['id']}",
         "text": row["input_text"],

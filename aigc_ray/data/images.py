@@ -1,22 +1,44 @@
-"""PNG encoding and decoding of shard images."""
+"""Images as bytes, one place for every PNG the project writes or reads: shard images, served
+samples and clips, report plots of pixels, and the base64 PNGs clients send."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 
 import numpy as np
 from PIL import Image
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Encode a uint8 array of shape (H, W) or (H, W, C) with C in {1, 3, 4} as PNG bytes."""
-    if pixels.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
-    if pixels.ndim == 3 and pixels.shape[2] == 1:
-        pixels = pixels[:, :, 0]
+def to_uint8(pixels) -> np.ndarray:
+    """uint8 pixels from uint8 (as they are) or floats in [0, 1] (clipped, rounded)."""
+    x = np.asarray(pixels)
+    if x.dtype == np.uint8:
+        return x
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"expected uint8 pixels or floats in [0, 1], got {x.dtype}")
+    return np.round(np.clip(x.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def encode_png(pixels, scale: int = 1) -> bytes:
+    """PNG bytes of an image (H, W) or (H, W, C) with C in {1, 3, 4}, uint8 or float in [0, 1];
+    with ``scale`` > 1 each pixel becomes a ``scale`` x ``scale`` block (crisp, nearest-neighbour)."""
+    x = to_uint8(pixels)
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[:, :, 0]
+    if int(scale) < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    if scale > 1:
+        x = x.repeat(scale, axis=0).repeat(scale, axis=1)
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=False)
+    Image.fromarray(x).save(buf, format="PNG", optimize=False)
     return buf.getvalue()
+
+
+def png_b64(pixels, scale: int = 1) -> str:
+    """``encode_png`` as base64 text: what ``/v1/classify`` takes and ``/v1/images`` answers."""
+    return base64.b64encode(encode_png(pixels, scale)).decode()
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -28,3 +50,27 @@ def decode_png(data: bytes) -> np.ndarray:
     except Exception as exc:  # PIL raises several unrelated types for bad data
         raise ValueError(f"not a decodable PNG: {exc}") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def decode_image_b64(b64: str, side: int, max_side: int = 256) -> np.ndarray:
+    """A client's base64 PNG (grey or colour, at most ``max_side`` square) as (1, side, side)
+    float32 grey in [0, 1], area-resized; ValueError names what is wrong."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("image is not valid base64") from None
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.format != "PNG":
+                raise ValueError(f"image must be a PNG, got {img.format}")
+            if img.width > max_side or img.height > max_side:
+                raise ValueError(f"image is {img.width}x{img.height}; at most {max_side}x{max_side}")
+            grey = img.convert("L")
+            if grey.size != (side, side):
+                grey = grey.resize((side, side), Image.Resampling.BOX)
+            pixels = np.asarray(grey, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("image is not a decodable PNG") from None
+    return pixels[None]

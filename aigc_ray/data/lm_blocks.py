@@ -11,8 +11,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..layout import corpus_uri, tokenizer_uri
 from ..spec import ExperimentSpec
-from ..storage import S3Settings, Storage, join
+from ..storage import S3Settings, Storage
 from .shards import split_table
 from .stream import read_split
 from .tokenizer import load_fast_tokenizer
@@ -47,7 +48,7 @@ def corpus_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
     return ds.map_batches(
         tokenize_documents,
         batch_format="numpy",
-        fn_kwargs={"s3": storage.s3, "tokenizer_uri": join(spec.data_uri, "tokenizer")},
+        fn_kwargs={"s3": storage.s3, "tokenizer_uri": tokenizer_uri(spec)},
     )
 
 
@@ -61,6 +62,6 @@ def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
 
 def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
     """The same blocks without Ray: read the shards in file order and tokenize in-process."""
-    texts = split_table(storage, join(spec.data_uri, "corpus"), split, ["text"])["text"].to_pylist()
-    tokens = tokenize_documents({"text": texts}, storage.s3, join(spec.data_uri, "tokenizer"))["tokens"]
+    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
+    tokens = tokenize_documents({"text": texts}, storage.s3, tokenizer_uri(spec))["tokens"]
     return pack_blocks(tokens, block_len)

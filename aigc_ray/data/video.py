@@ -27,13 +27,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from ..layout import multimodal_uri, video_uri
 from ..manifest import Manifest, read_manifest
-from ..storage import Storage, StorageError, join
+from ..storage import Storage, StorageError
 from .digits import assign_splits, load_pixels
 from .images import decode_png
 from .schema import VIDEO_SCHEMA, VIDEO_V1
 from .shards import shard_files, split_table, write_shards
-from .stream import parquet_read_knobs
 
 VIDEO_VERSION = "moving-digits-v1"
 DIGIT_SIZE = 8
@@ -177,10 +177,6 @@ def video_batches(spec, source: SourceDigits | None = None, batch_rows: int = 25
             rows = {name: [] for name in VIDEO_COLUMNS}
 
 
-def video_uri(spec) -> str:
-    return join(spec.data_uri, "video")
-
-
 def video_build_hash(spec, source_fingerprint: str) -> str:
     """Everything that determines the clips' bytes: the video settings, this module's code, the
     source shards' content."""
@@ -197,12 +193,12 @@ def video_build_hash(spec, source_fingerprint: str) -> str:
 
 
 def build_video_shards(spec, storage: Storage, force: bool = False, log=print) -> Manifest:
-    """Write (or confirm up to date) the clip shards under ``<data_uri>/video`` from the committed
+    """Write (or confirm up to date) the clip shards at ``layout.video_uri`` from the committed
     multimodal shards; returns the manifest. All-or-nothing: the source is read and checked
     before anything is written, the manifest commits the set last, and a failure part-way
     removes the shard files it had written (the previous set, if any, stays intact)."""
 
-    uri, source_uri = video_uri(spec), join(spec.data_uri, "multimodal")
+    uri, source_uri = video_uri(spec), multimodal_uri(spec)
     source_manifest = read_manifest(storage, source_uri)
     if source_manifest is None:
         raise FileNotFoundError(
@@ -266,25 +262,6 @@ def decode_video_batch(batch: dict) -> dict:
         "clip": np.stack(clips)[:, None] if clips else np.zeros((0, 1, 0, 0, 0), np.float32),
         "label": np.asarray(batch["label"], dtype=np.int64),
     }
-
-
-def video_dataset(spec, storage: Storage, split: str = "train", decode: bool = True):
-    """A Ray Dataset of one split of the clip shards, in shard order: raw ``video/v1`` rows, or
-    with ``decode`` (default) {"id", "clip": (1, T, H, W) float32 in [0, 1], "label"} rows."""
-    import ray.data
-    from ray.data.expressions import col
-
-    uri = video_uri(spec)
-    files = shard_files(storage, uri)
-    fs, _ = storage.filesystem(uri)
-    paths = [storage.filesystem(f)[1] for f in files]
-    with parquet_read_knobs(spec.data.read_unit_mb, spec.data.footer_readers):
-        ds = ray.data.read_parquet(paths, filesystem=fs).select_columns(VIDEO_COLUMNS)
-    ds.context.execution_options.preserve_order = True
-    ds = ds.filter(expr=col("split") == split)
-    if decode:
-        ds = ds.map_batches(decode_video_batch, batch_format="numpy", batch_size=spec.video.batch_size)
-    return ds
 
 
 def video_arrays(spec, storage: Storage, split: str) -> dict[str, np.ndarray]:

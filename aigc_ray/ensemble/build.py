@@ -1,6 +1,6 @@
 """``aigc ensemble build`` / ``evaluate``: the ensemble artifact the Serve app loads.
 
-Written to ``<root>/<name>/ensemble/`` and committed by its manifest:
+Written to ``layout.ensemble_dir`` and committed by its manifest:
   ensemble.json              strategy, member weights, metrics, and each member's lineage
   members/<name>/            model.safetensors + config.json (one format, whatever the source)
   combiner.safetensors       the stacking meta-model (strategy 'stacking' only)
@@ -20,22 +20,24 @@ from pathlib import Path
 import numpy as np
 
 from ..data.build import build_data
+from ..data.captions import caption_tokenizer, encode_captions, fusion_arrays
+from ..layout import (
+    ensemble_dir,
+    finetune_export,
+    multimodal_uri,
+    pretrain_export,
+    sweep_best,
+    sweep_results,
+    tokenizer_uri,
+)
 from ..manifest import publish_directory, read_manifest
+from ..models.fusion_training import build_model, classification_metrics, fusion_config, predict
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
-from ..train.finetune import finetune_dir
-from ..train.pretrain import run_dir as pretrain_dir
-from ..tune.fusion_sweep import caption_tokenizer, encode_captions, fusion_arrays, fusion_defaults
-from ..tune.fusion_trainable import build_model, classification_metrics, predict
-from ..tune.sweep import sweep_dir
 from .combine import Combiner, fit_combiner
 from .members import Member, bagged_members, listed_members, sweep_members
 
 ENSEMBLE_FILE = "ensemble.json"
-
-
-def ensemble_dir(spec: ExperimentSpec) -> str:
-    return join(spec.storage.root, spec.name, "ensemble")
 
 
 @dataclass
@@ -61,11 +63,9 @@ class SplitCache:
         self.spec, self.storage, self.cache = spec, storage, {}
 
     def get(self, split: str, config: dict) -> dict:
-        key = (split, config["tokenizer"], int(config["max_len"]))
+        key = (split, config["tokenizer"], int(config["max_text_tokens"]))
         if key not in self.cache:
-            self.cache[key] = fusion_arrays(
-                self.spec, self.storage, split, config["tokenizer"], int(config["max_len"])
-            )[0]
+            self.cache[key] = fusion_arrays(self.spec, self.storage, split, *key[1:])[0]
         return self.cache[key]
 
 
@@ -89,11 +89,10 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
     splits, and commit the artifact."""
     members = sweep_members(spec, storage) + listed_members(spec, storage)  # fail fast on missing inputs
     built = build_data(spec, storage, log=log)
-    data_inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
-    tokenizer_uri = join(built.root, "tokenizer")
+    data_inputs = {multimodal_uri(spec): built.multimodal.fingerprint}
     if spec.ensemble.bagging:
-        base = _bagging_config(spec, storage, tokenizer_uri)
-        train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_len"]))
+        base = _bagging_config(spec, storage)
+        train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_text_tokens"]))
         log(f"[ensemble] training {spec.ensemble.bagging} bagged members on bootstrap resamples (Ray tasks)")
         members += bagged_members(spec, storage, base, train, data_inputs)
     return commit_ensemble(spec, storage, members, data_inputs, log=log)
@@ -119,9 +118,9 @@ def commit_ensemble(
     uri = ensemble_dir(spec)
     language_models = resolve_language_models(spec, storage)
     generators = {  # artifact folder -> the sweep whose best generator it serves, if that sweep ran
-        folder: (join(sweep_dir(spec, family), "results"), manifest)
+        folder: (sweep_results(spec, family), manifest)
         for folder, family in (("generator", "gan"), ("video_generator", "video"))
-        if (manifest := read_manifest(storage, join(sweep_dir(spec, family), "results"))) is not None
+        if (manifest := read_manifest(storage, sweep_results(spec, family))) is not None
     }
     with tempfile.TemporaryDirectory(prefix="aigc-ensemble-") as tmp:
         out = Path(tmp)
@@ -167,14 +166,14 @@ def commit_ensemble(
     return report
 
 
-def _bagging_config(spec: ExperimentSpec, storage: Storage, tokenizer_uri: str) -> dict:
+def _bagging_config(spec: ExperimentSpec, storage: Storage) -> dict:
     """Bagged members use the fusion sweep's best config when there is one, else the spec's defaults."""
-    best = join(sweep_dir(spec, "fusion"), "results", "best", "config.json")
+    best = join(sweep_best(spec, "fusion"), "config.json")
     if storage.exists(best):
         return json.loads(storage.read_bytes(best))
-    tok = caption_tokenizer(spec, tokenizer_uri)
+    tok = caption_tokenizer(spec, tokenizer_uri(spec))
     vocab = encode_captions(["a"], tok, storage)[2]  # the vocabulary size: no need to read a split for it
-    return fusion_defaults(spec, vocab, tokenizer_uri)
+    return fusion_config(spec, vocab, tokenizer_uri(spec))
 
 
 def _source_doc(found) -> dict | None:
@@ -197,9 +196,7 @@ def resolve_language_models(spec: ExperimentSpec, storage: Storage) -> list[dict
     experiment's exports and are skipped (with no error) when that stage has not run."""
     found = []
     for name in spec.ensemble.language_models:
-        uri = {"pretrain": join(pretrain_dir(spec), "export"), "finetune": join(finetune_dir(spec), "export")}.get(
-            name, name
-        )
+        uri = {"pretrain": pretrain_export(spec), "finetune": finetune_export(spec)}.get(name, name)
         manifest = read_manifest(storage, uri)
         if manifest is None:
             if name in ("pretrain", "finetune"):

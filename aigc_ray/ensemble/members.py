@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..layout import sweep_results
 from ..manifest import read_manifest
+from ..models.fusion_training import STATE_FILE, as_tensors, build_model, build_optimizer, train_iteration
 from ..spec import ExperimentSpec, SpecError, spec_hash
 from ..storage import Storage, join
-from ..tune.fusion_trainable import STATE_FILE, build_model
-from ..tune.sweep import sweep_dir
 
 
 @dataclass
@@ -55,7 +55,7 @@ def sweep_members(spec: ExperimentSpec, storage: Storage) -> list[Member]:
     k = spec.ensemble.top_k
     if not k:
         return []
-    results = join(sweep_dir(spec, "fusion"), "results")
+    results = sweep_results(spec, "fusion")
     manifest = read_manifest(storage, results)
     if manifest is None:
         raise FileNotFoundError(f"no fusion sweep results at {results}: run `aigc sweep fusion` first (or top_k: 0)")
@@ -125,7 +125,6 @@ def bagged_members(
 
 
 def _train_bagged(config: dict, train: dict, seed: int) -> dict[str, np.ndarray]:
-    from ..tune.fusion_trainable import as_tensors, build_optimizer, train_iteration
 
     torch.set_num_threads(1)
     rows = np.random.default_rng(seed).integers(0, len(train["label"]), len(train["label"]))

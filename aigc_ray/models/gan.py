@@ -101,6 +101,18 @@ class Discriminator(nn.Module):
         return self.net[-1](phi).squeeze(1) + projection
 
 
+def d_lr_of(config: dict) -> float:
+    """D's learning rate: g_lr × lr_ratio (TTUR) when the ratio is set, else d_lr."""
+    return config["g_lr"] * config["lr_ratio"] if config.get("lr_ratio") else config["d_lr"]
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One optimizer step on ``loss``: D's update, then G's (against the updated D), in every GAN here."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """−E[log D(x)] − E[log(1 − D(G(z)))]: D maximises the minimax value."""
     return F.binary_cross_entropy_with_logits(

@@ -40,7 +40,7 @@ def _load():
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from .fusion import minilm_path
+        from ..data.tokenizer import minilm_path
 
         hf_logging.disable_progress_bar()  # "Loading weights" bars in every trial's log otherwise
         path = minilm_path()

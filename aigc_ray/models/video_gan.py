@@ -12,11 +12,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .gan import sample
+from .gan import d_lr_of, descend, discriminator_loss, generator_loss, sample
 
 __all__ = [
     "VideoDiscriminator",
     "VideoGenerator",
+    "build_video_gan",
     "check_video_shape",
     "from_video_space",
     "generate_clips",
@@ -24,6 +25,7 @@ __all__ = [
     "load_video_generator",
     "sample_clips",
     "to_video_space",
+    "video_train_step",
 ]
 
 
@@ -124,3 +126,36 @@ def sample_clips(generator: VideoGenerator, n: int, seed: int) -> torch.Tensor:
 def generate_clips(generator: VideoGenerator, n: int, seed: int) -> np.ndarray:
     """``n`` clips as (n, T, S, S) float32 in [0, 1], deterministic in ``seed``."""
     return from_video_space(sample_clips(generator, n, seed))[:, 0].numpy().astype(np.float32)
+
+
+def build_video_gan(config: dict):
+    """G, D and their Adam optimizers for a trial's config (seeded)."""
+    torch.manual_seed(config["seed"])
+    shape = (int(config["frames"]), int(config["frame_size"]))
+    g = VideoGenerator(int(config["z_dim"]), int(config["width"]), *shape)
+    d = VideoDiscriminator(int(config["width"]), *shape)
+    betas = (config["beta1"], 0.999)
+    return (
+        g,
+        d,
+        torch.optim.Adam(g.parameters(), lr=config["g_lr"], betas=betas),
+        torch.optim.Adam(d.parameters(), lr=d_lr_of(config), betas=betas),
+    )
+
+
+def video_train_step(g, d, opt_g, opt_d, real: torch.Tensor, batch: int, gen: torch.Generator) -> dict:
+    """One D update and one G update on ``batch`` clips of ``real`` (video space) drawn with ``gen``;
+    returns the losses and D's logits on the real and the generated clips."""
+    x = real[torch.randint(0, len(real), (batch,), generator=gen)]
+    fake = g(torch.randn(batch, g.z_dim, generator=gen))
+    real_logits, fake_logits = d(x), d(fake.detach())
+    loss_d = discriminator_loss(real_logits, fake_logits)
+    descend(opt_d, loss_d)
+    loss_g = generator_loss(d(fake))
+    descend(opt_g, loss_g)
+    return {
+        "loss_d": loss_d.detach(),
+        "loss_g": loss_g.detach(),
+        "real_logits": real_logits,
+        "fake_logits": fake_logits,
+    }

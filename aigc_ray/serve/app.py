@@ -1,7 +1,8 @@
 """The Serve application: a FastAPI ingress that composes the member deployments.
 
     POST /v1/classify      image + caption -> class probabilities (the ensemble's; members' on request)
-    POST /v1/images        GAN samples as base64 PNG, reproducible with a seed
+    POST /v1/images        GAN samples as base64 PNG, reproducible with a seed (text-to-image: a prompt)
+    POST /v1/videos        short clips from the video GAN as animated GIF or APNG
     POST /v1/completions   OpenAI-compatible completions from the language-model ensemble
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
     GET  /v1/models        members, strategy, weights, metrics and lineage
@@ -34,13 +35,16 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.feedback_ingest import feedback_uri
-from ..ensemble.build import ENSEMBLE_FILE, ensemble_dir
+from ..data.digits import IMAGE_SIDE
+from ..data.feedback import feedback_row, write_feedback
+from ..data.images import decode_image_b64
+from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
+from ..layout import ensemble_dir, feedback_uri
 from ..manifest import read_manifest
 from ..spec import ExperimentSpec
+from ..spec.sections import ServeSpec
 from ..storage import Storage, join
-from .feedback import feedback_row, write_feedback
 from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
 from .schema import (
     ClassifyRequest,
@@ -59,7 +63,6 @@ from .schema import (
     VideoData,
     VideosRequest,
     VideosResponse,
-    decode_image,
 )
 
 LM_MODEL_ID = "aigc-lm"
@@ -141,24 +144,27 @@ async def require_token(request: Request) -> None:
 @serve.deployment
 @serve.ingress(api)
 class EnsembleIngress:
-    def __init__(self, settings: dict, members: dict, generator=None, lm=None, video=None):
-        self.storage = Storage(settings["s3"])
-        self.uri, self.spec_name = settings["ensemble_uri"], settings["name"]
+    def __init__(self, placed: dict, settings: ServeSpec, members: dict, generator=None, lm=None, video=None):
+        """``placed``: where this app's artifacts are (s3, ensemble_uri, feedback_uri), its name and
+        the ensemble's version (a new version redeploys the ingress too); ``settings``: the spec's
+        ``serve`` section."""
+        self.storage = Storage(placed["s3"])
+        self.uri, self.spec_name = placed["ensemble_uri"], placed["name"]
         self.doc = json.loads(self.storage.read_bytes(join(self.uri, ENSEMBLE_FILE)))
         self.version = read_manifest(self.storage, self.uri).fingerprint[:16]
         self.members, self.generator, self.lm, self.video = members, generator, lm, video
         self.names = list(members)
-        self.timeout = settings["request_timeout_s"]
-        self.max_tokens = settings["max_tokens"]
-        self.max_images, self.max_prompt_chars = settings["max_images"], settings["max_prompt_chars"]
+        self.timeout = settings.request_timeout_s
+        self.max_tokens = settings.max_tokens
+        self.max_images, self.max_prompt_chars = settings.max_images, settings.max_prompt_chars
         self.generator_config = (
             json.loads(self.storage.read_bytes(join(self.uri, "generator", "config.json"))) if generator else {}
         )
-        self.feedback_uri = settings["feedback_uri"]
+        self.feedback_uri = placed["feedback_uri"]
         self.responses: OrderedDict[str, dict] = OrderedDict()
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
-        api.state.token = read_token(settings["auth_token_env"], settings["auth_token_file"])
-        api.state.max_request_bytes = settings["max_request_bytes"]
+        api.state.token = read_token(settings.auth_token_env, settings.auth_token_file)
+        api.state.max_request_bytes = settings.max_request_bytes
 
     def _combiner(self, strategy: str, weights: dict) -> Combiner:
         if strategy not in STRATEGIES:
@@ -222,7 +228,7 @@ class EnsembleIngress:
 
     @api.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_token)])
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        image = decode_image(req.image)
+        image = decode_image_b64(req.image, IMAGE_SIDE)
         outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
@@ -432,19 +438,12 @@ def build_app(args: dict):
     )
     lm_uris = [lm["uri"] for lm in doc["language_models"]]
     lm = LanguageModelDeployment.options(name="language-model", **common).bind(lm_uris, storage.s3) if lm_uris else None
-    settings = {
+    placed = {
         "s3": storage.s3,
         "ensemble_uri": uri,
-        "version": version,  # a new artifact version redeploys the ingress too
-        "name": spec.name,
-        "request_timeout_s": s.request_timeout_s,
-        "max_tokens": s.max_tokens,
-        "max_images": s.max_images,
-        "max_prompt_chars": s.max_prompt_chars,
-        "max_request_bytes": s.max_request_bytes,
-        "auth_token_env": s.auth_token_env,
-        "auth_token_file": s.auth_token_file,
         "feedback_uri": feedback_uri(spec),
+        "name": spec.name,
+        "version": version,  # a new artifact version redeploys the ingress too
     }
     ingress = EnsembleIngress.options(
         name="ingress",
@@ -455,4 +454,4 @@ def build_app(args: dict):
         max_queued_requests=s.max_queued_requests,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
-    return ingress.bind(settings, members, generator, lm, video)
+    return ingress.bind(placed, s, members, generator, lm, video)

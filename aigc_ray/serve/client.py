@@ -86,8 +86,7 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
         clip = vid["data"][0]
         log(f"  /v1/videos       a {clip['frames']}-frame {clip['width']}x{clip['height']} {clip['media_type']}")
     if "aigc-lm" in cards:
-        from ..data.digits import WORDS
-        from ..train.finetune import CAPTION_PROMPT
+        from ..data.digits import CAPTION_PROMPT, WORDS
 
         prompt = CAPTION_PROMPT.format(word=WORDS[true_label])  # what the caption fine-tune learned to answer
         answers["completion"] = done = client.complete(prompt, max_tokens=12)

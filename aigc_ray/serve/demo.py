@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from ..data.arrays import digit_arrays
+from ..data.images import png_b64
 from ..spec import ExperimentSpec
 from ..storage import Storage
 from .app import read_token
 from .client import AigcClient, one_of_each
 from .deploy import base_url, start_local
-from .schema import png_b64
 
 
 def serve_and_ask(spec: ExperimentSpec, storage: Storage, keep_serving: bool = False, log=print) -> dict:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 
-from ..ensemble.build import ENSEMBLE_FILE, ensemble_dir
+from ..ensemble.build import ENSEMBLE_FILE
+from ..layout import ensemble_dir
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
 

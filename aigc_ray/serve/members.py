@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import tempfile
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from ..data.images import png_b64
 from ..storage import S3Settings, Storage, join
 
 
@@ -37,7 +37,7 @@ class ClassifierMember:
         # this member when a refreshed ensemble is served, so replicas load the new weights.
         from safetensors.torch import load
 
-        from ..tune.fusion_trainable import build_model
+        from ..models.fusion_training import build_model
 
         _single_thread()
         self.storage, self.name = Storage(s3), name
@@ -52,11 +52,13 @@ class ClassifierMember:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def classify(self, images: list[np.ndarray], texts: list[str]) -> list[list[float]]:
-        from ..tune.fusion_sweep import encode_captions
-        from ..tune.fusion_trainable import predict
+        from ..data.captions import encode_captions
+        from ..models.fusion_training import predict
 
         self.batch_sizes[len(images)] += 1
-        ids, mask, _ = encode_captions(texts, self.config["tokenizer"], self.storage, int(self.config["max_len"]))
+        ids, mask, _ = encode_captions(
+            texts, self.config["tokenizer"], self.storage, int(self.config["max_text_tokens"])
+        )
         arrays = {"image": np.stack(images).astype(np.float32), "input_ids": ids, "attention_mask": mask}
         arrays["label"] = np.zeros(len(images), dtype=np.int64)  # predict() sizes batches by it
         return predict(self.model, arrays).tolist()
@@ -75,17 +77,6 @@ def _load_export(storage: Storage, folder: str) -> tuple[dict, dict]:
 
     config = json.loads(storage.read_bytes(join(folder, "config.json")))
     return config, load(storage.read_bytes(join(folder, "generator.safetensors")))
-
-
-def _png_b64(image: np.ndarray, side: int) -> str:
-    from PIL import Image
-
-    pil = Image.fromarray((image * 255).round().astype(np.uint8))
-    if side != pil.width:
-        pil = pil.resize((side, side), Image.Resampling.NEAREST)
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 @serve.deployment
@@ -121,7 +112,7 @@ class GeneratorDeployment:
 
             cond = embed_texts([prompt])[0]
         images = from_gan_space(generate(self.generator, n, seed, cond=cond, mix_seed=style_seed))[:, 0].numpy()
-        return [_png_b64(img, side) for img in images]
+        return [png_b64(img, scale=side // img.shape[-1]) for img in images]
 
 
 @serve.deployment
@@ -136,8 +127,8 @@ class VideoGeneratorDeployment:
         self.generator = load_video_generator(weights, config)
 
     async def generate(self, n: int, seed: int, fmt: str, fps: int, scale: int) -> list[dict]:
+        from ..data.animation import encode_apng, encode_gif
         from ..models.video_gan import generate_clips
-        from .animation import encode_apng, encode_gif
 
         encode = encode_gif if fmt == "gif" else encode_apng
         out = []

@@ -3,15 +3,12 @@ every request, so a bad one gets a 422 that names the field and the rule it brok
 
 from __future__ import annotations
 
-import base64
-import binascii
-import io
 from typing import Literal
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-IMAGE_SIDE = 8  # what the fusion members read: 8x8 grey digits, like the shards
+from ..data.digits import IMAGE_SIDE
+from ..data.images import decode_image_b64
 
 
 class Strict(BaseModel):
@@ -29,40 +26,8 @@ class ClassifyRequest(Strict):
     @field_validator("image")
     @classmethod
     def _decodes(cls, v: str) -> str:
-        decode_image(v)  # raises ValueError with the reason
+        decode_image_b64(v, IMAGE_SIDE)  # raises ValueError with the reason
         return v
-
-
-def decode_image(b64: str) -> np.ndarray:
-    """Base64 PNG -> (1, 8, 8) float32 in [0, 1]; ValueError names what is wrong."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        raw = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError("image is not valid base64") from None
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.format != "PNG":
-                raise ValueError(f"image must be a PNG, got {img.format}")
-            if img.width > 256 or img.height > 256:
-                raise ValueError(f"image is {img.width}x{img.height}; at most 256x256")
-            grey = img.convert("L")
-            if grey.size != (IMAGE_SIDE, IMAGE_SIDE):
-                grey = grey.resize((IMAGE_SIDE, IMAGE_SIDE), Image.Resampling.BOX)
-            pixels = np.asarray(grey, dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError):
-        raise ValueError("image is not a decodable PNG") from None
-    return pixels[None]
-
-
-def png_b64(pixels: np.ndarray) -> str:
-    """A (H, W) uint8 array as the base64 PNG that /v1/classify takes (for clients and tests)."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
 
 
 class ClassifyResponse(BaseModel):

@@ -25,7 +25,7 @@ from .sweeps import (
     SweepSpec,
     VideoSpec,
 )
-from .training import FAMILY_OF_OBJECTIVE, MODEL_PRESETS, FinetuneSpec, ModelSize, PretrainSpec
+from .training import FAMILY_OF_OBJECTIVE, MODEL_PRESETS, FinetuneSpec, ModelSize, PretrainSpec, TrainingSpec
 
 __all__ = [
     "FAMILY_OF_OBJECTIVE",
@@ -48,6 +48,7 @@ __all__ = [
     "GanSpec",
     "ModelSize",
     "PretrainSpec",
+    "TrainingSpec",
     "RaySpec",
     "SearchDim",
     "Section",
@@ -90,8 +91,3 @@ class ExperimentSpec(Section):
                 "text-to-image: set gan.condition: caption (or point fusion.augment_generator at one)"
             )
         return self
-
-    @property
-    def data_uri(self) -> str:
-        """Where this experiment's shards live."""
-        return self.data.uri or self.storage.root.rstrip("/") + "/data"

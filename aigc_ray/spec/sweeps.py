@@ -144,6 +144,14 @@ class SweptSection(Section):
     ``_sweep_family``: (name, sweep defaults, searchable, structural)."""
 
     _sweep_family: ClassVar = ("", {}, set(), frozenset())
+    # Settings of the section that are not a trial's (data building, stopping rules, lineage).
+    _not_trial_settings: ClassVar[frozenset[str]] = frozenset()
+
+    def trial_config(self) -> dict:
+        """A trial's starting config: the section's model and training settings, and the sweep's
+        budget and seed (the search space then overrides what it searches)."""
+        budget = self.sweep.model_dump(include={"max_iterations", "steps_per_iteration", "seed"})
+        return {**self.model_dump(exclude={"sweep", *self._not_trial_settings}), **budget}
 
     @model_validator(mode="before")
     @classmethod
@@ -195,6 +203,7 @@ class GanSpec(SweptSection):
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**GAN_SWEEP_DEFAULTS))
 
     _sweep_family: ClassVar = ("the GAN sweep", GAN_SWEEP_DEFAULTS, GAN_SEARCHABLE, GAN_STRUCTURAL)
+    _not_trial_settings: ClassVar = frozenset({"collapse_diversity", "d_win_accuracy", "collapse_patience"})
 
     @model_validator(mode="after")
     def _generators(self) -> GanSpec:
@@ -234,6 +243,7 @@ class FusionSpec(SweptSection):
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
 
     _sweep_family: ClassVar = ("the fusion sweep", FUSION_SWEEP_DEFAULTS, FUSION_SEARCHABLE, FUSION_STRUCTURAL)
+    _not_trial_settings: ClassVar = frozenset({"augment_generator", "real_fraction"})
 
     @property
     def max_augment_ratio(self) -> float:
@@ -275,6 +285,8 @@ class VideoSpec(SweptSection):
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**VIDEO_SWEEP_DEFAULTS))
 
     _sweep_family: ClassVar = ("the video sweep", VIDEO_SWEEP_DEFAULTS, VIDEO_SEARCHABLE, VIDEO_STRUCTURAL)
+    # the clip-building settings (``seed`` too: a trial's seed is the sweep's)
+    _not_trial_settings: ClassVar = frozenset({"enabled", "clips", "max_speed", "seed", "rows_per_shard"})
 
     @model_validator(mode="after")
     def _shape(self) -> VideoSpec:

@@ -45,30 +45,13 @@ class ModelSize(Section):
 FAMILY_OF_OBJECTIVE = {"clm": "gpt2", "mlm": "bert"}
 
 
-class PretrainSpec(Section):
-    """Language-model pretraining on Ray Train + DeepSpeed."""
+class TrainingSpec(Section):
+    """What every training stage on Ray Train + DeepSpeed reads: workers, ZeRO, precision, batch,
+    schedule, checkpoints. Pretraining and fine-tuning each have their own copy of these settings
+    (their sections derive from this one), so a stage reads only its own section."""
 
-    objective: Literal["clm", "mlm"] = Field("clm", description="clm: next-token; mlm: 15 % masking.")
-    family: Literal["gpt2", "bert"] | None = Field(
-        None, description="Model family; default gpt2 for clm, bert for mlm."
-    )
-    model: ModelSize = Field(default_factory=ModelSize)
-    seq_len: int = Field(64, ge=8, description="Tokens per training sample (packed from the corpus).")
-    mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: fraction of tokens masked.")
     num_workers: int = Field(2, ge=1)
-    min_workers: int | None = Field(
-        None,
-        ge=1,
-        description="Elastic training: after losing nodes, restart on as few as this many workers (and grow back "
-        "to num_workers when they return); the global batch stays the same. None: always num_workers.",
-    )
     use_gpu: bool = False
-    cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
-    worker_resources: dict[str, float] = Field(
-        default_factory=dict,
-        description="More Ray resources per worker, e.g. {train_slot: 1} to place one worker per node that "
-        "advertises a train_slot.",
-    )
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state in CPU memory (GPU runs).")
     offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory.")
@@ -80,23 +63,54 @@ class PretrainSpec(Section):
     grad_clip: float = Field(1.0, ge=0, description="Max global gradient norm (0 = off).")
     warmup_steps: int = Field(10, ge=0)
     max_steps: int = Field(100, ge=1)
+    seq_len: int = Field(64, ge=8, description="Tokens per training sample.")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
-    eval_batches: int = Field(8, ge=1, description="Held-out batches for perplexity / masked accuracy.")
-
-    @property
-    def model_family(self) -> str:
-        return self.family or FAMILY_OF_OBJECTIVE[self.objective]
+    eval_batches: int = Field(8, ge=1, description="Held-out batches for perplexity / accuracy.")
 
     @property
     def grad_accum_steps(self) -> int:
         return self.global_batch_size // (self.micro_batch_size * self.num_workers)
 
     @model_validator(mode="after")
-    def _consistent(self) -> PretrainSpec:
+    def _batch_and_offload(self) -> TrainingSpec:
         check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
+        if self.offload_params and self.zero_stage != 3:
+            raise ValueError("offload_params needs zero_stage 3")
+        return self
+
+
+class PretrainSpec(TrainingSpec):
+    """Language-model pretraining on Ray Train + DeepSpeed."""
+
+    objective: Literal["clm", "mlm"] = Field("clm", description="clm: next-token; mlm: 15 % masking.")
+    family: Literal["gpt2", "bert"] | None = Field(
+        None, description="Model family; default gpt2 for clm, bert for mlm."
+    )
+    model: ModelSize = Field(default_factory=ModelSize)
+    seq_len: int = Field(64, ge=8, description="Tokens per training sample (packed from the corpus).")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: fraction of tokens masked.")
+    min_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Elastic training: after losing nodes, restart on as few as this many workers (and grow back "
+        "to num_workers when they return); the global batch stays the same. None: always num_workers.",
+    )
+    cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="More Ray resources per worker, e.g. {train_slot: 1} to place one worker per node that "
+        "advertises a train_slot.",
+    )
+
+    @property
+    def model_family(self) -> str:
+        return self.family or FAMILY_OF_OBJECTIVE[self.objective]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSpec:
         if self.min_workers is not None:
             if self.min_workers > self.num_workers:
                 raise ValueError(f"min_workers ({self.min_workers}) > num_workers ({self.num_workers})")
@@ -114,12 +128,10 @@ class PretrainSpec(Section):
             raise ValueError(
                 f"family '{self.family}' does not train objective '{self.objective}' (clm trains gpt2, mlm trains bert)"
             )
-        if self.offload_params and self.zero_stage != 3:
-            raise ValueError("offload_params needs zero_stage 3")
         return self
 
 
-class FinetuneSpec(Section):
+class FinetuneSpec(TrainingSpec):
     """Fine-tuning of our pretrained export or the offline MiniLM, on the captioned digits."""
 
     base: Literal["pretrain", "minilm"] = Field(
@@ -135,23 +147,14 @@ class FinetuneSpec(Section):
     lora_r: int = Field(8, ge=1)
     lora_alpha: int = Field(16, ge=1)
     lora_dropout: float = Field(0.0, ge=0, lt=1)
-    num_workers: int = Field(2, ge=1)
     zero_stage: Literal[0, 1, 2] = 2
-    micro_batch_size: int = Field(8, ge=1)
-    global_batch_size: int = Field(16, ge=1)
-    lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(5, ge=0)
     max_steps: int = Field(60, ge=1)
     seq_len: int = Field(24, ge=8, description="Tokens per example (prompt + caption, or caption).")
-    log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(30, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(1, ge=0)
-    eval_batches: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:
-        check_batch(self.global_batch_size, self.micro_batch_size, self.num_workers)
         if self.base == "minilm" and self.task == "caption":
             raise ValueError("the MiniLM base is an encoder: it can classify, not generate captions")
         if self.mode == "freeze" and self.freeze_layers < 1:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..spec.sections import PretrainSpec, check_batch
+from ..spec.sections import TrainingSpec, check_batch
 
 
-def deepspeed_config(p: PretrainSpec, world_size: int) -> dict:
+def deepspeed_config(p: TrainingSpec, world_size: int) -> dict:
     """A DeepSpeed config dict: ZeRO stage and offload, precision, batch sizes with gradient
     accumulation, clipping, AdamW, warmup then linear decay.
 

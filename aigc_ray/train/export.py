@@ -49,8 +49,8 @@ def plain_eval_loss(model, blocks, loop_cfg) -> float:
     """Mean loss of a plain model on the held-out micro-batches the engine evaluated."""
     from .loop import batch_for, eval_chunks, num_samples
 
-    micro = loop_cfg.pretrain.micro_batch_size
-    chunks = eval_chunks(num_samples(blocks), micro, loop_cfg.pretrain.eval_batches)
+    micro = loop_cfg.training.micro_batch_size
+    chunks = eval_chunks(num_samples(blocks), micro, loop_cfg.training.eval_batches)
     losses = []
     with torch.no_grad():
         for c in range(chunks):

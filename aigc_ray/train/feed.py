@@ -2,7 +2,8 @@
 
 ``stream_to_workers`` runs a TorchTrainer whose workers each consume their shard of a split
 (``ray.train.get_dataset_shard``) and write what they saw to storage; the driver gathers the
-per-rank summaries. The training stages use the same sharding config and resource policy.
+per-rank summaries; ``stream_epoch`` (``aigc data stream``) prints them, or streams into the driver.
+The training stages use the same sharding config and resource policy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import uuid
 from ray.train import DataConfig
 
 from ..data.stream import EpochSummary, multimodal_dataset, summarize
+from ..layout import stream_check_uri
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
@@ -85,7 +87,7 @@ def stream_to_workers(
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    out_uri = join(spec.storage.root, "_streamcheck", uuid.uuid4().hex[:12])
+    out_uri = join(stream_check_uri(spec), uuid.uuid4().hex[:12])
     cpus = cpus_per_train_worker(num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus)
     with tempfile.TemporaryDirectory(prefix="aigc-train-") as run_dir:
         trainer = TorchTrainer(
@@ -114,3 +116,18 @@ def stream_to_workers(
             )
         )
     return summaries
+
+
+def stream_epoch(spec: ExperimentSpec, storage: Storage, split: str, workers: int = 0, log=print) -> None:
+    """Stream one epoch of ``split`` through Ray Data (into ``workers`` Ray Train workers, or the
+    driver) and print what was read: a smoke check that the shards flow."""
+    if workers:
+        summaries = stream_to_workers(spec, storage, workers, split)
+        for rank, s in enumerate(summaries):
+            log(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
+        log(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
+        return
+    ds = multimodal_dataset(spec, storage, split)
+    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
+    for line in summary.lines():
+        log(f"  {line}")

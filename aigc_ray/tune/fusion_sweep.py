@@ -5,7 +5,7 @@ best model is also scored once on the held-out test split. Beyond the shared res
 ``confusion.png`` (the best model's test-split confusion matrix).
 
 Augmentation (``fusion.augment_ratio`` > 0, or the ratio among the searched dimensions): the
-driver loads the text-to-image generator (``tune.augment``), makes one synthetic pool for every
+driver loads the text-to-image generator (``models.augment``), makes one synthetic pool for every
 trial (its captions as noisy as the data's, ``data.caption_noise``; the images always show their
 label's digit) and records the generator's artifact among the sweep's inputs.
 ``fusion.real_fraction`` trains on a seeded, label-stratified share of the real training split
@@ -14,85 +14,24 @@ trial's ratio, and ``augmentation.json`` the details (real rows, pool size, gene
 
 from __future__ import annotations
 
-import functools
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from ..data.arrays import digit_arrays
 from ..data.build import build_data
-from ..data.tokenizer import load_fast_tokenizer
+from ..data.captions import caption_tokenizer, encode_captions, fusion_arrays
+from ..data.digits import NUM_CLASSES
+from ..layout import multimodal_uri, sweep_dir
+from ..layout import tokenizer_uri as tokenizer_location
+from ..models.augment import load_augmenter, max_augment_ratio, pool_per_class, real_subset, synthetic_pool
+from ..models.fusion_training import classification_metrics, fusion_config, load_fusion, predict
 from ..spec import ExperimentSpec
 from ..spec.sections import FUSION_STRUCTURAL
-from ..storage import Storage, join
-from .augment import load_augmenter, max_augment_ratio, pool_per_class, real_subset, synthetic_pool
-from .fusion_trainable import classification_metrics, fusion_trainable, load_fusion, predict
-from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
-
-
-def fusion_defaults(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str) -> dict:
-    f, s = spec.fusion, spec.fusion.sweep
-    return {
-        "operator": f.operator,
-        "text_encoder": f.text_encoder,
-        "dim": f.dim,
-        "image_lr": f.image_lr,
-        "text_lr": f.text_lr,
-        "head_lr": f.head_lr,
-        "freeze_text_iterations": f.freeze_text_iterations,
-        "batch_size": f.batch_size,
-        "augment_ratio": f.augment_ratio,
-        "max_len": f.max_text_tokens,
-        "vocab_size": vocab_size,
-        "tokenizer": caption_tokenizer(spec, tokenizer_uri),  # what a server must encode captions with
-        "max_iterations": s.max_iterations,
-        "steps_per_iteration": s.steps_per_iteration,
-        "seed": s.seed,
-    }
-
-
-def caption_tokenizer(spec: ExperimentSpec, tokenizer_uri: str) -> str:
-    """What a model with this spec's text encoder reads: 'minilm' (MiniLM's own) or our tokenizer's URI."""
-    return "minilm" if spec.fusion.text_encoder == "minilm" else tokenizer_uri
-
-
-def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: int = 32):
-    """(input_ids, attention_mask) int64 arrays padded to the longest caption (at most ``limit``
-    tokens), and the vocabulary size; ``tokenizer``: 'minilm' or the URI of our BPE tokenizer.
-    Padding is masked out (attention_mask 0), so the width does not change a model's outputs."""
-    if tokenizer == "minilm":
-        tok = _minilm_tokenizer()
-        enc = tok(list(texts), padding="longest", truncation=True, max_length=limit, return_tensors="np")
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64), tok.vocab_size
-    tok = load_fast_tokenizer(storage.s3, tokenizer)
-    encoded = [e.ids[:limit] for e in tok.encode_batch(list(texts))]
-    width = max(1, max(len(ids) for ids in encoded))
-    ids = np.full((len(encoded), width), tok.token_to_id("<pad>"), dtype=np.int64)
-    mask = np.zeros((len(encoded), width), dtype=np.int64)
-    for i, row in enumerate(encoded):
-        ids[i, : len(row)], mask[i, : len(row)] = row, 1
-    return ids, mask, tok.get_vocab_size()
-
-
-@functools.cache
-def _minilm_tokenizer():
-    """Loaded once per process: servers encode every batch with it."""
-    from transformers import AutoTokenizer
-
-    from ..models.fusion import minilm_path
-
-    return AutoTokenizer.from_pretrained(minilm_path())
-
-
-def fusion_arrays(
-    spec: ExperimentSpec, storage: Storage, split: str, tokenizer: str, limit: int = 32
-) -> tuple[dict, int]:
-    """A split as the fusion model's inputs: image, input_ids, attention_mask, label; and the vocabulary size."""
-    rows = digit_arrays(spec, storage, split)
-    ids, mask, vocab = encode_captions(list(rows["text"]), tokenizer, storage, limit)
-    return {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}, vocab
+from ..storage import Storage
+from .fusion_trainable import fusion_trainable
+from .tuner import SweepResult, publish_sweep, run_tuner
 
 
 def run_fusion_sweep(
@@ -102,14 +41,14 @@ def run_fusion_sweep(
     from ray import tune
 
     built = build_data(spec, storage, log=log)
-    tokenizer_uri = join(built.root, "tokenizer")
+    tokenizer_uri = tokenizer_location(spec)
     tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
     f, s = spec.fusion, spec.fusion.sweep
     train, vocab = fusion_arrays(spec, storage, "train", tokenizer, limit)
     all_rows = len(train["label"])
     train = real_subset(train, f.real_fraction, s.seed)
     val, _ = fusion_arrays(spec, storage, "val", tokenizer, limit)
-    inputs = {join(built.root, "multimodal"): built.multimodal.fingerprint}
+    inputs = {multimodal_uri(spec): built.multimodal.fingerprint}
     if spec.fusion.text_encoder == "tiny":
         inputs[tokenizer_uri] = built.tokenizer.fingerprint
     augmentation = {"real_fraction": f.real_fraction, "real_rows": len(train["label"]), "real_rows_all": all_rows}
@@ -141,7 +80,7 @@ def run_fusion_sweep(
     grid = run_tuner(
         s,
         trainable,
-        fusion_defaults(spec, vocab, tokenizer_uri),
+        fusion_config(spec, vocab, tokenizer_uri),
         sweep_dir(spec, "fusion"),
         storage,
         structural=FUSION_STRUCTURAL,
@@ -179,7 +118,7 @@ def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dic
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.zeros((10, 10), dtype=int)
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
     np.add.at(matrix, (labels, pred), 1)
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
     ax.imshow(matrix, cmap="Blues")
@@ -188,8 +127,8 @@ def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dic
             ax.text(
                 c, r, str(n), ha="center", va="center", fontsize=7, color="white" if n > matrix.max() / 2 else "black"
             )
-    ax.set_xticks(range(10))
-    ax.set_yticks(range(10))
+    ax.set_xticks(range(NUM_CLASSES))
+    ax.set_yticks(range(NUM_CLASSES))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+
+from ..models.gan import d_lr_of
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -27,22 +26,16 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def d_lr_of(config: dict) -> float:
-    """D's learning rate: g_lr × lr_ratio (TTUR) when the ratio is set, else d_lr."""
-    return config["g_lr"] * config["lr_ratio"] if config.get("lr_ratio") else config["d_lr"]
-
-
 def plain_config(config: dict) -> dict:
     return {k: v for k, v in config.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def restore_pair(checkpoint, g, d, opt_g, opt_d, config: dict, state_file: str, meta_file: str):
-    """Load a trial checkpoint into (g, d, opt_g, opt_d) and apply the config's learning rates
-    (after a PBT exploit they are the explored ones, not the donor's). Returns (step, iteration,
-    what to report about the restore, the checkpoint's meta)."""
-    with checkpoint.as_directory() as ckpt:
-        state = torch.load(Path(ckpt, state_file), weights_only=True)  # our own file, tensors only
-        meta = json.loads(Path(ckpt, meta_file).read_text())
+def restore_pair(folder: str, g, d, opt_g, opt_d, config: dict, state_file: str, meta_file: str):
+    """Load a trial checkpoint folder into (g, d, opt_g, opt_d) and apply the config's learning
+    rates (after a PBT exploit they are the explored ones, not the donor's). Returns (step,
+    iteration, what to report about the restore, the checkpoint's meta)."""
+    state = torch.load(Path(folder, state_file), weights_only=True)  # our own file, tensors only
+    meta = json.loads(Path(folder, meta_file).read_text())
     g.load_state_dict(state["g"])
     d.load_state_dict(state["d"])
     opt_g.load_state_dict(state["opt_g"])
@@ -56,21 +49,49 @@ def restore_pair(checkpoint, g, d, opt_g, opt_d, config: dict, state_file: str, 
     return int(state["step"]), int(state["iteration"]), restored, meta
 
 
-@contextmanager
-def pair_checkpoint(
-    g, d, opt_g, opt_d, step: int, iteration: int, meta: dict, state_file: str, meta_file: str
-) -> Iterator[str]:
-    """A temporary folder holding the pair's checkpoint (``meta`` plus both weight hashes), for
-    ``tune.report(..., checkpoint=Checkpoint.from_directory(folder))`` inside the block."""
-    with tempfile.TemporaryDirectory() as tmp:
-        state = {
-            "g": g.state_dict(),
-            "d": d.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
-            "step": step,
-            "iteration": iteration,
+def save_pair(
+    folder: str, g, d, opt_g, opt_d, step: int, iteration: int, meta: dict, state_file: str, meta_file: str
+) -> None:
+    """Write the pair's checkpoint into ``folder``: both networks and optimizers, and ``meta``
+    plus both weight hashes (so a restore can tell that it got a matching pair)."""
+    state = {
+        "g": g.state_dict(),
+        "d": d.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "step": step,
+        "iteration": iteration,
+    }
+    torch.save(state, Path(folder, state_file))
+    Path(folder, meta_file).write_text(json.dumps({**meta, "g_hash": weights_hash(g), "d_hash": weights_hash(d)}))
+
+
+class PairTrial:
+    """The checkpoint half of a GAN family's ``trial.Trial``: restore and save the (G, D) pair.
+    Subclasses set ``state_file``/``meta_file``, build the four parts and implement ``iterate``."""
+
+    state_file: str
+    meta_file: str
+
+    def __init__(self, config: dict, g, d, opt_g, opt_d):
+        self.config, self.g, self.d, self.opt_g, self.opt_d = config, g, d, opt_g, opt_d
+
+    def restore(self, folder: str, trial_id: str) -> tuple[int, int, dict]:
+        parts = (self.g, self.d, self.opt_g, self.opt_d)
+        step, iteration, restored, meta = restore_pair(folder, *parts, self.config, self.state_file, self.meta_file)
+        if meta["trial_id"] != trial_id:
+            self.exploited(trial_id, meta["trial_id"], iteration, restored["restored_pair_matches"])
+        return step, iteration, restored
+
+    def exploited(self, trial_id: str, donor: str, iteration: int, pair_matches: bool) -> None:
+        """Called when the restored checkpoint is another trial's (a PBT exploit)."""
+
+    def save(self, folder: str, step: int, iteration: int, metrics: dict) -> None:
+        meta = {
+            "trial_id": metrics["trial_id"],
+            "restored_from": metrics.get("restored_from"),  # whose checkpoint this lineage last took
+            "config": plain_config(self.config),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         }
-        torch.save(state, Path(tmp, state_file))
-        Path(tmp, meta_file).write_text(json.dumps({**meta, "g_hash": weights_hash(g), "d_hash": weights_hash(d)}))
-        yield tmp
+        parts = (self.g, self.d, self.opt_g, self.opt_d)
+        save_pair(folder, *parts, step, iteration, meta, self.state_file, self.meta_file)

@@ -18,16 +18,17 @@ import torch
 from ..data.arrays import digit_arrays
 from ..data.build import build_data
 from ..data.shards import split_table
+from ..layout import classifier_uri, multimodal_uri, sweep_dir, sweep_events
 from ..manifest import read_manifest
+from ..models.classifier import load_or_train_classifier
 from ..models.gan import from_gan_space, sample, to_gan_space
 from ..models.generators import generate_for_embeddings
 from ..models.text_condition import digit_prompts, embed_texts
 from ..spec import ExperimentSpec
 from ..spec.sections import GAN_STRUCTURAL
-from ..storage import Storage, join
-from .classifier import classifier_uri, load_or_train_classifier
+from ..storage import Storage
 from .gan_trainable import META_FILE, STATE_FILE, gan_trainable, load_generator
-from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
+from .tuner import SweepResult, publish_sweep, run_tuner
 
 
 def collapse_stopper(min_diversity: float, d_win_accuracy: float, patience: int, grace: int):
@@ -62,30 +63,6 @@ class _CollapseRule:
         return False
 
 
-def gan_defaults(spec: ExperimentSpec) -> dict:
-    g, s = spec.gan, spec.gan.sweep
-    return {
-        "generator": g.generator,
-        "condition": g.condition,
-        "cond_dim": g.cond_dim,
-        "mismatch_weight": g.mismatch_weight,
-        "style_dim": g.style_dim,
-        "mapping_layers": g.mapping_layers,
-        "mixing_prob": g.mixing_prob,
-        "z_dim": g.z_dim,
-        "width": g.width,
-        "g_lr": g.g_lr,
-        "d_lr": g.d_lr,
-        "lr_ratio": g.lr_ratio,
-        "beta1": g.beta1,
-        "batch_size": g.batch_size,
-        "eval_samples": g.eval_samples,
-        "max_iterations": s.max_iterations,
-        "steps_per_iteration": s.steps_per_iteration,
-        "seed": s.seed,
-    }
-
-
 def caption_training_rows(spec: ExperimentSpec, storage: Storage) -> tuple[np.ndarray, dict]:
     """The training rows of a caption-conditioned GAN: (images in GAN space, captions) with
     captions = {"embedding": (N, 384) MiniLM embeddings, "label": true digits, "named": the digit
@@ -95,7 +72,7 @@ def caption_training_rows(spec: ExperimentSpec, storage: Storage) -> tuple[np.nd
     digit than the image shows (a test for the fusion classifier), and training a text-to-image
     GAN on them would teach it to draw a 3 for "a handwritten seven"."""
     train = digit_arrays(spec, storage, "train")
-    kinds = np.array(split_table(storage, join(spec.data_uri, "multimodal"), "train", ["caption_kind"])["caption_kind"])
+    kinds = np.array(split_table(storage, multimodal_uri(spec), "train", ["caption_kind"])["caption_kind"])
     if len(kinds) != len(train["label"]):  # both read the split in shard order
         raise RuntimeError(f"caption kinds ({len(kinds)}) and rows ({len(train['label'])}) disagree")
     keep = kinds != "wrong"
@@ -120,7 +97,7 @@ def run_gan_sweep(
     real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"]))
     with torch.no_grad():
         feats = classifier.features(real).numpy()  # the Fréchet reference: every training image
-    events = join(sweep_dir(spec, "gan"), "events")
+    events = sweep_events(spec, "gan")
     extra_inputs: dict = {}
     prompt_embeddings = None
     if conditional:  # MiniLM runs here, once: the trials get its embeddings, not the model
@@ -150,7 +127,7 @@ def run_gan_sweep(
     grid = run_tuner(
         s,
         trainable,
-        gan_defaults(spec),
+        spec.gan.trial_config(),
         sweep_dir(spec, "gan"),
         storage,
         structural=GAN_STRUCTURAL,
@@ -163,7 +140,7 @@ def run_gan_sweep(
         log=log,
     )
     inputs = {
-        join(built.root, "multimodal"): built.multimodal.fingerprint,
+        multimodal_uri(spec): built.multimodal.fingerprint,
         classifier_uri(spec): read_manifest(storage, classifier_uri(spec)).fingerprint,
     }
     exploits = _exploits(storage, events)

@@ -13,39 +13,23 @@ from pathlib import Path
 
 import torch
 
+from ..data.animation import clip_strip, encode_gif, video_grid
 from ..data.build import build_data
-from ..data.video import build_video_shards, video_arrays, video_uri
+from ..data.images import encode_png
+from ..data.video import build_video_shards, video_arrays
+from ..layout import classifier_uri, sweep_dir, video_uri
 from ..manifest import read_manifest
+from ..models.classifier import load_or_train_classifier
 from ..models.video_gan import check_video_shape, generate_clips, load_video_generator, to_video_space
+from ..models.video_metrics import clip_metrics, frame_stats, motion, temporal_consistency
 from ..spec import ExperimentSpec
 from ..spec.sweeps import VIDEO_STRUCTURAL
 from ..storage import Storage
-from .classifier import classifier_uri, load_or_train_classifier
-from .sweep import SweepResult, publish_sweep, run_tuner, sweep_dir
-from .video_metrics import clip_metrics, frame_stats, motion, temporal_consistency
+from .tuner import SweepResult, publish_sweep, run_tuner
 from .video_trainable import EVAL_SEED, STATE_FILE, video_trainable
 
 STRIP_CLIPS = 8
 GIF_CLIPS = 16
-
-
-def video_defaults(spec: ExperimentSpec) -> dict:
-    v, s = spec.video, spec.video.sweep
-    return {
-        "z_dim": v.z_dim,
-        "width": v.width,
-        "frames": v.frames,
-        "frame_size": v.frame_size,
-        "g_lr": v.g_lr,
-        "d_lr": v.d_lr,
-        "lr_ratio": v.lr_ratio,
-        "beta1": v.beta1,
-        "batch_size": v.batch_size,
-        "eval_samples": v.eval_samples,
-        "max_iterations": s.max_iterations,
-        "steps_per_iteration": s.steps_per_iteration,
-        "seed": s.seed,
-    }
 
 
 def run_video_sweep(
@@ -79,7 +63,7 @@ def run_video_sweep(
     grid = run_tuner(
         s,
         trainable,
-        video_defaults(spec),
+        spec.video.trial_config(),
         sweep_dir(spec, "video"),
         storage,
         structural=VIDEO_STRUCTURAL,
@@ -95,8 +79,6 @@ def run_video_sweep(
     def write_best(out: Path, best: dict) -> dict:
         from safetensors.torch import save_file
 
-        from ..serve.animation import clip_strip, encode_gif, encode_png_image, video_grid
-
         ckpt = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
         state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)
         shutil.rmtree(out / ".ckpt")
@@ -104,7 +86,7 @@ def run_video_sweep(
         save_file(state["d"], out / "best" / "discriminator.safetensors")
         g = load_video_generator(state["g"], best["config"])
         shown = generate_clips(g, max(STRIP_CLIPS, GIF_CLIPS), seed=0)
-        (out / "strip.png").write_bytes(encode_png_image(clip_strip(shown[:STRIP_CLIPS]), scale=2))
+        (out / "strip.png").write_bytes(encode_png(clip_strip(shown[:STRIP_CLIPS]), scale=2))
         (out / "sample.gif").write_bytes(encode_gif(video_grid(shown[:GIF_CLIPS]), fps=8, scale=3))
         scored = generate_clips(g, int(best["config"].get("eval_samples", spec.video.eval_samples)), seed=EVAL_SEED)
         extra = {
@@ -116,9 +98,3 @@ def run_video_sweep(
         return {k: v for k, v in extra.items() if k != s.metric}  # the sweep's metric is the trial's own
 
     return publish_sweep(spec, storage, "video", s, grid, inputs, write_best, log)
-
-
-def real_clip_metrics(spec: ExperimentSpec, storage: Storage, split: str = "train") -> dict[str, float]:
-    """Temporal consistency and motion of the stored real clips (the yardstick for generated ones)."""
-    clips = video_arrays(spec, storage, split)["clip"]
-    return {"temporal_consistency": temporal_consistency(clips), "motion": motion(clips), "clips": float(len(clips))}

@@ -4,35 +4,57 @@ optimizers as one unit, so a PBT exploit always copies a matching (G, D) pair fr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..models.gan import discriminator_loss, generator_loss
-from ..models.video_gan import VideoDiscriminator, VideoGenerator, from_video_space, load_video_generator
-from .classifier import DigitClassifier
-from .gan_pair import d_lr_of, pair_checkpoint, plain_config, restore_pair
-from .video_metrics import clip_metrics
+from ..models.classifier import DigitClassifier
+from ..models.video_gan import build_video_gan, from_video_space, video_train_step
+from ..models.video_metrics import clip_metrics
+from .gan_pair import PairTrial
+from .trial import run_trial
 
 STATE_FILE = "video_gan_state.pt"
 META_FILE = "video_gan_meta.json"
 EVAL_SEED = 12345  # every evaluation scores clips from the same noise
 
 
-def build(config: dict):
-    """G, D and their Adam optimizers for a trial's config (seeded)."""
-    torch.manual_seed(config["seed"])
-    shape = (int(config["frames"]), int(config["frame_size"]))
-    g = VideoGenerator(int(config["z_dim"]), int(config["width"]), *shape)
-    d = VideoDiscriminator(int(config["width"]), *shape)
-    betas = (config["beta1"], 0.999)
-    return (
-        g,
-        d,
-        torch.optim.Adam(g.parameters(), lr=config["g_lr"], betas=betas),
-        torch.optim.Adam(d.parameters(), lr=d_lr_of(config), betas=betas),
-    )
+class VideoTrial(PairTrial):
+    state_file, meta_file = STATE_FILE, META_FILE
+
+    def __init__(self, config: dict, real: torch.Tensor, classifier: DigitClassifier, real_stats: dict):
+        super().__init__(config, *build_video_gan(config))
+        self.real, self.classifier, self.real_stats = real, classifier, real_stats
+        self.gen = None
+
+    def iterate(self, iteration: int) -> tuple[dict, int]:
+        config, g = self.config, self.g
+        if self.gen is None:  # one stream of draws from here on, seeded by where the trial (re)starts
+            self.gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
+        batch = int(config["batch_size"])
+        d_correct = d_total = 0.0
+        for _ in range(config["steps_per_iteration"]):
+            out = video_train_step(g, self.d, self.opt_g, self.opt_d, self.real, batch, self.gen)
+            d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
+            d_total += 2 * batch
+        g.eval()
+        with torch.no_grad():
+            z = torch.randn(int(config["eval_samples"]), g.z_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
+            clips = from_video_space(g(z))
+        g.train()
+        real = self.real_stats
+        scores = clip_metrics(self.classifier, (real["mu"], real["sigma"]), clips)
+        metrics = {
+            **scores,
+            "temporal_consistency_real": real["consistency"],
+            "temporal_ratio": scores["temporal_consistency"] / real["consistency"]
+            if real["consistency"]
+            else float("nan"),
+            "motion_real": real["motion"],
+            "d_accuracy": d_correct / d_total,
+            "loss_d": float(out["loss_d"]),
+            "loss_g": float(out["loss_g"]),
+        }
+        return metrics, config["steps_per_iteration"]
 
 
 def video_trainable(
@@ -46,62 +68,10 @@ def video_trainable(
 ) -> None:
     """Tune function trainable. ``real``: training clips in video space (N, 1, T, H, W);
     ``real_mu``/``real_sigma``: their frames' classifier-feature statistics."""
-    from ray import tune
-
     torch.set_num_threads(1)
-    g, d, opt_g, opt_d = build(config)
     classifier = DigitClassifier()
     classifier.load_state_dict(classifier_state)
     classifier.eval()
-    step, iteration, restored = 0, 0, {}
-    checkpoint = tune.get_checkpoint()
-    if checkpoint:
-        step, iteration, restored, _ = restore_pair(checkpoint, g, d, opt_g, opt_d, config, STATE_FILE, META_FILE)
     real_t = torch.from_numpy(np.array(real))  # the object store's arrays are read-only
-    gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
-    batch = int(config["batch_size"])
-    real_stats = (real_mu, real_sigma)
-    while iteration < config["max_iterations"]:
-        d_correct = d_total = 0.0
-        for _ in range(config["steps_per_iteration"]):
-            x = real_t[torch.randint(0, len(real_t), (batch,), generator=gen)]
-            fake = g(torch.randn(batch, g.z_dim, generator=gen))
-            real_logits, fake_logits = d(x), d(fake.detach())
-            loss_d = discriminator_loss(real_logits, fake_logits)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            loss_g = generator_loss(d(fake))
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
-            step += 1
-            d_correct += float((real_logits > 0).sum() + (fake_logits < 0).sum())
-            d_total += 2 * batch
-        iteration += 1
-        g.eval()
-        with torch.no_grad():
-            z = torch.randn(int(config["eval_samples"]), g.z_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
-            clips = from_video_space(g(z))
-        g.train()
-        scores = clip_metrics(classifier, real_stats, clips)
-        metrics = {
-            **scores,
-            "temporal_consistency_real": real_consistency,
-            "temporal_ratio": scores["temporal_consistency"] / real_consistency if real_consistency else float("nan"),
-            "motion_real": real_motion,
-            "d_accuracy": d_correct / d_total,
-            "loss_d": loss_d.item(),
-            "loss_g": loss_g.item(),
-            "step": step,
-            "trial_id": tune.get_context().get_trial_id(),
-            **restored,
-        }
-        meta = {"trial_id": metrics["trial_id"], "config": plain_config(config)}
-        with pair_checkpoint(g, d, opt_g, opt_d, step, iteration, meta, STATE_FILE, META_FILE) as folder:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
-
-
-def load_checkpoint_generator(ckpt_dir: str, config: dict) -> VideoGenerator:
-    """The generator of a trial checkpoint folder."""
-    return load_video_generator(torch.load(Path(ckpt_dir, STATE_FILE), weights_only=True)["g"], config)
+    stats = {"mu": real_mu, "sigma": real_sigma, "consistency": real_consistency, "motion": real_motion}
+    run_trial(config, VideoTrial(config, real_t, classifier, stats))

@@ -7,7 +7,7 @@ real images' 8x8 in [0, 1] by 2x2 average (area) pooling, undoing ``to_gan_space
 2x upsampling up to a slight blur ([1/8, 3/4, 1/8] per axis; ``to_real_space`` also has the
 exact least-squares inverse, which measured no better for the classifier). The pool is made
 once, in the driver, and handed to every trial like the real arrays; trials mix it into their
-batches by ``augment_ratio`` (see ``fusion_trainable.train_iteration``). Its captions may be
+batches by ``augment_ratio`` (see ``fusion_training.train_iteration``). Its captions may be
 made as noisy as the data's (``shown_captions``), as the fusion sweep does.
 
 ``real_subset`` takes the seeded, label-stratified share of the real training split that
@@ -26,17 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.digits import caption
+from ..data.digits import NUM_CLASSES, caption
+from ..layout import augment_generator_uri
 from ..manifest import read_manifest
-from ..models.gan import from_gan_space
-from ..models.generators import generate_for_embeddings, is_conditional, load_generator_export
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
-from .sweep import sweep_dir
+from .gan import from_gan_space
+from .generators import generate_for_embeddings, is_conditional, load_generator_export
 
 GENERATOR_FILE = "generator.safetensors"
 CONFIG_FILE = "config.json"
-NUM_CLASSES = 10
 
 
 @dataclass
@@ -53,11 +52,6 @@ class Augmenter:
     uri: str
     source_uri: str
     fingerprint: str
-
-
-def augment_generator_uri(spec: ExperimentSpec) -> str:
-    """The ``best/`` folder augmentation reads: ``fusion.augment_generator``, else this experiment's GAN sweep's."""
-    return spec.fusion.augment_generator or join(sweep_dir(spec, "gan"), "results", "best")
 
 
 def load_augmenter(spec: ExperimentSpec, storage: Storage) -> Augmenter:

@@ -16,10 +16,12 @@ import torch
 from torch import nn
 
 from ..data.arrays import digit_arrays
+from ..data.digits import NUM_CLASSES
+from ..layout import classifier_uri, multimodal_uri
 from ..manifest import publish_directory, read_manifest
-from ..models.gan import to_gan_space
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
+from .gan import to_gan_space
 
 FEATURES = 64
 
@@ -40,7 +42,7 @@ class DigitClassifier(nn.Module):
             nn.Linear(64 * 16, FEATURES),
             nn.ReLU(True),
         )
-        self.head = nn.Linear(FEATURES, 10)
+        self.head = nn.Linear(FEATURES, NUM_CLASSES)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -73,16 +75,12 @@ def accuracy(model: DigitClassifier, images: np.ndarray, labels: np.ndarray) -> 
     return float((pred == labels).mean())
 
 
-def classifier_uri(spec: ExperimentSpec) -> str:
-    return join(spec.storage.root, "classifier")
-
-
 def load_or_train_classifier(spec: ExperimentSpec, storage: Storage) -> DigitClassifier:
     """The stored classifier for these shards, trained and stored first if missing or stale."""
     from safetensors.torch import load, save
 
     uri = classifier_uri(spec)
-    shards = read_manifest(storage, join(spec.data_uri, "multimodal"))
+    shards = read_manifest(storage, multimodal_uri(spec))
     fingerprint = shards.fingerprint if shards else "unbuilt"
     existing = read_manifest(storage, uri)
     if existing is not None and existing.inputs.get("shards") == fingerprint:

@@ -14,8 +14,9 @@ import io
 import numpy as np
 from PIL import Image, ImageSequence
 
+from .images import to_uint8
+
 GIF_MAGIC = (b"GIF87a", b"GIF89a")
-APNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def to_uint8_frames(frames) -> np.ndarray:
@@ -27,11 +28,7 @@ def to_uint8_frames(frames) -> np.ndarray:
         x = x[..., 0]
     if not (x.ndim == 3 or (x.ndim == 4 and x.shape[3] == 3)) or len(x) == 0:
         raise ValueError(f"expected frames (T, H, W) or (T, H, W, 3) with T >= 1, got shape {x.shape}")
-    if x.dtype == np.uint8:
-        return x
-    if not np.issubdtype(x.dtype, np.floating) and not np.issubdtype(x.dtype, np.integer):
-        raise ValueError(f"expected float frames in [0, 1] or uint8, got {x.dtype}")
-    return np.round(np.clip(x.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return to_uint8(x if x.dtype == np.uint8 else x.astype(np.float64))
 
 
 def _images(frames, scale: int) -> list[Image.Image]:
@@ -123,11 +120,3 @@ def clip_strip(clips, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
             y, xx = pad + i * (h + pad), pad + f * (w + pad)
             strip[y : y + h, xx : xx + w] = x[i, f]
     return strip
-
-
-def encode_png_image(image, scale: int = 1) -> bytes:
-    """A still (H, W) in [0, 1] or uint8 as PNG bytes, each pixel ``scale`` x ``scale``."""
-    (img,) = _images(np.asarray(image)[None], scale)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()

@@ -1,0 +1,41 @@
+"""One trial skeleton for every sweep family: restore from Tune's checkpoint, iterate, and report
+each iteration's metrics with a checkpoint. A family supplies a ``Trial``: how to restore, run one
+iteration and save; the loop, the bookkeeping (``step``, ``trial_id``) and Tune's calls live here.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Protocol
+
+
+class Trial(Protocol):
+    def restore(self, folder: str, trial_id: str) -> tuple[int, int, dict]:
+        """Load a checkpoint folder; returns (step, iteration, metrics to add to every report)."""
+
+    def iterate(self, iteration: int) -> tuple[dict, int]:
+        """Train iteration ``iteration`` (0-based) and evaluate; returns (metrics, steps run)."""
+
+    def save(self, folder: str, step: int, iteration: int, metrics: dict) -> None:
+        """Write the checkpoint after ``iteration`` iterations (``step`` steps) into ``folder``."""
+
+
+def run_trial(config: dict, trial: Trial) -> None:
+    """Drive ``trial`` from Tune's latest checkpoint (a restart or a PBT exploit) to
+    ``config["max_iterations"]``, reporting after every iteration with a checkpoint."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    step, iteration, restored = 0, 0, {}
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            step, iteration, restored = trial.restore(folder, trial_id)
+    while iteration < config["max_iterations"]:
+        metrics, steps = trial.iterate(iteration)
+        step += steps
+        iteration += 1
+        metrics = {**metrics, "step": step, "trial_id": trial_id, **restored}
+        with tempfile.TemporaryDirectory() as folder:
+            trial.save(folder, step, iteration, metrics)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

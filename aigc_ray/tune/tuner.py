@@ -1,0 +1,225 @@
+"""The Ray Tune machinery every sweep family shares: run a Tuner, rank its trials, publish results.
+
+A sweep of family F writes under ``layout.sweep_dir(spec, F)``: ``tune/`` (Tune's own
+experiment, restorable with ``--resume``) and a committed ``results/`` folder: ``best/``
+(weights in safetensors, config, metrics), ``topk.json`` (the k best checkpoints, for the
+ensemble), ``results.csv``, ``curves.png`` (every trial's metric per iteration) and the
+family's own plots. The families (``gan_sweep``, ``fusion_sweep``, ``video_sweep``) supply the
+trainable, its fixed inputs and what goes into ``best/``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..layout import sweep_results
+from ..manifest import publish_directory
+from ..spec import ExperimentSpec, spec_hash
+from ..spec.sections import SweepSpec
+from ..storage import Storage, checkpoint_uri, join
+from .space import param_space, scheduler, search_alg
+
+
+@dataclass
+class SweepResult:
+    uri: str
+    best: dict
+    top_k: list[dict]
+    trials: int
+    total_steps: int  # training steps summed over every trial: the sweep's compute
+    exploits: list[dict] = field(default_factory=list)  # GAN PBT: whose (G, D) pair each exploit took
+    best_extra: dict = field(default_factory=dict)  # e.g. the best fusion model's test-split metrics
+
+
+def run_tuner(
+    sweep: SweepSpec,
+    trainable,
+    defaults: dict,
+    uri: str,
+    storage: Storage,
+    *,
+    structural: frozenset[str] = frozenset(),
+    stop=None,
+    resume: bool = False,
+    on_fresh_start: Callable[[], None] | None = None,
+    progress: bool = True,
+    log=print,
+):
+    """Run the sweep ``sweep`` of ``trainable`` with its experiment under ``<uri>/tune``, or with
+    ``resume`` finish the one there (``Tuner.restore``: finished trials are not run again).
+    ``structural``: dimensions that change the network's shape, so PBT must not mutate them.
+    ``progress``: Tune's progress table on stdout."""
+    from ray import tune
+
+    path, fs = storage.ray_storage(join(uri, "tune"))
+    experiment = f"{path.rstrip('/')}/sweep"
+    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
+        log(f"[sweep] resuming {experiment}")
+        tuner = tune.Tuner.restore(
+            experiment, trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
+    else:
+        if on_fresh_start:
+            on_fresh_start()
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(defaults, sweep),
+            tune_config=tune.TuneConfig(
+                metric=sweep.metric,
+                mode=sweep.mode,
+                scheduler=scheduler(sweep, structural),
+                search_alg=search_alg(sweep),
+                num_samples=sweep.num_samples,
+                max_concurrent_trials=sweep.max_concurrent_trials,
+            ),
+            run_config=tune.RunConfig(
+                name="sweep",
+                storage_path=path,
+                storage_filesystem=fs,
+                stop=stop,
+                verbose=1 if progress else 0,
+                # PBT exploits need the donors' checkpoints: with num_to_keep they were pruned (seen here).
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=None if sweep.scheduler == "pbt" else 2,
+                    checkpoint_score_attribute=None if sweep.scheduler == "pbt" else sweep.metric,
+                    checkpoint_score_order=sweep.mode,
+                ),
+            ),
+        )
+    return tuner.fit()
+
+
+def rank_trials(grid, sweep: SweepSpec) -> list[dict]:
+    """Every trial with a retained checkpoint, best first, each with its best checkpoint and history."""
+    ranked = []
+    for r in grid:
+        if r.metrics is None or sweep.metric not in (r.metrics or {}):
+            continue
+        # The trial's best retained checkpoint (Result.best_checkpoints, unlike get_best_checkpoint,
+        # does not raise for a trial whose folder holds none, e.g. one stopped before its first).
+        kept = [(c, m[sweep.metric]) for c, m in (r.best_checkpoints or []) if sweep.metric in m]
+        if not kept and r.checkpoint is not None:
+            kept = [(r.checkpoint, r.metrics[sweep.metric])]  # PBT can reset a trial's bookkeeping
+        if not kept:
+            continue
+        best, value = min(kept, key=lambda cm: cm[1] if sweep.mode == "min" else -cm[1])
+        ranked.append(
+            {
+                "trial_id": trial_id_of(r),
+                sweep.metric: float(value),
+                "checkpoint": checkpoint_uri(best),
+                "checkpoint_ref": best,
+                "iterations": int(r.metrics.get("training_iteration", 0)),
+                "config": {k: v for k, v in r.config.items() if isinstance(v, (int, float, str, bool))},
+                "history": r.metrics_dataframe,
+            }
+        )
+    if not ranked:
+        raise RuntimeError("no trial reported a result; see the Tune output above")
+    ranked.sort(key=lambda t: t[sweep.metric], reverse=sweep.mode == "max")
+    return ranked
+
+
+def total_steps(grid) -> int:
+    """Training steps run by all trials together (each trial reports its running ``step``)."""
+    total = 0
+    for r in grid:
+        df = r.metrics_dataframe
+        if df is not None and "step" in df and len(df):
+            total += int(df["step"].max())
+    return total
+
+
+def publish_sweep(
+    spec: ExperimentSpec,
+    storage: Storage,
+    family: str,
+    sweep: SweepSpec,
+    grid,
+    inputs: dict,
+    write_best: Callable[[Path, dict], dict],
+    log=print,
+) -> SweepResult:
+    """Commit ``results/`` for a finished sweep. ``write_best(out_dir, best_trial)`` writes the
+    family's files (``best/`` and its own plots) from the best trial's checkpoint and returns
+    extra metrics recorded with the best (e.g. on the test split)."""
+    ranked = rank_trials(grid, sweep)
+    uri = sweep_results(spec, family)
+    best = ranked[0]
+    with tempfile.TemporaryDirectory(prefix="aigc-sweep-") as tmp:
+        out = Path(tmp)
+        (out / "best").mkdir()
+        extra = write_best(out, best)
+        (out / "best" / "config.json").write_text(json.dumps(best["config"], indent=2))
+        best_metrics = {sweep.metric: best[sweep.metric], "trial_id": best["trial_id"], **extra}
+        (out / "best" / "metrics.json").write_text(json.dumps(best_metrics, indent=2))
+        top = [{k: v for k, v in t.items() if k not in ("history", "checkpoint_ref")} for t in ranked[: sweep.top_k]]
+        (out / "topk.json").write_text(json.dumps(top, indent=2))
+        _results_csv(ranked, sweep.metric, out / "results.csv")
+        _curves_png(ranked, sweep.metric, out / "curves.png", f"{spec.name}: {family} sweep ({sweep.scheduler})")
+        steps = total_steps(grid)
+        publish_directory(
+            storage,
+            out,
+            uri,
+            kind=f"sweep/{family}",
+            spec_hash=spec_hash(spec, "data", family),
+            inputs=inputs,
+            meta={"best": top[0], "best_extra": extra, "trials": len(ranked), "total_steps": steps},
+        )
+    log(f"[sweep] best {sweep.metric} {best[sweep.metric]:.4f} ({best['trial_id']}), {len(ranked)} trials -> {uri}")
+    return SweepResult(uri, top[0], top, len(grid), steps, best_extra=extra)
+
+
+def trial_id_of(result) -> str:
+    """A Result's own trial id, from its folder name: after a PBT exploit its last reported
+    metrics are a copy of the donor's, trial_id included."""
+    match = re.search(r"_([0-9a-f]{5}_\d{5})(?:_|$)", Path(result.path).name)
+    return match.group(1) if match else str(result.metrics.get("trial_id"))
+
+
+def _results_csv(ranked: list[dict], metric: str, path: Path) -> None:
+    import csv
+
+    keys = sorted({k for t in ranked for k in t["config"]})
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "trial_id", metric, "iterations", *keys, "checkpoint"])
+        for i, t in enumerate(ranked, 1):
+            writer.writerow(
+                [
+                    i,
+                    t["trial_id"],
+                    f"{t[metric]:.6g}",
+                    t["iterations"],
+                    *(t["config"].get(k) for k in keys),
+                    t["checkpoint"],
+                ]
+            )
+
+
+def _curves_png(ranked: list[dict], metric: str, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=100)
+    for t in ranked:
+        df = t["history"]
+        if df is None or metric not in df:
+            continue
+        ax.plot(df["training_iteration"], df[metric], marker="o", ms=3, label=t["trial_id"][-5:])
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
