@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser(
-        "run", help="run the pipeline: data, pretrain, fine-tune, GAN and fusion sweeps, ensemble, serve"
+        "run", help="run the pipeline: data, pretrain, fine-tune, GAN, video and fusion sweeps, ensemble, serve"
     )
     _spec_args(p)
     _address_arg(p)

@@ -3,7 +3,7 @@
 A caption-conditioned (text-to-image) DCGAN is trained once with direct ``train_step`` calls (no
 Tune) on the training split's images and captions ('wrong' captions left out, as the GAN sweep
 does), and kept under the work dir for later runs. Then, for each real fraction (a seeded,
-label-stratified subset of the training split, ``tune.augment.real_subset``), the fusion
+label-stratified subset of the training split, ``models.augment.real_subset``), the fusion
 classifier is trained twice per seed with the same seeds, batches and number of steps:
 
   real      : real rows only (augment_ratio 0, exactly the sweep's plain training)

@@ -59,7 +59,7 @@ def test_stacking_learns_what_members_mean_and_reports_out_of_fold_scores():
     assert accuracy(fit_combiner("mean", probs, LABELS)(probs)) < 0.2
     assert accuracy(stacking(probs)) > 0.95  # it learned "class k means k-1"
     assert stacking.info["out_of_fold"]["accuracy"] > 0.9  # and held out, too
-    assert 0 < stacking.info["out_of_fold"]["macro_f1"] <= 1
+    assert stacking.info["out_of_fold"]["macro_f1"] > 0.9  # every class, not only the frequent ones
 
 
 def test_averaged_log_probabilities_are_the_renormalised_geometric_mean():

