@@ -101,18 +101,32 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline: every stage that is not up to date, then the run report."""
-    from .pipeline import RunOptions, run_pipeline
+    from .pipeline import RunOptions, format_plan, plan_run, run_pipeline
     from .report import write_report
     from .runtime import ray_session
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
+    if args.dry_run:
+        print(f"what `aigc run` would do for {spec.name} (read from the manifests; nothing started):")
+        print(format_plan(plan_run(spec, storage, RunOptions(tuple(args.force), args.no_serve))))
+        return 0
     with ray_session(spec, args.address):
         options = RunOptions(tuple(args.force), args.no_serve, args.keep_serving, args.workers)
         results = run_pipeline(spec, storage, options)
     report = write_report(spec, storage, results)
     ran = [r.name for r in results if r.status == "ran"]
     print(f"pipeline finished: ran {', '.join(ran) or 'nothing (all up to date)'}; report: {report}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """`aigc run --dry-run` without the run options: the stage table."""
+    from .pipeline import format_plan, plan_run
+
+    spec = _load(args)
+    print(f"{spec.name}:")
+    print(format_plan(plan_run(spec, Storage.from_spec(spec.storage))))
     return 0
 
 
@@ -345,7 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-serving", action="store_true", help="keep the Serve app up after the demo requests")
     p.add_argument("--no-serve", action="store_true", help="stop after the ensemble (no Serve app)")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="run STAGE even if up to date")
+    p.add_argument("--dry-run", action="store_true", help="say which stages would run and why; start nothing")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="each stage of the pipeline: up to date, stale (and why) or not built")
+    _spec_args(p)
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("pretrain", help="pretrain a causal or masked LM with Ray Train + DeepSpeed; export to HF")
     _spec_args(p)

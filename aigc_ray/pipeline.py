@@ -202,3 +202,70 @@ def run_pipeline(
         results.append(StageResult(stage.name, "ran", time.perf_counter() - start, why, summary))
         log(f"{tag}: done in {time.perf_counter() - start:.0f} s")
     return results
+
+
+@dataclass
+class StagePlan:
+    name: str
+    state: str  # up to date | stale | not built | runs | off
+    why: str
+
+
+def _data_plan(spec: ExperimentSpec, storage: Storage, force: bool) -> StagePlan:
+    from .data.build import build_hash
+
+    if force:
+        return StagePlan("data", "stale", "forced (--force data)")
+    expected = build_hash(spec)
+    for part, uri in (
+        ("multimodal", layout.multimodal_uri(spec)),
+        ("corpus", layout.corpus_uri(spec)),
+        ("tokenizer", layout.tokenizer_uri(spec)),
+    ):
+        manifest = read_manifest(storage, uri)
+        if manifest is None:
+            return StagePlan("data", "not built", f"no {part} at {uri}")
+        if manifest.spec_hash != expected:
+            return StagePlan(
+                "data", "stale", f"the data settings (or the builder's code) changed since {part} was built"
+            )
+    return StagePlan("data", "up to date", f"shards, corpus and tokenizer at {layout.data_root(spec)}")
+
+
+def plan_run(spec: ExperimentSpec, storage: Storage, options: RunOptions | None = None) -> list[StagePlan]:
+    """What ``run_pipeline`` would do, read from the manifests alone: no Ray, nothing written.
+    A stage whose parent will run is stale too (its input will change)."""
+    options = options or RunOptions()
+    plans: dict[str, StagePlan] = {}
+    for stage in STAGES:
+        if stage.name == "serve" and options.skip_serve:
+            plans["serve"] = StagePlan("serve", "off", "--no-serve")
+            continue
+        running = [n for n in stage.needs if plans[n].state in ("stale", "not built")]
+        if stage.name == "data":
+            plan = _data_plan(spec, storage, "data" in options.force)
+        elif stage.name == "stream":
+            wanted = running or "stream" in options.force
+            plan = StagePlan("stream", "runs" if wanted else "up to date", "when the data changed" if wanted else "")
+        elif stage.name == "serve":
+            plan = StagePlan("serve", "runs", f"the Serve app on {spec.serve.host}:{spec.serve.port}")
+        elif stage.name == "sweep_video" and not spec.video.enabled:
+            plan = StagePlan(stage.name, "off", "video.enabled is false")
+        else:
+            out = stage.output(spec)
+            fresh, why = freshness(storage, out, spec_hash(spec, *stage.sections))
+            if stage.name in options.force:
+                plan = StagePlan(stage.name, "stale", "forced (--force)")
+            elif not fresh:
+                plan = StagePlan(stage.name, "not built" if why == "not built yet" else "stale", f"{why} ({out})")
+            elif running:
+                plan = StagePlan(stage.name, "stale", f"after {', '.join(running)}, whose output it reads")
+            else:
+                plan = StagePlan(stage.name, "up to date", why)
+        plans[stage.name] = plan
+    return list(plans.values())
+
+
+def format_plan(plans: list[StagePlan]) -> str:
+    width = max(len(p.name) for p in plans)
+    return "\n".join(f"  {p.name:<{width}}  {p.state:<10}  {p.why}".rstrip() for p in plans)

@@ -232,7 +232,7 @@ def test_style_caption_sweep_exports_a_generator_that_reproduces_cond_accuracy(r
     from safetensors.torch import load
 
     from aigc_ray.models.classifier import load_or_train_classifier
-    from aigc_ray.models.gan_training import EVAL_SEED
+    from aigc_ray.models.gan import EVAL_SEED
     from aigc_ray.models.text_condition import digit_prompts
     from aigc_ray.spec import load_spec
     from aigc_ray.tune.gan_sweep import run_gan_sweep

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import TINY_SWEEPS
 
-from aigc_ray.pipeline import STAGES, RunOptions, freshness, run_pipeline
+from aigc_ray.pipeline import STAGES, RunOptions, freshness, plan_run, run_pipeline
 from aigc_ray.spec import load_spec
 
 TINY = [
@@ -69,12 +69,16 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
     (choice,) = answers["completion"]["choices"]
     assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
 
+    planned = {p.name: p.state for p in plan_run(spec, storage, no_serve)}  # the dry run agrees, before
+    assert planned == {**{n: "up to date" for n in planned}, "serve": "off"}, planned
     again = run_pipeline(spec, storage, no_serve, **quiet)
     assert set(statuses(again).values()) == {"skipped"}, statuses(again)
     assert all(r.why for r in again)
 
     # a change to one sweep re-runs that sweep and what depends on it, nothing else
     changed = load_spec("examples/quickstart.yaml", [*args, "gan.sweep.max_iterations=1"])
+    planned = {p.name: p.state for p in plan_run(changed, storage, no_serve)}
+    assert {n for n, state in planned.items() if state == "stale"} == {"sweep_gan", "ensemble"}, planned
     third = run_pipeline(changed, storage, no_serve, **quiet)
     ran = {n for n, s in statuses(third).items() if s == "ran"}
     assert ran == {"sweep_gan", "ensemble"}, statuses(third)
@@ -136,3 +140,20 @@ def test_a_change_to_any_setting_a_stage_reads_makes_it_stale(tmp_path):
     ds = deepspeed_config(clipped.finetune, clipped.finetune.num_workers)
     assert ds["gradient_clipping"] == 0.25 and ds["bf16"]["enabled"] is True
     assert deepspeed_config(clipped.pretrain, 2)["gradient_clipping"] == 2.0
+
+
+def test_dry_run_says_what_would_run_without_starting_ray(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from aigc_ray.cli import main; "
+        f"rc = main(['run', '-c', 'examples/quickstart.yaml', '--dry-run', '--no-serve', '--set', 'storage.root={tmp_path}']); "
+        "assert 'ray' not in sys.modules, 'the dry run imported Ray'; sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:]}
+    assert lines["data"][:2] == ["not", "built"] and lines["ensemble"][:2] == ["not", "built"]
+    assert lines["serve"][0] == "off"
+    assert not (tmp_path / "quickstart").exists() and not (tmp_path / "data").exists()  # nothing written

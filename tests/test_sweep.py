@@ -200,13 +200,12 @@ def test_collapse_rule():
     ],
 )
 def test_bad_sweeps_are_refused_before_any_trial(tmp_path, capsys, override, message):
-    started = time.perf_counter()
     assert (
         main(["sweep", "gan", "-c", "examples/quickstart.yaml", "--set", f"storage.root={tmp_path}", "--set", override])
         == 1
     )
     assert message in capsys.readouterr().err
-    assert time.perf_counter() - started < 5 and not (tmp_path / "quickstart").exists()
+    assert not (tmp_path / "quickstart").exists()  # refused before anything was written
 
 
 def test_generator_weights_round_trip_through_the_checkpoint_format(tmp_path):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 IMAGE_SIZE = 16
+EVAL_SEED = 12345  # the fixed latents every evaluation of a GAN (image or video) samples from
 
 
 def to_gan_space(images: torch.Tensor) -> torch.Tensor:

@@ -18,12 +18,10 @@ import torch.nn.functional as F
 
 from ..data.digits import NUM_CLASSES
 from .classifier import DigitClassifier
-from .gan import d_lr_of, descend, discriminator_loss, generator_loss
+from .gan import EVAL_SEED, d_lr_of, descend, discriminator_loss, generator_loss
 from .generators import build_discriminator, build_generator, generate, generate_for_embeddings
 from .metrics import class_accuracy
 from .style_gan import StyleGenerator
-
-EVAL_SEED = 12345  # the fixed latents every evaluation samples from
 
 
 def spread(features: np.ndarray) -> float:

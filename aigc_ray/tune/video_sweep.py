@@ -20,13 +20,14 @@ from ..data.video import build_video_shards, video_arrays
 from ..layout import classifier_uri, sweep_dir, video_uri
 from ..manifest import read_manifest
 from ..models.classifier import load_or_train_classifier
+from ..models.gan import EVAL_SEED
 from ..models.video_gan import check_video_shape, generate_clips, load_video_generator, to_video_space
 from ..models.video_metrics import clip_metrics, frame_stats, motion, temporal_consistency
 from ..spec import ExperimentSpec
 from ..spec.sweeps import VIDEO_STRUCTURAL
 from ..storage import Storage
 from .tuner import SweepResult, publish_sweep, run_tuner
-from .video_trainable import EVAL_SEED, STATE_FILE, video_trainable
+from .video_trainable import STATE_FILE, video_trainable
 
 STRIP_CLIPS = 8
 GIF_CLIPS = 16

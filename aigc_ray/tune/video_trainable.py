@@ -8,14 +8,14 @@ import numpy as np
 import torch
 
 from ..models.classifier import DigitClassifier
-from ..models.video_gan import build_video_gan, from_video_space, video_train_step
+from ..models.gan import EVAL_SEED
+from ..models.video_gan import build_video_gan, from_video_space, sample_clips, video_train_step
 from ..models.video_metrics import clip_metrics
 from .gan_pair import PairTrial
 from .trial import run_trial
 
 STATE_FILE = "video_gan_state.pt"
 META_FILE = "video_gan_meta.json"
-EVAL_SEED = 12345  # every evaluation scores clips from the same noise
 
 
 class VideoTrial(PairTrial):
@@ -36,11 +36,7 @@ class VideoTrial(PairTrial):
             out = video_train_step(g, self.d, self.opt_g, self.opt_d, self.real, batch, self.gen)
             d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
             d_total += 2 * batch
-        g.eval()
-        with torch.no_grad():
-            z = torch.randn(int(config["eval_samples"]), g.z_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
-            clips = from_video_space(g(z))
-        g.train()
+        clips = from_video_space(sample_clips(g, int(config["eval_samples"]), EVAL_SEED))  # same noise each time
         real = self.real_stats
         scores = clip_metrics(self.classifier, (real["mu"], real["sigma"]), clips)
         metrics = {
