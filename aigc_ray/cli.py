@@ -41,6 +41,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if args.print:
         print(spec_to_yaml(spec), end="")
     print(f"ok: {args.spec} is a valid experiment spec (spec hash {spec_hash(spec)[:12]})")
+    from .spec.cost import spec_cost
+
+    print("what it will cost:")
+    for line in spec_cost(spec):
+        print(f"  {line}")
     return 0
 
 

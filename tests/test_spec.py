@@ -181,3 +181,27 @@ def test_console_script_is_installed():
         [str(aigc), "validate", str(REPO / "examples" / "quickstart.yaml")], capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
+
+
+def test_validate_says_what_the_spec_will_cost(capsys):
+    from aigc_ray.cli import main
+
+    assert main(["validate", "examples/quickstart.yaml", "--set", "gan.sweep.num_samples=3"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines()[2:]}
+    spec = load_spec("examples/quickstart.yaml", ["gan.sweep.num_samples=3"])
+    gan = spec.gan.sweep
+    assert lines["sweep_gan"].split()[1] == "6"  # 3 samples x the 2-generator grid
+    per_trial = gan.max_iterations * gan.steps_per_iteration
+    assert f"{6 * per_trial:,} in all" in lines["sweep_gan"]
+    assert f"{spec.pretrain.max_steps:,} steps x {spec.pretrain.global_batch_size} sequences" in lines["pretrain"]
+    total = (
+        spec.pretrain.max_steps
+        + spec.finetune.max_steps
+        + 6 * per_trial
+        + sum(
+            s.num_samples * s.max_iterations * s.steps_per_iteration
+            for s in (spec.video.sweep, spec.fusion.sweep)  # no grids in these two
+        )
+    )
+    assert lines["total"].endswith(f"at most {total:,} training steps")
