@@ -151,6 +151,10 @@ def test_classify_answers_what_the_offline_ensemble_answers(served):
     assert sum(out["probabilities"]) == pytest.approx(1, abs=1e-4) and out["label"] == int(
         np.argmax(out["probabilities"])
     )
+    assert (
+        out["label_name"]
+        == ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")[out["label"]]
+    )
     ens = load_ensemble(storage, ensemble_dir(spec))
     assert set(out["members"]) == set(ens.names)
     expected = []
@@ -183,7 +187,15 @@ def test_images_are_pngs_reproducible_from_a_seed(served):
     assert [d["b64_json"] for d in a["data"]] == [d["b64_json"] for d in b["data"]]
     assert a["data"] != c["data"]
     img = Image.open(io.BytesIO(base64.b64decode(a["data"][0]["b64_json"])))
-    assert img.format == "PNG" and img.size == (64, 64)
+    assert img.format == "PNG" and img.size == (16, 16)  # the generator's own size by default
+    big = client.post("/v1/images", json={**body, "seed": 7, "size": "64x64"}).json()
+    img = Image.open(io.BytesIO(base64.b64decode(big["data"][0]["b64_json"])))
+    assert img.size == (64, 64)
+    np.testing.assert_array_equal(  # upscaled: each pixel repeated 4x4, nothing invented
+        np.asarray(img)[::4, ::4], np.asarray(Image.open(io.BytesIO(base64.b64decode(a["data"][0]["b64_json"]))))
+    )
+    bad = client.post("/v1/images", json={**body, "size": "40x40"})
+    assert bad.status_code == 422 and "whole multiple of 16" in bad.json()["error"]["message"]
 
 
 @pytest.mark.slow
@@ -330,6 +342,7 @@ def test_models_show_members_weights_and_lineage(served):
     cards = {c["id"]: c for c in client.get("/v1/models").json()["data"]}
     details = cards["aigc-ensemble"]["details"]
     assert details["strategy"] == "weighted" and sum(details["weights"].values()) == pytest.approx(1)
+    assert details["classes"][3] == "three" and len(details["classes"]) == 10 and details["image_shape"] == [8, 8, 1]
     for m in details["members"]:
         assert storage.exists(m["lineage"]["checkpoint"] + "/fusion_state.pt")
         assert m["lineage"]["sweep_trial"] and m["lineage"]["data"] and m["lineage"]["spec_hash"]

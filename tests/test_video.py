@@ -29,7 +29,7 @@ from aigc_ray.data.video import (
 )
 from aigc_ray.layout import data_root, video_uri
 from aigc_ray.manifest import read_manifest
-from aigc_ray.models.classifier import DigitClassifier
+from aigc_ray.models.classifier import ImageClassifier
 from aigc_ray.models.video_gan import (
     VideoDiscriminator,
     VideoGenerator,
@@ -234,7 +234,7 @@ def test_temporal_consistency_motion_and_frame_fid(real_clips):
     assert motion(static) == 0 and temporal_consistency(static) == 1 and motion(real_clips) > 0.01
     assert temporal_consistency(real_clips[:, None]) == real_tc  # (N, 1, T, H, W) too
     torch.manual_seed(0)
-    classifier = DigitClassifier().eval()
+    classifier = ImageClassifier().eval()
     same = frame_fid(classifier, real_clips[:24], real_clips[24:])
     assert same < frame_fid(classifier, real_clips[:24], noise[24:])
 

@@ -52,9 +52,9 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def decode_image_b64(b64: str, side: int, max_side: int = 256) -> np.ndarray:
-    """A client's base64 PNG (grey or colour, at most ``max_side`` square) as (1, side, side)
-    float32 grey in [0, 1], area-resized; ValueError names what is wrong."""
+def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256) -> np.ndarray:
+    """A client's base64 PNG (grey or colour, at most ``max_side`` square) as (channels, side,
+    side) float32 in [0, 1] (1 channel: grey, 3: RGB), area-resized; ValueError names what is wrong."""
     from PIL import UnidentifiedImageError
 
     try:
@@ -67,10 +67,10 @@ def decode_image_b64(b64: str, side: int, max_side: int = 256) -> np.ndarray:
                 raise ValueError(f"image must be a PNG, got {img.format}")
             if img.width > max_side or img.height > max_side:
                 raise ValueError(f"image is {img.width}x{img.height}; at most {max_side}x{max_side}")
-            grey = img.convert("L")
-            if grey.size != (side, side):
-                grey = grey.resize((side, side), Image.Resampling.BOX)
-            pixels = np.asarray(grey, dtype=np.float32) / 255.0
+            converted = img.convert("L" if channels == 1 else "RGB")
+            if converted.size != (side, side):
+                converted = converted.resize((side, side), Image.Resampling.BOX)
+            pixels = np.asarray(converted, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError):
         raise ValueError("image is not a decodable PNG") from None
-    return pixels[None]
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..data.build import build_data
 from ..data.captions import caption_tokenizer, encode_captions, fusion_arrays
+from ..data.info import dataset_info
 from ..layout import (
     ensemble_dir,
     finetune_export,
@@ -116,6 +117,7 @@ def commit_ensemble(
         metrics["val"]["ensemble"] = combiner.info["out_of_fold"]
     metrics["test"] = score(test_probs, combiner(test_probs), test_labels, names)
     uri = ensemble_dir(spec)
+    info = dataset_info(spec, storage)
     language_models = resolve_language_models(spec, storage)
     generators = {  # artifact folder -> the sweep whose best generator it serves, if that sweep ran
         folder: (sweep_results(spec, family), manifest)
@@ -139,6 +141,8 @@ def commit_ensemble(
             "combiner": combiner.info,
             "members": [{"name": m.name, "source": m.source, "lineage": m.lineage} for m in members],
             "metrics": metrics,
+            "classes": list(info.classes),  # label -> name, for answers
+            "image_shape": list(info.image_shape),  # what a member reads: height, width, channels
             "language_models": language_models,
             "generator": _source_doc(generators.get("generator")),
             "video_generator": _source_doc(generators.get("video_generator")),
@@ -173,7 +177,7 @@ def _bagging_config(spec: ExperimentSpec, storage: Storage) -> dict:
         return json.loads(storage.read_bytes(best))
     tok = caption_tokenizer(spec, tokenizer_uri(spec))
     vocab = encode_captions(["a"], tok, storage)[2]  # the vocabulary size: no need to read a split for it
-    return fusion_config(spec, vocab, tokenizer_uri(spec))
+    return fusion_config(spec, vocab, tokenizer_uri(spec), dataset_info(spec, storage))
 
 
 def _source_doc(found) -> dict | None:

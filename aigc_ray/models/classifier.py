@@ -1,8 +1,10 @@
-"""The in-project digit classifier whose features and probabilities score generated images.
+"""The in-project image classifier whose features and probabilities score generated images
+(Fréchet distance, inception score, conditional accuracy).
 
-Trained once on the real training images (in GAN space: 16x16, [-1, 1]) and stored as an
-artifact (safetensors + manifest) keyed by the shards' fingerprint, so every sweep and trial
-scores samples with the same network.
+Trained once on the real training images (in GAN space: ``gan_size`` square, [-1, 1], the data's
+channels and classes) and stored as an artifact (safetensors + its shape in config.json +
+manifest) keyed by the shards' fingerprint, so every sweep and trial scores samples with the
+same network.
 """
 
 from __future__ import annotations
@@ -21,28 +23,25 @@ from ..layout import classifier_uri, multimodal_uri
 from ..manifest import publish_directory, read_manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
-from .gan import to_gan_space
+from .gan import gan_size, to_gan_space, up_layers
 
 FEATURES = 64
 
 
-class DigitClassifier(nn.Module):
-    """(N, 1, 16, 16) in [-1, 1] -> logits (N, 10); ``features`` is the 64-d penultimate layer."""
+class ImageClassifier(nn.Module):
+    """(N, C, size, size) in [-1, 1] -> logits (N, classes); ``features`` is the 64-d penultimate
+    layer. Conv + pool stages halve the side down to 4x4 (size 16: two stages, 32 then 64 wide)."""
 
-    def __init__(self):
+    def __init__(self, channels: int = 1, size: int = 16, num_classes: int = NUM_CLASSES):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(True),
-            nn.MaxPool2d(2),  # (N, 32, 8, 8)
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.ReLU(True),
-            nn.MaxPool2d(2),  # (N, 64, 4, 4)
-            nn.Flatten(),
-            nn.Linear(64 * 16, FEATURES),
-            nn.ReLU(True),
-        )
-        self.head = nn.Linear(FEATURES, NUM_CLASSES)
+        self.config = {"channels": channels, "size": size, "num_classes": num_classes}
+        stages: list[nn.Module] = []
+        width, inputs = 32, channels
+        for _ in range(up_layers(size)):  # (N, in, r, r) -> (N, width, r/2, r/2)
+            stages += [nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU(True), nn.MaxPool2d(2)]
+            inputs, width = width, min(2 * width, 64)
+        self.body = nn.Sequential(*stages, nn.Flatten(), nn.Linear(inputs * 16, FEATURES), nn.ReLU(True))
+        self.head = nn.Linear(FEATURES, num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
@@ -51,12 +50,16 @@ class DigitClassifier(nn.Module):
         return self.head(self.body(x))
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int, epochs: int = 20) -> DigitClassifier:
-    """Adam on the real images with small random shifts (so it also judges imperfect samples)."""
+def train_classifier(
+    images: np.ndarray, labels: np.ndarray, seed: int, num_classes: int = NUM_CLASSES, epochs: int = 20
+) -> ImageClassifier:
+    """Adam on the real images (N, C, H, W) in [0, 1], in GAN space, with small random shifts
+    (so it also judges imperfect samples)."""
     torch.manual_seed(seed)
-    model = DigitClassifier()
+    size = gan_size(images.shape[-1])
+    model = ImageClassifier(images.shape[1], size, num_classes)
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    x, y = to_gan_space(torch.from_numpy(images)), torch.from_numpy(labels)
+    x, y = to_gan_space(torch.from_numpy(images), size), torch.from_numpy(labels)
     gen = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         for idx in torch.randperm(len(x), generator=gen).split(64):
@@ -69,13 +72,13 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int, epochs: 
     return model.eval()
 
 
-def accuracy(model: DigitClassifier, images: np.ndarray, labels: np.ndarray) -> float:
+def accuracy(model: ImageClassifier, images: np.ndarray, labels: np.ndarray) -> float:
     with torch.no_grad():
-        pred = model(to_gan_space(torch.from_numpy(images))).argmax(1).numpy()
+        pred = model(to_gan_space(torch.from_numpy(images), model.config["size"])).argmax(1).numpy()
     return float((pred == labels).mean())
 
 
-def load_or_train_classifier(spec: ExperimentSpec, storage: Storage) -> DigitClassifier:
+def load_or_train_classifier(spec: ExperimentSpec, storage: Storage) -> ImageClassifier:
     """The stored classifier for these shards, trained and stored first if missing or stale."""
     from safetensors.torch import load, save
 
@@ -83,21 +86,29 @@ def load_or_train_classifier(spec: ExperimentSpec, storage: Storage) -> DigitCla
     shards = read_manifest(storage, multimodal_uri(spec))
     fingerprint = shards.fingerprint if shards else "unbuilt"
     existing = read_manifest(storage, uri)
-    if existing is not None and existing.inputs.get("shards") == fingerprint:
-        model = DigitClassifier()
+    if (
+        existing is not None
+        and existing.inputs.get("shards") == fingerprint
+        and storage.exists(join(uri, "config.json"))
+    ):
+        model = ImageClassifier(**json.loads(storage.read_bytes(join(uri, "config.json"))))
         model.load_state_dict(load(storage.read_bytes(join(uri, "model.safetensors"))))
         return model.eval()
     train, val = digit_arrays(spec, storage, "train"), digit_arrays(spec, storage, "val")
-    model = train_classifier(train["image"], train["label"], spec.data.seed)
+    classes = int(max(train["label"].max(), val["label"].max())) + 1
+    if shards is not None and shards.meta.get("classes"):
+        classes = len(shards.meta["classes"])
+    model = train_classifier(train["image"], train["label"], spec.data.seed, classes)
     val_accuracy = accuracy(model, val["image"], val["label"])
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "model.safetensors").write_bytes(save(model.state_dict()))
         Path(tmp, "eval.json").write_text(json.dumps({"val_accuracy": val_accuracy}))
+        Path(tmp, "config.json").write_text(json.dumps(model.config))
         publish_directory(
             storage,
             Path(tmp),
             uri,
-            kind="model/digit-classifier",
+            kind="model/image-classifier",
             spec_hash=fingerprint,
             inputs={"shards": fingerprint},
             meta={"val_accuracy": val_accuracy},
@@ -105,7 +116,7 @@ def load_or_train_classifier(spec: ExperimentSpec, storage: Storage) -> DigitCla
     return model
 
 
-def score_images(model: DigitClassifier, gan_images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def score_images(model: ImageClassifier, gan_images: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(features, class probabilities) of images already in GAN space."""
     with torch.no_grad():
         feats = model.features(gan_images)

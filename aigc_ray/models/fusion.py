@@ -20,16 +20,18 @@ from ..data.tokenizer import minilm_path
 
 
 class ImageEncoder(nn.Module):
-    """(N, 1, 8, 8) -> patch tokens (N, 16, d) and pooled features (N, d)."""
+    """(N, C, S, S) -> patch tokens (N, P, d) and pooled features (N, d): a 3x3 conv, then
+    stride-2 convs until the grid is at most 4x4 (8x8 digits: one, 16 patches; 32x32: three)."""
 
-    def __init__(self, dim: int = 64, channels: int = 1):
+    def __init__(self, dim: int = 64, channels: int = 1, side: int = 8):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(channels, dim // 2, 3, padding=1),
-            nn.ReLU(True),
-            nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1),  # (N, d, 4, 4)
-            nn.ReLU(True),
-        )
+        layers: list[nn.Module] = [nn.Conv2d(channels, dim // 2, 3, padding=1), nn.ReLU(True)]
+        layers += [nn.Conv2d(dim // 2, dim, 3, stride=2, padding=1), nn.ReLU(True)]  # (N, d, S/2, S/2)
+        grid = (side + 1) // 2
+        while grid > 4:  # more patches than cross-attention needs: halve again
+            layers += [nn.Conv2d(dim, dim, 3, stride=2, padding=1), nn.ReLU(True)]
+            grid = (grid + 1) // 2
+        self.conv = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.conv(images).flatten(2).transpose(1, 2)  # (N, 16, d)
@@ -111,9 +113,11 @@ class FusionClassifier(nn.Module):
         num_classes: int = 10,
         max_len: int = 64,
         text_encoder: str = "tiny",
+        channels: int = 1,
+        image_side: int = 8,
     ):
         super().__init__()
-        self.image = ImageEncoder(dim)
+        self.image = ImageEncoder(dim, channels, image_side)
         if text_encoder == "minilm":
             self.text = MiniLMTextEncoder(dim)
         elif text_encoder == "tiny":

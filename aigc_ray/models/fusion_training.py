@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.captions import caption_tokenizer
 from ..data.digits import NUM_CLASSES
+from ..data.info import DIGITS, DatasetInfo
 from ..spec import ExperimentSpec
 from .fusion import FusionClassifier
 
@@ -28,14 +29,21 @@ STATE_FILE = "fusion_state.pt"  # a trial checkpoint: model and optimizer state,
 FIELDS = ("image", "input_ids", "attention_mask", "label")
 
 
-def fusion_config(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str) -> dict:
+def fusion_config(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str, info: DatasetInfo = DIGITS) -> dict:
     """A trial's starting config: the fusion section's model and training settings, the sweep's
-    budget and seed, the vocabulary and the tokenizer a server must encode captions with."""
+    budget and seed, the vocabulary and the tokenizer a server must encode captions with, and the
+    data's image shape and classes."""
     return {
         **spec.fusion.trial_config(),
         "vocab_size": vocab_size,
         "tokenizer": caption_tokenizer(spec, tokenizer_uri),
+        **shape_config(info),
     }
+
+
+def shape_config(info: DatasetInfo) -> dict:
+    """The model-config keys that size a fusion classifier for the data."""
+    return {"num_classes": info.num_classes, "channels": info.channels, "image_side": info.side}
 
 
 def build_model(config: dict, vocab_size: int) -> FusionClassifier:
@@ -44,9 +52,11 @@ def build_model(config: dict, vocab_size: int) -> FusionClassifier:
         vocab_size,
         operator=config["operator"],
         dim=int(config["dim"]),
-        num_classes=NUM_CLASSES,
+        num_classes=int(config.get("num_classes", NUM_CLASSES)),  # configs from before: the digits
         max_len=int(config["max_text_tokens"]),
         text_encoder=config["text_encoder"],
+        channels=int(config.get("channels", 1)),
+        image_side=int(config.get("image_side", 8)),
     )
 
 

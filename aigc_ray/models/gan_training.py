@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.digits import NUM_CLASSES
-from .classifier import DigitClassifier
+from .classifier import ImageClassifier
 from .gan import EVAL_SEED, d_lr_of, descend, discriminator_loss, generator_loss
 from .generators import build_discriminator, build_generator, generate, generate_for_embeddings
 from .metrics import class_accuracy
@@ -64,15 +64,15 @@ class TrainData:
     pool_len: torch.Tensor | None = None
 
     @classmethod
-    def make(cls, real: np.ndarray, captions: dict | None = None) -> TrainData:
+    def make(cls, real: np.ndarray, captions: dict | None = None, num_classes: int = NUM_CLASSES) -> TrainData:
         """``captions`` (conditional only): {"embedding": (N, 384), "label": (N,), "named": (N,)},
         ``named`` being the digit the row's caption names (-1 for a vague caption)."""
         real_t = torch.from_numpy(np.array(real))  # the object store's arrays are read-only
         if captions is None:
             return cls(real_t)
         named = np.asarray(captions["named"])
-        rows = [np.flatnonzero(named == k) for k in range(NUM_CLASSES)]
-        pool = np.zeros((NUM_CLASSES, max(1, max(len(r) for r in rows))), dtype=np.int64)
+        rows = [np.flatnonzero(named == k) for k in range(num_classes)]
+        pool = np.zeros((num_classes, max(1, max(len(r) for r in rows))), dtype=np.int64)
         for k, r in enumerate(rows):
             pool[k, : len(r)] = r
         return cls(
@@ -86,7 +86,8 @@ class TrainData:
     def mismatched(self, label: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """For each label, the caption embedding of a random row whose caption names another
         digit, and a mask of the rows that got one (False only if no row names such a digit)."""
-        other = (label + torch.randint(1, NUM_CLASSES, label.shape, generator=gen)) % NUM_CLASSES
+        classes = len(self.pool)
+        other = (label + torch.randint(1, classes, label.shape, generator=gen)) % classes
         size = self.pool_len[other]
         pick = (torch.rand(label.shape, generator=gen) * size.clamp(min=1)).long().clamp(max=self.pool.shape[1] - 1)
         return self.cond[self.pool[other, pick]], size > 0
@@ -152,7 +153,7 @@ def eval_images(g, eval_samples: int, prompt_embeddings: np.ndarray | None = Non
     return images, np.repeat(np.arange(len(prompt_embeddings)), per_prompt)
 
 
-def cond_accuracy(g, classifier: DigitClassifier, prompt_embeddings: np.ndarray, eval_samples: int) -> float:
+def cond_accuracy(g, classifier: ImageClassifier, prompt_embeddings: np.ndarray, eval_samples: int) -> float:
     """The classifier's accuracy on the samples for the digit prompts, against each prompt's digit."""
     images, digits = eval_images(g, eval_samples, prompt_embeddings)
     with torch.no_grad():

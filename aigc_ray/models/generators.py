@@ -3,8 +3,10 @@
 data augmentation.
 
 Keys read: ``generator`` (dcgan | style), ``condition`` (none | caption), ``cond_dim``,
-``style_dim``, ``mapping_layers``, ``z_dim``, ``width``. Missing keys take the defaults of a
-plain unconditional DCGAN, so configs written before these keys existed still load.
+``style_dim``, ``mapping_layers``, ``z_dim``, ``width``, and the data's ``image_size`` (the GAN
+space's side, see ``gan.gan_size``) and ``channels``. Missing keys take the defaults of a plain
+unconditional DCGAN on the digits (16x16, grey), so configs written before these keys existed
+still load.
 Conditional generators take the raw 384-d MiniLM caption embedding (``text_condition``); the
 projection to ``cond_dim`` lives inside the generator.
 """
@@ -27,6 +29,8 @@ DEFAULTS = {
     "mapping_layers": 3,
     "z_dim": 32,
     "width": 32,
+    "image_size": 16,
+    "channels": 1,
 }
 
 
@@ -51,8 +55,9 @@ def build_generator(config: dict) -> nn.Module:
     """A freshly initialised generator (uses the global torch RNG, seed it first)."""
     kind = _get(config, "generator")
     z_dim, width, cond_dim = int(_get(config, "z_dim")), int(_get(config, "width")), _cond_dim(config)
+    shape = {"channels": int(_get(config, "channels")), "size": int(_get(config, "image_size"))}
     if kind == "dcgan":
-        return Generator(z_dim, width, cond_dim=cond_dim, embed_dim=EMBED_DIM)
+        return Generator(z_dim, width, cond_dim=cond_dim, embed_dim=EMBED_DIM, **shape)
     if kind == "style":
         return StyleGenerator(
             z_dim,
@@ -61,13 +66,20 @@ def build_generator(config: dict) -> nn.Module:
             mapping_layers=int(_get(config, "mapping_layers")),
             cond_dim=cond_dim,
             embed_dim=EMBED_DIM,
+            **shape,
         )
     raise ValueError(f"unknown generator {kind!r}; allowed: dcgan, style")
 
 
 def build_discriminator(config: dict) -> Discriminator:
     """The (projection-conditional, when the config is conditional) discriminator; both generator kinds share it."""
-    return Discriminator(int(_get(config, "width")), cond_dim=_cond_dim(config), embed_dim=EMBED_DIM)
+    return Discriminator(
+        int(_get(config, "width")),
+        channels=int(_get(config, "channels")),
+        cond_dim=_cond_dim(config),
+        embed_dim=EMBED_DIM,
+        size=int(_get(config, "image_size")),
+    )
 
 
 def _as_cond(cond, n: int, conditional: bool) -> torch.Tensor | None:
@@ -93,7 +105,7 @@ def generate(
     mix_seed: int | None = None,
     crossover: int | None = None,
 ) -> torch.Tensor:
-    """``n`` images in GAN space (N, 1, 16, 16), a pure function of the weights and arguments
+    """``n`` images in GAN space (N, C, size, size), a pure function of the weights and arguments
     (eval mode, no grad; the module's train/eval mode is restored).
 
     z comes from ``seed`` (for an unconditional DCGAN exactly as ``gan.sample``). ``cond``: the
@@ -122,7 +134,7 @@ def generate(
 
 def generate_for_embeddings(generator: nn.Module, embeddings: np.ndarray, n_per_prompt: int, seed: int) -> torch.Tensor:
     """``n_per_prompt`` images for each row of ``embeddings`` (P, 384), prompt-major:
-    (P · n_per_prompt, 1, 16, 16). One seeded batch, so the result is deterministic in ``seed``."""
+    (P · n_per_prompt, C, size, size). One seeded batch, so the result is deterministic in ``seed``."""
     emb = np.asarray(embeddings, dtype=np.float32)
     cond = np.repeat(emb, n_per_prompt, axis=0)
     return generate(generator, len(cond), seed, cond=cond)

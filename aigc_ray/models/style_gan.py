@@ -1,5 +1,5 @@
 """A small style-based generator (after StyleGAN / StyleGAN2, Karras et al. 2019, 2020) for GAN
-space (16x16, one channel, [-1, 1]).
+space (``size`` x ``size``, a power of two from 16, C channels, [-1, 1]); below, size 16.
 
     z ──pixel-norm──┐
                     ├─ concat ─ mapping MLP (``mapping_layers`` × Linear + LeakyReLU) ─ w
@@ -8,7 +8,7 @@ space (16x16, one channel, [-1, 1]).
     learned constant (2w, 4, 4)
       → styled conv 4x4            (style 0)
       → up → styled conv 8x8 ×2    (styles 1, 2)
-      → up → styled conv 16x16 ×2  (styles 3, 4)
+      → up → styled conv 16x16 ×2  (styles 3, 4)       (two more per doubling beyond 16)
       → toRGB 1x1 (style 5, modulated, not demodulated) → tanh
 
 Every styled conv is a modulated convolution with weight demodulation: an affine map of w
@@ -115,7 +115,7 @@ class StyledConv(nn.Module):
 
 
 class StyleGenerator(nn.Module):
-    """z (N, z_dim) [, caption embedding (N, embed_dim)] -> image (N, 1, 16, 16) in [-1, 1]."""
+    """z (N, z_dim) [, caption embedding (N, embed_dim)] -> image (N, C, size, size) in [-1, 1]."""
 
     def __init__(
         self,
@@ -127,24 +127,25 @@ class StyleGenerator(nn.Module):
         embed_dim: int = 384,
         channels: int = 1,
         noise: bool = True,
+        size: int = 16,
     ):
         super().__init__()
         self.z_dim, self.style_dim, self.cond_dim = z_dim, style_dim, cond_dim
         if cond_dim:
             self.cond_proj = nn.Linear(embed_dim, cond_dim)
         self.mapping = MappingNetwork(z_dim + cond_dim, style_dim, mapping_layers)
-        c4, c8, c16 = 2 * width, 2 * width, width
-        self.const = nn.Parameter(torch.randn(1, c4, 4, 4))
-        self.convs = nn.ModuleList(
-            [
-                StyledConv(c4, c4, style_dim, noise=noise),  # 4x4
-                StyledConv(c4, c8, style_dim, upsample=True, noise=noise),  # 8x8
-                StyledConv(c8, c8, style_dim, noise=noise),
-                StyledConv(c8, c16, style_dim, upsample=True, noise=noise),  # 16x16
-                StyledConv(c16, c16, style_dim, noise=noise),
-            ]
-        )
-        self.to_rgb = ModulatedConv2d(c16, channels, 1, style_dim, demodulate=False)
+        from .gan import up_layers
+
+        stages = up_layers(size)
+        # 2·width channels down to the last doubling, width at full size (16x16: 2w, 2w, w)
+        widths = [2 * width] * stages + [width]
+        self.const = nn.Parameter(torch.randn(1, widths[0], 4, 4))
+        convs = [StyledConv(widths[0], widths[0], style_dim, noise=noise)]  # 4x4
+        for i in range(1, stages + 1):  # each doubling: an upsampling styled conv, then a plain one
+            convs += [StyledConv(widths[i - 1], widths[i], style_dim, upsample=True, noise=noise)]
+            convs += [StyledConv(widths[i], widths[i], style_dim, noise=noise)]
+        self.convs = nn.ModuleList(convs)
+        self.to_rgb = ModulatedConv2d(widths[-1], channels, 1, style_dim, demodulate=False)
         self.rgb_bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
     @property

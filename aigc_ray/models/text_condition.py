@@ -26,11 +26,17 @@ _model = None  # (tokenizer, model), loaded on first use
 _cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
-def digit_prompts() -> list[str]:
-    """The fixed evaluation prompts, one per digit in order: "a handwritten zero" ... "nine"."""
+def class_prompts(classes: tuple[str, ...] | list[str] | None = None, template: str = PROMPT_TEMPLATE) -> list[str]:
+    """The fixed evaluation prompts, one per class in label order; for the digits (the default)
+    "a handwritten zero" ... "a handwritten nine"."""
     from ..data.digits import WORDS
 
-    return [PROMPT_TEMPLATE.format(word=w) for w in WORDS]
+    return [template.replace("{name}", "{word}").format(word=w) for w in (classes or WORDS)]
+
+
+def digit_prompts() -> list[str]:
+    """``class_prompts`` of the digits."""
+    return class_prompts()
 
 
 def _load():

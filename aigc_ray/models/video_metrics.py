@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .metrics import feature_stats, frechet_distance
 
-CLASSIFIER_SIZE = 16  # DigitClassifier input side
+CLASSIFIER_SIZE = 16  # the digits' classifier input side (a classifier's own config says its size)
 
 
 def as_clips(clips) -> np.ndarray:
@@ -63,19 +63,21 @@ def motion(clips) -> float:
     return float(np.abs(np.diff(x, axis=1)).mean())
 
 
-def frames_for_classifier(clips) -> torch.Tensor:
-    """Every frame of every clip as (N*T, 1, 16, 16) in [-1, 1], resized (bilinear) if needed."""
+def frames_for_classifier(clips, size: int = CLASSIFIER_SIZE, channels: int = 1) -> torch.Tensor:
+    """Every frame of every (grey) clip as (N*T, channels, size, size) in [-1, 1], resized
+    (bilinear) if needed; grey repeated across the channels of a colour classifier."""
     x = torch.from_numpy(as_clips(clips).astype(np.float32))
     n, t, h, w = x.shape
     frames = x.reshape(n * t, 1, h, w)
-    if (h, w) != (CLASSIFIER_SIZE, CLASSIFIER_SIZE):
-        frames = F.interpolate(frames, size=(CLASSIFIER_SIZE, CLASSIFIER_SIZE), mode="bilinear", align_corners=False)
-    return frames.clamp(0, 1) * 2 - 1
+    if (h, w) != (size, size):
+        frames = F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False)
+    return frames.clamp(0, 1).repeat(1, channels, 1, 1) * 2 - 1
 
 
 def frame_features(classifier, clips, batch: int = 1024) -> np.ndarray:
     """The classifier's penultimate features of every frame, (N*T, features)."""
-    frames = frames_for_classifier(clips)
+    shape = getattr(classifier, "config", {})
+    frames = frames_for_classifier(clips, shape.get("size", CLASSIFIER_SIZE), shape.get("channels", 1))
     with torch.no_grad():
         return torch.cat([classifier.features(chunk) for chunk in frames.split(batch)]).numpy()
 

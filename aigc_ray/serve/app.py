@@ -35,7 +35,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..data.digits import IMAGE_SIDE
+from ..data.digits import IMAGE_SIDE, WORDS
 from ..data.feedback import feedback_row, write_feedback
 from ..data.images import decode_image_b64
 from ..ensemble.build import ENSEMBLE_FILE
@@ -67,6 +67,7 @@ from .schema import (
 
 LM_MODEL_ID = "aigc-lm"
 ENSEMBLE_MODEL_ID = "aigc-ensemble"
+MAX_IMAGE_SIDE = 512  # the largest /v1/images answer, in pixels per side
 GENERATOR_MODEL_ID = "aigc-gan"
 VIDEO_MODEL_ID = "aigc-video-gan"
 REMEMBERED_RESPONSES = 10_000
@@ -160,6 +161,9 @@ class EnsembleIngress:
         self.generator_config = (
             json.loads(self.storage.read_bytes(join(self.uri, "generator", "config.json"))) if generator else {}
         )
+        # what the members were trained on (ensembles built before these were recorded: the digits)
+        self.classes = list(self.doc.get("classes") or WORDS)
+        self.image_shape = list(self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1])
         self.feedback_uri = placed["feedback_uri"]
         self.responses: OrderedDict[str, dict] = OrderedDict()
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
@@ -228,12 +232,17 @@ class EnsembleIngress:
 
     @api.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_token)])
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        image = decode_image_b64(req.image, IMAGE_SIDE)
+        height, _, channels = self.image_shape
+        try:
+            image = decode_image_b64(req.image, height, channels)
+        except ValueError as e:
+            raise HTTPException(422, f"image: {e}") from None
         outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
         answer = {
             "label": int(combined.argmax()),
+            "label_name": self.classes[int(combined.argmax())],
             "probabilities": [round(float(p), 6) for p in combined],
             "strategy": self.combiner.strategy,
         }
@@ -268,13 +277,27 @@ class EnsembleIngress:
         if req.style_seed is not None and self.generator_config.get("generator") != "style":
             raise HTTPException(422, "style_seed: style mixing needs the style-based generator (gan.generator: style)")
 
+    def _image_side(self, size: str | None) -> int:
+        """The side of the served images: the generator's own, or a square whole multiple of it."""
+        own = int(self.generator_config.get("image_size", 16))
+        if size is None:
+            return own
+        width, height = (int(x) for x in size.split("x"))
+        if width != height or width % own or width > MAX_IMAGE_SIDE:
+            raise HTTPException(
+                422,
+                f"size: {size}; this generator draws {own}x{own} images: ask for a square whole multiple of "
+                f"{own} up to {MAX_IMAGE_SIDE} (e.g. {own * 4}x{own * 4}), or leave size out",
+            )
+        return width
+
     @api.post("/v1/images", response_model=ImagesResponse, dependencies=[Depends(require_token)])
     async def images(self, req: ImagesRequest) -> ImagesResponse:
         if self.generator is None:
             raise HTTPException(404, "this ensemble has no generator: run the GAN sweep and rebuild the ensemble")
         self._check_image_request(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
-        side = int(req.size.split("x")[0])
+        side = self._image_side(req.size)
         (pngs,) = await self._call(
             partial(self.generator.generate.remote, req.n, seed, side, req.prompt, req.style_seed)
         )
@@ -364,6 +387,8 @@ class EnsembleIngress:
                     "weights": weights,
                     "members": self.doc["members"],
                     "metrics": self.doc["metrics"],
+                    "classes": self.classes,
+                    "image_shape": self.image_shape,  # height, width, channels
                 },
             )
         ]

@@ -111,8 +111,8 @@ class GeneratorDeployment:
             from ..models.text_condition import embed_texts
 
             cond = embed_texts([prompt])[0]
-        images = from_gan_space(generate(self.generator, n, seed, cond=cond, mix_seed=style_seed))[:, 0].numpy()
-        return [png_b64(img, scale=side // img.shape[-1]) for img in images]
+        images = from_gan_space(generate(self.generator, n, seed, cond=cond, mix_seed=style_seed)).numpy()
+        return [png_b64(img.transpose(1, 2, 0), scale=side // img.shape[-1]) for img in images]  # (H, W, C)
 
 
 @serve.deployment

@@ -17,7 +17,8 @@ class Strict(BaseModel):
 
 class ClassifyRequest(Strict):
     image: str = Field(
-        description="Base64 PNG of a handwritten digit (grey or colour, any size up to 256x256; resized to 8x8).",
+        description="Base64 PNG (grey or colour, any size up to 256x256), resized to the data's image shape "
+        "(see /v1/models; 8x8 grey for the digits).",
         max_length=200_000,
     )
     text: str = Field(description="The image's caption.", min_length=1, max_length=500)
@@ -34,6 +35,7 @@ class ClassifyResponse(BaseModel):
     id: str
     model: str
     label: int
+    label_name: str  # the class's name in the training data
     probabilities: list[float]
     strategy: str
     members: dict[str, list[float]] | None = None
@@ -64,7 +66,12 @@ class ImagesRequest(Strict):
         le=2**31 - 1,
         description="Style generator only: mix in the styles of this seed's latent (coarse from seed, fine from style_seed).",
     )
-    size: Literal["16x16", "64x64"] = Field("64x64", description="16x16 is the generator's own size.")
+    size: str | None = Field(
+        None,
+        pattern=r"^[1-9][0-9]{0,3}x[1-9][0-9]{0,3}$",
+        description="WIDTHxHEIGHT, square, a whole multiple of the generator's own size (pixels repeated); "
+        "default: the generator's own size (see /v1/models).",
+    )
 
     @field_validator("prompt")
     @classmethod

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data.build import build_data
 from ..data.captions import caption_tokenizer, encode_captions, fusion_arrays
-from ..data.digits import NUM_CLASSES
+from ..data.info import dataset_info
 from ..layout import multimodal_uri, sweep_dir
 from ..layout import tokenizer_uri as tokenizer_location
 from ..models.augment import load_augmenter, max_augment_ratio, pool_per_class, real_subset, synthetic_pool
@@ -80,7 +80,7 @@ def run_fusion_sweep(
     grid = run_tuner(
         s,
         trainable,
-        fusion_config(spec, vocab, tokenizer_uri),
+        fusion_config(spec, vocab, tokenizer_uri, dataset_info(spec, storage)),
         sweep_dir(spec, "fusion"),
         storage,
         structural=FUSION_STRUCTURAL,
@@ -99,7 +99,7 @@ def run_fusion_sweep(
         test, _ = fusion_arrays(spec, storage, "test", tokenizer, limit)
         probs = predict(model, test)
         scores = classification_metrics(probs, test["label"])
-        _confusion_png(probs.argmax(1), test["label"], out / "confusion.png", scores)
+        _confusion_png(probs.argmax(1), test["label"], out / "confusion.png", scores, probs.shape[1])
         ratio = float(best["config"].get("augment_ratio") or 0.0)
         (out / "augmentation.json").write_text(json.dumps({**augmentation, "augment_ratio": ratio}, indent=2))
         return {
@@ -112,13 +112,13 @@ def run_fusion_sweep(
     return publish_sweep(spec, storage, "fusion", s, grid, inputs, write_best, log)
 
 
-def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dict) -> None:
+def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dict, classes: int) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
+    matrix = np.zeros((classes, classes), dtype=int)
     np.add.at(matrix, (labels, pred), 1)
     fig, ax = plt.subplots(figsize=(4.8, 4.2), dpi=100)
     ax.imshow(matrix, cmap="Blues")
@@ -127,8 +127,8 @@ def _confusion_png(pred: np.ndarray, labels: np.ndarray, path: Path, scores: dic
             ax.text(
                 c, r, str(n), ha="center", va="center", fontsize=7, color="white" if n > matrix.max() / 2 else "black"
             )
-    ax.set_xticks(range(NUM_CLASSES))
-    ax.set_yticks(range(NUM_CLASSES))
+    ax.set_xticks(range(classes))
+    ax.set_yticks(range(classes))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(

@@ -17,13 +17,15 @@ import torch
 
 from ..data.arrays import digit_arrays
 from ..data.build import build_data
+from ..data.images import encode_png
+from ..data.info import dataset_info
 from ..data.shards import split_table
 from ..layout import classifier_uri, multimodal_uri, sweep_dir, sweep_events
 from ..manifest import read_manifest
 from ..models.classifier import load_or_train_classifier
 from ..models.gan import from_gan_space, sample, to_gan_space
 from ..models.generators import generate_for_embeddings
-from ..models.text_condition import digit_prompts, embed_texts
+from ..models.text_condition import class_prompts, embed_texts
 from ..spec import ExperimentSpec
 from ..spec.sections import GAN_STRUCTURAL
 from ..storage import Storage
@@ -63,7 +65,7 @@ class _CollapseRule:
         return False
 
 
-def caption_training_rows(spec: ExperimentSpec, storage: Storage) -> tuple[np.ndarray, dict]:
+def caption_training_rows(spec: ExperimentSpec, storage: Storage, size: int = 16) -> tuple[np.ndarray, dict]:
     """The training rows of a caption-conditioned GAN: (images in GAN space, captions) with
     captions = {"embedding": (N, 384) MiniLM embeddings, "label": true digits, "named": the digit
     each caption names, -1 for a vague one}.
@@ -76,7 +78,7 @@ def caption_training_rows(spec: ExperimentSpec, storage: Storage) -> tuple[np.nd
     if len(kinds) != len(train["label"]):  # both read the split in shard order
         raise RuntimeError(f"caption kinds ({len(kinds)}) and rows ({len(train['label'])}) disagree")
     keep = kinds != "wrong"
-    images = to_gan_space(torch.from_numpy(train["image"][keep])).numpy()
+    images = to_gan_space(torch.from_numpy(train["image"][keep]), size).numpy()
     labels = train["label"][keep]
     named = np.where(kinds[keep] == "exact", labels, -1)
     embedding = embed_texts(list(train["text"][keep]))
@@ -93,22 +95,24 @@ def run_gan_sweep(
     if spec.gan.sweep.metric == "cond_accuracy" and not conditional:
         raise ValueError("gan.sweep.metric cond_accuracy needs gan.condition: caption")
     built = build_data(spec, storage, log=log)
+    info = dataset_info(spec, storage)
     classifier = load_or_train_classifier(spec, storage)
-    real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"]))
+    size = classifier.config["size"]
+    real = to_gan_space(torch.from_numpy(digit_arrays(spec, storage, "train")["image"]), size)
     with torch.no_grad():
         feats = classifier.features(real).numpy()  # the Fréchet reference: every training image
     events = sweep_events(spec, "gan")
     extra_inputs: dict = {}
     prompt_embeddings = None
     if conditional:  # MiniLM runs here, once: the trials get its embeddings, not the model
-        train_images, captions = caption_training_rows(spec, storage)
-        prompt_embeddings = embed_texts(digit_prompts())
+        train_images, captions = caption_training_rows(spec, storage, size)
+        prompt_embeddings = embed_texts(class_prompts(info.classes))
         extra_inputs = {"captions": captions, "prompt_embeddings": prompt_embeddings}
     trainable = tune.with_resources(
         tune.with_parameters(
             gan_trainable,
             real=train_images if conditional else real.numpy(),
-            classifier_state=classifier.state_dict(),
+            classifier=classifier,
             real_mu=feats.mean(0),
             real_sigma=np.cov(feats, rowvar=False),
             real_spread=float(np.linalg.norm(feats - feats.mean(0), axis=1).mean()),
@@ -127,7 +131,7 @@ def run_gan_sweep(
     grid = run_tuner(
         s,
         trainable,
-        spec.gan.trial_config(),
+        {**spec.gan.trial_config(), "image_size": size, "channels": info.channels, "num_classes": info.num_classes},
         sweep_dir(spec, "gan"),
         storage,
         structural=GAN_STRUCTURAL,
@@ -174,20 +178,17 @@ def _exploits(storage: Storage, events_uri: str) -> list[dict]:
 
 
 def _samples_png(generator, path: Path, prompt_embeddings: np.ndarray | None = None, n: int = 64) -> None:
-    """A grid of samples (seed 0); with ``prompt_embeddings`` (conditional) one row per prompt."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A grid of samples (seed 0), 1 pixel apart; with ``prompt_embeddings`` (conditional) one
+    row per prompt."""
     if prompt_embeddings is None:
-        images = from_gan_space(sample(generator, n, seed=0))[:, 0].numpy()
+        images = from_gan_space(sample(generator, n, seed=0)).numpy()
         rows = cols = int(np.ceil(np.sqrt(n)))
     else:
         rows, cols = len(prompt_embeddings), 8
-        images = from_gan_space(generate_for_embeddings(generator, prompt_embeddings, cols, seed=0))[:, 0].numpy()
-    grid = np.ones((rows * 17, cols * 17))
+        images = from_gan_space(generate_for_embeddings(generator, prompt_embeddings, cols, seed=0)).numpy()
+    _, channels, side, _ = images.shape
+    grid = np.ones((rows * (side + 1), cols * (side + 1), channels), dtype=np.float32)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        grid[r * 17 : r * 17 + 16, c * 17 : c * 17 + 16] = img
-    plt.imsave(path, grid, cmap="gray", vmin=0, vmax=1)
+        grid[r * (side + 1) : r * (side + 1) + side, c * (side + 1) : c * (side + 1) + side] = img.transpose(1, 2, 0)
+    path.write_bytes(encode_png(grid))

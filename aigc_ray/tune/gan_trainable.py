@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.classifier import DigitClassifier
+from ..models.classifier import ImageClassifier
 from ..models.gan_training import TrainData, build_gan, class_spread, eval_images, spread, train_step
 from ..models.generators import build_generator, is_conditional
 from ..models.metrics import class_accuracy, frechet_distance, inception_score
@@ -31,7 +31,7 @@ META_FILE = "gan_meta.json"
 class GanTrial(PairTrial):
     state_file, meta_file = STATE_FILE, META_FILE
 
-    def __init__(self, config: dict, data: TrainData, classifier: DigitClassifier, real_stats: dict, **where):
+    def __init__(self, config: dict, data: TrainData, classifier: ImageClassifier, real_stats: dict, **where):
         super().__init__(config, *build_gan(config))
         self.data, self.classifier, self.real = data, classifier, real_stats
         self.prompt_embeddings = where.get("prompt_embeddings") if data.cond is not None else None
@@ -81,7 +81,7 @@ class GanTrial(PairTrial):
 def gan_trainable(
     config: dict,
     real: np.ndarray,
-    classifier_state: dict,
+    classifier: ImageClassifier,
     real_mu: np.ndarray,
     real_sigma: np.ndarray,
     real_spread: float,
@@ -99,10 +99,8 @@ def gan_trainable(
     torch.set_num_threads(1)
     if is_conditional(config) and (captions is None or prompt_embeddings is None):
         raise ValueError("a conditional GAN trial needs the caption and digit-prompt embeddings from the driver")
-    classifier = DigitClassifier()
-    classifier.load_state_dict(classifier_state)
     classifier.eval()
-    data = TrainData.make(real, captions if is_conditional(config) else None)
+    data = TrainData.make(real, captions if is_conditional(config) else None, int(config.get("num_classes", 10)))
     real_stats = {"mu": real_mu, "sigma": real_sigma, "spread": real_spread}
     trial = GanTrial(
         config, data, classifier, real_stats, events_uri=events_uri, s3=s3, prompt_embeddings=prompt_embeddings

@@ -52,7 +52,7 @@ def run_video_sweep(
         tune.with_parameters(
             video_trainable,
             real=to_video_space(torch.from_numpy(train)).numpy(),
-            classifier_state=classifier.state_dict(),
+            classifier=classifier,
             real_mu=real_mu,
             real_sigma=real_sigma,
             real_consistency=real_consistency,

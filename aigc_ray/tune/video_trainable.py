@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.classifier import DigitClassifier
+from ..models.classifier import ImageClassifier
 from ..models.gan import EVAL_SEED
 from ..models.video_gan import build_video_gan, from_video_space, sample_clips, video_train_step
 from ..models.video_metrics import clip_metrics
@@ -21,7 +21,7 @@ META_FILE = "video_gan_meta.json"
 class VideoTrial(PairTrial):
     state_file, meta_file = STATE_FILE, META_FILE
 
-    def __init__(self, config: dict, real: torch.Tensor, classifier: DigitClassifier, real_stats: dict):
+    def __init__(self, config: dict, real: torch.Tensor, classifier: ImageClassifier, real_stats: dict):
         super().__init__(config, *build_video_gan(config))
         self.real, self.classifier, self.real_stats = real, classifier, real_stats
         self.gen = None
@@ -56,7 +56,7 @@ class VideoTrial(PairTrial):
 def video_trainable(
     config: dict,
     real: np.ndarray,
-    classifier_state: dict,
+    classifier: ImageClassifier,
     real_mu: np.ndarray,
     real_sigma: np.ndarray,
     real_consistency: float,
@@ -65,8 +65,6 @@ def video_trainable(
     """Tune function trainable. ``real``: training clips in video space (N, 1, T, H, W);
     ``real_mu``/``real_sigma``: their frames' classifier-feature statistics."""
     torch.set_num_threads(1)
-    classifier = DigitClassifier()
-    classifier.load_state_dict(classifier_state)
     classifier.eval()
     real_t = torch.from_numpy(np.array(real))  # the object store's arrays are read-only
     stats = {"mu": real_mu, "sigma": real_sigma, "consistency": real_consistency, "motion": real_motion}
