@@ -163,13 +163,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .runtime import ray_session
-    from .train.finetune import finetune, resolve_task
+    from .train.finetune import finetune
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     f = spec.finetune
     print(
-        f"fine-tuning the {f.base} model for '{resolve_task(spec)}' ({f.mode}), {f.num_workers} worker(s), {f.max_steps} steps"
+        f"fine-tuning the {f.base} model ({f.task or 'task from the base'}, {f.mode}), {f.num_workers} worker(s), {f.max_steps} steps"
     )
     with ray_session(spec, args.address):
         uri, _ = finetune(spec, storage)

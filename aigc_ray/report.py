@@ -37,6 +37,12 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
             "",
         ]
         lines += [f"> {s}" for s in samples[:3]]
+        if "class_agreement" in ev:
+            lines += [
+                "",
+                f"Captions that name the class they were asked for: **{ev['class_agreement']:.0%}** "
+                "(every class's prompt, one greedy and two sampled captions each).",
+            ]
         out.append((title, lines, [(f"{title.lower()}-loss.png", storage.read_bytes(join(uri, "loss.png")))]))
     for family, title, pngs, extra_label in (
         ("gan", "GAN sweep", ("curves.png", "samples.png"), "Best generator's samples"),

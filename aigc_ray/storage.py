@@ -212,6 +212,12 @@ class Storage:
                 raise StorageError(f"{uri}: no such object") from None
             raise StorageError(f"{uri}: read failed: {exc}") from None
 
+    def size(self, uri: str) -> int:
+        """Bytes of the object at ``uri`` (-1 when there is none)."""
+        fs, path = self.filesystem(uri)
+        info = fs.get_file_info(path)
+        return -1 if info.type == pafs.FileType.NotFound else int(info.size or 0)
+
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
 

@@ -49,6 +49,13 @@ def test_lora_trains_only_adapters_and_the_merge_equals_the_adapted_model(ray_lo
     pretrained = pretrain(spec, storage, log=lambda *_: None)
     uri, evaluation = finetune(spec, storage, log=lambda *_: None)
     assert evaluation["export_eval_loss"] == pytest.approx(evaluation["eval_loss"], rel=1e-5)
+    # every class's prompt captioned three times, and the agreement is what those captions say
+    from aigc_ray.data.info import DIGITS, class_agreement
+
+    assert set(evaluation["captions"]) == set(DIGITS.classes)
+    assert all(len(c) == 3 for c in evaluation["captions"].values())
+    by_label = {DIGITS.classes.index(name): c for name, c in evaluation["captions"].items()}
+    assert evaluation["class_agreement"] == class_agreement(by_label, DIGITS)
 
     base_dir = local_model_dir({"uri": pretrained.export_uri})
     from transformers import AutoModelForCausalLM
@@ -104,3 +111,32 @@ def test_frozen_layers_stay_bit_for_bit_on_minilm_classification(ray_local, loca
     for k in frozen:
         assert torch.equal(tuned[f"bert.{k}"], original[k]), f"{k} changed although frozen"
     assert any(not torch.equal(tuned[f"bert.{k}"], original[k]) for k in trained)
+
+
+def test_a_users_own_gpt2_folder_is_fine_tuned_with_its_own_tokenizer(ray_local, local_data, tmp_path):
+    """finetune.base: a plain Hugging Face GPT-2 folder nobody here exported (its own tokenizer,
+    a vocabulary of its own size, no pad token); the export keeps its architecture and vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from aigc_ray.data.tokenizer import train_tokenizer
+
+    base, storage = local_data
+    folder = tmp_path / "user-gpt2"
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    texts = [f"Caption for a {w}: a handwritten {w}, the digit {i}" for i, w in enumerate(words)] * 20
+    tokenizer = train_tokenizer(texts, 300)
+    tokenizer.pad_token = None  # like GPT-2's own tokenizer
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    spec = ft_spec(base, "user-base", f"finetune.base={folder}", "finetune.mode=lora", "finetune.max_steps=8")
+    uri, evaluation = finetune(spec, storage, log=lambda *_: None)
+    local = storage.download(uri, tmp_path / "export")
+    model = AutoModelForCausalLM.from_pretrained(local)  # plain transformers, no code of ours
+    assert model.config.model_type == "gpt2" and model.config.vocab_size == len(tokenizer)
+    assert AutoTokenizer.from_pretrained(local).get_vocab() == AutoTokenizer.from_pretrained(folder).get_vocab()
+    assert set(evaluation["captions"]) == set(words)  # a caption task: its base generates
+    assert evaluation["export_eval_loss"] == pytest.approx(evaluation["eval_loss"], rel=1e-5)

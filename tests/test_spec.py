@@ -205,3 +205,22 @@ def test_validate_says_what_the_spec_will_cost(capsys):
         )
     )
     assert lines["total"].endswith(f"at most {total:,} training steps")
+
+
+def test_finetune_base_is_our_export_minilm_or_a_hugging_face_folder(tmp_path, capsys):
+    from aigc_ray.cli import main
+
+    folder = tmp_path / "my-gpt2"
+    folder.mkdir()
+    (tmp_path / "empty").mkdir()
+    for base, message in (
+        (tmp_path / "nowhere", "no folder at"),
+        (tmp_path / "empty", "is not a Hugging Face model folder: it has no config.json"),
+    ):
+        assert main(["validate", "examples/quickstart.yaml", "--set", f"finetune.base={base}"]) == 1
+        err = capsys.readouterr().err
+        assert "finetune.base" in err and message in err, err
+    (folder / "config.json").write_text('{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}')
+    spec = load_spec(None, [f"finetune.base={folder}"])
+    assert spec.finetune.base == str(folder)
+    assert load_spec(None, ["finetune.base=s3://bucket/models/gpt2"]).finetune.base == "s3://bucket/models/gpt2"

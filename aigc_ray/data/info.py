@@ -45,3 +45,27 @@ def dataset_info(spec: ExperimentSpec, storage: Storage) -> DatasetInfo:
     if "classes" not in meta or "image_shape" not in meta:
         return DIGITS
     return DatasetInfo(tuple(meta["classes"]), tuple(int(x) for x in meta["image_shape"]))
+
+
+def named_classes(text: str, info: DatasetInfo) -> set[int]:
+    """The classes a caption names: each class's name as a whole word, case-insensitive (for the
+    digits also the numeral, as in "the digit 7")."""
+    import re
+
+    words = set(re.findall(r"[a-z0-9]+(?:[ -][a-z0-9]+)*", text.lower()))
+    tokens = set(re.findall(r"[a-z0-9]+", text.lower()))
+    named = set()
+    for k, name in enumerate(info.classes):
+        name = name.lower()
+        if (" " in name and any(name in w for w in words)) or name in tokens:
+            named.add(k)
+        elif info.classes == DIGITS.classes and str(k) in tokens:
+            named.add(k)
+    return named
+
+
+def class_agreement(captions: dict[int, list[str]], info: DatasetInfo) -> float:
+    """The share of captions (asked class -> generated captions) that name the class they were
+    asked for and no other."""
+    hits = [named_classes(text, info) == {k} for k, texts in captions.items() for text in texts]
+    return sum(hits) / len(hits) if hits else float("nan")

