@@ -232,9 +232,31 @@ def _data_plan(spec: ExperimentSpec, storage: Storage, force: bool) -> StagePlan
     return StagePlan("data", "up to date", f"shards, corpus and tokenizer at {layout.data_root(spec)}")
 
 
+class _NoInputs:
+    inputs: dict = {}
+
+
+_NO_INPUTS = _NoInputs()
+
+
+def _outputs(name: str, spec: ExperimentSpec) -> list[str]:
+    """The artifacts a stage writes (the data stage: shards, corpus, tokenizer, and what is derived
+    from the shards when a stage needs it: the clips and the metric classifier)."""
+    if name == "data":
+        return [
+            layout.multimodal_uri(spec),
+            layout.corpus_uri(spec),
+            layout.tokenizer_uri(spec),
+            layout.video_uri(spec),
+            layout.classifier_uri(spec),
+        ]
+    stage = next(s for s in STAGES if s.name == name)
+    return [stage.output(spec)] if stage.output is not None else []
+
+
 def plan_run(spec: ExperimentSpec, storage: Storage, options: RunOptions | None = None) -> list[StagePlan]:
     """What ``run_pipeline`` would do, read from the manifests alone: no Ray, nothing written.
-    A stage whose parent will run is stale too (its input will change)."""
+    A stage is stale too when a parent whose output it recorded as an input will run."""
     options = options or RunOptions()
     plans: dict[str, StagePlan] = {}
     for stage in STAGES:
@@ -242,6 +264,9 @@ def plan_run(spec: ExperimentSpec, storage: Storage, options: RunOptions | None 
             plans["serve"] = StagePlan("serve", "off", "--no-serve")
             continue
         running = [n for n in stage.needs if plans[n].state in ("stale", "not built")]
+        if stage.output is not None and running:  # only parents whose output it recorded as an input
+            recorded = (read_manifest(storage, stage.output(spec)) or _NO_INPUTS).inputs
+            running = [n for n in running if any(uri in recorded for uri in _outputs(n, spec))]
         if stage.name == "data":
             plan = _data_plan(spec, storage, "data" in options.force)
         elif stage.name == "stream":

@@ -118,7 +118,8 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "rows 1437 in 23 batches" in res.stdout and "unique ids 1437" in res.stdout
-    assert "[finetune] sample: 'Caption for a three:" in res.stdout
+    assert "[finetune] sample: 'Caption for a zero:" in res.stdout
+    assert "[finetune] captions name the class asked for:" in res.stdout
     assert "pipeline finished" in res.stdout
     assert (tmp_path / "runs" / "quickstart" / "finetune" / "export" / "model.safetensors").exists()
     assert "[sweep] best cond_accuracy" in res.stdout and "[sweep] best accuracy" in res.stdout
