@@ -87,14 +87,20 @@ def decode_gif_frames(data: bytes) -> np.ndarray:
         raise ValueError(f"not a decodable animation: {exc}") from None
 
 
-def video_grid(clips, cols: int | None = None, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
-    """Tile clips (N, T, H, W) or (N, 1, T, H, W) in [0, 1] into one clip (T, H', W'): ``cols``
-    per row (default: about square), ``pad`` pixels of ``pad_value`` between them."""
+def _grey_clips(clips) -> np.ndarray:
+    """(N, T, H, W) float32 from clips (N, T, H, W) or (N, 1, T, H, W); ValueError otherwise."""
     x = np.asarray(clips, dtype=np.float32)
     if x.ndim == 5 and x.shape[1] == 1:
         x = x[:, 0]
     if x.ndim != 4 or len(x) == 0:
         raise ValueError(f"expected clips (N, T, H, W) or (N, 1, T, H, W) with N >= 1, got shape {x.shape}")
+    return x
+
+
+def video_grid(clips, cols: int | None = None, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
+    """Tile clips (N, T, H, W) or (N, 1, T, H, W) in [0, 1] into one clip (T, H', W'): ``cols``
+    per row (default: about square), ``pad`` pixels of ``pad_value`` between them."""
+    x = _grey_clips(clips)
     n, t, h, w = x.shape
     cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
@@ -108,11 +114,7 @@ def video_grid(clips, cols: int | None = None, pad: int = 1, pad_value: float = 
 
 def clip_strip(clips, pad: int = 1, pad_value: float = 0.5) -> np.ndarray:
     """A still (N rows, T frames side by side) of clips (N, T, H, W) or (N, 1, T, H, W) in [0, 1]."""
-    x = np.asarray(clips, dtype=np.float32)
-    if x.ndim == 5 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 4 or len(x) == 0:
-        raise ValueError(f"expected clips (N, T, H, W) or (N, 1, T, H, W) with N >= 1, got shape {x.shape}")
+    x = _grey_clips(clips)
     n, t, h, w = x.shape
     strip = np.full((n * (h + pad) + pad, t * (w + pad) + pad), pad_value, dtype=np.float32)
     for i in range(n):
