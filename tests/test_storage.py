@@ -3,11 +3,13 @@ clear errors for missing buckets, wrong credentials and bad URIs."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -150,3 +152,121 @@ def test_manifest_round_trip_and_corruption(place):
     storage.write_bytes(f"{base}/art/_manifest.json", b'{"kind": 3}')
     with pytest.raises(StorageError, match="corrupt manifest"):
         read_manifest(storage, f"{base}/art")
+
+
+# -- S3 multipart uploads that fail midway -------------------------------------------------------
+
+MB = 1024 * 1024
+POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"%s","Action":"%s","Resource":"*"}]}'
+
+
+class FailingSource(io.BytesIO):
+    """A seekable source whose reads fail once they would pass ``fail_at`` bytes (a disk error
+    under the spool), after ``stalled()`` returns: the upload reads it one part at a time and
+    sends the parts already read meanwhile."""
+
+    def __init__(self, data: bytes, fail_at: int, stalled=lambda: None):
+        super().__init__(data)
+        self.fail_at, self.stalled = fail_at, stalled
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self.getbuffer()) if size is None or size < 0 else self.tell() + size
+        if end > self.fail_at:
+            self.stalled()
+            raise OSError(5, "Input/output error reading the spool")
+        return super().read(size)
+
+
+def _query(url: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl, urlsplit
+
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+@pytest.fixture
+def own_user(s3_server, monkeypatch):
+    """A Storage signed by a fresh IAM user of the S3 server (allowed everything), so a policy
+    change for it touches no other test: (storage, user name, admin IAM client)."""
+    import uuid
+
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=s3_server.endpoint,
+        region_name=s3_server.region,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+    )
+    user = f"multipart-{uuid.uuid4().hex[:8]}"
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName="all", PolicyDocument=POLICY % ("Allow", "*"))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    yield Storage(S3Settings(s3_server.endpoint, s3_server.region)), user, iam
+    for name in iam.list_user_policies(UserName=user)["PolicyNames"]:
+        iam.delete_user_policy(UserName=user, PolicyName=name)
+    iam.delete_access_key(UserName=user, AccessKeyId=key["AccessKeyId"])
+    iam.delete_user(UserName=user)
+
+
+@pytest.mark.parametrize("failure", ["source", "server"])
+def test_s3_multipart_write_failing_midway_keeps_previous_object(s3, s3_server, own_user, failure):
+    """A multipart upload that fails after its first part leaves the previous object whole and no
+    incomplete upload behind (S3 bills stored parts of an upload nobody completes or aborts)."""
+    storage, user, iam = own_user
+    bucket = s3[1].removeprefix("s3://")
+    key = f"multipart-{failure}/model.safetensors"
+    uri = f"s3://{bucket}/{key}"
+    admin = s3_server.client()
+    first = os.urandom(9 * MB)  # over boto3's 8 MiB threshold: a 2-part upload
+    storage.write_bytes(uri, first)
+    assert admin.head_object(Bucket=bucket, Key=key)["ETag"].strip('"').endswith("-2")  # multipart, 2 parts
+
+    second = os.urandom(30 * MB)  # 4 parts of 8 MiB
+    stored: list[dict] = []  # query strings of the parts the server accepted before the failure
+    storage._client.meta.events.register(
+        "after-call.s3.UploadPart",
+        lambda http_response, **_: http_response.status_code == 200 and stored.append(_query(http_response.url)),
+    )
+    if failure == "source":
+        # The source breaks while part 3 is read (after parts 1 and 2 were handed to the uploader):
+        # exactly the call open_atomic makes with its spool once the block exits.
+        def until_a_part_is_stored():
+            deadline = time.time() + 60
+            while not stored and time.time() < deadline:
+                time.sleep(0.05)
+
+        with pytest.raises(OSError, match="Input/output error"):
+            storage._upload(FailingSource(second, 20 * MB, until_a_part_is_stored), parse_uri(uri))
+    else:
+        # The server refuses the upload midway: once part 1 is stored, the user loses s3:PutObject
+        # (UploadPart, CompleteMultipartUpload) but keeps AbortMultipartUpload.
+        lock, denied = threading.Lock(), []
+
+        def refuse_later_parts(request, **_):
+            query = _query(request.url)
+            if int(query["partNumber"]) == 1:
+                return
+            with lock:
+                if denied:
+                    return
+                deadline = time.time() + 60
+                while not admin.list_parts(Bucket=bucket, Key=key, UploadId=query["uploadId"]).get("Parts"):
+                    assert time.time() < deadline, "part 1 was never stored"
+                    time.sleep(0.05)
+                iam.put_user_policy(
+                    UserName=user, PolicyName="no-put", PolicyDocument=POLICY % ("Deny", "s3:PutObject")
+                )
+                denied.append(True)
+
+        storage._client.meta.events.register("before-send.s3.UploadPart", refuse_later_parts)
+        with pytest.raises(StorageError, match=rf"{uri}: upload failed: .*AccessDenied.*UploadPart"):
+            storage.write_bytes(uri, second)
+        assert denied
+    # The failure came midway: the server held part of the new version, not all of it.
+    assert 1 in [int(q["partNumber"]) for q in stored] and len(stored) < 4
+    assert storage.read_bytes(uri) == first
+    assert admin.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", []) == []
+    assert storage.list_files(f"s3://{bucket}/multipart-{failure}") == [uri]

@@ -21,7 +21,7 @@ def consolidated_state_dict(ckpt_dir: str) -> dict[str, torch.Tensor]:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     tag_dir = Path(ckpt_dir, CKPT_TAG)
-    if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("zero_pp_rank_*")):
+    if any(tag_dir.glob("*optim_states.pt")) and any(tag_dir.glob("*zero_pp_rank_*")):
         return get_fp32_state_dict_from_zero_checkpoint(ckpt_dir, tag=CKPT_TAG)
     # Stage 0: the module weights are whole in the model-states file (our own file: trusted).
     states = torch.load(tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
