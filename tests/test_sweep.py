@@ -290,3 +290,30 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_loc
     assert len(after) == 4  # the sweep finished
     for trial, rows in before.items():  # and no finished trial ran again
         assert after[trial] == rows, f"{trial} was re-run"
+
+
+@pytest.mark.parametrize(
+    ("family", "shapes", "others"),
+    [("fusion", ("operator", "dim"), ("image_lr", "head_lr")), ("gan", ("width", "z_dim"), ("g_lr",))],
+)
+def test_pbt_never_mutates_what_shapes_the_network(family, shapes, others):
+    """An exploit copies the donor's whole config; PBT's explore must leave shape dimensions
+    alone (a new width would not fit the donor's checkpoint) and may perturb the rest."""
+    from aigc_ray.spec.sections import FUSION_STRUCTURAL, GAN_STRUCTURAL
+    from aigc_ray.tune.space import pbt_mutations
+
+    space = {
+        "operator": "{type: choice, values: [concat, gated]}",
+        "dim": "{type: choice, values: [16, 32]}",
+        "width": "{type: choice, values: [8, 12]}",
+        "z_dim": "{type: choice, values: [8, 16]}",
+        "image_lr": "{type: loguniform, low: 0.001, high: 0.01}",
+        "head_lr": "{type: loguniform, low: 0.001, high: 0.01}",
+        "g_lr": "{type: loguniform, low: 0.0001, high: 0.002}",
+    }
+    overrides = [f"{family}.sweep.scheduler=pbt"]
+    overrides += [f"{family}.sweep.search_space.{k}={space[k]}" for k in (*shapes, *others)]
+    spec = load_spec(None, overrides)
+    structural = {"fusion": FUSION_STRUCTURAL, "gan": GAN_STRUCTURAL}[family]
+    mutated = pbt_mutations(getattr(spec, family).sweep, structural)
+    assert set(mutated) == set(others) and not set(shapes) & set(mutated)

@@ -9,7 +9,7 @@ plus the inputs, so a corrected classification is a labelled multimodal example.
 from __future__ import annotations
 
 import io
-import time
+from datetime import datetime, timezone
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -40,7 +40,8 @@ def feedback_row(feedback_id: str, request, record: dict, model_version: str) ->
         "response_id": request.response_id,
         "kind": record["kind"],
         "model_version": model_version,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # microseconds: two corrections of one answer within a second still have an order
+        "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "rating": request.rating,
         "correct_label": request.correct_label,
         "correct_text": request.correct_text,
@@ -56,7 +57,8 @@ def write_feedback(storage: Storage, uri: str, row: dict) -> str:
     table = pa.Table.from_pylist([row], schema=FEEDBACK_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    shard = join(uri, f"part-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{row['id']}.parquet")
+    stamp = row["created_at"].replace("-", "").replace(":", "").replace(".", "")
+    shard = join(uri, f"part-{stamp}-{row['id']}.parquet")
     storage.write_bytes(shard, buf.getvalue())
     return shard
 
