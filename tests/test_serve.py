@@ -594,15 +594,82 @@ def test_overload_is_answered_503_at_once_instead_of_piling_up(served):
     assert client.post("/v1/classify", json=body).status_code == 200
 
 
+def _with_serve(spec, **settings):
+    return spec.model_copy(update={"serve": spec.serve.model_copy(update=settings)})
+
+
 @pytest.mark.slow
-def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answers_differently(served):
+def test_a_member_slower_than_the_request_timeout_is_answered_504(served):
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 4)
+    start_local(_with_serve(spec, request_timeout_s=0.0005))  # no member answers this fast
+    try:
+        slow = client.post("/v1/classify", json=body)
+        assert slow.status_code == 504, slow.text
+        assert slow.json()["error"]["code"] == 504 and "no answer within" in slow.json()["error"]["message"]
+    finally:
+        start_local(spec)
+    assert client.post("/v1/classify", json=body).status_code == 200  # and it answers again
+
+
+@pytest.mark.slow
+def test_every_strategy_answers_what_its_offline_combination_answers(served, tmp_path):
+    """mean, vote and weighted reconfigured in place; stacking built into its own ensemble (its
+    meta-model is fitted at build time) from the served members, served, and compared."""
+    from aigc_ray.ensemble.build import build_ensemble, load_ensemble
+    from aigc_ray.ensemble.combine import Combiner
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.serve.deploy import start_local
+    from aigc_ray.storage import join
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 5, members=True)
+    ens = load_ensemble(storage, ensemble_dir(spec))
+    weights = {n: 1 / len(ens.names) for n in ens.names}
+    try:
+        for strategy in ("mean", "vote", "weighted"):
+            start_local(spec, user_config={"strategy": strategy, "weights": weights})
+            out = client.post("/v1/classify", json=body).json()
+            members = np.stack([out["members"][n] for n in ens.names])[:, None]
+            expected = Combiner(strategy, [weights[n] for n in ens.names])(members)[0]
+            assert out["strategy"] == strategy
+            np.testing.assert_allclose(out["probabilities"], expected, atol=1e-5)
+            assert out["label"] == int(np.argmax(expected))
+
+        listed = [join(ensemble_dir(spec), "members", n) for n in ens.names]
+        stacked = spec.model_copy(
+            update={
+                "name": "serve-stacking",
+                "ensemble": spec.ensemble.model_copy(
+                    update={"strategy": "stacking", "top_k": 0, "members": listed, "language_models": []}
+                ),
+            }
+        )
+        report = build_ensemble(stacked, storage, log=lambda *_: None)
+        assert report.strategy == "stacking"
+        start_local(stacked)
+        out = client.post("/v1/classify", json=body).json()
+        offline = load_ensemble(storage, ensemble_dir(stacked))
+        members = np.stack([out["members"][n] for n in offline.names])[:, None]
+        assert out["strategy"] == "stacking"
+        np.testing.assert_allclose(out["probabilities"], offline.combiner(members)[0], atol=1e-5)
+    finally:
+        start_local(spec)
+    assert client.post("/v1/classify", json=body).json()["strategy"] == "weighted"
+
+
+@pytest.mark.slow
+def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answers_differently(served, tmp_path, capsys):
     """Serve -> corrections -> `feedback ingest` -> `feedback finetune` -> redeploy -> new answers.
     (Runs last in this module: it replaces the served ensemble.)"""
-    from aigc_ray.data.feedback_ingest import ingest_feedback
+    from aigc_ray.cli import main
     from aigc_ray.data.shards import validate_shards
-    from aigc_ray.ensemble.refresh import refresh_from_feedback
     from aigc_ray.layout import feedback_shards_uri
+    from aigc_ray.manifest import read_manifest
     from aigc_ray.serve.deploy import start_local
+    from aigc_ray.spec import spec_to_yaml
 
     spec, storage, client = served
     corrected = {}
@@ -612,10 +679,16 @@ def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answer
         corrected[i] = (answer["label"] + 1) % 10  # a correction the model disagrees with
         res = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": corrected[i]})
         assert res.status_code == 200
-    manifest = ingest_feedback(spec, storage, log=lambda *_: None)
-    assert manifest.meta["rows"] >= 3 and validate_shards(storage, feedback_shards_uri(spec)).ok
-    loop = spec.model_copy(update={"feedback": spec.feedback.model_copy(update={"steps": 80, "lr": 0.005})})
-    refresh_from_feedback(loop, storage, log=lambda *_: None)
+    # the two commands, as a user runs them, on this spec written out as YAML
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(spec_to_yaml(spec))
+    assert main(["feedback", "ingest", "-c", str(spec_file)]) == 0
+    assert f"feedback shards: {feedback_shards_uri(spec)}" in capsys.readouterr().out
+    assert read_manifest(storage, feedback_shards_uri(spec)).meta["rows"] >= 3
+    assert validate_shards(storage, feedback_shards_uri(spec)).ok
+    tuned = ["--set", "feedback.steps=80", "--set", "feedback.lr=0.005"]
+    assert main(["feedback", "finetune", "-c", str(spec_file), *tuned]) == 0
+    assert "ensemble refreshed" in capsys.readouterr().out
     start_local(spec)  # the new artifact version redeploys the members
     for i, label in corrected.items():
         body, _ = digit_request(storage, spec, i)
