@@ -158,7 +158,8 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
     assert replayed, "no exploit could be replayed from the donor's checkpoint files"
     for trial, trial_rows in rows.items():  # within one lineage, a trial keeps its shapes
         for prev, row in zip(trial_rows, trial_rows[1:], strict=False):
-            same_lineage = row.get("restored_from") == prev.get("restored_from")
+            lineage = ("restored_from", "restored_at_iteration")
+            same_lineage = all(row.get(k) == prev.get(k) for k in lineage)
             if same_lineage and row["training_iteration"] == prev["training_iteration"] + 1:
                 assert _shape(row["config"]) == _shape(prev["config"]), trial
 

@@ -44,6 +44,9 @@ def restore_pair(folder: str, g, d, opt_g, opt_d, config: dict, state_file: str,
     set_lr(opt_d, d_lr_of(config))
     restored = {
         "restored_from": meta["trial_id"],
+        # with restored_from, names the lineage: a trial may take the same donor twice, and the
+        # donor may itself have changed lineage (and shapes) in between
+        "restored_at_iteration": int(state["iteration"]),
         "restored_pair_matches": weights_hash(g) == meta["g_hash"] and weights_hash(d) == meta["d_hash"],
     }
     return int(state["step"]), int(state["iteration"]), restored, meta
