@@ -2,8 +2,9 @@
 
 Starts a head and a second node with Ray's own test-cluster utility (two raylets on this
 machine), pretrains with one worker pinned to each node, removes the second node once the
-first checkpoint is committed, and lets elastic Ray Train finish on the surviving node from
-that checkpoint. Prints one JSON line (prefix ``RESULT``) for the test to read.
+first checkpoint is committed, lets elastic Ray Train go on on the surviving node from that
+checkpoint, then adds a third node and lets Train grow back to two workers (again from the
+last checkpoint). Prints one JSON line (prefix ``RESULT``) for the test to read.
 
 Usage: python tests/multinode_driver.py STORAGE_ROOT RUN_NAME TEMP_DIR
 (TEMP_DIR: a short, empty folder; the test kills the processes naming it if this driver hangs.)
@@ -17,6 +18,7 @@ import os
 import sys
 import threading
 import time
+import traceback
 
 
 def committed_checkpoints(storage, ckpt_root: str) -> int:
@@ -24,7 +26,18 @@ def committed_checkpoints(storage, ckpt_root: str) -> int:
     return sum(len(storage.read_json(f)["checkpoint_results"]) for f in snapshots)
 
 
+def latest_committed_step(storage, ckpt_root: str) -> int:
+    """The training step of the newest committed checkpoint (0 before the first)."""
+    snapshots = [f for f in storage.list_files(ckpt_root) if f.endswith("checkpoint_manager_snapshot.json")]
+    steps = [r["metrics"]["step"] for f in snapshots for r in storage.read_json(f)["checkpoint_results"]]
+    return max(steps, default=0)
+
+
 def main(root: str, name: str, temp_dir: str) -> None:
+    # Ray's test cluster records its address in <RAY_TMPDIR>/ray: keep it inside our own folder
+    # (the default, /tmp/ray, may not exist, and other clusters on the machine read it).
+    os.environ["RAY_TMPDIR"] = temp_dir
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)
     import ray
     from ray.cluster_utils import Cluster
     from ray.util.state import list_actors
@@ -53,7 +66,7 @@ def main(root: str, name: str, temp_dir: str) -> None:
             f"storage.root={root}",
             f"name={name}",
             "data.rows_per_shard=300",
-            "pretrain.max_steps=30",
+            "pretrain.max_steps=150",  # long enough to shrink and grow back
             "pretrain.checkpoint_every=10",
             "pretrain.log_every=5",
             "pretrain.eval_batches=4",
@@ -62,6 +75,7 @@ def main(root: str, name: str, temp_dir: str) -> None:
             "pretrain.num_workers=2",
             "pretrain.min_workers=1",
             "pretrain.max_failures=2",
+            "pretrain.grow_check_s=2",  # check for returned nodes every 2 s (default 60)
             "pretrain.cpus_per_worker=0.5",
             "pretrain.worker_resources={train_slot: 1}",  # one worker per node
         ],
@@ -69,24 +83,63 @@ def main(root: str, name: str, temp_dir: str) -> None:
     storage = Storage.from_spec(spec.storage)
     nodes_seen: set[str] = set()
     removed: list[float] = []
+    added: list[str] = []
+    first_group: set[str] = set()
+    alone_since: dict[str, int] = {}
 
-    def remove_second_node_after_first_checkpoint() -> None:
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            for actor in list_actors(filters=[("state", "=", "ALIVE")]):
-                if "RayTrainWorker" in (actor.class_name or ""):
-                    nodes_seen.add(actor.node_id)
-            if committed_checkpoints(storage, join(pretrain_dir(spec), "ray")) >= 1:
+    def train_workers() -> list:
+        return [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in (a.class_name or "")]
+
+    def remove_a_node_then_add_one(trainer: threading.Thread) -> None:
+        try:
+            _remove_a_node_then_add_one(trainer)
+        except Exception:  # the test reads stderr when the result falls short
+            traceback.print_exc()
+
+    def _remove_a_node_then_add_one(trainer: threading.Thread) -> None:
+        deadline = time.time() + 600
+        last = None
+        while time.time() < deadline and not added and trainer.is_alive():
+            workers = train_workers()
+            nodes_seen.update(a.node_id for a in workers)
+            now = sorted((a.actor_id[:8], a.node_id[:8]) for a in workers)
+            if now != last:  # for the test's failure message
+                print(f"{time.time():.1f} train workers (actor, node): {now}", file=sys.stderr, flush=True)
+                last = now
+            if not removed and committed_checkpoints(storage, join(pretrain_dir(spec), "ray")) >= 1:
+                first_group.update(a.actor_id for a in workers)
                 cluster.remove_node(second, allow_graceful=False)
                 removed.append(time.time())
-                return
+            elif removed and len(workers) == 1 and workers[0].actor_id not in first_group:
+                # Train restarted on the survivor alone (a new worker group). Once that group has
+                # committed a checkpoint of its own (so its resume is on record), a node returns.
+                step = latest_committed_step(storage, join(pretrain_dir(spec), "ray"))
+                alone_since.setdefault("step", step)
+                if step > alone_since["step"]:
+                    added.append(cluster.add_node(num_cpus=1, resources=slot).node_id)
             time.sleep(0.2)
+        while time.time() < deadline and trainer.is_alive() and len(train_workers()) < 2:  # until Train grew back
+            time.sleep(0.2)
+        nodes_seen.update(a.node_id for a in train_workers())
 
-    watcher = threading.Thread(target=remove_second_node_after_first_checkpoint, daemon=True)
-    watcher.start()
+    # Ray's test cluster adds nodes from the main thread only (it installs signal handlers), so
+    # training runs in a thread and the main thread removes and adds nodes.
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = pretrain(spec, storage, log=lambda *_: None)
+        except BaseException as exc:  # re-raised in the main thread
+            outcome["error"] = exc
+
+    trainer = threading.Thread(target=train, daemon=True)
+    trainer.start()
     try:
-        result = pretrain(spec, storage, log=lambda *_: None)
-        watcher.join(timeout=5)
+        remove_a_node_then_add_one(trainer)
+        trainer.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        result = outcome["result"]
         history = [
             json.loads(line)
             for line in storage.read_bytes(join(result.export_uri, "history.jsonl")).decode().splitlines()
@@ -98,6 +151,7 @@ def main(root: str, name: str, temp_dir: str) -> None:
                     "removed": bool(removed),
                     "train_nodes": sorted(nodes_seen),
                     "second_node": second.node_id,
+                    "added_node": added[0] if added else None,
                     "alive_nodes": sum(1 for n in ray.nodes() if n["Alive"]),
                     "resumes": result.eval["resumes"],
                     "steps": [h["step"] for h in history],

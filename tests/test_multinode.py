@@ -1,6 +1,7 @@
 """Multi-node: a 2-node Ray cluster on this machine (Ray's own test-cluster utility: a head and a
-second raylet), pretraining with a worker on each node, the second node removed mid-run, and
-elastic Ray Train finishing on the survivor from the last checkpoint."""
+second raylet), pretraining with a worker on each node, the second node removed mid-run, elastic
+Ray Train going on on the survivor from the last checkpoint, and growing back to two workers when
+a node joins again."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 DRIVER = Path(__file__).with_name("multinode_driver.py")
 
 
-def test_pretraining_survives_losing_a_node(local_data):
+def test_pretraining_survives_losing_a_node_and_grows_back_when_one_joins(local_data):
     base, _ = local_data
     # Its own cluster, so its own process: Ray allows one cluster connection per process.
     temp_dir = tempfile.mkdtemp(prefix="mn-", dir="/tmp")  # short: Ray's socket paths live under it
@@ -35,13 +36,18 @@ def test_pretraining_survives_losing_a_node(local_data):
     assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-3000:]
     got = json.loads(lines[-1].removeprefix("RESULT "))
 
-    # One worker ran on each node (one train_slot per node), then the second node went away.
-    assert got["removed"] and got["second_node"] in got["train_nodes"] and len(got["train_nodes"]) == 2
-    assert got["alive_nodes"] == 1
-    # Train restarted on the one node left, from a checkpoint (the first one, unless the node's death
-    # was noticed after the second), with the same global batch.
-    (resume,) = got["resumes"]
-    assert resume["from_world_size"] == 2 and resume["world_size"] == 1 and resume["at_step"] in (10, 20)
-    assert got["steps"] == list(range(1, 31))
-    losses, at = got["losses"], resume["at_step"]
-    assert abs(losses[at] - losses[at - 1]) < 0.3 < losses[0] - losses[-1]  # continued, not started over
+    # One worker ran on each node (one train_slot per node), then the second node went away, then
+    # a third node joined and Train grew back onto it.
+    assert got["removed"] and got["second_node"] in got["train_nodes"], got
+    assert got["added_node"] in got["train_nodes"] and len(got["train_nodes"]) == 3, got
+    assert got["alive_nodes"] == 2
+    # Train restarted on the one node left from a checkpoint (the first one, unless the node's death
+    # was noticed after the second), then on two again from a later one, with the same global batch.
+    shrink, grow = got["resumes"]
+    assert shrink["from_world_size"] == 2 and shrink["world_size"] == 1 and shrink["at_step"] in (10, 20)
+    assert grow["from_world_size"] == 1 and grow["world_size"] == 2 and shrink["at_step"] < grow["at_step"] < 150
+    assert got["steps"] == list(range(1, 151))
+    losses = got["losses"]
+    for at in (shrink["at_step"], grow["at_step"]):  # continued, not started over
+        assert abs(losses[at] - losses[at - 1]) < 0.3, (at, losses)
+    assert losses[0] - losses[-1] > 0.3

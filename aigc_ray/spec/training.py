@@ -99,6 +99,12 @@ class PretrainSpec(TrainingSpec):
         description="Elastic training: after losing nodes, restart on as few as this many workers (and grow back "
         "to num_workers when they return); the global batch stays the same. None: always num_workers.",
     )
+    grow_check_s: float = Field(
+        60.0,
+        gt=0,
+        description="Elastic training: how often (seconds) a running group checks whether returned nodes let it "
+        "grow back to num_workers; growing restarts the workers from the last checkpoint.",
+    )
     cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
     worker_resources: dict[str, float] = Field(
         default_factory=dict,

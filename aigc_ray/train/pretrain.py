@@ -102,6 +102,7 @@ class PretrainResult:
 RESUME_NEUTRAL = {
     "num_workers",
     "min_workers",
+    "grow_check_s",
     "cpus_per_worker",
     "worker_resources",
     "use_gpu",
@@ -152,6 +153,7 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
         scaling_config=ScalingConfig(
             # Elastic: Train restarts on whatever number of workers in [min, max] the cluster fits now.
             num_workers=(p.min_workers, p.num_workers) if p.min_workers else p.num_workers,
+            elastic_resize_monitor_interval_s=p.grow_check_s,  # read only by elastic runs
             use_gpu=p.use_gpu,
             resources_per_worker={"CPU": cpus, **p.worker_resources},
         ),
