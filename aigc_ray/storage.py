@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import weakref
 from collections.abc import Iterator
@@ -118,6 +119,32 @@ def release_s3() -> None:
         storage.__dict__.pop("_s3fs", None)
     gc.collect()
     pafs.ensure_s3_finalized()
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2 :]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1 : end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
 
 
 class Storage:
@@ -239,6 +266,31 @@ class Storage:
                 continue
             out.append(f"s3://{fi.path}" if loc.scheme == "s3" else fi.path)
         return sorted(out)
+
+    def file_stats(self, uri: str) -> list[tuple[str, int, int]]:
+        """(URI, bytes, modification time in ns) of each file under ``uri``, sorted: a cheap
+        fingerprint of data we did not write (one listing, no reads)."""
+        fs, path = self.filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return []
+        infos = [info] if info.type == pafs.FileType.File else fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        scheme = parse_uri(uri).scheme
+        return sorted(
+            (f"s3://{fi.path}" if scheme == "s3" else fi.path, int(fi.size or 0), int(fi.mtime_ns or 0))
+            for fi in infos
+            if fi.type == pafs.FileType.File and not fi.base_name.startswith(PARTIAL_PREFIX)
+        )
+
+    def glob(self, pattern: str) -> list[str]:
+        """Files matching ``pattern`` (``*`` and ``?`` within a folder name, ``[...]``, ``**/`` any
+        folders), local or S3; a pattern without wildcards is a file or a folder (every file in it)."""
+        if not any(c in pattern for c in "*?["):
+            return self.list_files(pattern)
+        parts = pattern.split("/")
+        fixed = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+        regex = _glob_regex(pattern)
+        return [uri for uri in self.list_files("/".join(parts[:fixed])) if regex.fullmatch(uri)]
 
     def download(self, uri: str, local_dir: str | Path) -> Path:
         """Copy every file under ``uri`` into ``local_dir``, keeping relative paths; returns it."""

@@ -1,13 +1,15 @@
-"""``aigc data build``: the embedded dataset, the corpus and the tokenizer, written as artifacts.
+"""``aigc data build``: the multimodal data, the corpus and the tokenizer, written as artifacts.
 
 Layout under the spec's data URI::
 
-    multimodal/  part-*.parquet + _manifest.json   (multimodal/v1: captioned digits)
-    corpus/      part-*.parquet + _manifest.json   (text/v1: the LM pretraining corpus)
+    multimodal/  part-*.parquet + _manifest.json   (multimodal/v1: an embedded set, or data.source imported)
+    corpus/      part-*.parquet + _manifest.json   (text/v1: the embedded corpus, or data.corpus imported)
     tokenizer/   tokenizer.json, ... + _manifest.json
 
-A part whose manifest records the same build hash is up to date and is skipped, so re-running
-the command is cheap and never rewrites good data.
+The multimodal manifest records the class names (index = label) and the image shape that every
+later stage sizes its models from. A part whose manifest records the same build hash (for
+imported data: also the same source listing) is up to date and is skipped, so re-running the
+command is cheap and never rewrites good data.
 """
 
 from __future__ import annotations
@@ -23,15 +25,33 @@ from ..manifest import Manifest, read_manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
 from .corpus import corpus_batches
-from .digits import digit_batches
+from .corpus_import import import_corpus_batches
+from .digits import IMAGE_SIDE as DIGITS_SIDE
+from .digits import WORDS, digit_batches
+from .image_import import import_images, source_fingerprint
 from .schema import MULTIMODAL_V1, TEXT_V1
+from .shapes import CLASSES as SHAPE_CLASSES
+from .shapes import IMAGE_SIDE as SHAPES_SIDE
+from .shapes import shape_batches
 from .shards import split_table, write_shards
 from .tokenizer import save_tokenizer, train_tokenizer
 
 DATASET_VERSION = "digits-captions-v1"
 # The modules whose code determines the built bytes: their source is part of the build hash,
 # so editing a caption template rebuilds the data instead of silently keeping the old one.
-BUILDER_MODULES = ("digits.py", "corpus.py", "stdlib_docs.py", "schema.py", "images.py", "shards.py", "tokenizer.py")
+BUILDER_MODULES = (
+    "digits.py",
+    "shapes.py",
+    "corpus.py",
+    "corpus_import.py",
+    "image_import.py",
+    "image_sources.py",
+    "stdlib_docs.py",
+    "schema.py",
+    "images.py",
+    "shards.py",
+    "tokenizer.py",
+)
 BUILD_FIELDS = (
     "dataset",
     "seed",
@@ -41,7 +61,16 @@ BUILD_FIELDS = (
     "caption_noise",
     "corpus_max_chars",
     "vocab_size",
+    "source",
+    "image_size",
+    "on_bad_row",
+    "corpus",
 )
+# The embedded sets: (record batches, class names, image shape)
+EMBEDDED = {
+    "digits": (digit_batches, WORDS, [DIGITS_SIDE, DIGITS_SIDE, 1]),
+    "shapes": (shape_batches, SHAPE_CLASSES, [SHAPES_SIDE, SHAPES_SIDE, 3]),
+}
 
 
 @dataclass
@@ -64,6 +93,14 @@ def build_hash(spec: ExperimentSpec) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
+def corpus_fingerprint(storage: Storage, files: list[str], pattern: str) -> str:
+    """The corpus files' paths, sizes and modification times (one listing, no reads)."""
+    if not files:
+        raise FileNotFoundError(f"data.corpus: no files match {pattern}")
+    stats = [stat for f in files for stat in storage.file_stats(f)]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()
+
+
 def _texts(storage: Storage, uri: str) -> list[str]:
     """The train-split texts of a shard set, for tokenizer training."""
     return split_table(storage, uri, "train", ["text"])["text"].to_pylist()
@@ -77,42 +114,55 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
     fractions = d.splits.model_dump()
     written: list[str] = []
 
-    def current(part: str) -> Manifest | None:
+    def current(part: str, source: str | None = None) -> Manifest | None:
+        """The committed part if it was built from this spec (and this source, unchanged)."""
         existing = read_manifest(storage, join(root, part))
-        if existing is not None and existing.spec_hash == h and not force:
-            log(f"  {part:<10} up to date ({join(root, part)})")
-            return existing
-        return None
+        if existing is None or existing.spec_hash != h or force:
+            return None
+        if source is not None and existing.inputs.get(source) != _fingerprint(part, source):
+            return None  # the user's data changed since it was imported
+        log(f"  {part:<10} up to date ({join(root, part)})")
+        return existing
 
-    multimodal = current("multimodal")
+    def _fingerprint(part: str, source: str) -> str:
+        if part == "multimodal":
+            return source_fingerprint(storage, source)
+        return corpus_fingerprint(storage, storage.glob(source), source)
+
+    multimodal = current("multimodal", d.source.uri if d.source else None)
     if multimodal is None:
-        batches = digit_batches(d.seed, fractions, d.caption_noise.vague, d.caption_noise.wrong, d.repeat)
-        multimodal = write_shards(
-            storage,
-            join(root, "multimodal"),
-            batches,
-            MULTIMODAL_V1,
-            d.rows_per_shard,
-            h,
-            meta={"dataset": d.dataset, "seed": d.seed},
-        )
+        if d.source is not None:
+            inputs = {d.source.uri: source_fingerprint(storage, d.source.uri)}
+            multimodal = import_images(spec, storage, join(root, "multimodal"), h, inputs, log=log)
+        else:
+            make_batches, classes, shape = EMBEDDED[d.dataset]
+            batches = make_batches(d.seed, fractions, d.caption_noise.vague, d.caption_noise.wrong, d.repeat)
+            multimodal = write_shards(
+                storage,
+                join(root, "multimodal"),
+                batches,
+                MULTIMODAL_V1,
+                d.rows_per_shard,
+                h,
+                meta={"dataset": d.dataset, "seed": d.seed, "classes": list(classes), "image_shape": shape},
+            )
+            log(
+                f"  multimodal wrote {multimodal.meta['rows']} rows in {len(multimodal.files)} shards: "
+                f"{multimodal.meta['splits']}"
+            )
         written.append("multimodal")
-        log(
-            f"  multimodal wrote {multimodal.meta['rows']} rows in {len(multimodal.files)} shards: {multimodal.meta['splits']}"
-        )
 
-    corpus = current("corpus")
+    corpus = current("corpus", d.corpus.uri if d.corpus else None)
     if corpus is None:
-        batches = corpus_batches(d.seed, fractions, d.corpus_max_chars)
-        corpus = write_shards(
-            storage,
-            join(root, "corpus"),
-            batches,
-            TEXT_V1,
-            d.rows_per_shard,
-            h,
-            meta={"python": ".".join(map(str, sys.version_info[:3]))},
-        )
+        if d.corpus is not None:
+            files = storage.glob(d.corpus.uri)
+            inputs = {d.corpus.uri: corpus_fingerprint(storage, files, d.corpus.uri)}
+            batches = import_corpus_batches(storage, files, d.seed, fractions, d.corpus_max_chars)
+            meta = {"source": d.corpus.uri, "files": len(files)}
+        else:
+            inputs, batches = {}, corpus_batches(d.seed, fractions, d.corpus_max_chars)
+            meta = {"python": ".".join(map(str, sys.version_info[:3]))}
+        corpus = write_shards(storage, join(root, "corpus"), batches, TEXT_V1, d.rows_per_shard, h, inputs, meta)
         written.append("corpus")
         log(
             f"  corpus     wrote {corpus.meta['rows']} documents in {len(corpus.files)} shards: {corpus.meta['splits']}"

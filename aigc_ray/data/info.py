@@ -32,6 +32,16 @@ class DatasetInfo:
 
 
 DIGITS = DatasetInfo(WORDS, (IMAGE_SIDE, IMAGE_SIDE, 1))
+DIGITS_PROMPT = "a handwritten {name}"
+GENERIC_PROMPT = "a {name}"
+
+
+def prompt_template(spec: ExperimentSpec, info: DatasetInfo) -> str:
+    """How a class is asked for in words: the spec's ``data.prompt_template``, else the digits'
+    own wording for the digits and "a {name}" for anything else."""
+    if spec.data.prompt_template:
+        return spec.data.prompt_template
+    return DIGITS_PROMPT if info.classes == DIGITS.classes else GENERIC_PROMPT
 
 
 def dataset_info(spec: ExperimentSpec, storage: Storage) -> DatasetInfo:

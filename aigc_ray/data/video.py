@@ -2,7 +2,9 @@
 shards, read back with Ray Data.
 
 Each clip is one 8x8 digit drifting through a ``frame_size`` square frame and bouncing off its
-edges (the "moving MNIST" recipe, on the embedded digits). Start and velocity are drawn from a
+edges (the "moving MNIST" recipe, on the embedded digits). Other data (the shapes, imported
+images) moves the same way: each image is first made an 8x8 grey sprite (luminance, area
+resized), so the clips and the video GAN keep their shape whatever the images are. Start and velocity are drawn from a
 per-clip seeded generator, positions are sub-pixel and rendered by bilinear placement, so every
 clip is a pure function of (video seed, clip index, source image).
 
@@ -35,7 +37,7 @@ from .images import decode_png
 from .schema import VIDEO_SCHEMA, VIDEO_V1
 from .shards import shard_files, split_table, write_shards
 
-VIDEO_VERSION = "moving-digits-v1"
+VIDEO_VERSION = "moving-digits-v1"  # unchanged: the digits' clips are byte for byte the same
 DIGIT_SIZE = 8
 VIDEO_COLUMNS = VIDEO_SCHEMA.names
 
@@ -117,8 +119,8 @@ def embedded_digits(spec) -> SourceDigits:
 
 
 def read_source_digits(storage: Storage, uri: str) -> SourceDigits:
-    """Every row of the ``multimodal/v1`` shard set at ``uri`` (in id order), decoded and checked:
-    a missing set, an undecodable or non-8x8 image is a clear error naming the set or the row."""
+    """Every row of the ``multimodal/v1`` shard set at ``uri`` (in id order), decoded as sprites:
+    a missing set or an undecodable image is a clear error naming the set or the row."""
     import pyarrow.parquet as pq
 
     if read_manifest(storage, uri) is None:
@@ -143,11 +145,20 @@ def read_source_digits(storage: Storage, uri: str) -> SourceDigits:
             img = decode_png(rows[row_id][0])
         except ValueError as exc:
             raise ValueError(f"{uri}: row {row_id!r}: image: {exc}") from None
-        if img.shape != (DIGIT_SIZE, DIGIT_SIZE, 1):
-            raise ValueError(f"{uri}: row {row_id!r}: image is {img.shape}, expected an 8x8 grayscale digit")
-        pixels[i] = img[:, :, 0]
+        pixels[i] = sprite(img)
     labels = np.array([rows[r][1] for r in ids], dtype=np.int32)
     return SourceDigits(ids, pixels, labels, [rows[r][2] for r in ids])
+
+
+def sprite(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) uint8 image as the (8, 8) uint8 grey sprite a clip moves: the digits as they
+    are; anything else converted to luminance and area-resized."""
+    if image.shape == (DIGIT_SIZE, DIGIT_SIZE, 1):
+        return image[:, :, 0]
+    from PIL import Image
+
+    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image[:, :, :3]).convert("L")
+    return np.asarray(pil.resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.BOX), dtype=np.uint8)
 
 
 # -------------------------------------------------------------------------- shards

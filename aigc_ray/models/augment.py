@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.digits import NUM_CLASSES, caption
+from ..data.digits import NUM_CLASSES, WORDS, caption
 from ..layout import augment_generator_uri
 from ..manifest import read_manifest
 from ..spec import ExperimentSpec
@@ -110,17 +110,37 @@ def max_augment_ratio(spec: ExperimentSpec) -> float:
     return spec.fusion.max_augment_ratio
 
 
-def pool_per_class(max_ratio: float, real_rows: int) -> int:
-    """Synthetic samples per digit for a pool serving ratios up to ``max_ratio`` over ``real_rows`` real rows."""
-    return max(1, math.ceil(max_ratio * real_rows / NUM_CLASSES)) if max_ratio > 0 else 0
+def pool_per_class(max_ratio: float, real_rows: int, num_classes: int = NUM_CLASSES) -> int:
+    """Synthetic samples per class for a pool serving ratios up to ``max_ratio`` over ``real_rows`` real rows."""
+    return max(1, math.ceil(max_ratio * real_rows / num_classes)) if max_ratio > 0 else 0
 
 
-def pool_captions(per_class: int, caption_seed: int) -> tuple[np.ndarray, list[str]]:
-    """Labels (class-major, ``per_class`` each) and a caption per sample drawn from the exact
-    templates for its label ("a handwritten seven", "the digit 7", ...), deterministic in the seed."""
-    labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), per_class)
-    rng = np.random.default_rng([caption_seed, 3])
-    return labels, [caption(int(k), "exact", rng)[0] for k in labels]
+def _is_digits(classes) -> bool:
+    return classes is None or tuple(classes) == WORDS
+
+
+def pool_captions(
+    per_class: int, caption_seed: int, classes: tuple[str, ...] | None = None, template: str = "a {name}"
+) -> tuple[np.ndarray, list[str]]:
+    """Labels (class-major, ``per_class`` each) and a caption per sample: for the digits drawn
+    from their exact templates ("a handwritten seven", "the digit 7", ...), deterministic in the
+    seed; for other classes the prompt ``template`` with the class name."""
+    if _is_digits(classes):
+        labels = np.repeat(np.arange(NUM_CLASSES, dtype=np.int64), per_class)
+        rng = np.random.default_rng([caption_seed, 3])
+        return labels, [caption(int(k), "exact", rng)[0] for k in labels]
+    labels = np.repeat(np.arange(len(classes), dtype=np.int64), per_class)
+    return labels, [template.format(name=classes[k]) for k in labels]
+
+
+def _noisy_caption(label: int, kind: str, rng: np.random.Generator, classes, template: str) -> str:
+    """A vague (names no class) or wrong (names another class) caption for ``label``."""
+    if _is_digits(classes):
+        return caption(label, kind, rng)[0]
+    if kind == "vague":
+        return "a picture"
+    other = int((label + rng.integers(1, len(classes))) % len(classes))
+    return template.format(name=classes[other])
 
 
 @functools.cache
@@ -132,23 +152,33 @@ def _upsampling_inverse(small: int, large: int) -> torch.Tensor:
     return torch.linalg.pinv(up.reshape(small, large).T).float()
 
 
-def to_real_space(images: torch.Tensor, method: str = "area") -> torch.Tensor:
-    """GAN space (N, C, 16, 16) in [-1, 1] -> the real images' (N, C, 8, 8) in [0, 1].
+def to_real_space(images: torch.Tensor, method: str = "area", side: int | None = None) -> torch.Tensor:
+    """GAN space (N, C, S, S) in [-1, 1] -> the real images' (N, C, side, side) in [0, 1]
+    (default side S/2: the digits, 8x8 in a 16x16 GAN space).
 
-    ``area``: 2x2 average pooling; an image ``to_gan_space`` made comes back blurred by
+    ``area``: average pooling; an image ``to_gan_space`` made 2x larger comes back blurred by
     [1/8, 3/4, 1/8] along each axis. ``inverse``: the least-squares inverse of ``to_gan_space``
-    (exact for an image it made; for a generated one the 8x8 image whose upsampling is closest)."""
+    (exact for an image it made; for a generated one the image whose upsampling is closest)."""
     x = from_gan_space(images)
+    side = side or x.shape[-1] // 2
+    if side == x.shape[-1]:  # the data is at the GAN's own size
+        return x
     if method == "area":
-        return F.avg_pool2d(x, kernel_size=2)
+        return F.adaptive_avg_pool2d(x, side) if x.shape[-1] % side == 0 else F.interpolate(x, size=side, mode="area")
     if method != "inverse":
         raise ValueError(f"unknown method {method!r}; allowed: inverse, area")
-    p = _upsampling_inverse(x.shape[-1] // 2, x.shape[-1])
+    p = _upsampling_inverse(side, x.shape[-1])
     return (p @ x @ p.T).clamp(0, 1)
 
 
 def shown_captions(
-    labels: np.ndarray, exact: list[str], vague: float, wrong: float, caption_seed: int
+    labels: np.ndarray,
+    exact: list[str],
+    vague: float,
+    wrong: float,
+    caption_seed: int,
+    classes: tuple[str, ...] | None = None,
+    template: str = "a {name}",
 ) -> tuple[list[str], np.ndarray]:
     """The captions the classifier sees with the pool and their kinds: each sample's exact caption,
     except a ``vague`` share replaced by one naming no digit and a ``wrong`` share by one naming
@@ -161,7 +191,8 @@ def shown_captions(
     rng = np.random.default_rng([caption_seed, 4])
     kinds = rng.choice(["exact", "vague", "wrong"], size=len(labels), p=[1 - vague - wrong, vague, wrong])
     texts = [
-        t if k == "exact" else caption(int(y), str(k), rng)[0] for t, k, y in zip(exact, kinds, labels, strict=True)
+        t if k == "exact" else _noisy_caption(int(y), str(k), rng, classes, template)
+        for t, k, y in zip(exact, kinds, labels, strict=True)
     ]
     return texts, kinds.astype(object)
 
@@ -175,6 +206,8 @@ def synthetic_pool(
     *,
     vague: float = 0.0,
     wrong: float = 0.0,
+    classes: tuple[str, ...] | None = None,
+    side: int | None = None,
 ) -> dict[str, np.ndarray]:
     """``per_class`` generated samples per digit, as the real arrays are (``digit_arrays``):
     {"image": (N, 1, 8, 8) float32 in [0, 1], "label": (N,) int64, "text": (N,) object}, class-major,
@@ -189,11 +222,12 @@ def synthetic_pool(
         raise ValueError("synthetic_pool needs a caption-conditioned generator (condition: caption)")
     from ..models.text_condition import embed_texts
 
-    labels, exact = pool_captions(int(per_class), caption_seed)
+    template = config.get("prompt_template", "a {name}")
+    labels, exact = pool_captions(int(per_class), caption_seed, classes, template)
     if not len(labels):
         raise ValueError(f"per_class must be at least 1, got {per_class}")
-    images = to_real_space(generate_for_embeddings(generator, embed_texts(exact), 1, seed))
-    texts, kinds = shown_captions(labels, exact, vague, wrong, caption_seed)
+    images = to_real_space(generate_for_embeddings(generator, embed_texts(exact), 1, seed), side=side)
+    texts, kinds = shown_captions(labels, exact, vague, wrong, caption_seed, classes, template)
     return {
         "image": images.numpy().astype(np.float32),
         "label": labels,

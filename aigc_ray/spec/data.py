@@ -94,12 +94,79 @@ class CaptionNoise(Section):
         return self
 
 
-class DataSpec(Section):
-    """The embedded dataset, its shards, and how Ray Data streams them."""
+IMAGE_FORMATS = ("imagefolder", "webdataset", "parquet")
 
-    dataset: Literal["digits"] = Field(
-        "digits", description="Embedded multimodal dataset to build (no network needed)."
+
+class SourceSpec(Section):
+    """The user's own image–caption–label data, imported into multimodal shards."""
+
+    format: Literal["imagefolder", "webdataset", "parquet"] = Field(
+        description="imagefolder: class folders (+ metadata.jsonl/csv captions, optional train/validation/test "
+        "folders); webdataset: tar shards of KEY.png|jpg|jpeg|webp + KEY.txt + KEY.cls|KEY.json; parquet: "
+        "columns image (bytes or {bytes, path}), text, label (int or class name)."
     )
+    uri: str = Field(description="Local folder or s3://bucket/prefix holding the data.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a local path or an s3://bucket/prefix URI, not empty")
+        return absolute_local(v)
+
+
+class CorpusSpec(Section):
+    """The user's own pretraining text."""
+
+    uri: str = Field(
+        description="A file, folder or glob (local or s3://) of .txt (one document per file), .jsonl (a 'text' "
+        "field per line) or .parquet (a 'text' column) files."
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must be a local path, folder, glob or s3:// URI, not empty")
+        return absolute_local(v)
+
+
+class DataSpec(Section):
+    """The multimodal data (embedded or imported), the corpus, and how Ray Data streams them."""
+
+    dataset: Literal["digits", "shapes"] = Field(
+        "digits",
+        description="Embedded multimodal dataset to build when no source is given (no network needed): digits "
+        "(8x8 grey handwritten digits, 10 classes) or shapes (32x32 RGB drawn shapes, 6 classes).",
+    )
+    source: SourceSpec | None = Field(None, description="Import your own multimodal data instead of an embedded set.")
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        le=512,
+        description="Imported images are resized (shorter side) and cropped (seeded) to this square size; "
+        "default 32. The embedded sets keep their own size.",
+    )
+    on_bad_row: Literal["error", "skip"] = Field(
+        "error",
+        description="An undecodable image, unknown label or missing caption in imported data: error (naming the "
+        "file) or skip (counted in the manifest and printed).",
+    )
+    corpus: CorpusSpec | None = Field(None, description="Your own pretraining text instead of the embedded corpus.")
+    prompt_template: str | None = Field(
+        None,
+        description="How a class is asked for in words ({name}: its class name): the text-to-image GAN's "
+        "evaluation prompts and the served demo's. Default: 'a handwritten {name}' for the digits, 'a {name}' "
+        "for other data.",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _names_the_class(cls, v: str | None) -> str | None:
+        if v is not None and "{name}" not in v:
+            raise ValueError("must contain {name} (where the class name goes), e.g. 'a photo of a {name}'")
+        return v
+
     uri: str | None = Field(None, description="Where shards live; default: <storage.root>/data.")
 
     @field_validator("uri")

@@ -56,9 +56,19 @@ def run_fusion_sweep(
     max_ratio = max_augment_ratio(spec)
     if max_ratio > 0:  # one pool, made here, for every trial and every ratio up to the largest
         augmenter = load_augmenter(spec, storage)
-        per_class = pool_per_class(max_ratio, len(train["label"]))
+        info = dataset_info(spec, storage)
+        per_class = pool_per_class(max_ratio, len(train["label"]), info.num_classes)
         noise = spec.data.caption_noise.model_dump()  # captions as noisy as the real ones
-        rows = synthetic_pool(augmenter.generator, augmenter.config, per_class, s.seed, s.seed, **noise)
+        rows = synthetic_pool(
+            augmenter.generator,
+            augmenter.config,
+            per_class,
+            s.seed,
+            s.seed,
+            **noise,
+            classes=info.classes,
+            side=info.side,
+        )
         ids, mask, _ = encode_captions(list(rows["text"]), tokenizer, storage, limit)
         params["synthetic"] = {"image": rows["image"], "input_ids": ids, "attention_mask": mask, "label": rows["label"]}
         inputs[augmenter.source_uri] = augmenter.fingerprint
@@ -71,7 +81,7 @@ def run_fusion_sweep(
             "generator_fingerprint": augmenter.fingerprint,
         }
         log(
-            f"[sweep] augmentation: {len(rows['label'])} generated samples ({per_class} per digit) from "
+            f"[sweep] augmentation: {len(rows['label'])} generated samples ({per_class} per class) from "
             f"{augmenter.uri}, for ratios up to {max_ratio:g} over {len(train['label'])} real rows"
         )
     trainable = tune.with_resources(

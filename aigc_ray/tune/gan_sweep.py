@@ -18,7 +18,7 @@ import torch
 from ..data.arrays import digit_arrays
 from ..data.build import build_data
 from ..data.images import encode_png
-from ..data.info import dataset_info
+from ..data.info import dataset_info, prompt_template
 from ..data.shards import split_table
 from ..layout import classifier_uri, multimodal_uri, sweep_dir, sweep_events
 from ..manifest import read_manifest
@@ -106,7 +106,7 @@ def run_gan_sweep(
     prompt_embeddings = None
     if conditional:  # MiniLM runs here, once: the trials get its embeddings, not the model
         train_images, captions = caption_training_rows(spec, storage, size)
-        prompt_embeddings = embed_texts(class_prompts(info.classes))
+        prompt_embeddings = embed_texts(class_prompts(info.classes, prompt_template(spec, info)))
         extra_inputs = {"captions": captions, "prompt_embeddings": prompt_embeddings}
     trainable = tune.with_resources(
         tune.with_parameters(
@@ -131,7 +131,13 @@ def run_gan_sweep(
     grid = run_tuner(
         s,
         trainable,
-        {**spec.gan.trial_config(), "image_size": size, "channels": info.channels, "num_classes": info.num_classes},
+        {
+            **spec.gan.trial_config(),
+            "image_size": size,
+            "channels": info.channels,
+            "num_classes": info.num_classes,
+            "prompt_template": prompt_template(spec, info),  # published in best/config.json: how to ask
+        },
         sweep_dir(spec, "gan"),
         storage,
         structural=GAN_STRUCTURAL,

@@ -1,0 +1,112 @@
+"""Importing the user's pretraining text (``data.corpus``) as a text/v1 shard set.
+
+Files by URI, folder or glob, local or S3: ``.txt`` (the file is the document; long files are
+cut at paragraph breaks into documents of at most ``MAX_DOC_CHARS``), ``.jsonl`` (one document
+per line, its ``text`` field) and ``.parquet`` (a ``text`` column). Files are read one at a time
+and streamed to the shard writer, so a corpus larger than memory imports. Splits are seeded by
+document id (``corpus.split_of``), as for the embedded corpus.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from collections.abc import Iterator
+
+import pyarrow as pa
+
+from ..storage import Storage
+from .corpus import split_of
+from .schema import TEXT_SCHEMA
+
+TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+MAX_DOC_CHARS = 20_000
+
+
+class CorpusError(ValueError):
+    """A corpus file cannot be read as text; the message names it."""
+
+
+def _paragraph_chunks(text: str) -> Iterator[str]:
+    """``text`` in pieces of at most ``MAX_DOC_CHARS``, cut at blank lines where possible."""
+    piece: list[str] = []
+    size = 0
+    for para in text.split("\n\n"):
+        while len(para) > MAX_DOC_CHARS:  # one huge paragraph: cut it hard
+            if piece:
+                yield "\n\n".join(piece)
+                piece, size = [], 0
+            yield para[:MAX_DOC_CHARS]
+            para = para[MAX_DOC_CHARS:]
+        if size + len(para) > MAX_DOC_CHARS and piece:
+            yield "\n\n".join(piece)
+            piece, size = [], 0
+        piece.append(para)
+        size += len(para) + 2
+    if any(p.strip() for p in piece):
+        yield "\n\n".join(piece)
+
+
+def file_documents(storage: Storage, uri: str) -> Iterator[tuple[str, str]]:
+    """(document id, text) of one corpus file."""
+    name = posixpath.basename(uri)
+    if uri.endswith(".txt"):
+        try:
+            text = storage.read_bytes(uri).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
+        for i, chunk in enumerate(_paragraph_chunks(text)):
+            if chunk.strip():
+                yield f"{name}#{i}", chunk
+    elif uri.endswith(".jsonl"):
+        for n, line in enumerate(storage.read_bytes(uri).decode("utf-8", errors="strict").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                text = json.loads(line)["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise CorpusError(f"{uri} line {n}: expected a JSON object with a 'text' field") from None
+            if isinstance(text, str) and text.strip():
+                yield f"{name}#{n}", text
+    elif uri.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["text"])
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusError(f"{uri}: not a Parquet file with a 'text' column ({exc})") from None
+        for n, text in enumerate(table.column("text").to_pylist()):
+            if isinstance(text, str) and text.strip():
+                yield f"{name}#{n}", text
+
+
+def import_corpus_batches(
+    storage: Storage, files: list[str], seed: int, fractions: dict[str, float], max_chars: int, batch_rows: int = 256
+) -> Iterator[pa.RecordBatch]:
+    """The documents of ``files`` (those with a known suffix) as text/v1 record batches, at most
+    ``max_chars`` characters in all, ids unique (``file#n``, the path kept where names repeat)."""
+    usable = [f for f in files if f.endswith(TEXT_SUFFIXES)]
+    if not usable:
+        raise CorpusError(f"no {', '.join(TEXT_SUFFIXES)} files among the {len(files)} matched")
+    names = [posixpath.basename(f) for f in usable]
+    unique = len(set(names)) == len(names)
+    rows: dict[str, list] = {name: [] for name in TEXT_SCHEMA.names}
+    total = 0
+    for f in usable:
+        prefix = "" if unique else posixpath.dirname(f).lstrip("/") + "/"
+        for doc_id, text in file_documents(storage, f):
+            if total + len(text) > max_chars:
+                break
+            total += len(text)
+            rows["id"].append(prefix + doc_id)
+            rows["text"].append(text)
+            rows["split"].append(split_of(prefix + doc_id, seed, fractions))
+            rows["source"].append(f)
+            if len(rows["id"]) == batch_rows:
+                yield pa.RecordBatch.from_pydict(rows, schema=TEXT_SCHEMA)
+                rows = {name: [] for name in TEXT_SCHEMA.names}
+        if total >= max_chars:
+            break
+    if rows["id"]:
+        yield pa.RecordBatch.from_pydict(rows, schema=TEXT_SCHEMA)

@@ -1,0 +1,323 @@
+"""Importing the user's multimodal data (``data.source``) into multimodal/v1 shards, on Ray Data.
+
+Two passes over the source, each a Ray Data job over its units (batches of image files, tar
+shards, Parquet files), so many files are read in parallel and only a block at a time is in
+memory:
+
+1. **scan** — per example: its label as given, whether it has a caption, the image's colour
+   mode (read from the header) or why it cannot be read. The driver then knows every class
+   (sorted names), the channel count (RGB if any image is colour), each row's split and every
+   bad row, before anything is written.
+2. **convert** — decode, convert to the chosen channels, resize the shorter side and crop a
+   seeded square, encode as PNG; the driver streams these rows into ``write_shards``, which
+   commits the shard set with its manifest last.
+
+Bad rows (undecodable image, unknown label, missing caption) stop the import with the file
+named, or with ``data.on_bad_row: skip`` are left out, counted in the manifest and printed.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+
+from ..manifest import Manifest
+from ..spec import ExperimentSpec
+from ..storage import Storage
+from .digits import assign_splits
+from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
+from .images import encode_png
+from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1
+from .shards import write_shards
+
+DEFAULT_IMAGE_SIZE = 32
+COLOUR_MODES = {"RGB", "RGBA", "P", "CMYK", "YCbCr", "LAB", "HSV", "PA"}  # P: palette, may be colour
+
+
+def image_size(spec: ExperimentSpec) -> int:
+    return spec.data.image_size or DEFAULT_IMAGE_SIZE
+
+
+def source_fingerprint(storage: Storage, uri: str) -> str:
+    """Every file's path, size and modification time: changes when the source does (cheap: one
+    listing, no reads)."""
+    stats = storage.file_stats(uri)
+    if not stats:
+        raise SourceError(f"{uri}: nothing here to import (no such folder, or it is empty)")
+    root = len(uri.rstrip("/")) + 1
+    return hashlib.sha256(repr([(u[root:], size, mtime) for u, size, mtime in stats]).encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- per example
+
+
+def _image_problem(ex: Example) -> tuple[str | None, str | None]:
+    """(colour mode, problem): the mode from the image header, or why there is no usable image."""
+    from PIL import Image
+
+    if not ex.image:
+        return None, "no image"
+    try:
+        with Image.open(io.BytesIO(ex.image)) as img:
+            mode = img.mode
+            img.verify()
+    except Exception as exc:  # PIL raises several unrelated types for bad data
+        return None, f"undecodable image ({type(exc).__name__}: {exc})"
+    return mode, None
+
+
+def scan_example(ex: Example) -> dict:
+    mode, problem = _image_problem(ex)
+    if problem is None and (ex.text is None or not str(ex.text).strip()):
+        problem = "no caption"
+    if problem is None and ex.label is None:
+        problem = "no label"
+    label = ex.label if isinstance(ex.label, (int, str)) else None
+    return {
+        "key": ex.key,
+        "origin": ex.origin,
+        "label_int": label if isinstance(label, int) else -1,
+        "label_name": label if isinstance(label, str) else "",
+        "mode": mode or "",
+        "split": ex.split or "",
+        "problem": problem or "",
+    }
+
+
+def fit_square(data: bytes, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
+    """The image as (size, size, channels) uint8: converted to grey or RGB, its shorter side
+    resized to ``size`` and a square cropped at a seeded offset along the longer side."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("L" if channels == 1 else "RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BICUBIC)
+        x = int(rng.integers(nw - size + 1))
+        y = int(rng.integers(nh - size + 1))
+        arr = np.asarray(img.crop((x, y, x + size, y + size)), dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _row_rng(seed: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
+
+
+# --------------------------------------------------------------------------- Ray Data passes
+
+
+def _unit_item(unit: Unit) -> dict:
+    return {"unit": asdict(unit)}
+
+
+def _examples(storage_spec, fmt: str, item: dict) -> Iterator[Example]:
+    storage = Storage.from_spec(storage_spec)
+    yield from READERS[fmt](storage, Unit(**item["unit"]))
+
+
+def _ray_rows(listing: Listing, fn: Callable[[dict], Iterator[dict]]) -> Iterator[dict]:
+    """``fn`` over every unit on Ray Data (one read task per unit), rows in unit order."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True  # the shards' bytes must not depend on timing
+    ctx.enable_progress_bars = False  # the terminal gets our one line per pass; Ray's chatter goes to its logs
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    ds = ray.data.from_items([_unit_item(u) for u in listing.units], override_num_blocks=len(listing.units))
+    for batch in ds.flat_map(fn, num_cpus=1).iter_batches(batch_size=256, batch_format="pyarrow"):
+        yield from batch.to_pylist()
+
+
+def _scan(spec: ExperimentSpec, listing: Listing) -> list[dict]:
+    storage_spec, fmt = spec.storage, spec.data.source.format
+
+    def scan_unit(item: dict) -> Iterator[dict]:
+        try:
+            for ex in _examples(storage_spec, fmt, item):
+                yield scan_example(ex)
+        except SourceError as exc:  # a whole unit unreadable (a corrupt tar): one bad row naming it
+            uri = item["unit"]["uris"][0]
+            yield {"key": uri, "origin": uri, "label_int": -1, "label_name": "", "mode": "", "split": ""} | {
+                "problem": str(exc).removeprefix(f"{uri}: ")
+            }
+
+    return list(_ray_rows(listing, scan_unit))
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decide_classes(listing: Listing, scanned: list[dict]) -> list[str]:
+    """Class names in index order: from the layout (folders, classes.txt, a ClassLabel), else the
+    sorted label names, else the indices ``0..max`` as names."""
+    if listing.class_names:
+        return list(listing.class_names)
+    good = [r for r in scanned if not r["problem"]]
+    names = sorted({r["label_name"] for r in good if r["label_name"]})
+    ints = {r["label_int"] for r in good if r["label_name"] == "" and r["label_int"] >= 0}
+    if names and ints:
+        raise SourceError("labels mix class names and class indices; use one or the other")
+    if names:
+        return names
+    if ints:
+        return [str(i) for i in range(max(ints) + 1)]
+    raise SourceError("no labelled examples found")
+
+
+def label_index(row: dict, classes: list[str]) -> int | None:
+    if row["label_name"]:
+        try:
+            return classes.index(row["label_name"])
+        except ValueError:
+            return None
+    return row["label_int"] if 0 <= row["label_int"] < len(classes) else None
+
+
+def decide_splits(rows: list[dict], labels: list[int], seed: int, fractions: dict[str, float]) -> list[str]:
+    """Each row's split: the data's own where it states one, else seeded and stratified by class
+    (rows of a class in key order, ``assign_splits`` within it)."""
+    out = [r["split"] for r in rows]
+    by_class: dict[int, list[int]] = collections.defaultdict(list)
+    for i, (r, y) in enumerate(zip(rows, labels, strict=True)):
+        if not r["split"]:
+            by_class[y].append(i)
+    for y, members in sorted(by_class.items()):
+        members.sort(key=lambda i: rows[i]["key"])
+        for i, split in zip(
+            members, assign_splits(len(members), fractions, np.random.default_rng([seed, 21, y])), strict=True
+        ):
+            out[i] = str(split)
+    return out
+
+
+# --------------------------------------------------------------------------- the import
+
+
+def import_images(
+    spec: ExperimentSpec, storage: Storage, uri: str, spec_hash: str, inputs: dict, log=print
+) -> Manifest:
+    """Import ``spec.data.source`` into a multimodal/v1 shard set at ``uri``; returns its manifest."""
+    from ..runtime import ray_session
+
+    d = spec.data
+    src = d.source
+    listing = LISTERS[src.format](storage, src.uri)
+    size = image_size(spec)
+    log(f"  importing {listing.files} {src.format} files from {src.uri} (images {size}x{size})")
+    with ray_session(spec):
+        scanned = _scan(spec, listing)
+        classes = decide_classes(listing, scanned)
+        bad: collections.Counter[str] = collections.Counter()
+        keep, labels = [], []
+        for r in scanned:
+            problem = r["problem"]
+            y = label_index(r, classes) if not problem else None
+            if not problem and y is None:
+                label = r["label_name"] or r["label_int"]
+                problem = (
+                    f"unknown label {label!r} (classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})"
+                )
+            if problem:
+                if d.on_bad_row == "error":
+                    raise SourceError(f"{r['origin']}: {problem} (set data.on_bad_row: skip to leave such rows out)")
+                bad[problem.split(" (")[0]] += 1
+                continue
+            keep.append(r)
+            labels.append(y)
+        if not keep:
+            raise SourceError(f"{src.uri}: no usable examples ({sum(bad.values())} bad rows: {dict(bad)})")
+        channels = 3 if any(r["mode"] in COLOUR_MODES for r in keep) else 1
+        converted = sum(1 for r in keep if (r["mode"] in COLOUR_MODES) != (channels == 3))
+        splits = decide_splits(keep, labels, d.seed, d.splits.model_dump())
+        plan = {r["key"]: (y, s) for r, y, s in zip(keep, labels, splits, strict=True)}
+        late_bad: collections.Counter[str] = collections.Counter()
+        batches = _converted_batches(spec, listing, plan, size, channels, late_bad)
+        manifest = write_shards(
+            storage,
+            uri,
+            batches,
+            MULTIMODAL_V1,
+            d.rows_per_shard,
+            spec_hash,
+            inputs=inputs,
+            meta={
+                "dataset": f"{src.format}:{src.uri}",
+                "seed": d.seed,
+                "classes": classes,
+                "image_shape": [size, size, channels],
+                "skipped": dict(bad + late_bad),
+                "converted": converted,
+            },
+        )
+    skipped = sum((bad + late_bad).values())
+    log(
+        f"  multimodal imported {manifest.meta['rows']} rows, {len(classes)} classes, {size}x{size}x{channels}: "
+        f"{manifest.meta['splits']}"
+        + (f"; skipped {skipped} bad rows {dict(bad + late_bad)}" if skipped else "")
+        + (f"; converted {converted} images to {'RGB' if channels == 3 else 'grey'}" if converted else "")
+    )
+    return manifest
+
+
+def _converted_batches(
+    spec: ExperimentSpec, listing: Listing, plan: dict, size: int, channels: int, late_bad: collections.Counter
+) -> Iterator[pa.RecordBatch]:
+    storage_spec, fmt, seed = spec.storage, spec.data.source.format, spec.data.seed
+    on_bad_row = spec.data.on_bad_row
+    source = fmt
+
+    blank = {"text": "", "image": b"", "label": -1, "split": ""}
+
+    def convert_unit(item: dict) -> Iterator[dict]:
+        try:
+            for ex in _examples(storage_spec, fmt, item):
+                if ex.key not in plan:
+                    continue
+                y, split = plan[ex.key]
+                try:
+                    pixels = fit_square(ex.image, size, channels, _row_rng(seed, ex.key))
+                except Exception as exc:  # passed the header check, failed to decode in full
+                    problem = f"{ex.origin}: undecodable image ({type(exc).__name__}: {exc})"
+                    yield {"id": ex.key, "problem": problem, **blank}
+                    continue
+                yield {
+                    "id": ex.key,
+                    "problem": "",
+                    "text": str(ex.text).strip(),
+                    "image": encode_png(pixels),
+                    "label": y,
+                    "split": split,
+                }
+        except SourceError:  # unreadable as a whole: the scan found it and it was skipped
+            return
+
+    rows: dict[str, list] = {name: [] for name in MULTIMODAL_SCHEMA.names}
+    for row in _ray_rows(listing, convert_unit):
+        if row["problem"]:
+            if on_bad_row == "error":
+                raise SourceError(f"{row['problem']} (set data.on_bad_row: skip to leave such rows out)")
+            late_bad["undecodable image"] += 1
+            continue
+        rows["id"].append(row["id"])
+        rows["text"].append(row["text"])
+        rows["image"].append(row["image"])
+        rows["image_shape"].append([size, size, channels])
+        rows["label"].append(int(row["label"]))
+        rows["split"].append(row["split"])
+        rows["source"].append(source)
+        rows["caption_kind"].append("exact")  # the data's own caption, taken as given
+        if len(rows["id"]) == 256:
+            yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)
+            rows = {name: [] for name in MULTIMODAL_SCHEMA.names}
+    if rows["id"]:
+        yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)

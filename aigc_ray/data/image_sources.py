@@ -1,0 +1,256 @@
+"""Reading the user's own image–caption–label data in the three layouts people keep it in.
+
+Each format is listed cheaply in the driver as *units* (a batch of image files, one tar shard,
+one Parquet file) and each unit is read where Ray Data runs it, yielding ``Example``s: the raw
+image bytes with their caption, label and split as the data states them. Nothing here decodes
+pixels or decides class indices (``image_import`` does, once it knows every class).
+
+- ``imagefolder`` (Hugging Face's ImageFolder): ``[split/]class/file.png``; captions in a
+  ``metadata.jsonl`` or ``metadata.csv`` (``file_name`` + ``text``) in the split or root folder.
+- ``webdataset``: ``*.tar`` shards of ``KEY.<image>`` + ``KEY.txt`` + ``KEY.cls`` (class index;
+  names from a ``classes.txt`` beside the shards) or ``KEY.json`` (``{"label": name}``).
+- ``parquet``: columns ``image`` (bytes, or ``{bytes, path}`` as ``datasets`` writes it), ``text``,
+  ``label`` (int, named by a ``datasets`` ClassLabel in the file's metadata, or a class name).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import posixpath
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..storage import Storage, join
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
+FILES_PER_UNIT = 64
+
+
+class SourceError(ValueError):
+    """The source data cannot be imported as it is; the message names the file and the problem."""
+
+
+@dataclass
+class Example:
+    key: str  # unique within the source, stable across imports (becomes the row id)
+    origin: str  # the file (and member) it came from, for error messages
+    image: bytes | None
+    text: str | None
+    label: int | str | None  # a class index or a class name, as the data gives it
+    split: str | None = None  # from the data's own layout; None: the spec's fractions decide
+
+
+@dataclass
+class Unit:
+    """One piece of import work: a batch of image files, a tar shard or a Parquet file."""
+
+    kind: str
+    uris: list[str]
+    # imagefolder: per file, what the listing already knows (class, split, caption)
+    known: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Listing:
+    units: list[Unit]
+    class_names: list[str] | None  # known from the layout (imagefolder folders, classes.txt, ClassLabel)
+    files: int  # data files found
+
+
+def _rel(uri: str, root: str) -> str:
+    return uri[len(root.rstrip("/")) + 1 :]
+
+
+# --------------------------------------------------------------------------- imagefolder
+
+
+def _read_metadata(storage: Storage, uri: str) -> dict[str, str | None]:
+    """file_name -> text of one metadata.jsonl / metadata.csv."""
+    raw = storage.read_bytes(uri).decode("utf-8-sig")
+    rows: list[dict] = []
+    if uri.endswith(".jsonl"):
+        for n, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise SourceError(f"{uri} line {n}: not JSON ({exc.msg})") from None
+    else:
+        rows = list(csv.DictReader(io.StringIO(raw)))
+    out = {}
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or "file_name" not in row:
+            raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and 'text' for the caption)")
+        text = row.get("text")
+        out[str(row["file_name"])] = None if text is None else str(text)
+    return out
+
+
+def list_imagefolder(storage: Storage, root: str) -> Listing:
+    files = storage.list_files(root)
+    images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not images:
+        raise SourceError(f"{root}: no images here ({', '.join(IMAGE_EXTENSIONS)} files under class folders)")
+    firsts = {_rel(f, root).split("/")[0] for f in images}
+    split_layout = bool(firsts) and firsts <= set(SPLIT_FOLDERS)
+    # captions: metadata files in the root or a split folder, file_name relative to that folder
+    captions: dict[str, str | None] = {}
+    metadata_files = [f for f in files if posixpath.basename(f) in ("metadata.jsonl", "metadata.csv")]
+    image_set = set(images)
+    for meta in metadata_files:
+        folder = posixpath.dirname(meta)
+        for name, text in _read_metadata(storage, meta).items():
+            target = join(folder, name)
+            if target not in image_set:
+                raise SourceError(f"{meta}: names {name!r}, which is not an image under {folder}")
+            captions[target] = text
+    known, classes = [], set()
+    for f in images:
+        parts = _rel(f, root).split("/")
+        split = SPLIT_FOLDERS[parts[0]] if split_layout else None
+        class_parts = parts[1:] if split_layout else parts
+        if len(class_parts) < 2:
+            where = "a split folder's class folder" if split_layout else "a class folder"
+            raise SourceError(f"{f}: every image must sit in {where} (the folder name is its label)")
+        label = class_parts[0]
+        classes.add(label)
+        known.append({"label": label, "split": split, "text": captions.get(f), "key": _rel(f, root)})
+    units = [
+        Unit("imagefolder", images[i : i + FILES_PER_UNIT], known[i : i + FILES_PER_UNIT])
+        for i in range(0, len(images), FILES_PER_UNIT)
+    ]
+    return Listing(units, sorted(classes), len(images))
+
+
+def read_imagefolder(storage: Storage, unit: Unit) -> Iterator[Example]:
+    for uri, k in zip(unit.uris, unit.known, strict=True):
+        yield Example(k["key"], uri, storage.read_bytes(uri), k["text"], k["label"], k["split"])
+
+
+# --------------------------------------------------------------------------- webdataset
+
+
+def _classes_txt(storage: Storage, root: str) -> list[str] | None:
+    uri = join(root, "classes.txt")
+    if not storage.exists(uri):
+        return None
+    return [line.strip() for line in storage.read_bytes(uri).decode().splitlines() if line.strip()]
+
+
+def list_webdataset(storage: Storage, root: str) -> Listing:
+    tars = storage.list_files(root, suffix=".tar")
+    if not tars:
+        raise SourceError(f"{root}: no .tar shards here (webdataset: KEY.png + KEY.txt + KEY.cls or KEY.json)")
+    return Listing([Unit("webdataset", [t]) for t in tars], _classes_txt(storage, root), len(tars))
+
+
+def _member_key(name: str) -> tuple[str, str]:
+    """webdataset's convention: the key is the path up to the first dot of the file name."""
+    folder, base = posixpath.split(name)
+    stem, _, ext = base.partition(".")
+    return posixpath.join(folder, stem), ext.lower()
+
+
+def read_webdataset(storage: Storage, unit: Unit) -> Iterator[Example]:
+    (uri,) = unit.uris
+    data = storage.read_bytes(uri)
+    groups: dict[str, dict[str, bytes]] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar:
+                if member.isfile():
+                    key, ext = _member_key(member.name)
+                    groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    except tarfile.TarError as exc:
+        raise SourceError(f"{uri}: not a readable tar shard ({exc})") from None
+    shard = posixpath.basename(uri)
+    for key, parts in groups.items():
+        origin = f"{uri}:{key}"
+        image = next((parts[ext] for ext in ("png", "jpg", "jpeg", "webp") if ext in parts), None)
+        text = parts["txt"].decode("utf-8", errors="replace").strip() if "txt" in parts else None
+        label: int | str | None = None
+        if "cls" in parts:
+            raw = parts["cls"].decode().strip()
+            label = int(raw) if raw.lstrip("-").isdigit() else raw
+        elif "json" in parts:
+            try:
+                label = json.loads(parts["json"]).get("label")
+            except (json.JSONDecodeError, AttributeError):
+                label = None
+        yield Example(f"{shard}/{key}", origin, image, text, label)
+
+
+# --------------------------------------------------------------------------- parquet
+
+
+def _classlabel_names(schema) -> list[str] | None:
+    """The class names of a ``label`` ClassLabel feature, as ``datasets`` records them."""
+    meta = (schema.metadata or {}).get(b"huggingface")
+    if not meta:
+        return None
+    try:
+        feature = json.loads(meta)["info"]["features"]["label"]
+    except (KeyError, TypeError, json.JSONDecodeError):
+        return None
+    names = feature.get("names") if isinstance(feature, dict) else None
+    return [str(n) for n in names] if names else None
+
+
+def list_parquet(storage: Storage, root: str) -> Listing:
+    import pyarrow.parquet as pq
+
+    files = storage.list_files(root, suffix=".parquet")
+    if not files:
+        raise SourceError(f"{root}: no .parquet files here (columns image, text, label)")
+    names = None
+    for f in files:
+        fs, path = storage.filesystem(f)
+        try:
+            schema = pq.read_schema(path, filesystem=fs)
+        except Exception as exc:  # pyarrow raises several types for a bad footer
+            raise SourceError(f"{f}: not a readable Parquet file ({exc})") from None
+        missing = [c for c in ("image", "text", "label") if c not in schema.names]
+        if missing:
+            raise SourceError(f"{f}: missing column(s) {', '.join(missing)} (needs image, text, label)")
+        names = names or _classlabel_names(schema)
+    return Listing([Unit("parquet", [f]) for f in files], names, len(files))
+
+
+def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
+    import pyarrow.parquet as pq
+
+    (uri,) = unit.uris
+    fs, path = storage.filesystem(uri)
+    columns = ["image", "text", "label"]
+    try:
+        pf = pq.ParquetFile(path, filesystem=fs)
+        if "split" in pf.schema_arrow.names:
+            columns.append("split")
+    except Exception as exc:  # pyarrow raises several types for a bad file
+        raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from None
+    name = posixpath.basename(uri)
+    row = 0
+    for batch in _parquet_batches(pf, uri, columns):
+        for item in batch.to_pylist():
+            image = item["image"]
+            if isinstance(image, dict):  # datasets' Image feature: {bytes, path}
+                image = image.get("bytes")
+            split = item.get("split")
+            split = SPLIT_FOLDERS.get(str(split)) if split is not None else None
+            yield Example(f"{name}/{row}", f"{uri} row {row}", image, item["text"], item["label"], split)
+            row += 1
+
+
+def _parquet_batches(pf, uri: str, columns: list[str]):
+    try:
+        yield from pf.iter_batches(batch_size=256, columns=columns)
+    except Exception as exc:  # a corrupt page or row group
+        raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from None
+
+
+LISTERS = {"imagefolder": list_imagefolder, "webdataset": list_webdataset, "parquet": list_parquet}
+READERS = {"imagefolder": read_imagefolder, "webdataset": read_webdataset, "parquet": read_parquet}

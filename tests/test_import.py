@@ -1,0 +1,305 @@
+"""Bringing your own data: ImageFolder, WebDataset and Parquet image sets and a text corpus, on
+disk or S3, imported into the shards every later stage reads; and the second embedded dataset."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from aigc_ray.data.build import build_data
+from aigc_ray.data.corpus_import import CorpusError, import_corpus_batches
+from aigc_ray.data.image_import import decide_splits, fit_square
+from aigc_ray.data.image_sources import SourceError, list_imagefolder
+from aigc_ray.data.images import decode_png
+from aigc_ray.data.info import dataset_info
+from aigc_ray.data.shapes import CLASSES, shape_batches
+from aigc_ray.data.shards import split_table, validate_shards
+from aigc_ray.layout import corpus_uri, multimodal_uri
+from aigc_ray.manifest import read_manifest
+from aigc_ray.spec import load_spec
+from aigc_ray.storage import Storage
+
+FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
+QUIET = {"log": lambda *_: None}
+
+
+@pytest.fixture(scope="module")
+def shape_rows():
+    """The embedded shapes, as rows: the real images our import tests store in the user's formats."""
+    return [row for batch in shape_batches(0, FRACTIONS, 0.0, 0.0) for row in batch.to_pylist()]
+
+
+def _png_or_jpeg(pixels: np.ndarray, fmt: str, mode: str | None = None, size=(40, 48)) -> bytes:
+    img = Image.fromarray(pixels).resize(size)
+    if mode:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _picked(rows, per_class: int) -> list[dict]:
+    out = []
+    for k in range(len(CLASSES)):
+        out += [r for r in rows if r["label"] == k][:per_class]
+    return out
+
+
+# --------------------------------------------------------------------------- the shapes
+
+
+def test_the_shapes_are_rgb_32px_six_classes_and_a_function_of_the_seed():
+    rows = [r for b in shape_batches(3, FRACTIONS, 0.15, 0.1) for r in b.to_pylist()]
+    again = [r for b in shape_batches(3, FRACTIONS, 0.15, 0.1) for r in b.to_pylist()]
+    assert rows == again
+    other = [r for b in shape_batches(4, FRACTIONS, 0.15, 0.1) for r in b.to_pylist()]
+    assert [r["image"] for r in rows] != [r["image"] for r in other]
+    assert len(rows) == 1200 and {r["label"] for r in rows} == set(range(6))
+    image = decode_png(rows[0]["image"])
+    assert image.shape == (32, 32, 3) and rows[0]["image_shape"] == [32, 32, 3]
+    assert len({decode_png(r["image"]).mean(axis=(0, 1)).round().tobytes() for r in rows[:50]}) > 40  # varied
+    exact = [r for r in rows if r["caption_kind"] == "exact"]
+    assert all(CLASSES[r["label"]] in r["text"] for r in exact)
+    wrong = [r for r in rows if r["caption_kind"] == "wrong"]
+    assert wrong and not any(CLASSES[r["label"]] in r["text"].split() for r in wrong)
+
+
+def test_the_shapes_build_records_their_classes_and_shape(tmp_path):
+    spec = load_spec(None, [f"storage.root={tmp_path}", "data.dataset=shapes", "data.rows_per_shard=400"])
+    storage = Storage.from_spec(spec.storage)
+    built = build_data(spec, storage, **QUIET)
+    info = dataset_info(spec, storage)
+    assert info.classes == CLASSES and info.image_shape == (32, 32, 3)
+    assert built.multimodal.meta["rows"] == 1200 and validate_shards(storage, multimodal_uri(spec)).ok
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def test_fit_square_resizes_the_short_side_and_crops_a_seeded_square():
+    wide = np.zeros((20, 60, 3), np.uint8)
+    wide[:, 30:] = 255  # right half white
+    data = _png_or_jpeg(wide, "PNG", size=(60, 20))
+    crops = [fit_square(data, 10, 3, np.random.default_rng(s)) for s in range(20)]
+    assert all(c.shape == (10, 10, 3) for c in crops)
+    assert len({c.mean().round(1) for c in crops}) > 3  # different offsets along the long side
+    grey = fit_square(data, 10, 1, np.random.default_rng(0))
+    assert grey.shape == (10, 10, 1)
+    assert np.array_equal(fit_square(data, 10, 3, np.random.default_rng(5)), crops[5])
+
+
+def test_splits_without_split_folders_are_stratified_and_seeded():
+    rows = [{"key": f"k{i}", "split": ""} for i in range(300)]
+    labels = [i % 3 for i in range(300)]
+    splits = decide_splits(rows, labels, 0, FRACTIONS)
+    assert splits == decide_splits(rows, labels, 0, FRACTIONS) != decide_splits(rows, labels, 1, FRACTIONS)
+    for k in range(3):
+        mine = [s for s, y in zip(splits, labels, strict=True) if y == k]
+        assert (mine.count("train"), mine.count("val"), mine.count("test")) == (80, 10, 10)
+    given = [{"key": "a", "split": "test"}] + rows[1:]
+    assert decide_splits(given, labels, 0, FRACTIONS)[0] == "test"
+
+
+def test_imagefolder_listing_reads_split_folders_and_captions(tmp_path, shape_rows):
+    storage = Storage()
+    for split in ("train", "validation"):
+        for i, r in enumerate(_picked(shape_rows, 2)):
+            folder = tmp_path / split / CLASSES[r["label"]]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / f"{i}.png").write_bytes(r["image"])
+        lines = [
+            {"file_name": f"{CLASSES[r['label']]}/{i}.png", "text": f"cap {i}"}
+            for i, r in enumerate(_picked(shape_rows, 2))
+        ]
+        (tmp_path / split / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    listing = list_imagefolder(storage, str(tmp_path))
+    assert listing.class_names == sorted(CLASSES) and listing.files == 24
+    known = [k for u in listing.units for k in u.known]
+    assert {k["split"] for k in known} == {"train", "val"} and all(k["text"].startswith("cap ") for k in known)
+
+    (tmp_path / "train" / "metadata.jsonl").write_text(json.dumps({"file_name": "circle/missing.png", "text": "x"}))
+    with pytest.raises(SourceError, match=r"metadata.jsonl: names 'circle/missing.png', which is not an image"):
+        list_imagefolder(storage, str(tmp_path))
+    with pytest.raises(SourceError, match="no images here"):
+        list_imagefolder(storage, str(tmp_path / "nothing"))
+
+
+def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
+    storage = Storage()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "one.txt").write_text("first paragraph\n\nsecond paragraph")
+    (tmp_path / "a" / "two.jsonl").write_text('{"text": "doc one"}\n\n{"text": "doc two"}\n')
+    pq.write_table(pa.table({"text": ["p1", "p2", None]}), tmp_path / "a" / "three.parquet")
+    (tmp_path / "a" / "skip.md").write_text("not matched")
+    files = storage.glob(str(tmp_path / "a" / "*.*"))
+    rows = [r for b in import_corpus_batches(storage, files, 0, FRACTIONS, 10_000) for r in b.to_pylist()]
+    assert sorted(r["text"] for r in rows) == sorted(
+        ["first paragraph\n\nsecond paragraph", "doc one", "doc two", "p1", "p2"]
+    )
+    assert len({r["id"] for r in rows}) == len(rows) and {r["split"] for r in rows} <= {"train", "val", "test"}
+    (tmp_path / "a" / "bad.jsonl").write_text('{"text": "ok"}\n{"no": 1}\n')
+    with pytest.raises(CorpusError, match=r"bad.jsonl line 2: expected a JSON object with a 'text' field"):
+        list(import_corpus_batches(storage, storage.glob(str(tmp_path / "a" / "*.jsonl")), 0, FRACTIONS, 10_000))
+
+
+# --------------------------------------------------------------------------- the imports (Ray Data)
+
+
+def _imagefolder(root, rows, with_metadata=True) -> None:
+    lines = []
+    for i, r in enumerate(rows):
+        cls = CLASSES[r["label"]]
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        pixels = decode_png(r["image"])
+        fmt, mode = ("JPEG", None) if i % 3 == 0 else ("PNG", "L" if i % 5 == 0 else None)
+        name = f"{cls}/{i:04d}.{'jpg' if fmt == 'JPEG' else 'png'}"
+        (root / name).write_bytes(_png_or_jpeg(pixels, fmt, mode))
+        lines.append({"file_name": name, "text": f"picture number {i}"})  # captions that give nothing away
+    if with_metadata:
+        (root / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+
+
+def _upload(storage, local_root, uri) -> None:
+    for path in sorted(local_root.rglob("*")):
+        if path.is_file():
+            storage.write_bytes(f"{uri}/{path.relative_to(local_root).as_posix()}", path.read_bytes())
+
+
+@pytest.mark.slow
+def test_an_imagefolder_on_s3_imports_then_is_up_to_date_until_it_changes(ray_local, s3_server, tmp_path, shape_rows):
+    bucket = s3_server.make_bucket("user-images")
+    rows = _picked(shape_rows, 20)
+    _imagefolder(tmp_path / "src", rows)
+    storage = Storage.from_spec(load_spec(None, [f"storage.endpoint_url={s3_server.endpoint}"]).storage)
+    _upload(storage, tmp_path / "src", f"s3://{bucket}/imgs")
+    spec = load_spec(
+        None,
+        [
+            f"storage.root=s3://{bucket}/runs",
+            f"storage.endpoint_url={s3_server.endpoint}",
+            f"data.source={{format: imagefolder, uri: 's3://{bucket}/imgs'}}",
+            "data.image_size=24",
+            "data.rows_per_shard=50",
+        ],
+    )
+    built = build_data(spec, storage, **QUIET)
+    meta = built.multimodal.meta
+    assert meta["classes"] == sorted(CLASSES) and meta["image_shape"] == [24, 24, 3]
+    assert meta["rows"] == 120 and meta["converted"] == sum(1 for i in range(120) if i % 3 and i % 5 == 0)
+    assert validate_shards(storage, multimodal_uri(spec)).ok
+    test = split_table(storage, multimodal_uri(spec), "train", ["id", "label", "text", "image"]).to_pylist()
+    by_id = {r["id"]: r for r in test}
+    some = by_id["circle/0000.jpg"] if "circle/0000.jpg" in by_id else test[0]
+    assert decode_png(some["image"]).shape == (24, 24, 3)
+    sorted_names = sorted(CLASSES)
+    for r in test:  # the label is the class folder's index among the sorted names
+        assert sorted_names[r["label"]] == r["id"].split("/")[0] and r["text"].startswith("picture number")
+    assert dataset_info(spec, storage).classes == tuple(sorted_names)
+
+    again = build_data(spec, storage, **QUIET)
+    assert "multimodal" not in again.written  # unchanged source: up to date
+    storage.write_bytes(f"s3://{bucket}/imgs/circle/extra.png", rows[0]["image"])
+    lines = storage.read_bytes(f"s3://{bucket}/imgs/metadata.jsonl").decode()
+    storage.write_bytes(
+        f"s3://{bucket}/imgs/metadata.jsonl",
+        (lines + "\n" + json.dumps({"file_name": "circle/extra.png", "text": "one more"})).encode(),
+    )
+    changed = build_data(spec, storage, **QUIET)
+    assert "multimodal" in changed.written and changed.multimodal.meta["rows"] == 121
+
+
+def _tar(path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_webdataset_shards_import_and_bad_rows_error_or_are_skipped_and_counted(ray_local, tmp_path, shape_rows):
+    rows = _picked(shape_rows, 10)
+    src = tmp_path / "wds"
+    src.mkdir()
+    for shard in range(3):
+        members = {}
+        for i, r in enumerate(rows[shard::3]):
+            key = f"s{shard}-{i:03d}"
+            members[f"{key}.png"] = r["image"]
+            members[f"{key}.txt"] = f"item {key}".encode()
+            members[f"{key}.json"] = json.dumps({"label": CLASSES[r["label"]]}).encode()
+        _tar(src / f"shard-{shard}.tar", members)
+    base = [f"storage.root={tmp_path / 'runs'}", f"data.source={{format: webdataset, uri: '{src}'}}"]
+    spec = load_spec(None, base)
+    storage = Storage.from_spec(spec.storage)
+    built = build_data(spec, storage, **QUIET)
+    assert built.multimodal.meta["classes"] == sorted(CLASSES) and built.multimodal.meta["rows"] == 60
+    assert built.multimodal.meta["image_shape"] == [32, 32, 3]
+    table = split_table(storage, multimodal_uri(spec), "train", ["id", "label"]).to_pylist()
+    truth = {f"shard-{s}.tar/s{s}-{i:03d}": r["label"] for s in range(3) for i, r in enumerate(rows[s::3])}
+    assert all(sorted(CLASSES)[r["label"]] == CLASSES[truth[r["id"]]] for r in table)
+
+    # a corrupt image and a caption-less example in a fourth shard
+    _tar(
+        src / "shard-3.tar",
+        {
+            "bad.png": b"\x89PNG\r\n\x1a\n not really",
+            "bad.txt": b"broken",
+            "bad.json": b'{"label": "circle"}',
+            "mute.png": rows[0]["image"],
+            "mute.json": b'{"label": "circle"}',
+        },
+    )
+    with pytest.raises(SourceError, match=r"shard-3.tar:bad: undecodable image"):
+        build_data(spec, storage, **QUIET)
+    assert read_manifest(storage, multimodal_uri(spec)).meta["rows"] == 60  # the last good set stands
+    skipping = load_spec(None, [*base, "data.on_bad_row=skip"])
+    built = build_data(skipping, storage, **QUIET)
+    assert built.multimodal.meta["rows"] == 60
+    assert built.multimodal.meta["skipped"] == {"undecodable image": 1, "no caption": 1}
+
+
+@pytest.mark.slow
+def test_a_datasets_style_parquet_with_class_label_names_imports(ray_local, tmp_path, shape_rows):
+    rows = _picked(shape_rows, 8)
+    features = {
+        "image": {"_type": "Image"},
+        "text": {"_type": "Value"},
+        "label": {"_type": "ClassLabel", "names": list(CLASSES)},
+    }
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "image": pa.array([{"bytes": r["image"], "path": None} for r in rows], image_type),
+            "text": [f"sample {i}" for i in range(len(rows))],
+            "label": pa.array([r["label"] for r in rows], pa.int64()),
+        }
+    ).replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
+    (tmp_path / "pq").mkdir()
+    pq.write_table(table, tmp_path / "pq" / "train-00000-of-00001.parquet")
+    spec = load_spec(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            f"data.source={{format: parquet, uri: '{tmp_path / 'pq'}'}}",
+            "data.image_size=16",
+        ],
+    )
+    storage = Storage.from_spec(spec.storage)
+    built = build_data(spec, storage, **QUIET)
+    assert built.multimodal.meta["classes"] == list(CLASSES)  # the ClassLabel's order, not sorted
+    assert built.multimodal.meta["image_shape"] == [16, 16, 3] and built.multimodal.meta["rows"] == 48
+    got = {
+        r["id"]: r["label"]
+        for split in ("train", "val", "test")
+        for r in split_table(storage, multimodal_uri(spec), split, ["id", "label"]).to_pylist()
+    }
+    assert got == {f"train-00000-of-00001.parquet/{i}": r["label"] for i, r in enumerate(rows)}
+    assert read_manifest(storage, corpus_uri(spec)) is not None
