@@ -259,7 +259,10 @@ def test_webdataset_shards_import_and_bad_rows_error_or_are_skipped_and_counted(
     )
     with pytest.raises(SourceError, match=r"shard-3.tar:bad: undecodable image"):
         build_data(spec, storage, **QUIET)
-    assert read_manifest(storage, multimodal_uri(spec)).meta["rows"] == 60  # the last good set stands
+    standing = read_manifest(storage, multimodal_uri(spec))
+    assert standing.meta["rows"] == 60  # the last good set stands, and nothing else was left behind
+    on_disk = {f.rsplit("/", 1)[-1] for f in storage.list_files(multimodal_uri(spec), suffix=".parquet")}
+    assert on_disk == set(standing.files)
     skipping = load_spec(None, [*base, "data.on_bad_row=skip"])
     built = build_data(skipping, storage, **QUIET)
     assert built.multimodal.meta["rows"] == 60

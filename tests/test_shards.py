@@ -174,3 +174,21 @@ def test_tokenizer_loads_with_plain_transformers(local_data, tmp_path):
     text = "a handwritten seven, written by hand"
     ids = tok(text)["input_ids"]
     assert tok.decode(ids) == text and len(ids) < len(text) // 2  # BPE merges, not bytes
+
+
+def test_a_write_that_fails_part_way_leaves_the_previous_set_and_nothing_else(tmp_path):
+    from aigc_ray.data.schema import MULTIMODAL_V1
+    from aigc_ray.data.shards import write_shards
+
+    storage, uri = Storage(), str(tmp_path / "set")
+    batches = list(digit_batches(0, {"train": 0.8, "val": 0.1, "test": 0.1}, 0.1, 0.1, batch_rows=100))
+    first = write_shards(storage, uri, iter(batches[:3]), MULTIMODAL_V1, 100, "h1")
+
+    def failing():
+        yield from batches[5:9]  # new content: new file names
+        raise RuntimeError("the source broke")
+
+    with pytest.raises(RuntimeError, match="the source broke"):
+        write_shards(storage, uri, failing(), MULTIMODAL_V1, 100, "h2")
+    assert read_manifest(storage, uri).files == first.files
+    assert {f.rsplit("/", 1)[-1] for f in storage.list_files(uri, suffix=".parquet")} == set(first.files)

@@ -54,17 +54,27 @@ def write_shards(
     inputs: dict[str, str] | None = None,
     meta: dict | None = None,
 ) -> Manifest:
-    """Write ``batches`` as a shard set at ``uri`` and commit it with a manifest; returns the manifest."""
+    """Write ``batches`` as a shard set at ``uri`` and commit it with a manifest; returns the manifest.
+
+    All or nothing: if ``batches`` raises part-way (a bad row in an import, a crash), the files
+    this call wrote are removed and the previous set, if any, stays as it was."""
     schema = SCHEMAS[kind]
     files: dict[str, FileEntry] = {}
     split_counts: collections.Counter[str] = collections.Counter()
-    for i, table in enumerate(_chunks(batches, schema, rows_per_shard)):
-        data = _parquet_bytes(table)
-        digest = sha256_bytes(data)
-        name = f"part-{i:05d}-{digest[:8]}.parquet"
-        storage.write_bytes(join(uri, name), data)
-        files[name] = FileEntry(sha256=digest, bytes=len(data), rows=table.num_rows)
-        split_counts.update(table.column("split").to_pylist())
+    previous = read_manifest(storage, uri)
+    keep = set(previous.files) if previous is not None else set()
+    try:
+        for i, table in enumerate(_chunks(batches, schema, rows_per_shard)):
+            data = _parquet_bytes(table)
+            digest = sha256_bytes(data)
+            name = f"part-{i:05d}-{digest[:8]}.parquet"
+            storage.write_bytes(join(uri, name), data)
+            files[name] = FileEntry(sha256=digest, bytes=len(data), rows=table.num_rows)
+            split_counts.update(table.column("split").to_pylist())
+    except BaseException:
+        for name in set(files) - keep:
+            storage.delete(join(uri, name))
+        raise
     manifest = Manifest(
         kind=f"shards/{kind}",
         spec_hash=spec_hash,

@@ -223,23 +223,16 @@ def build_video_shards(spec, storage: Storage, force: bool = False, log=print) -
         return existing
     source = read_source_digits(storage, source_uri)
     v = spec.video
-    try:
-        manifest = write_shards(
-            storage,
-            uri,
-            video_batches(spec, source),
-            VIDEO_V1,
-            v.rows_per_shard,
-            h,
-            inputs={source_uri: source_manifest.fingerprint},
-            meta={"frames": v.frames, "height": v.frame_size, "width": v.frame_size, "seed": v.seed},
-        )
-    except BaseException:
-        keep = set(existing.files) if existing is not None else set()
-        for written in storage.list_files(uri, suffix=".parquet"):
-            if written.rsplit("/", 1)[-1] not in keep:
-                storage.delete(written)
-        raise
+    manifest = write_shards(  # all or nothing: a failure part-way removes what it wrote
+        storage,
+        uri,
+        video_batches(spec, source),
+        VIDEO_V1,
+        v.rows_per_shard,
+        h,
+        inputs={source_uri: source_manifest.fingerprint},
+        meta={"frames": v.frames, "height": v.frame_size, "width": v.frame_size, "seed": v.seed},
+    )
     log(
         f"  video      wrote {manifest.meta['rows']} clips of {v.frames}x{v.frame_size}x{v.frame_size} "
         f"in {len(manifest.files)} shards: {manifest.meta['splits']}"
