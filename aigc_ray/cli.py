@@ -53,7 +53,9 @@ def cmd_data_build(args: argparse.Namespace) -> int:
     from .data.build import build_data
 
     spec = _load(args)
-    print(f"building the embedded '{spec.data.dataset}' dataset into {layout.data_root(spec)}")
+    d = spec.data
+    what = f"{d.source.format} data from {d.source.uri}" if d.source else f"the embedded '{d.dataset}' dataset"
+    print(f"building {what} into {layout.data_root(spec)}")
     built = build_data(spec, Storage.from_spec(spec.storage), force=args.force)
     print(f"done: {', '.join(built.written) or 'everything was up to date'}")
     return 0
@@ -466,12 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .data.image_sources import SourceError
     from .jobs import JobsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, StorageError) as exc:
+    except (SpecError, StorageError, SourceError) as exc:  # SourceError: the user's data, named
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except JobsError as exc:  # the cluster refused or is not there: the message says what to do

@@ -306,3 +306,39 @@ def test_a_datasets_style_parquet_with_class_label_names_imports(ray_local, tmp_
     }
     assert got == {f"train-00000-of-00001.parquet/{i}": r["label"] for i, r in enumerate(rows)}
     assert read_manifest(storage, corpus_uri(spec)) is not None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.source={format: imagefolder, uri: EMPTY}", "EMPTY: nothing here to import"),
+        ("data.source={format: tfrecord, uri: EMPTY}", "data.source.format"),
+        ("data.corpus={uri: 'EMPTY/*.txt'}", "data.corpus: no files match EMPTY/*.txt"),
+        ("data.prompt_template='a photo'", "must contain {name}"),
+        ("data.image_size=4", "data.image_size"),
+    ],
+)
+def test_bad_sources_are_one_line_errors_before_anything_is_written(tmp_path, capsys, override, message):
+    from aigc_ray.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    override, message = override.replace("EMPTY", str(empty)), message.replace("EMPTY", str(empty))
+    assert (
+        main(
+            [
+                "data",
+                "build",
+                "-c",
+                "examples/quickstart.yaml",
+                "--set",
+                f"storage.root={tmp_path / 'runs'}",
+                "--set",
+                override,
+            ]
+        )
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]

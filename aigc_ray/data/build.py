@@ -29,6 +29,7 @@ from .corpus_import import import_corpus_batches
 from .digits import IMAGE_SIDE as DIGITS_SIDE
 from .digits import WORDS, digit_batches
 from .image_import import import_images, source_fingerprint
+from .image_sources import SourceError
 from .schema import MULTIMODAL_V1, TEXT_V1
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import IMAGE_SIDE as SHAPES_SIDE
@@ -96,7 +97,7 @@ def build_hash(spec: ExperimentSpec) -> str:
 def corpus_fingerprint(storage: Storage, files: list[str], pattern: str) -> str:
     """The corpus files' paths, sizes and modification times (one listing, no reads)."""
     if not files:
-        raise FileNotFoundError(f"data.corpus: no files match {pattern}")
+        raise SourceError(f"data.corpus: no files match {pattern}")
     stats = [stat for f in files for stat in storage.file_stats(f)]
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
@@ -114,25 +115,30 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
     fractions = d.splits.model_dump()
     written: list[str] = []
 
-    def current(part: str, source: str | None = None) -> Manifest | None:
+    # The user's sources are listed first (one listing each, no reads): a missing or empty one is
+    # an error before anything is written, and the listing says whether an import is up to date.
+    sources: dict[str, tuple[str, str]] = {}  # part -> (source URI, its fingerprint)
+    corpus_files: list[str] = []
+    if d.source is not None:
+        sources["multimodal"] = (d.source.uri, source_fingerprint(storage, d.source.uri))
+    if d.corpus is not None:
+        corpus_files = storage.glob(d.corpus.uri)
+        sources["corpus"] = (d.corpus.uri, corpus_fingerprint(storage, corpus_files, d.corpus.uri))
+
+    def current(part: str) -> Manifest | None:
         """The committed part if it was built from this spec (and this source, unchanged)."""
         existing = read_manifest(storage, join(root, part))
         if existing is None or existing.spec_hash != h or force:
             return None
-        if source is not None and existing.inputs.get(source) != _fingerprint(part, source):
+        if part in sources and existing.inputs.get(sources[part][0]) != sources[part][1]:
             return None  # the user's data changed since it was imported
         log(f"  {part:<10} up to date ({join(root, part)})")
         return existing
 
-    def _fingerprint(part: str, source: str) -> str:
-        if part == "multimodal":
-            return source_fingerprint(storage, source)
-        return corpus_fingerprint(storage, storage.glob(source), source)
-
-    multimodal = current("multimodal", d.source.uri if d.source else None)
+    multimodal = current("multimodal")
     if multimodal is None:
         if d.source is not None:
-            inputs = {d.source.uri: source_fingerprint(storage, d.source.uri)}
+            inputs = dict([sources["multimodal"]])
             multimodal = import_images(spec, storage, join(root, "multimodal"), h, inputs, log=log)
         else:
             make_batches, classes, shape = EMBEDDED[d.dataset]
@@ -152,13 +158,12 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
             )
         written.append("multimodal")
 
-    corpus = current("corpus", d.corpus.uri if d.corpus else None)
+    corpus = current("corpus")
     if corpus is None:
         if d.corpus is not None:
-            files = storage.glob(d.corpus.uri)
-            inputs = {d.corpus.uri: corpus_fingerprint(storage, files, d.corpus.uri)}
-            batches = import_corpus_batches(storage, files, d.seed, fractions, d.corpus_max_chars)
-            meta = {"source": d.corpus.uri, "files": len(files)}
+            inputs = dict([sources["corpus"]])
+            batches = import_corpus_batches(storage, corpus_files, d.seed, fractions, d.corpus_max_chars)
+            meta = {"source": d.corpus.uri, "files": len(corpus_files)}
         else:
             inputs, batches = {}, corpus_batches(d.seed, fractions, d.corpus_max_chars)
             meta = {"python": ".".join(map(str, sys.version_info[:3]))}

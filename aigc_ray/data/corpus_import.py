@@ -18,13 +18,14 @@ import pyarrow as pa
 
 from ..storage import Storage
 from .corpus import split_of
+from .image_sources import SourceError
 from .schema import TEXT_SCHEMA
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 MAX_DOC_CHARS = 20_000
 
 
-class CorpusError(ValueError):
+class CorpusError(SourceError):
     """A corpus file cannot be read as text; the message names it."""
 
 

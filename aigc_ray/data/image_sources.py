@@ -31,7 +31,8 @@ FILES_PER_UNIT = 64
 
 
 class SourceError(ValueError):
-    """The source data cannot be imported as it is; the message names the file and the problem."""
+    """The user's data (images or corpus) cannot be imported as it is; the message names the file
+    and the problem (the CLI prints it as one line)."""
 
 
 @dataclass
