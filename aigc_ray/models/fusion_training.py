@@ -43,7 +43,7 @@ def fusion_config(spec: ExperimentSpec, vocab_size: int, tokenizer_uri: str, inf
 
 def shape_config(info: DatasetInfo) -> dict:
     """The model-config keys that size a fusion classifier for the data."""
-    return {"num_classes": info.num_classes, "channels": info.channels, "image_side": info.side}
+    return {"num_classes": info.num_classes, "channels": info.channels, "image_side": info.side, "image_encoder": 2}
 
 
 def build_model(config: dict, vocab_size: int) -> FusionClassifier:
@@ -57,6 +57,7 @@ def build_model(config: dict, vocab_size: int) -> FusionClassifier:
         text_encoder=config["text_encoder"],
         channels=int(config.get("channels", 1)),
         image_side=int(config.get("image_side", 8)),
+        image_encoder=int(config.get("image_encoder", 1)),  # configs from before: version 1
     )
 
 

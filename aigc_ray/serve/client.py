@@ -1,11 +1,14 @@
 """A small client for the Serve app (standard library only), and the demo's "one request of
-each kind". The OpenAI client works against /v1/completions too; this covers the other routes."""
+each kind". The OpenAI client works against /v1/completions, /v1/chat/completions and
+/v1/images/generations too; this covers the other routes."""
 
 from __future__ import annotations
 
 import json
 import urllib.error
 import urllib.request
+
+from ..data.digits import CAPTION_PROMPT, WORDS
 
 
 class ServeError(RuntimeError):
@@ -67,15 +70,16 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
     log(
         f"  /v1/classify     {caption!r} + image -> {out['label']} (p={max(out['probabilities']):.2f}; truly {true_label})"
     )
+    classes = e.get("classes") or list(WORDS)  # ensembles built before classes were recorded: the digits
     if "aigc-gan" in cards:
         config = cards["aigc-gan"]["details"].get("config", {})
         if config.get("condition") == "caption":
-            from ..data.digits import WORDS
-
-            prompt = f"a handwritten {WORDS[true_label]}"
+            template = config.get("prompt_template", "a handwritten {name}")
+            prompt = template.format(name=classes[true_label])
             answers["images"] = img = client.images(n=4, seed=0, prompt=prompt)
-            # Read the drawings back with the served classifier (a caption that names no digit).
-            seen = [client.classify(d["b64_json"], "a handwritten digit")["label"] for d in img["data"]]
+            # Read the drawings back with the served classifier (a caption that names no class).
+            vague = "a handwritten digit" if classes == list(WORDS) else "a picture"
+            seen = [client.classify(d["b64_json"], vague)["label"] for d in img["data"]]
             answers["images"]["read_back"] = seen
             log(f"  /v1/images       {prompt!r} -> {len(img['data'])} PNGs, read back as {seen}")
         else:
@@ -86,9 +90,7 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
         clip = vid["data"][0]
         log(f"  /v1/videos       a {clip['frames']}-frame {clip['width']}x{clip['height']} {clip['media_type']}")
     if "aigc-lm" in cards:
-        from ..data.digits import CAPTION_PROMPT, WORDS
-
-        prompt = CAPTION_PROMPT.format(word=WORDS[true_label])  # what the caption fine-tune learned to answer
+        prompt = CAPTION_PROMPT.format(word=classes[true_label])  # what the caption fine-tune learned to answer
         answers["completion"] = done = client.complete(prompt, max_tokens=12)
         log(f"  /v1/completions  {prompt!r} -> {done['choices'][0]['text']!r}")
     answers["feedback"] = fb = client.feedback(

@@ -14,14 +14,14 @@ from .deploy import base_url, start_local
 
 
 def serve_and_ask(spec: ExperimentSpec, storage: Storage, keep_serving: bool = False, log=print) -> dict:
-    """Start the app on the current Ray, send one request of each kind (a test-split digit), and
+    """Start the app on the current Ray, send one request of each kind (the first test-split image), and
     shut Serve down again unless ``keep_serving`` (then it serves until Ctrl-C). The answers."""
     from ray import serve
 
     start_local(spec)
     try:
         test = digit_arrays(spec, storage, "test")
-        pixels = (test["image"][0, 0] * 255).round().astype("uint8")
+        pixels = (test["image"][0].transpose(1, 2, 0) * 255).round().astype("uint8")  # (C,H,W) -> (H,W,C)
         token = read_token(spec.serve.auth_token_env, spec.serve.auth_token_file)
         log(f"  serving {base_url(spec)}")
         client = AigcClient(base_url(spec), token)
