@@ -157,3 +157,29 @@ def test_dry_run_says_what_would_run_without_starting_ray(tmp_path):
     assert lines["data"][:2] == ["not", "built"] and lines["ensemble"][:2] == ["not", "built"]
     assert lines["serve"][0] == "off"
     assert not (tmp_path / "quickstart").exists() and not (tmp_path / "data").exists()  # nothing written
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_second_embedded_dataset_runs_the_same_way(ray_local, tmp_path):
+    """The shapes (32x32 RGB, 6 classes) through every stage and Serve: models sized from the
+    manifest, prompts and captions from the class names, answers in the data's shape."""
+    import base64
+
+    from conftest import free_port
+
+    from aigc_ray.data.images import decode_png
+    from aigc_ray.data.shapes import CLASSES
+    from aigc_ray.storage import Storage
+
+    args = [f"storage.root={tmp_path}", "data.dataset=shapes", f"serve.port={free_port()}", *TINY]
+    spec = load_spec("examples/quickstart.yaml", args)
+    results = run_pipeline(spec, Storage.from_spec(spec.storage), log=lambda *_: None)
+    assert set(statuses(results).values()) == {"ran"}, statuses(results)
+    answers = results[-1].summary["answers"]
+    probabilities = answers["classify"]["probabilities"]
+    assert len(probabilities) == len(CLASSES) and answers["classify"]["label_name"] in CLASSES
+    assert answers["images"]["prompt"] in {f"a {name}" for name in CLASSES}  # not "a handwritten ..."
+    assert decode_png(base64.b64decode(answers["images"]["data"][0]["b64_json"])).shape == (32, 32, 3)
+    assert answers["completion"]["choices"][0]["text"] is not None
+    assert answers["videos"]["data"][0]["media_type"] == "image/gif"
