@@ -43,6 +43,12 @@ def tokenizer_uri(spec: ExperimentSpec) -> str:
     return join(data_root(spec), "tokenizer")
 
 
+def pretrain_tokenizer_uri(spec: ExperimentSpec) -> str:
+    """The tokenizer pretraining encodes the corpus with: ``pretrain.init``'s own when it
+    continues a model, else ours."""
+    return spec.pretrain.init or tokenizer_uri(spec)
+
+
 def video_uri(spec: ExperimentSpec) -> str:
     """Moving-digit clips (``video/v1`` shards)."""
     return join(data_root(spec), "video")

@@ -71,6 +71,15 @@ def code_version() -> str:
     return f"{__version__}+g{sha}{'-dirty' if dirty else ''}" if sha else __version__
 
 
+def folder_fingerprint(storage: Storage, uri: str) -> str:
+    """sha256 over a model folder's config.json and its files' names and sizes (weights are not
+    re-read: a changed weight file changes its size or the user replaced the folder)."""
+    h = hashlib.sha256(storage.read_bytes(join(uri, "config.json")))
+    for f in sorted(storage.list_files(uri)):
+        h.update(f"{f.rsplit('/', 1)[-1]}:{storage.size(f)}".encode())
+    return "sha256:" + h.hexdigest()
+
+
 def manifest_uri(artifact_uri: str) -> str:
     return join(artifact_uri, MANIFEST_NAME)
 

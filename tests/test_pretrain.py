@@ -283,3 +283,72 @@ def test_bad_pretrain_specs_are_refused_before_ray_starts(tmp_path, capsys):
         assert message in capsys.readouterr().err
         assert time.perf_counter() - started < 5  # refused up front, no Ray start
     assert not torch.distributed.is_initialized()
+
+
+def test_continued_pretraining_starts_from_the_init_folder_and_keeps_its_vocabulary(ray_local, local_data, tmp_path):
+    """pretrain.init: the weights are the folder's (the first loss is where the first run ended, not
+    a fresh model's), and a user's GPT-2 with a tokenizer of its own keeps its vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from aigc_ray.data.tokenizer import train_tokenizer
+
+    base, storage = local_data
+    short = ["pretrain.model.preset=tiny", "pretrain.max_steps=20", "pretrain.checkpoint_every=20"]
+    first = pretrain(spec_for(base, "init-first", *short), storage, log=lambda *_: None)
+    fresh_start, first_end = (
+        history(storage, first.export_uri)[0]["loss"],
+        history(storage, first.export_uri)[-1]["loss"],
+    )
+    local = storage.download(first.export_uri, tmp_path / "first")
+    again = pretrain(spec_for(base, "init-again", *short, f"pretrain.init={local}"), storage, log=lambda *_: None)
+    continued = history(storage, again.export_uri)
+    assert continued[0]["loss"] < fresh_start - 0.5 and abs(continued[0]["loss"] - first_end) < 0.5, (
+        fresh_start,
+        first_end,
+        continued[0]["loss"],
+    )
+
+    folder = tmp_path / "user-gpt2"  # a vocabulary of its own size, GPT-2's end-of-text, no pad
+    from tokenizers import AddedToken
+
+    tokenizer = train_tokenizer(["a sentence about the standard library"] * 50, 350)
+    tokenizer.add_special_tokens({"eos_token": AddedToken("<|endoftext|>", special=True)})
+    tokenizer.pad_token = None
+    torch.manual_seed(0)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    user = pretrain(spec_for(base, "init-user", *short, f"pretrain.init={folder}"), storage, log=lambda *_: None)
+    out = storage.download(user.export_uri, tmp_path / "user-export")
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.config.vocab_size == len(tokenizer) and model.config.n_embd == 32
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(folder).get_vocab()
+    losses = [h["loss"] for h in history(storage, user.export_uri)]
+    assert losses[-1] < losses[0]
+
+
+def test_an_init_that_does_not_fit_the_objective_is_refused(tmp_path, capsys, local_data):
+    from transformers import BertConfig, BertForMaskedLM
+
+    BertForMaskedLM(
+        BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path / "bert")
+    sets = ["--set", f"storage.root={tmp_path}", "--set", f"pretrain.init={tmp_path / 'bert'}"]
+    assert main(["pretrain", "-c", "examples/quickstart.yaml", *sets]) == 1
+    assert "objective clm needs a causal language model" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "pretrain",
+                "-c",
+                "examples/quickstart.yaml",
+                "--set",
+                f"storage.root={tmp_path}",
+                "--set",
+                f"pretrain.init={tmp_path / 'nothing'}",
+            ]
+        )
+        == 1
+    )
+    assert "no folder at" in capsys.readouterr().err

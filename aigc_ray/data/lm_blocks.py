@@ -11,18 +11,18 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..layout import corpus_uri, tokenizer_uri
+from ..layout import corpus_uri, pretrain_tokenizer_uri
 from ..spec import ExperimentSpec
 from ..storage import S3Settings, Storage
 from .shards import split_table
 from .stream import read_split
-from .tokenizer import load_fast_tokenizer
+from .tokenizer import load_fast_tokenizer, special_tokens
 
 
-def tokenize_documents(batch: dict, s3: S3Settings, tokenizer_uri: str) -> dict:
-    """Token ids of each document followed by ``</s>`` (a variable-length list column)."""
+def tokenize_documents(batch: dict, s3: S3Settings, tokenizer_uri: str, eos_token: str = "</s>") -> dict:
+    """Token ids of each document followed by ``eos_token`` (a variable-length list column)."""
     tok = load_fast_tokenizer(s3, tokenizer_uri)
-    eos = tok.token_to_id("</s>")
+    eos = tok.token_to_id(eos_token)
     encodings = tok.encode_batch([str(t) for t in batch["text"]])
     tokens = np.empty(len(encodings), dtype=object)  # ragged: one array per document
     for i, enc in enumerate(encodings):
@@ -38,6 +38,15 @@ def pack_blocks(token_arrays: Iterable[np.ndarray], block_len: int) -> np.ndarra
     return flat[: n * block_len].reshape(n, block_len)
 
 
+def _tokenizer_kwargs(spec: ExperimentSpec, storage: Storage) -> dict:
+    """Where pretraining's tokenizer is (``pretrain.init``'s own, else ours) and its end-of-text."""
+    uri = pretrain_tokenizer_uri(spec)
+    eos = special_tokens(storage, uri)["eos"] if spec.pretrain.init else "</s>"
+    if eos is None:
+        raise ValueError(f"{uri}: the tokenizer names no eos token (documents are separated by one)")
+    return {"s3": storage.s3, "tokenizer_uri": uri, "eos_token": eos}
+
+
 def corpus_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
     """Ray Dataset of the split's documents as token arrays, in a fixed order (no shuffling:
     the training sampler shuffles blocks deterministically itself)."""
@@ -48,7 +57,7 @@ def corpus_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
     return ds.map_batches(
         tokenize_documents,
         batch_format="numpy",
-        fn_kwargs={"s3": storage.s3, "tokenizer_uri": tokenizer_uri(spec)},
+        fn_kwargs=_tokenizer_kwargs(spec, storage),
     )
 
 
@@ -63,5 +72,5 @@ def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
 def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
     """The same blocks without Ray: read the shards in file order and tokenize in-process."""
     texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
-    tokens = tokenize_documents({"text": texts}, storage.s3, tokenizer_uri(spec))["tokens"]
+    tokens = tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
     return pack_blocks(tokens, block_len)

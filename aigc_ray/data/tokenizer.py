@@ -66,6 +66,26 @@ def load_fast_tokenizer(s3: S3Settings, uri: str):
     return Tokenizer.from_str(Storage(s3).read_bytes(join(uri, "tokenizer.json")).decode())
 
 
+def special_tokens(storage: Storage, uri: str) -> dict[str, str | None]:
+    """The special tokens (pad, bos, eos, unk, mask) of the Hugging Face tokenizer folder at
+    ``uri``, from its tokenizer_config.json / special_tokens_map.json (ours: SPECIAL_TOKENS). A
+    tokenizer without a pad token (GPT-2) pads with its eos token."""
+    import json
+
+    found: dict[str, str | None] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        if storage.exists(join(uri, name)):
+            for key, value in json.loads(storage.read_bytes(join(uri, name))).items():
+                if key in SPECIAL_TOKENS and value is not None:
+                    found.setdefault(key, value["content"] if isinstance(value, dict) else str(value))
+    if not found:
+        found = dict(SPECIAL_TOKENS)
+    names = {key.removesuffix("_token"): found.get(key) for key in SPECIAL_TOKENS}
+    if names["pad"] is None:
+        names["pad"] = names["eos"]
+    return names
+
+
 def download_tokenizer(storage: Storage, uri: str, local_dir: str | Path) -> Path:
     """Copy the tokenizer folder at ``uri`` to ``local_dir`` for ``AutoTokenizer.from_pretrained``."""
     return storage.download(uri, local_dir)

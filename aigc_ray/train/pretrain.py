@@ -16,9 +16,9 @@ from pathlib import Path
 
 from ..data.build import build_data, build_hash
 from ..data.lm_blocks import blocks_from_dataset_iterator, corpus_token_dataset, local_blocks
-from ..data.tokenizer import download_tokenizer
-from ..layout import corpus_uri, pretrain_dir, pretrain_export, ray_runs, tokenizer_uri
-from ..manifest import publish_directory
+from ..data.tokenizer import SPECIAL_TOKENS, download_tokenizer, special_tokens
+from ..layout import corpus_uri, pretrain_dir, pretrain_export, pretrain_tokenizer_uri, ray_runs, tokenizer_uri
+from ..manifest import folder_fingerprint, publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, StorageError, checkpoint_uri, join
@@ -27,27 +27,41 @@ from .loop import Hooks, LoopConfig, run_training
 
 
 def loop_config(spec: ExperimentSpec) -> LoopConfig:
-    """The worker's config: the pretrain section, the HF model config and the tokenizer's ids."""
+    """The worker's config: the pretrain section, the HF model config and the tokenizer's ids
+    (with ``pretrain.init``: that folder's config and tokenizer, and its weights to start from)."""
     from tokenizers import Tokenizer
 
     from ..models.lm import lm_config
 
     storage = Storage.from_spec(spec.storage)
-    tok = Tokenizer.from_str(storage.read_bytes(join(tokenizer_uri(spec), "tokenizer.json")).decode())
-    special = {
-        name: tok.token_to_id(t)
-        for name, t in {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}.items()
-    }
-    config = lm_config(spec.pretrain, tok.get_vocab_size(), special)
     p = spec.pretrain
+    uri = pretrain_tokenizer_uri(spec)
+    if p.init and not storage.exists(join(uri, "tokenizer.json")):
+        raise StorageError(f"{uri}: no tokenizer.json (pretrain.init needs the folder's fast tokenizer)")
+    tok = Tokenizer.from_str(storage.read_bytes(join(uri, "tokenizer.json")).decode())
+    names = special_tokens(storage, uri) if p.init else {k.removesuffix("_token"): v for k, v in SPECIAL_TOKENS.items()}
+    special = {name: (tok.token_to_id(t) if t else None) for name, t in names.items()}
+    if p.init:
+        hf_config = storage.read_json(join(p.init, "config.json"))
+        init = {"uri": p.init, "s3": storage.s3}
+    else:
+        hf_config, init = lm_config(p, tok.get_vocab_size(), special).to_dict(), None
     return LoopConfig(
         training=p,
-        hf_config=config.to_dict(),
+        hf_config=hf_config,
         seed=spec.data.seed,
         special_ids=special,
         objective=p.objective,
         mask_prob=p.mask_prob,
+        init=init,
+        tuning={"mode": "full"} if init else None,
     )
+
+
+def run_key(spec: ExperimentSpec, storage: Storage) -> str:
+    """The pretraining run's key: its trajectory (and the init folder's content, if any)."""
+    init = [folder_fingerprint(storage, spec.pretrain.init)] if spec.pretrain.init else []
+    return trajectory_key(spec.pretrain, build_hash(spec), *init)
 
 
 class RayHooks(Hooks):
@@ -167,7 +181,7 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
         run_config=ray_run_config(
             storage,
             ray_runs(pretrain_dir(spec)),
-            trajectory_key(p, build_hash(spec)),
+            run_key(spec, storage),
             p.max_failures,
             p.keep_checkpoints,
         ),
@@ -178,7 +192,7 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     log(
         f"[pretrain] finished: {json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.metrics.items()})}"
     )
-    inputs = data_inputs(spec, built)
+    inputs = data_inputs(spec, built, storage)
     with result.checkpoint.as_directory() as ckpt:
         export_uri, evaluation = export(
             spec, storage, ckpt, inputs | {checkpoint_uri(result.checkpoint): "ray-train-checkpoint"}, log
@@ -186,8 +200,14 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     return PretrainResult(export_uri, result.metrics, result.checkpoint.path, evaluation)
 
 
-def data_inputs(spec: ExperimentSpec, built) -> dict[str, str]:
-    """The lineage of a language model: the corpus and tokenizer it was trained on."""
+def data_inputs(spec: ExperimentSpec, built, storage: Storage) -> dict[str, str]:
+    """The lineage of a language model: the corpus and the tokenizer it was trained on, and the
+    model it continued (``pretrain.init``: whose tokenizer it is)."""
+    if spec.pretrain.init:
+        return {
+            corpus_uri(spec): built.corpus.fingerprint,
+            spec.pretrain.init: folder_fingerprint(storage, spec.pretrain.init),
+        }
     return {
         corpus_uri(spec): built.corpus.fingerprint,
         tokenizer_uri(spec): built.tokenizer.fingerprint,
@@ -196,7 +216,7 @@ def data_inputs(spec: ExperimentSpec, built) -> dict[str, str]:
 
 def latest_checkpoint_uri(spec: ExperimentSpec, storage: Storage) -> str:
     """The newest checkpoint Ray Train has committed for this spec's run (raises if none yet)."""
-    run_root = join(ray_runs(pretrain_dir(spec)), f"train-{trajectory_key(spec.pretrain, build_hash(spec))}")
+    run_root = join(ray_runs(pretrain_dir(spec)), f"train-{run_key(spec, storage)}")
     snapshot = join(run_root, "checkpoint_manager_snapshot.json")
     results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
     if not results:
@@ -208,7 +228,7 @@ def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[st
     """Export the latest committed checkpoint now (a run may still be going on)."""
     uri = latest_checkpoint_uri(spec, storage)
     built = build_data(spec, storage, log=lambda *_: None)
-    inputs = data_inputs(spec, built)
+    inputs = data_inputs(spec, built, storage)
     with tempfile.TemporaryDirectory(prefix="aigc-ckpt-") as local:
         storage.download(uri, local)
         return export(spec, storage, local, inputs | {uri: "ray-train-checkpoint"}, log)
@@ -229,7 +249,13 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         out = Path(tmp, "export")
         model = load_export_model(ckpt)
         model.save_pretrained(out, safe_serialization=True)
-        download_tokenizer(storage, tokenizer_uri(spec), out)
+        if spec.pretrain.init:  # the continued model's own tokenizer files
+            for f in storage.list_files(spec.pretrain.init):
+                name = f.rsplit("/", 1)[-1]
+                if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens")):
+                    Path(out, name).write_bytes(storage.read_bytes(f))
+        else:
+            download_tokenizer(storage, tokenizer_uri(spec), out)
         tokenizer = AutoTokenizer.from_pretrained(out)
         val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
         evaluation = {
