@@ -192,3 +192,67 @@ def test_a_write_that_fails_part_way_leaves_the_previous_set_and_nothing_else(tm
         write_shards(storage, uri, failing(), MULTIMODAL_V1, 100, "h2")
     assert read_manifest(storage, uri).files == first.files
     assert {f.rsplit("/", 1)[-1] for f in storage.list_files(uri, suffix=".parquet")} == set(first.files)
+
+
+def _copy_set(storage, src: str, dst: str) -> list[str]:
+    for f in storage.list_files(src):
+        storage.write_bytes(join(dst, f.rsplit("/", 1)[1]), storage.read_bytes(f))
+    return sorted(read_manifest(storage, dst).files)
+
+
+def _same_size_edit(storage, uri: str) -> None:
+    """Overwrite a shard with a file that still parses and has the same length: one caption changed."""
+    data = bytearray(storage.read_bytes(uri))
+    table = pq.read_table(io.BytesIO(bytes(data)))
+    texts = table["text"].to_pylist()
+    texts[0] = texts[0][::-1]  # same characters, same compressed size most of the time
+    edited = table.set_column(table.schema.get_field_index("text"), table.schema.field("text"), pa.array(texts))
+    buf = io.BytesIO()
+    pq.write_table(edited, buf, compression="zstd")
+    storage.write_bytes(uri, buf.getvalue())
+
+
+def test_data_build_checks_what_it_would_skip_and_rebuilds_a_damaged_set(tmp_path, local_data):
+    base, storage = local_data
+    spec = load_spec(None, [f"storage.root={tmp_path}", "data.rows_per_shard=300"])
+    for part in ("multimodal", "corpus", "tokenizer"):
+        _copy_set(storage, join(data_root(base), part), join(data_root(spec), part))
+    names = sorted(read_manifest(storage, join(data_root(spec), "multimodal")).files)
+    damaged = join(data_root(spec), "multimodal", names[1])
+    storage.write_bytes(damaged, storage.read_bytes(damaged)[:-100])  # truncated
+    logged: list[str] = []
+    built = build_data(spec, storage, log=logged.append)
+    assert "multimodal" in built.written and "corpus" not in built.written, logged  # the intact part is kept
+    assert any(names[1] in line and "truncated or overwritten" in line and "rebuilding" in line for line in logged)
+    assert validate_shards(storage, join(data_root(spec), "multimodal")).ok
+
+
+@pytest.mark.parametrize("damage", ["truncate", "same-size edit", "delete"])
+def test_readers_refuse_a_shard_that_is_not_what_its_manifest_says(copy_of_shards, damage):
+    from aigc_ray.data import shards
+
+    storage, uri, names = copy_of_shards
+    target = join(uri, names[2])
+    shards._VERIFIED.clear()  # another test of this process may have read the original
+    if damage == "truncate":
+        storage.write_bytes(target, storage.read_bytes(target)[:-7])
+        expected = "truncated or overwritten"
+    elif damage == "delete":
+        storage.delete(target)
+        expected = "missing"
+    else:
+        _same_size_edit(storage, target)
+        expected = "since it was built"
+    with pytest.raises(shards.ShardError, match=rf"{names[2]}: .*{expected}.*run `aigc data build`"):
+        shards.split_table(storage, uri, "train", ["text"])
+
+
+@pytest.mark.slow
+def test_aigc_data_stream_on_a_damaged_shard_is_one_line_naming_it(ray_local, local_data, tmp_path, capsys):
+    base, storage = local_data
+    spec_args = ["--set", f"storage.root={tmp_path}", "--set", "data.rows_per_shard=300"]
+    names = _copy_set(storage, join(data_root(base), "multimodal"), join(str(tmp_path), "data", "multimodal"))
+    _same_size_edit(storage, join(str(tmp_path), "data", "multimodal", names[0]))
+    assert main(["data", "stream", "-c", "examples/quickstart.yaml", *spec_args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert names[0] in err and "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -34,7 +34,7 @@ from .schema import MULTIMODAL_V1, TEXT_V1
 from .shapes import CLASSES as SHAPE_CLASSES
 from .shapes import IMAGE_SIDE as SHAPES_SIDE
 from .shapes import shape_batches
-from .shards import split_table, write_shards
+from .shards import ShardError, split_table, verify_shards, write_shards
 from .tokenizer import save_tokenizer, train_tokenizer
 
 DATASET_VERSION = "digits-captions-v1"
@@ -132,6 +132,12 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
             return None
         if part in sources and existing.inputs.get(sources[part][0]) != sources[part][1]:
             return None  # the user's data changed since it was imported
+        if part != "tokenizer":  # what is skipped is checked: sizes, then each file's hash
+            try:
+                verify_shards(storage, join(root, part), existing)
+            except ShardError as exc:
+                log(f"  {part:<10} {exc.args[0].split('; run')[0]}: rebuilding")
+                return None
         log(f"  {part:<10} up to date ({join(root, part)})")
         return existing
 

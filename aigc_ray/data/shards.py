@@ -89,10 +89,49 @@ def write_shards(
     return manifest
 
 
-def shard_files(storage: Storage, uri: str) -> list[str]:
-    """The shard files of a set: those its manifest lists, else every ``*.parquet`` under ``uri``."""
+class ShardError(StorageError):
+    """A committed shard file is missing or is not what its manifest says (truncated, overwritten);
+    the message names the file and what is wrong (the CLI prints it as one line)."""
+
+
+# Files whose bytes were checked against their manifest in this process: (URI, sha256). Each
+# file is hashed the first time a process reads its set, not on every epoch.
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+def shard_problem(storage: Storage, uri: str, entry: FileEntry, size: int | None = None) -> str | None:
+    """What is wrong with the committed file at ``uri`` (None: it is what the manifest says).
+    ``size``: its size from a listing, to skip a read when that already differs."""
+    if (uri, entry.sha256) in _VERIFIED:
+        return None
+    size = storage.size(uri) if size is None else size
+    if size < 0:
+        return "missing (the manifest lists it)"
+    if size != entry.bytes:
+        return f"{size} bytes, the manifest says {entry.bytes} (truncated or overwritten since it was built)"
+    if sha256_bytes(storage.read_bytes(uri)) != entry.sha256:
+        return "content differs from the manifest's hash (modified since it was built)"
+    _VERIFIED.add((uri, entry.sha256))
+    return None
+
+
+def verify_shards(storage: Storage, uri: str, manifest: Manifest) -> None:
+    """Check every file of a committed set against its manifest (sizes from one listing, then
+    each file's sha256 once per process); ShardError names the first bad file."""
+    sizes = {u.rsplit("/", 1)[-1]: size for u, size, _ in storage.file_stats(uri)}
+    for name, entry in sorted(manifest.files.items()):
+        problem = shard_problem(storage, join(uri, name), entry, sizes.get(name, -1))
+        if problem:
+            raise ShardError(f"{join(uri, name)}: {problem}; run `aigc data build` to rebuild it")
+
+
+def shard_files(storage: Storage, uri: str, verify: bool = True) -> list[str]:
+    """The shard files of a set: those its manifest lists (checked against it, see
+    ``verify_shards``), else every ``*.parquet`` under ``uri``."""
     manifest = read_manifest(storage, uri)
     if manifest is not None:
+        if verify:
+            verify_shards(storage, uri, manifest)
         return [join(uri, name) for name in sorted(manifest.files)]
     files = storage.list_files(uri, suffix=".parquet")
     if not files:
@@ -157,7 +196,7 @@ def validate_shards(storage: Storage, uri: str) -> ValidationReport:
     hashes against the manifest. Never raises for a bad shard: faults go in the report."""
     report = ValidationReport(uri)
     manifest = read_manifest(storage, uri)
-    files = shard_files(storage, uri)
+    files = shard_files(storage, uri, verify=False)  # every fault goes in the report instead
     seen_ids: dict[str, str] = {}
     for file_uri in files:
         name = file_uri.rsplit("/", 1)[-1]
