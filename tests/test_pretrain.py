@@ -254,9 +254,22 @@ def test_resume_on_fewer_workers_continues_from_the_checkpoint(ray_local, local_
     with pytest.raises((WorkerGroupError, ControllerError)):
         pretrain(spec, storage, log=lambda *_: None)
     assert killed
+    # What a copy cut off by a crash leaves: a checkpoint folder its manager never committed.
+    ray_dir = join(pretrain_dir(spec), "ray")
+    (run,) = {f[len(ray_dir) + 1 :].split("/")[0] for f in storage.list_files(ray_dir) if "/train-" in f}
+    run_root = join(ray_dir, run)
+    storage.write_bytes(join(run_root, "checkpoint_2000-01-01_00-00-00.000000", "half.pt"), b"cut off")
     # The same command, same run name, now on one worker: it resumes instead of starting over.
     smaller = spec_for(base, "shrink", *common, "pretrain.num_workers=1")
-    result = pretrain(smaller, storage, log=lambda *_: None)
+    logged: list[str] = []
+    result = pretrain(smaller, storage, log=logged.append)
+    assert any("removed an uncommitted checkpoint" in line and "2000-01-01" in line for line in logged), logged
+    committed = {
+        r["checkpoint_dir_name"]
+        for r in storage.read_json(join(run_root, "checkpoint_manager_snapshot.json"))["checkpoint_results"]
+    }
+    folders = {f[len(run_root) + 1 :].split("/")[0] for f in storage.list_files(run_root) if "/checkpoint_2" in f}
+    assert folders == committed  # nothing uncommitted is left behind
     (resume,) = result.eval["resumes"]
     assert resume["from_world_size"] == 2 and resume["world_size"] == 1 and resume["at_step"] % 10 == 0
     steps = history(storage, result.export_uri)

@@ -24,7 +24,7 @@ from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, StorageError, join
 from .loop import LoopConfig, local_model_dir, run_training
-from .pretrain import RayHooks, ray_run_config, trajectory_key
+from .pretrain import RayHooks, fit_and_tidy, ray_run_config, trajectory_key
 
 
 def resolve_task(spec: ExperimentSpec, base_local: str | None = None) -> str:
@@ -193,7 +193,7 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
         torch_config=TorchConfig(backend="nccl" if f.use_gpu else "gloo"),
         run_config=ray_run_config(storage, ray_runs(finetune_dir(spec)), key, f.max_failures, f.keep_checkpoints),
     )
-    result = trainer.fit()
+    result = fit_and_tidy(trainer, storage, join(ray_runs(finetune_dir(spec)), f"train-{key}"), log)
     if result.error:
         raise result.error
     with result.checkpoint.as_directory() as ckpt:

@@ -150,6 +150,34 @@ def ray_run_config(storage: Storage, root: str, key: str, max_failures: int, kee
     )
 
 
+def remove_uncommitted_checkpoints(storage: Storage, run_root: str) -> list[str]:
+    """Delete the checkpoint folders under a Ray Train run that its checkpoint manager never
+    committed (a copy cut off by a crash, or one pruned while a worker died): they are never
+    resumed from and would stay in storage. Returns the folders removed."""
+    snapshot = join(run_root, "checkpoint_manager_snapshot.json")
+    results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
+    committed = {r["checkpoint_dir_name"] for r in results}
+    removed: set[str] = set()
+    prefix = len(run_root.rstrip("/")) + 1
+    for f in storage.list_files(run_root):
+        folder = f[prefix:].split("/", 1)[0]
+        if folder.startswith("checkpoint_") and "/" in f[prefix:] and folder not in committed:
+            storage.delete(f)
+            removed.add(folder)
+    return sorted(removed)
+
+
+def fit_and_tidy(trainer, storage: Storage, run_root: str, log=print):
+    """``trainer.fit()`` with the run's uncommitted checkpoint folders removed before (what a
+    killed earlier run left) and after (what this one's failures left)."""
+    for stale in remove_uncommitted_checkpoints(storage, run_root):
+        log(f"  removed an uncommitted checkpoint an earlier run left: {stale}")
+    try:
+        return trainer.fit()
+    finally:
+        remove_uncommitted_checkpoints(storage, run_root)
+
+
 def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResult:
     """Train, export to ``layout.pretrain_export`` and evaluate; returns where and how well."""
     import ray
@@ -186,7 +214,8 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
             p.keep_checkpoints,
         ),
     )
-    result = trainer.fit()
+    run_root = join(ray_runs(pretrain_dir(spec)), f"train-{run_key(spec, storage)}")
+    result = fit_and_tidy(trainer, storage, run_root, log)
     if result.error:
         raise result.error
     log(
