@@ -315,6 +315,287 @@ def test_the_openai_client_talks_to_completions(served):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
 
 
+def openai_client(spec):
+    from openai import OpenAI
+
+    from aigc_ray.serve.deploy import base_url
+
+    return OpenAI(base_url=base_url(spec) + "/v1", api_key=TOKEN, max_retries=0)
+
+
+@pytest.mark.slow
+def test_the_openai_client_generates_images_at_openais_path(served):
+    from openai import NotFoundError, UnprocessableEntityError
+    from PIL import Image
+
+    spec, _, client = served
+    oa = openai_client(spec)
+    out = oa.images.generate(
+        model="aigc-gan", prompt="a handwritten seven", n=2, size="256x256", response_format="b64_json"
+    )
+    assert len(out.data) == 2 and out.created > 0
+    img = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
+    assert img.format == "PNG" and img.size == (256, 256)
+    # /v1/images is the same route: the same seed draws the same images on both paths
+    seeded = oa.images.generate(prompt="a handwritten seven", n=2, extra_body={"seed": 7})
+    alias = client.post("/v1/images", json={"prompt": "a handwritten seven", "n": 2, "seed": 7}).json()
+    assert [d.b64_json for d in seeded.data] == [d["b64_json"] for d in alias["data"]]
+    assert oa.images.generate(prompt="a handwritten seven", size="auto").data[0].b64_json
+    with pytest.raises(UnprocessableEntityError, match="only b64_json"):
+        oa.images.generate(prompt="a handwritten seven", response_format="url")
+    with pytest.raises(UnprocessableEntityError, match="quality"):  # refused, not ignored
+        oa.images.generate(prompt="a handwritten seven", quality="hd")
+    with pytest.raises(UnprocessableEntityError, match="up to 512"):
+        oa.images.generate(prompt="a handwritten seven", size="1024x1024")
+    with pytest.raises(NotFoundError, match="aigc-gan"):
+        oa.images.generate(model="dall-e-3", prompt="a handwritten seven")
+
+
+CHAT = [{"role": "system", "content": "Describe digits."}, {"role": "user", "content": "Caption for a seven:"}]
+CHAT_PROMPT = "System: Describe digits.\nUser: Caption for a seven:\nAssistant:"  # the plain template
+
+
+@pytest.mark.slow
+def test_the_openai_client_chats_over_the_language_model(served):
+    from openai import BadRequestError, NotFoundError, UnprocessableEntityError
+
+    spec, _, client = served
+    oa = openai_client(spec)
+    first = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=8, temperature=0)
+    again = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_completion_tokens=8, temperature=0)
+    assert first.object == "chat.completion" and first.id.startswith("chatcmpl-")
+    answer = first.choices[0]
+    assert answer.message.role == "assistant" and answer.finish_reason in ("stop", "length")
+    assert answer.message.content == again.choices[0].message.content
+    # the answer is the completion of the rendered conversation (the export has no chat template)
+    plain = oa.completions.create(model="aigc-lm", prompt=CHAT_PROMPT, max_tokens=8, temperature=0, stop=["\nUser:"])
+    assert answer.message.content == plain.choices[0].text.lstrip()
+    assert first.usage.model_dump() == plain.usage.model_dump()
+    assert first.usage.prompt_tokens > 0 and first.usage.completion_tokens > 0
+    assert first.usage.total_tokens == first.usage.prompt_tokens + first.usage.completion_tokens
+    parts = [
+        {"role": "user", "content": [{"type": "text", "text": "Caption for "}, {"type": "text", "text": "a seven:"}]}
+    ]
+    joined = oa.chat.completions.create(model="aigc-lm", messages=parts, max_tokens=4, temperature=0)
+    whole = oa.chat.completions.create(
+        model="aigc-lm", messages=[{"role": "user", "content": "Caption for a seven:"}], max_tokens=4, temperature=0
+    )
+    assert joined.choices[0].message.content == whole.choices[0].message.content
+    # a chat answer can be corrected like a completion
+    fb = client.post("/v1/feedback", json={"response_id": first.id, "correct_text": "a handwritten seven."})
+    assert fb.status_code == 200, fb.text
+    with pytest.raises(NotFoundError, match="not found"):
+        oa.chat.completions.create(model="gpt-4o", messages=CHAT)
+    with pytest.raises(BadRequestError, match="at most 32"):
+        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=1000)
+    with pytest.raises(UnprocessableEntityError, match="role"):
+        oa.chat.completions.create(model="aigc-lm", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}])
+    with pytest.raises(UnprocessableEntityError, match="messages"):
+        oa.chat.completions.create(model="aigc-lm", messages=[])
+
+
+@pytest.mark.slow
+def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(served):
+    spec, _, client = served
+    oa = openai_client(spec)
+    prompt = "Caption for a seven:"
+    for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
+        whole = oa.completions.create(model="aigc-lm", prompt=prompt, max_tokens=12, **sampling)
+        chunks = list(oa.completions.create(model="aigc-lm", prompt=prompt, max_tokens=12, stream=True, **sampling))
+        assert len(chunks) > 2, chunks  # piece by piece, not one answer
+        assert {(c.object, c.id, c.model) for c in chunks} == {("text_completion", chunks[0].id, "aigc-lm")}
+        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+        assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + [
+            whole.choices[0].finish_reason
+        ]
+        assert chunks[-1].usage == whole.usage and all(c.usage is None for c in chunks[:-1])
+
+        chat = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=12, **sampling)
+        pieces = list(
+            oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=12, stream=True, **sampling)
+        )
+        assert {(c.object, c.id) for c in pieces} == {("chat.completion.chunk", pieces[0].id)}
+        assert all(c.choices[0].delta.role == "assistant" for c in pieces)
+        assert "".join(c.choices[0].delta.content or "" for c in pieces) == chat.choices[0].message.content
+        assert pieces[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+        assert pieces[-1].usage == chat.usage
+
+    # stream_options.include_usage: OpenAI's last chunk, with usage and no choices
+    chunks = list(
+        oa.chat.completions.create(
+            model="aigc-lm", messages=CHAT, max_tokens=6, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+
+    # on the wire: text/event-stream, "data: <json>" events, "data: [DONE]" last
+    body = {"model": "aigc-lm", "prompt": prompt, "max_tokens": 6, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as res:
+        assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+        events = [line for line in res.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    streamed_id = json.loads(events[0][6:])["id"]
+    # a streamed answer is remembered once complete: feedback can correct it
+    fb = client.post("/v1/feedback", json={"response_id": streamed_id, "correct_text": "a handwritten seven."})
+    assert fb.status_code == 200, fb.text
+    # a request the server refuses is refused with its status before any event, streamed or not
+    refused = client.post("/v1/completions", json={**body, "model": "gpt-4"})
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == 404
+    too_many = client.post(
+        "/v1/chat/completions", json={"model": "aigc-lm", "messages": CHAT, "stream": True, "max_tokens": 99}
+    )
+    assert too_many.status_code == 400 and "at most 32" in too_many.json()["error"]["message"]
+
+
+@pytest.mark.slow
+def test_logprobs_are_refused_naming_the_field_never_ignored(served):
+    from openai import UnprocessableEntityError
+
+    spec, _, _ = served
+    oa = openai_client(spec)
+    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
+        oa.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=2, logprobs=2)
+    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
+        oa.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=2, logprobs=0, stream=True)
+    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
+        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=True)
+    with pytest.raises(UnprocessableEntityError, match="top_logprobs.*log-probabilities"):
+        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, top_logprobs=3)
+    ok = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=False)
+    assert ok.choices[0].logprobs is None  # false asks for none: honoured
+
+
+@pytest.mark.slow
+def test_the_openapi_document_shows_the_openai_routes_and_their_error_shape(served):
+    _, _, client = served
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+    assert set(schemas["ErrorBody"]["properties"]) == {"detail", "error"}
+    assert set(schemas["ErrorInfo"]["properties"]) == {"message", "type", "code"}
+    for path in ("/v1/images/generations", "/v1/images", "/v1/completions", "/v1/chat/completions", "/v1/feedback"):
+        responses = doc["paths"][path]["post"]["responses"]
+        for status in ("400", "401", "404", "413", "422", "503", "504"):
+            shape = responses[status]["content"]["application/json"]["schema"]
+            assert shape == {"$ref": "#/components/schemas/ErrorBody"}, (path, status)
+    chat = doc["paths"]["/v1/chat/completions"]["post"]
+    assert chat["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    ok = chat["responses"]["200"]["content"]
+    assert ok["application/json"]["schema"] == {"$ref": "#/components/schemas/ChatCompletionResponse"}
+    chunk = ok["text/event-stream"]["schema"]
+    assert chunk["properties"]["object"]["const"] == "chat.completion.chunk" and "$ref" not in json.dumps(chunk)
+    completion_chunk = doc["paths"]["/v1/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"]
+    assert completion_chunk["schema"]["properties"]["object"]["const"] == "text_completion"
+    request = schemas["ChatCompletionRequest"]["properties"]
+    assert {"messages", "stream", "stream_options", "max_completion_tokens", "logprobs"} <= set(request)
+    assert "b64_json" in schemas["ImagesRequest"]["properties"]["response_format"]["description"]
+
+
+# Text no route may answer with a 5xx: each is the raw JSON value put in place of a string field.
+HOSTILE = {
+    "unpaired high surrogate": b'"\\ud800"',
+    "unpaired low surrogate": b'"a\\udfff b"',
+    "reversed surrogate pair": b'"\\udc00\\ud800"',
+    "surrogate as raw bytes (CESU-8)": b'"\xed\xa0\x80"',
+    "overlong '/' as raw bytes": b'"\xc0\xaf"',
+    "overlong NUL as raw bytes": b'"\xc0\x80"',
+    "invalid raw bytes": b'"\xff\xfe"',
+    "NUL": b'"a\\u0000b"',
+    "control characters": b'"\\u0007\\u001b[31m\\u007f\\u0085\\b"',
+    "right-to-left override": '"\u202egnp.exe\u202c"'.encode(),
+    "combining marks, 1 MB": ('"a' + "\u0301" * 500_000 + '"').encode(),
+    "combining marks within the limits": ('"a' + "\u0301" * 60 + '"').encode(),
+}
+# never valid text: every field answers 4xx
+INVALID = {k for k in HOSTILE if "surrogate" in k or "bytes" in k or k == "NUL"}
+SLOT = "__hostile__"
+
+
+def hostile_bodies(storage, spec, response_id):
+    """(route, field, JSON body with SLOT in place of the field's value) for every string field of
+    every POST route, streamed and not, plus a top-level key."""
+    classify, _ = digit_request(storage, spec)
+    image = {"prompt": "a three", "n": 1, "seed": 0, "size": "16x16", "model": "aigc-gan"}
+    image |= {"response_format": "b64_json", "user": "u"}
+    completion = {"model": "aigc-lm", "prompt": "Caption for a seven:", "max_tokens": 2, "stop": ["\n"], "user": "u"}
+    message = {"role": "user", "content": "Caption for a seven:", "name": "n"}
+    chat = {"model": "aigc-lm", "messages": [message], "max_tokens": 2, "stop": ["\n"], "user": "u"}
+    parts = {**chat, "messages": [{"role": "user", "content": [{"type": "text", "text": "Caption"}]}]}
+    bases = [
+        ("/v1/classify", classify, ["image", "text"]),
+        ("/v1/images", image, ["prompt", "size", "model", "response_format", "user"]),
+        ("/v1/images/generations", image, ["prompt", "size", "model", "response_format", "user"]),
+        ("/v1/videos", {"n": 1, "seed": 0, "format": "gif"}, ["format"]),
+        ("/v1/feedback", {"response_id": response_id, "rating": 3, "correct_text": "x", "comment": "c"}, []),
+    ]
+    bases[-1][2].extend(["response_id", "correct_text", "comment"])
+    for stream in (False, True):
+        bases += [
+            ("/v1/completions", {**completion, "stream": stream}, ["model", "prompt", "stop", "stop.0", "user"]),
+            ("/v1/completions", {**completion, "prompt": ["x"], "stream": stream}, ["prompt.0"]),
+            ("/v1/chat/completions", {**chat, "stream": stream}, ["model", "stop.0", "user"]),
+            ("/v1/chat/completions", {**chat, "stream": stream}, ["messages.0.role", "messages.0.content"]),
+            ("/v1/chat/completions", {**chat, "stream": stream}, ["messages.0.name"]),
+            ("/v1/chat/completions", {**parts, "stream": stream}, ["messages.0.content.0.text"]),
+        ]
+    for route, base, fields in bases:
+        for field in fields:
+            body = json.loads(json.dumps(base))
+            *parents, last = [int(p) if p.isdigit() else p for p in field.split(".")]
+            target = body
+            for p in parents:
+                target = target[p]
+            target[last] = SLOT
+            yield route, field, body
+        yield route, "a key", {**base, SLOT: 1}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_hostile_text_in_any_field_of_any_route_gets_a_json_4xx_never_a_5xx(served):
+    spec, storage, client = served
+    completion = client.post("/v1/completions", json={"model": "aigc-lm", "prompt": "a", "max_tokens": 1}).json()
+    answers = []
+    for route, field, body in hostile_bodies(storage, spec, completion["id"]):
+        for name, value in HOSTILE.items():
+            raw = json.dumps(body).encode().replace(json.dumps(SLOT).encode(), value)
+            res = client.post(route, content=raw, headers={"content-type": "application/json"})
+            answers.append((route, field, name, res))
+    # the same bytes as a body that is not JSON (undecodable bytes once made the 422 itself fail)
+    for route in ("/v1/classify", "/v1/images/generations", "/v1/completions", "/v1/chat/completions", "/v1/feedback"):
+        for headers in ({"content-type": "text/plain"}, {"content-type": "application/json"}, {}):
+            for name in INVALID:
+                res = client.post(route, content=HOSTILE[name], headers=headers)
+                answers.append((route, f"the body ({headers})", name, res))
+
+    crashed = [(r, f, n, a.status_code, a.text[:200]) for r, f, n, a in answers if a.status_code >= 500]
+    assert not crashed, crashed[:10]
+    for route, field, name, res in answers:
+        if res.status_code >= 300:
+            error = res.json()  # JSON, in the app's error shape
+            assert set(error) == {"detail", "error"}, (route, field, name, res.text[:300])
+            assert set(error["error"]) == {"message", "type", "code"} and error["error"]["code"] == res.status_code
+        elif res.headers["content-type"].startswith("text/event-stream"):
+            assert res.text.rstrip().endswith("data: [DONE]") and '"error"' not in res.text, (route, field, name)
+        else:
+            res.json()
+    accepted_invalid = [
+        (r, f, n, a.status_code) for r, f, n, a in answers if n in INVALID and f != "a key" and a.status_code < 400
+    ]
+    assert not accepted_invalid, accepted_invalid[:10]
+    too_big = [a.status_code for r, f, n, a in answers if n == "combining marks, 1 MB"]
+    assert set(too_big) == {413}
+    assert len(answers) > 500 and sum(a.status_code == 200 for *_, a in answers) > 50  # the models answered too
+
+    # what the 422 says: the field, the reason, and the input quoted as valid UTF-8
+    raw = b'{"model": "aigc-lm", "prompt": "x\\ud800", "max_tokens": 2}'
+    res = client.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert res.status_code == 422 and res.headers["content-type"] == "application/json"
+    message = res.json()["error"]["message"]
+    assert message.startswith("prompt: Value error, holds an unpaired surrogate (U+D800 at character 1)"), message
+    assert any(e.get("input") == "x\\ud800" for e in res.json()["detail"])
+
+
 @pytest.mark.slow
 def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
     from aigc_ray.data.feedback import read_feedback

@@ -3,6 +3,7 @@ distribution is the mean of the members' log-probabilities (``combine.average_lo
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +54,20 @@ class LMEnsemble:
     ) -> Completion:
         """Sample (or, at temperature 0, take the arg-max) token by token until ``max_tokens``,
         the end-of-text token or a ``stop`` string (which is not returned)."""
+        *_, done = self.decode(prompt, max_tokens, temperature, top_p, stop, seed)
+        return done
+
+    def decode(
+        self,
+        prompt: str,
+        max_tokens: int = 32,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str | Completion]:
+        """``complete`` step by step: the text decoded so far after each token that did not end
+        the answer, then the ``Completion`` (what a streaming server sends piece by piece)."""
         rng = np.random.default_rng(seed)
         prompt_ids = self.tokenizer(prompt)["input_ids"]
         if not prompt_ids:
@@ -70,8 +85,10 @@ class LMEnsemble:
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             cut = _first_stop(text, stop or [])
             if cut is not None:
-                return Completion(text[:cut], len(prompt_ids), len(new), "stop")
-        return Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
+                yield Completion(text[:cut], len(prompt_ids), len(new), "stop")
+                return
+            yield text
+        yield Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
 
 
 def _choose(log_probs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:

@@ -1,9 +1,11 @@
 """The Serve application: a FastAPI ingress that composes the member deployments.
 
     POST /v1/classify      image + caption -> class probabilities (the ensemble's; members' on request)
-    POST /v1/images        GAN samples as base64 PNG, reproducible with a seed (text-to-image: a prompt)
+    POST /v1/images/generations  GAN samples as base64 PNG, reproducible with a seed (text-to-image:
+                           a prompt); OpenAI's images API. /v1/images is the same route
     POST /v1/videos        short clips from the video GAN as animated GIF or APNG
     POST /v1/completions   OpenAI-compatible completions from the language-model ensemble
+    POST /v1/chat/completions  OpenAI-compatible chat over the same models (both stream on request)
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
     GET  /v1/models        members, strategy, weights, metrics and lineage
     GET  /v1/members/stats each member replica's batch sizes so far
@@ -17,6 +19,7 @@ the running replicas in place, without a restart or a dropped request.
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
 import os
@@ -30,7 +33,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,11 +50,19 @@ from ..spec.sections import ServeSpec
 from ..storage import Storage, join
 from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
 from .schema import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
     ClassifyRequest,
     ClassifyResponse,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    ErrorBody,
     FeedbackRequest,
     FeedbackResponse,
     ImageData,
@@ -63,6 +74,7 @@ from .schema import (
     VideoData,
     VideosRequest,
     VideosResponse,
+    inline_schema,
 )
 
 LM_MODEL_ID = "aigc-lm"
@@ -88,12 +100,36 @@ ERROR_TYPES = {
 
 
 def error_body(status: int, message: str, detail=None) -> dict:
-    """FastAPI's ``detail`` plus OpenAI's ``error`` object, so both kinds of client read the reason."""
+    """FastAPI's ``detail`` plus OpenAI's ``error`` object, so both kinds of client read the reason.
+    Both may quote what the client sent: made ``printable``, so the body always encodes."""
     kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     return {
-        "detail": detail if detail is not None else message,
-        "error": {"message": message, "type": kind, "code": status},
+        "detail": printable(detail if detail is not None else message),
+        "error": {"message": printable(message), "type": kind, "code": status},
     }
+
+
+def printable(value):
+    """``value`` with its text made valid UTF-8: an unpaired surrogate becomes its escape (the
+    six characters \\ud800) and undecodable bytes theirs (\\xc0), so an error can quote any input
+    back. Exceptions become their messages; numbers and the like pass through."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    if isinstance(value, BaseException):
+        return printable(str(value))
+    return value
+
+
+def _field(loc) -> str:
+    # pydantic names the union branch it tried in the location (prompt.list[function-before[...]]):
+    # noise to a client, who wants the field
+    return ".".join(str(p) for p in loc if p != "body" and not (isinstance(p, str) and p.endswith("]") and "[" in p))
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -103,8 +139,25 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
 
 @api.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body')}: {e['msg']}" for e in exc.errors())
-    return JSONResponse(error_body(422, problems, jsonable_encoder(exc.errors())), 422)
+    """422 naming each field and rule. The errors quote the input, which may be what made it
+    invalid (an unpaired surrogate, undecodable bytes): quoted ``printable``, never raw."""
+    errors = printable(exc.errors())
+    problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in errors)
+    return JSONResponse(error_body(422, problems, jsonable_encoder(errors)), 422)
+
+
+# Documented on every /v1 route (the middleware's 411/413 and the auth's 401 included).
+ERRORS = {
+    400: "a request the server cannot serve (e.g. max_tokens over its limit)",
+    401: "missing or wrong bearer token",
+    404: "unknown model, or a route this ensemble has no model for",
+    411: "no Content-Length",
+    413: "body over serve.max_request_bytes",
+    422: "invalid request: the message names each field and the rule it broke",
+    503: "overloaded or a deployment unavailable: retry later (Retry-After)",
+    504: "no answer within serve.request_timeout_s",
+}
+ERROR_RESPONSES = {status: {"model": ErrorBody, "description": why} for status, why in ERRORS.items()}
 
 
 @api.middleware("http")
@@ -118,6 +171,45 @@ async def limit_body_size(request: Request, call_next):
         if not length.isdigit() or int(length) > limit:
             return JSONResponse(error_body(413, f"request body over the limit of {limit} bytes"), 413)
     return await call_next(request)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def usage_of(done: dict) -> Usage:
+    """Token counts of a finished completion (``Completion`` fields, or a stream's last piece)."""
+    return Usage(
+        prompt_tokens=done["prompt_tokens"],
+        completion_tokens=done["completion_tokens"],
+        total_tokens=done["prompt_tokens"] + done["completion_tokens"],
+    )
+
+
+def sse(event) -> str:
+    """One server-sent event: a chunk (a pydantic model) or an error body."""
+    data = event.model_dump_json() if hasattr(event, "model_dump_json") else json.dumps(event)
+    return f"data: {data}\n\n"
+
+
+def streamed(chunk_model) -> dict:
+    """The OpenAPI entry of a 200 that is JSON, or with stream: true, server-sent events of chunks."""
+    return {
+        "description": "The answer; with stream: true, server-sent events (data: <chunk>), then data: [DONE].",
+        "content": {"text/event-stream": {"schema": inline_schema(chunk_model)}},
+    }
+
+
+def chat_messages(req: ChatCompletionRequest) -> list[dict]:
+    """The conversation as chat templates take it (OpenAI's developer role is the system's)."""
+    return [
+        {
+            "role": "system" if m.role == "developer" else m.role,
+            "content": m.text,
+            **({"name": m.name} if m.name else {}),
+        }
+        for m in req.messages
+    ]
 
 
 def read_token(env_name: str, file: str | None) -> str | None:
@@ -192,29 +284,33 @@ class EnsembleIngress:
         weights = user_config.get("weights", self.doc["weights"])
         self.combiner = self._combiner(strategy, weights)  # built fully first, then one assignment
 
-    def _remember(self, prefix: str, kind: str, answer: dict, **inputs) -> str:
-        """Keep an answer (bounded, oldest dropped) so feedback can refer to it by id."""
-        rid = f"{prefix}-{uuid.uuid4().hex}"
+    def _remember(self, rid: str, kind: str, answer: dict, **inputs) -> str:
+        """Keep an answer (bounded, oldest dropped) so feedback can refer to it by its id."""
         self.responses[rid] = {"kind": kind, "answer": json.dumps(answer), **inputs}
         while len(self.responses) > REMEMBERED_RESPONSES:
             self.responses.popitem(last=False)
         return rid
 
-    async def _call(self, *calls):
-        """Run deployment calls (zero-argument functions returning a handle call) concurrently
-        within the request timeout. A call whose replica died is sent again (the router moves
-        it to a live replica: every member call is idempotent); overload, unavailability and
-        timeouts become 503/504 answers."""
+    @contextlib.contextmanager
+    def _service_errors(self):
+        """Overload, unavailability and timeouts of the deployments, as 503/504 answers."""
         from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
         try:
-            return await asyncio.wait_for(asyncio.gather(*(self._retrying(c) for c in calls)), self.timeout)
+            yield
         except BackPressureError:
             raise HTTPException(503, "overloaded: a queue is full, retry later", headers={"Retry-After": "1"}) from None
         except (DeploymentUnavailableError, *REPLICA_GONE):
             raise HTTPException(503, "a deployment is unavailable, retry later", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
             raise HTTPException(504, f"no answer within {self.timeout:g} s") from None
+
+    async def _call(self, *calls):
+        """Run deployment calls (zero-argument functions returning a handle call) concurrently
+        within the request timeout. A call whose replica died is sent again (the router moves
+        it to a live replica: every member call is idempotent)."""
+        with self._service_errors():
+            return await asyncio.wait_for(asyncio.gather(*(self._retrying(c) for c in calls)), self.timeout)
 
     @staticmethod
     async def _retrying(call, attempts: int = 4):
@@ -230,7 +326,12 @@ class EnsembleIngress:
     async def healthz(self) -> dict:
         return {"status": "ok", "version": self.version}
 
-    @api.post("/v1/classify", response_model=ClassifyResponse, dependencies=[Depends(require_token)])
+    @api.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+    )
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         height, _, channels = self.image_shape
         try:
@@ -246,7 +347,9 @@ class EnsembleIngress:
             "probabilities": [round(float(p), 6) for p in combined],
             "strategy": self.combiner.strategy,
         }
-        rid = self._remember("clf", "classify", answer, input_text=req.text, input_image=base64.b64decode(req.image))
+        rid = self._remember(
+            new_id("clf"), "classify", answer, input_text=req.text, input_image=base64.b64decode(req.image)
+        )
         members = {n: [round(float(p), 6) for p in o] for n, o in zip(self.names, outs, strict=True)}
         return ClassifyResponse(
             id=rid,
@@ -262,6 +365,8 @@ class EnsembleIngress:
     def _check_image_request(self, req: ImagesRequest) -> None:
         """What the generator can do with this request: a prompt for a text-to-image generator (and
         only for one), style mixing only for the style generator, within the server's limits."""
+        if req.model not in (None, GENERATOR_MODEL_ID):
+            raise HTTPException(404, f"model {req.model!r} not found; this server draws with {GENERATOR_MODEL_ID!r}")
         self._check_count(req.n)
         conditional = self.generator_config.get("condition") == "caption"
         if conditional and req.prompt is None:
@@ -280,7 +385,7 @@ class EnsembleIngress:
     def _image_side(self, size: str | None) -> int:
         """The side of the served images: the generator's own, or a square whole multiple of it."""
         own = int(self.generator_config.get("image_size", 16))
-        if size is None:
+        if size in (None, "auto"):
             return own
         width, height = (int(x) for x in size.split("x"))
         if width != height or width % own or width > MAX_IMAGE_SIDE:
@@ -291,7 +396,19 @@ class EnsembleIngress:
             )
         return width
 
-    @api.post("/v1/images", response_model=ImagesResponse, dependencies=[Depends(require_token)])
+    @api.post(
+        "/v1/images/generations",
+        response_model=ImagesResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+    )
+    @api.post(
+        "/v1/images",
+        response_model=ImagesResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+        description="The same as /v1/images/generations (OpenAI's path), kept for existing clients.",
+    )
     async def images(self, req: ImagesRequest) -> ImagesResponse:
         if self.generator is None:
             raise HTTPException(404, "this ensemble has no generator: run the GAN sweep and rebuild the ensemble")
@@ -301,7 +418,8 @@ class EnsembleIngress:
         (pngs,) = await self._call(
             partial(self.generator.generate.remote, req.n, seed, side, req.prompt, req.style_seed)
         )
-        rid = self._remember("img", "images", {"n": req.n, "seed": seed, "size": req.size}, input_text=req.prompt or "")
+        answer = {"n": req.n, "seed": seed, "size": req.size}
+        rid = self._remember(new_id("img"), "images", answer, input_text=req.prompt or "")
         return ImagesResponse(
             id=rid,
             created=int(time.time()),
@@ -311,7 +429,9 @@ class EnsembleIngress:
             data=[ImageData(b64_json=p) for p in pngs],
         )
 
-    @api.post("/v1/videos", response_model=VideosResponse, dependencies=[Depends(require_token)])
+    @api.post(
+        "/v1/videos", response_model=VideosResponse, responses=ERROR_RESPONSES, dependencies=[Depends(require_token)]
+    )
     async def videos(self, req: VideosRequest) -> VideosResponse:
         if self.video is None:
             raise HTTPException(
@@ -320,44 +440,138 @@ class EnsembleIngress:
         self._check_count(req.n)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         (clips,) = await self._call(partial(self.video.generate.remote, req.n, seed, req.format, req.fps, req.scale))
-        rid = self._remember("vid", "videos", {"n": req.n, "seed": seed, "format": req.format})
+        rid = self._remember(new_id("vid"), "videos", {"n": req.n, "seed": seed, "format": req.format})
         return VideosResponse(
             id=rid, created=int(time.time()), model=VIDEO_MODEL_ID, seed=seed, data=[VideoData(**c) for c in clips]
         )
 
-    @api.post("/v1/completions", response_model=CompletionResponse, dependencies=[Depends(require_token)])
-    async def completions(self, req: CompletionRequest) -> CompletionResponse:
+    def _lm_limit(self, model: str, max_tokens: int) -> int:
+        """The tokens a language-model request may make: 404 without a language model or for
+        another model's name, 400 over the server's limit."""
         if self.lm is None:
             raise HTTPException(404, "this ensemble has no language model: fine-tune one and rebuild the ensemble")
-        if req.model != LM_MODEL_ID:
-            raise HTTPException(404, f"model {req.model!r} not found; this server has {LM_MODEL_ID!r}")
-        if req.max_tokens > self.max_tokens:
-            raise HTTPException(400, f"max_tokens is {req.max_tokens}; this server allows at most {self.max_tokens}")
-        (done,) = await self._call(
-            partial(
-                self.lm.complete.remote,
-                req.prompt_text,
-                req.max_tokens,
-                req.temperature,
-                req.top_p,
-                req.stops,
-                req.seed,
+        if model != LM_MODEL_ID:
+            raise HTTPException(404, f"model {model!r} not found; this server has {LM_MODEL_ID!r}")
+        if max_tokens > self.max_tokens:
+            raise HTTPException(400, f"max_tokens is {max_tokens}; this server allows at most {self.max_tokens}")
+        return max_tokens
+
+    @api.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses={**ERROR_RESPONSES, 200: streamed(CompletionResponse)},
+        dependencies=[Depends(require_token)],
+    )
+    async def completions(self, req: CompletionRequest) -> CompletionResponse | StreamingResponse:
+        limit = self._lm_limit(req.model, req.max_tokens)
+        args = (req.prompt_text, limit, req.temperature, req.top_p, req.stops, req.seed)
+        rid, created = new_id("cmpl"), int(time.time())
+
+        def remember(text: str) -> None:
+            self._remember(rid, "completion", {"text": text}, input_text=req.prompt_text)
+
+        def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> CompletionResponse:
+            choice = CompletionChoice(text=text, index=0, finish_reason=finish)
+            return CompletionResponse(
+                id=rid, created=created, model=LM_MODEL_ID, choices=[choice] if choices else [], usage=usage
             )
-        )
-        rid = self._remember("cmpl", "completion", {"text": done.text}, input_text=req.prompt_text)
-        return CompletionResponse(
+
+        if req.stream:
+            call = partial(self.lm.options(stream=True).stream.remote, *args)
+            return await self._streamed(call, chunk, remember, req.usage_chunk)
+        (done,) = await self._call(partial(self.lm.complete.remote, *args))
+        remember(done.text)
+        return chunk(done.text, done.finish_reason, usage_of(vars(done)))
+
+    @api.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**ERROR_RESPONSES, 200: streamed(ChatCompletionChunk)},
+        dependencies=[Depends(require_token)],
+    )
+    async def chat_completions(self, req: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
+        limit = self._lm_limit(req.model, req.limit or self.max_tokens)
+        (rendered,) = await self._call(partial(self.lm.render.remote, chat_messages(req)))
+        if "refused" in rendered:
+            raise HTTPException(422, f"messages: {rendered['refused']}")
+        prompt = rendered["prompt"]
+        args = (prompt, limit, req.temperature, req.top_p, req.stops + rendered["stop"], req.seed)
+        rid, created = new_id("chatcmpl"), int(time.time())
+
+        def remember(text: str) -> None:
+            self._remember(rid, "completion", {"text": text}, input_text=prompt)
+
+        if req.stream:
+
+            def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> ChatCompletionChunk:
+                delta = ChatDelta(role="assistant", content=text)  # every chunk says whose turn it is
+                choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
+                return ChatCompletionChunk(
+                    id=rid, created=created, model=LM_MODEL_ID, choices=[choice] if choices else [], usage=usage
+                )
+
+            call = partial(self.lm.options(stream=True).stream.remote, *args)
+            return await self._streamed(call, chunk, remember, req.usage_chunk, lstrip=True)
+        (done,) = await self._call(partial(self.lm.complete.remote, *args))
+        text = done.text.lstrip()  # the template ends "Assistant:", the model goes on " ..."
+        remember(text)
+        return ChatCompletionResponse(
             id=rid,
-            created=int(time.time()),
+            created=created,
             model=LM_MODEL_ID,
-            choices=[CompletionChoice(text=done.text, index=0, finish_reason=done.finish_reason)],
-            usage=Usage(
-                prompt_tokens=done.prompt_tokens,
-                completion_tokens=done.completion_tokens,
-                total_tokens=done.prompt_tokens + done.completion_tokens,
-            ),
+            choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=done.finish_reason)],
+            usage=usage_of(vars(done)),
         )
 
-    @api.post("/v1/feedback", response_model=FeedbackResponse, dependencies=[Depends(require_token)])
+    async def _streamed(self, call, chunk, remember, usage_chunk: bool, lstrip: bool = False) -> StreamingResponse:
+        """A streamed decode as server-sent events: ``chunk(text, finish_reason, usage)`` for each
+        piece the model sends, usage on the final one (or, with stream_options.include_usage, in
+        a last chunk without choices, as OpenAI sends it), then ``data: [DONE]``. The first piece
+        is awaited before answering, so overload, an unavailable model and a timeout still get
+        their status; a failure after that can only end the stream with an error event (OpenAI's
+        ``data: {"error": ...}``). The answer is remembered for feedback once it is complete."""
+        deadline = time.monotonic() + self.timeout
+
+        async def start():
+            pieces = call()
+            return pieces, await pieces.__anext__()
+
+        with self._service_errors():
+            pieces, first = await asyncio.wait_for(self._retrying(start), self.timeout)
+
+        async def events():
+            piece, text, finished = first, "", False
+            try:
+                with self._service_errors():
+                    while True:
+                        delta = piece["text"].lstrip() if lstrip and not text else piece["text"]
+                        text += delta
+                        if "finish_reason" in piece:
+                            break
+                        if delta:
+                            yield sse(chunk(delta, None, None))
+                        piece = await asyncio.wait_for(pieces.__anext__(), deadline - time.monotonic())
+                finished = True
+                remember(text)  # before the last events: a client may hang up once it has the text
+                usage = usage_of(piece)
+                yield sse(chunk(delta, piece["finish_reason"], None if usage_chunk else usage))
+                if usage_chunk:
+                    yield sse(chunk("", None, usage, choices=False))
+            except HTTPException as e:
+                yield sse(error_body(e.status_code, str(e.detail)))
+            finally:
+                if not finished:
+                    pieces.cancel()  # the client hung up or the stream failed: stop the decode
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.post(
+        "/v1/feedback",
+        response_model=FeedbackResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+    )
     async def feedback(self, req: FeedbackRequest) -> FeedbackResponse:
         record = self.responses.get(req.response_id)
         if record is None:
@@ -371,7 +585,7 @@ class EnsembleIngress:
         uri = await asyncio.to_thread(write_feedback, self.storage, self.feedback_uri, row)
         return FeedbackResponse(id=fid, stored=uri)
 
-    @api.get("/v1/models", response_model=ModelList, dependencies=[Depends(require_token)])
+    @api.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def models(self) -> ModelList:
         created = int(time.time())
         weights = dict(zip(self.names, self.combiner.weights, strict=True))
@@ -412,7 +626,7 @@ class EnsembleIngress:
             )
         return ModelList(data=cards)
 
-    @api.get("/v1/members/stats", dependencies=[Depends(require_token)])
+    @api.get("/v1/members/stats", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def member_stats(self) -> dict:
         """Per member, summed over its live replicas: how many batches of each size have run."""
         out = {}

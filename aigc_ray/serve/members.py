@@ -163,3 +163,24 @@ class LanguageModelDeployment:
     async def complete(self, prompt: str, max_tokens: int, temperature: float, top_p: float, stop, seed):
         async with self.lock:
             return await asyncio.to_thread(self.lm.complete, prompt, max_tokens, temperature, top_p, stop, seed)
+
+    def render(self, messages: list[dict]) -> dict:
+        """A conversation as {"prompt", "stop"} (see ``render_chat``), or {"refused": why} when
+        the model's chat template refuses it (a client error, answered 422)."""
+        from .generation import ChatTemplateRefused, render_chat
+
+        try:
+            prompt, stop = render_chat(self.lm.tokenizer, messages)
+        except ChatTemplateRefused as e:
+            return {"refused": str(e)}
+        return {"prompt": prompt, "stop": stop}
+
+    async def stream(self, prompt: str, max_tokens: int, temperature: float, top_p: float, stop, seed):
+        """``complete`` as a stream of pieces (``stream_completion``), each sent as it is decoded;
+        call through a handle with ``.options(stream=True)``."""
+        from .generation import stream_completion
+
+        async with self.lock:
+            pieces = stream_completion(self.lm, prompt, max_tokens, temperature, top_p, stop, seed)
+            while (piece := await asyncio.to_thread(next, pieces, None)) is not None:
+                yield piece

@@ -3,25 +3,62 @@ every request, so a bad one gets a 422 that names the field and the rule it brok
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from ..data.digits import IMAGE_SIDE
 from ..data.images import decode_image_b64
+
+NUL = "\x00"
+
+
+def check_text(v: Any) -> Any:
+    """Text must be Unicode that encodes as UTF-8 and holds no NUL: JSON's escapes can carry an
+    unpaired surrogate ("\\ud800") that no tokenizer, Parquet file or response body accepts,
+    and NUL truncates text in C-based consumers. Runs before the type check, so non-strings pass
+    on to it unchanged."""
+    if not isinstance(v, str):
+        return v
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"holds an unpaired surrogate (U+{ord(v[e.start]):04X} at character {e.start}): not valid Unicode text"
+        ) from None
+    if NUL in v:
+        raise ValueError(f"holds a NUL character (U+0000 at character {v.index(NUL)})")
+    return v
+
+
+Text = Annotated[str, BeforeValidator(check_text)]
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class ErrorInfo(BaseModel):
+    message: str = Field(description="What is wrong, for people.")
+    type: str = Field(description="OpenAI's error type, e.g. invalid_request_error, authentication_error.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorBody(BaseModel):
+    """Every non-2xx answer: FastAPI's ``detail`` and OpenAI's ``error``, so both kinds of client
+    read the reason. Input quoted back is always valid UTF-8 (an unpaired surrogate as its escape)."""
+
+    detail: Any = Field(description="The message; for a 422, the list of validation errors.")
+    error: ErrorInfo
+
+
 class ClassifyRequest(Strict):
-    image: str = Field(
+    image: Text = Field(
         description="Base64 PNG (grey or colour, any size up to 256x256), resized to the data's image shape "
         "(see /v1/models; 8x8 grey for the digits).",
         max_length=200_000,
     )
-    text: str = Field(description="The image's caption.", min_length=1, max_length=500)
+    text: Text = Field(description="The image's caption.", min_length=1, max_length=500)
     return_members: bool = Field(False, description="Also return each member's probabilities.")
 
     @field_validator("image")
@@ -52,7 +89,11 @@ def check_prompt(v: str) -> str:
 
 
 class ImagesRequest(Strict):
-    prompt: str | None = Field(
+    """OpenAI's image-generation request (POST /v1/images/generations; /v1/images is the same),
+    plus seed and style_seed. Fields this server cannot honour (quality, style, ...) are refused."""
+
+    model: Text | None = Field(None, description="aigc-gan, or leave out (GET /v1/models lists this server's).")
+    prompt: Text | None = Field(
         None,
         max_length=2000,
         description="What to draw, e.g. 'a handwritten three' (text-to-image generators need one; "
@@ -66,12 +107,23 @@ class ImagesRequest(Strict):
         le=2**31 - 1,
         description="Style generator only: mix in the styles of this seed's latent (coarse from seed, fine from style_seed).",
     )
-    size: str | None = Field(
+    size: Text | None = Field(
         None,
-        pattern=r"^[1-9][0-9]{0,3}x[1-9][0-9]{0,3}$",
+        pattern=r"^([1-9][0-9]{0,3}x[1-9][0-9]{0,3}|auto)$",
         description="WIDTHxHEIGHT, square, a whole multiple of the generator's own size (pixels repeated); "
-        "default: the generator's own size (see /v1/models).",
+        "default or 'auto': the generator's own size (see /v1/models).",
     )
+    response_format: Text | None = Field(
+        None, description="b64_json (the default and the only one: this server hosts no image URLs)."
+    )
+    user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
+
+    @field_validator("response_format")
+    @classmethod
+    def _inline_only(cls, v: str | None) -> str | None:
+        if v not in (None, "b64_json"):
+            raise ValueError("only b64_json: this server answers images inline and hosts no URLs")
+        return v
 
     @field_validator("prompt")
     @classmethod
@@ -116,21 +168,51 @@ class ImagesResponse(BaseModel):
     data: list[ImageData]
 
 
-class CompletionRequest(Strict):
-    """OpenAI's completions request (the fields this server honours; others are refused)."""
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
 
-    model_config = ConfigDict(extra="ignore")  # clients send extras such as logit_bias: accept, ignore
+    include_usage: bool = Field(
+        False, description="Send usage in a last chunk with no choices (OpenAI's way) instead of on the final one."
+    )
 
-    model: str = Field(description="Any name; GET /v1/models lists this server's.")
-    prompt: str | list[str] = Field(description="A prompt (or a list holding one).")
-    max_tokens: int = Field(16, ge=1)
+
+class Decoding(Strict):
+    """What completions and chat completions share: the OpenAI fields this server honours. Other
+    extras (logit_bias, presence_penalty, ...) are accepted and ignored, as many clients send them
+    whatever they are told; log-probabilities, which the answer would lack, are refused."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text = Field(description="aigc-lm (GET /v1/models lists this server's).")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    stream: Literal[False] = False
-    user: str | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = Field(
+        None, description="Up to 4 strings; the answer ends before the first (not returned)."
+    )
+    seed: int | None = Field(None, description="Same seed, same answer (at temperature > 0).")
+    stream: bool = Field(False, description="Answer as server-sent events, chunk by chunk, then 'data: [DONE]'.")
+    stream_options: StreamOptions | None = None
+    user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def usage_chunk(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+NO_LOGPROBS = "this server does not return log-probabilities: leave it out"
+
+
+class CompletionRequest(Decoding):
+    """OpenAI's completions request."""
+
+    prompt: Text | list[Text] = Field(description="A prompt (or a list holding one).")
+    max_tokens: int = Field(16, ge=1)
+    logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
 
     @field_validator("prompt")
     @classmethod
@@ -142,20 +224,83 @@ class CompletionRequest(Strict):
             raise ValueError("prompt must be 1 to 2000 characters")
         return v
 
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: int | None) -> None:
+        if v is not None:
+            raise ValueError(NO_LOGPROBS)
+
     @property
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
+
+class TextPart(Strict):
+    type: Literal["text"] = Field(description="Text only: the language model reads no images or audio.")
+    text: Text
+
+
+class ChatMessage(BaseModel):
+    # extras ignored: clients send earlier answers back with e.g. "refusal": null
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Text | list[TextPart] = Field(description="Text, or a list of text parts (joined).")
+    name: Text | None = Field(None, max_length=64)
+
     @property
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(Decoding):
+    """OpenAI's chat-completions request. The conversation is rendered to a prompt with the
+    model's chat template, or, for a model without one, as 'User: ...' / 'Assistant: ...' lines
+    ending in 'Assistant:'."""
+
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI: max_completion_tokens.")
+    max_completion_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
+    logprobs: bool | None = Field(None, description="true is refused (422): " + NO_LOGPROBS + ".")
+    top_logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
+
+    @field_validator("messages")
+    @classmethod
+    def _not_too_long(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        chars = sum(len(m.text) for m in v)
+        if chars > 8000:
+            raise ValueError(f"the conversation holds {chars} characters; at most 8000")
+        return v
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, v: bool | None) -> bool | None:
+        if v:
+            raise ValueError(NO_LOGPROBS)
+        return v
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, v: int | None) -> None:
+        if v is not None:
+            raise ValueError(NO_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _one_limit(self) -> ChatCompletionRequest:
+        if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
+            raise ValueError("max_tokens and max_completion_tokens disagree: send one")
+        return self
+
+    @property
+    def limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
 
 
 class CompletionChoice(BaseModel):
     text: str
     index: int
     logprobs: None = None
-    finish_reason: str
+    finish_reason: str | None = Field(description="stop | length; null on a streamed chunk before the last.")
 
 
 class Usage(BaseModel):
@@ -170,15 +315,63 @@ class CompletionResponse(BaseModel):
     created: int
     model: str
     choices: list[CompletionChoice]
+    usage: Usage | None = Field(
+        description="Always on an answer; on a stream, on the final chunk (see stream_options)."
+    )
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
     usage: Usage
 
 
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed chat completion."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
 class FeedbackRequest(Strict):
-    response_id: str = Field(min_length=1, max_length=100, description="The id of an earlier answer.")
+    response_id: Text = Field(min_length=1, max_length=100, description="The id of an earlier answer.")
     rating: int | None = Field(None, ge=1, le=5, description="1 (bad) to 5 (good).")
     correct_label: int | None = Field(None, ge=0, le=9, description="For a classification: the right digit.")
-    correct_text: str | None = Field(None, min_length=1, max_length=2000, description="For a completion: a better one.")
-    comment: str | None = Field(None, max_length=2000)
+    correct_text: Text | None = Field(
+        None, min_length=1, max_length=2000, description="For a completion: a better one."
+    )
+    comment: Text | None = Field(None, max_length=2000)
 
     @model_validator(mode="after")
     def _says_something(self) -> FeedbackRequest:
@@ -190,6 +383,22 @@ class FeedbackRequest(Strict):
 class FeedbackResponse(BaseModel):
     id: str
     stored: str
+
+
+def inline_schema(model: type[BaseModel]) -> dict:
+    """``model``'s JSON schema with its definitions written in place: for a schema that is not an
+    OpenAPI component (a streamed chunk), where a $ref would point into the document's root."""
+    schema = model.model_json_schema(mode="serialization")
+    defs = schema.pop("$defs", {})
+
+    def resolve(node):
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        return [resolve(v) for v in node] if isinstance(node, list) else node
+
+    return resolve(schema)
 
 
 class ModelCard(BaseModel):

@@ -1,0 +1,182 @@
+"""The serving side of text, without Ray: what the request schema accepts as text, how errors
+quote what they were sent, how a conversation becomes a prompt, and that a streamed decode joins
+to exactly what ``LMEnsemble.complete`` answers at once (the served tests check the routes)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from aigc_ray.serve.schema import ChatCompletionRequest, ClassifyRequest, CompletionRequest, FeedbackRequest
+
+CORPUS = [
+    "Caption for a seven: a handwritten seven. Caption for a three: a handwritten three.",
+    "Légende : un sept écrit à la main. 手書きの七。 ✍️ 7️⃣ naïve café — « quotes ».",
+] * 20
+
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory):
+    """A random 1-layer GPT-2 over a byte-level BPE trained on text with multi-byte characters:
+    its samples split characters across tokens, which a stream must not send half of."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aigc_ray.data.tokenizer import train_tokenizer
+    from aigc_ray.ensemble.lm import LMEnsemble
+
+    tok = train_tokenizer(CORPUS, 300)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=len(tok),
+        n_positions=64,
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("lm")
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return LMEnsemble([str(folder)])
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\ud800", "a\udfff b", "\udc00\ud800", "ok\x00"],
+    ids=["high-surrogate", "low-surrogate", "reversed-pair", "nul"],
+)
+def test_every_text_field_refuses_unencodable_text_and_nul(text):
+    requests = [
+        (ClassifyRequest, {"image": "iVBORw0KGgo=", "text": text}, "text"),
+        (CompletionRequest, {"model": "aigc-lm", "prompt": text}, "prompt"),
+        (CompletionRequest, {"model": "aigc-lm", "prompt": [text]}, "prompt"),
+        (CompletionRequest, {"model": "aigc-lm", "prompt": "hi", "stop": [text]}, "stop"),
+        (CompletionRequest, {"model": text, "prompt": "hi"}, "model"),
+        (ChatCompletionRequest, {"model": "aigc-lm", "messages": [{"role": "user", "content": text}]}, "messages"),
+        (
+            ChatCompletionRequest,
+            {"model": "aigc-lm", "messages": [{"role": "user", "content": [{"type": "text", "text": text}]}]},
+            "messages",
+        ),
+        (FeedbackRequest, {"response_id": "x", "rating": 1, "comment": text}, "comment"),
+        (FeedbackRequest, {"response_id": text, "rating": 1}, "response_id"),
+    ]
+    for model, body, field in requests:
+        with pytest.raises(ValidationError) as caught:
+            model(**body)
+        messages = [e["msg"] for e in caught.value.errors() if e["loc"][0] == field]
+        assert any("unpaired surrogate" in m or "NUL" in m for m in messages), (body, caught.value.errors())
+
+
+def test_text_that_is_merely_unusual_passes():
+    for text in (
+        "\u202egnp.exe",
+        "a" + "\u0301" * 1000,
+        "tab\tand\nnewline",
+        "😀 \U0001f9d1\u200d\U0001f4bb",
+        "\x1b[31m",
+    ):
+        assert CompletionRequest(model="aigc-lm", prompt=text).prompt_text == text
+
+
+def test_error_bodies_quote_any_input_as_valid_utf8():
+    from aigc_ray.serve.app import error_body, printable
+
+    assert printable("a\ud800b") == "a\\ud800b"
+    assert printable(b"\xc0\xaf ok") == "\\xc0\\xaf ok"
+    assert printable({"\udfff": [("x", ValueError("bad \ud800"))]}) == {"\\udfff": [["x", "bad \\ud800"]]}
+    body = error_body(422, "text: \ud800", [{"input": "\ud800", "loc": ("body", "\udc00")}])
+    encoded = json.dumps(body, ensure_ascii=False).encode("utf-8")  # what JSONResponse does: must not raise
+    assert json.loads(encoded)["detail"][0]["input"] == "\\ud800"
+
+
+def test_logprobs_are_refused_by_name_not_ignored():
+    for model, extra in [
+        (CompletionRequest, {"prompt": "hi", "logprobs": 0}),
+        (ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}),
+        (ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}),
+    ]:
+        with pytest.raises(ValidationError, match="log-probabilities") as caught:
+            model(model="aigc-lm", **extra)
+        assert {e["loc"][0] for e in caught.value.errors()} <= {"logprobs", "top_logprobs"}
+    ok = ChatCompletionRequest(model="aigc-lm", messages=[{"role": "user", "content": "hi"}], logprobs=False)
+    assert ok.logprobs is False
+
+
+def test_a_conversation_renders_as_plain_lines_without_a_chat_template():
+    from aigc_ray.data.tokenizer import train_tokenizer
+    from aigc_ray.serve.generation import render_chat
+
+    tok = train_tokenizer(CORPUS, 300)
+    messages = [
+        {"role": "system", "content": "Describe digits."},
+        {"role": "user", "content": "Caption for a seven:"},
+        {"role": "assistant", "content": "a handwritten seven."},
+        {"role": "user", "content": "Caption for a three:"},
+    ]
+    prompt, stops = render_chat(tok, messages)
+    assert prompt == (
+        "System: Describe digits.\nUser: Caption for a seven:\nAssistant: a handwritten seven.\n"
+        "User: Caption for a three:\nAssistant:"
+    )
+    assert stops == ["\nUser:"]
+
+
+def test_a_conversation_renders_with_the_exports_chat_template_and_its_refusals():
+    from aigc_ray.data.tokenizer import train_tokenizer
+    from aigc_ray.serve.generation import ChatTemplateRefused, render_chat
+
+    tok = train_tokenizer(CORPUS, 300)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' and not loop.first %}"
+        "{{ raise_exception('a system message comes first') }}{% endif %}"
+        "<|{{ m['role'] }}|>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    prompt, stops = render_chat(tok, [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    assert (prompt, stops) == ("<|system|>S<|user|>U<|assistant|>", [])
+    with pytest.raises(ChatTemplateRefused, match="a system message comes first"):
+        render_chat(tok, [{"role": "user", "content": "U"}, {"role": "system", "content": "S"}])
+
+
+def test_settled_holds_back_what_later_tokens_may_change():
+    from aigc_ray.serve.generation import settled
+
+    assert settled("a handwritten", [], False) == len("a handwritten")
+    assert settled("abc\ufffd\ufffd", [], False) == 3  # a character still missing bytes
+    assert settled("seven.\nUs", ["\nUser:"], False) == len("seven.")  # may become the stop string
+    assert settled("seven.\nX", ["\nUser:"], False) == len("seven.\nX")
+    assert settled("ab", ["b!", "ab?"], False) == 0  # the longest possible start of any stop
+    assert settled("a handwritten", [], True) == len("a")  # " ." -> "." may still happen
+
+
+@pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.0, 3), (0.8, 11)])
+def test_a_streamed_decode_joins_to_what_complete_answers(lm, temperature, seed):
+    from aigc_ray.serve.generation import stream_completion
+
+    stopped = 0
+    for prompt, stop in [
+        ("Caption for a seven:", None),
+        ("Caption for a seven:", ["::", "ten", "Ւ"]),
+        ("Légende : un", ["é", " a", "\x1e\x1e", "?\x1b"]),
+        ("手書き", ["。", "writ", "=\x1b"]),
+        ("naïve", ["\n", "ca", "ee", "h"]),
+    ]:
+        done = lm.complete(prompt, 24, temperature, 0.9 if temperature else 1.0, stop, seed)
+        pieces = list(stream_completion(lm, prompt, 24, temperature, 0.9 if temperature else 1.0, stop, seed))
+        *middle, last = pieces
+        assert all(p["text"] and "finish_reason" not in p for p in middle)
+        # joined, exactly the answer: no piece sent a half character (U+FFFD) that became whole later
+        assert "".join(p["text"] for p in pieces) == done.text, (prompt, pieces)
+        for s in stop or []:
+            assert s not in "".join(p["text"] for p in pieces)
+        stopped += last["finish_reason"] == "stop"
+        assert (last["finish_reason"], last["prompt_tokens"], last["completion_tokens"]) == (
+            done.finish_reason,
+            done.prompt_tokens,
+            done.completion_tokens,
+        )
+    assert stopped >= 2  # stop strings were met, mid-stream
