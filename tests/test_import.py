@@ -342,3 +342,30 @@ def test_bad_sources_are_one_line_errors_before_anything_is_written(tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
     assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+
+
+def test_webdataset_class_indices_are_named_by_classes_txt(tmp_path, shape_rows):
+    from aigc_ray.data.image_import import decide_classes, label_index, scan_example
+    from aigc_ray.data.image_sources import list_webdataset, read_webdataset
+
+    storage = Storage()
+    rows = _picked(shape_rows, 2)
+    members = {}
+    for i, r in enumerate(rows):
+        members[f"sub/{i:03d}.seg.png"] = r["image"]  # the key runs to the first dot of the file name
+        members[f"sub/{i:03d}.seg.txt"] = b"an item"
+        members[f"sub/{i:03d}.seg.cls"] = str(r["label"]).encode()
+    _tar(tmp_path / "a.tar", members)
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    listing = list_webdataset(storage, str(tmp_path))
+    assert listing.class_names == list(CLASSES)
+    examples = list(read_webdataset(storage, listing.units[0]))
+    assert [e.key for e in examples] == [f"a.tar/sub/{i:03d}" for i in range(len(rows))]
+    scanned = [scan_example(e) for e in examples]
+    classes = decide_classes(listing, scanned)
+    assert [label_index(s, classes) for s in scanned] == [r["label"] for r in rows]
+    scanned[0]["label_int"] = 17  # an index past the names
+    assert label_index(scanned[0], classes) is None
+    (tmp_path / "classes.txt").unlink()
+    unnamed = list_webdataset(storage, str(tmp_path))
+    assert decide_classes(unnamed, scanned[1:]) == [str(k) for k in range(max(r["label"] for r in rows[1:]) + 1)]

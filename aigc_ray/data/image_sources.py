@@ -165,7 +165,8 @@ def read_webdataset(storage: Storage, unit: Unit) -> Iterator[Example]:
             for member in tar:
                 if member.isfile():
                     key, ext = _member_key(member.name)
-                    groups.setdefault(key, {})[ext] = tar.extractfile(member).read()
+                    # "KEY.seg.png" is an image of KEY too: the last suffix says what a member is
+                    groups.setdefault(key, {})[ext.rsplit(".", 1)[-1]] = tar.extractfile(member).read()
     except tarfile.TarError as exc:
         raise SourceError(f"{uri}: not a readable tar shard ({exc})") from None
     shard = posixpath.basename(uri)
