@@ -866,10 +866,12 @@ def test_overload_is_answered_503_at_once_instead_of_piling_up(served):
             answers = list(pool.map(lambda _: client.post("/v1/classify", json=body), range(96)))
         codes = [a.status_code for a in answers]
         assert set(codes) <= {200, 503} and codes.count(503) > 0 and codes.count(200) > 0, codes
-        # Each rejection says why: the app's own ("... retry later") or, when the ingress's queue is
-        # full, the Serve proxy's plain-text backpressure answer (issue #14 wants that one in JSON too).
+        # Every rejection is the app's JSON error with Retry-After, whichever limit was hit (the
+        # ingress's own capacity or a member's queue), never the Serve proxy's plain text.
         for rejected in (a for a in answers if a.status_code == 503):
-            assert "retry later" in rejected.text or "backpressure" in rejected.text, rejected.text
+            error = rejected.json()["error"]
+            assert error["code"] == 503 and "retry later" in error["message"], rejected.text
+            assert rejected.headers["retry-after"] == "1"
     finally:
         start_local(spec)
     assert client.post("/v1/classify", json=body).status_code == 200

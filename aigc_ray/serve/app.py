@@ -160,6 +160,36 @@ ERRORS = {
 ERROR_RESPONSES = {status: {"model": ErrorBody, "description": why} for status, why in ERRORS.items()}
 
 
+# Requests past its capacity an ingress replica still takes in, only to answer them 503 at once
+# (a coroutine each, no model work): enough that overload is answered in JSON, not by the proxy.
+REJECTION_HEADROOM = 1000
+
+
+def ingress_capacity(settings: ServeSpec, members: int) -> int:
+    """Requests one ingress replica holds before it answers 503: what its members serve at once
+    (each request waits on every member) plus the spec's queue."""
+    return settings.max_ongoing_requests * settings.replicas * max(1, members) + settings.max_queued_requests
+
+
+@api.middleware("http")
+async def admit(request: Request, call_next):
+    """A JSON 503 with Retry-After once the replica holds its capacity (``ingress_capacity``).
+    Serve's own limit on the ingress is set above it, so overload is answered here, in the app's
+    error shape, and not by the Serve proxy's plain-text backpressure reply."""
+    state = request.app.state
+    capacity = getattr(state, "capacity", None)
+    if capacity is None or request.url.path == "/healthz":
+        return await call_next(request)
+    if state.in_flight >= capacity:
+        body = error_body(503, f"overloaded: {capacity} requests in flight on this replica, retry later")
+        return JSONResponse(body, 503, headers={"Retry-After": "1"})
+    state.in_flight += 1
+    try:
+        return await call_next(request)
+    finally:
+        state.in_flight -= 1
+
+
 @api.middleware("http")
 async def limit_body_size(request: Request, call_next):
     """413 for bodies over the limit, before they are read; 411 for bodies of unknown length."""
@@ -261,6 +291,7 @@ class EnsembleIngress:
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
         api.state.token = read_token(settings.auth_token_env, settings.auth_token_file)
         api.state.max_request_bytes = settings.max_request_bytes
+        api.state.capacity, api.state.in_flight = ingress_capacity(settings, len(self.names)), 0
 
     def _combiner(self, strategy: str, weights: dict) -> Combiner:
         if strategy not in STRATEGIES:
@@ -688,9 +719,11 @@ def build_app(args: dict):
         name="ingress",
         num_replicas=s.ingress_replicas,
         ray_actor_options={"num_cpus": s.cpus_per_replica},
-        # each ingress request waits on every member at once: it may hold as many as they serve together
-        max_ongoing_requests=s.max_ongoing_requests * s.replicas * max(1, len(members)),
-        max_queued_requests=s.max_queued_requests,
+        # Serve's limit sits above the replica's own (``admit``), so excess requests reach the app
+        # and get its JSON 503; the proxy's plain-text one is only a last resort
+        # (its router also queues requests for a moment while it picks a replica: room for that too)
+        max_ongoing_requests=ingress_capacity(s, len(members)) + REJECTION_HEADROOM,
+        max_queued_requests=REJECTION_HEADROOM,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
     return ingress.bind(placed, s, members, generator, lm, video)
