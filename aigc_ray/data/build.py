@@ -136,7 +136,7 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
             try:
                 verify_shards(storage, join(root, part), existing)
             except ShardError as exc:
-                log(f"  {part:<10} {exc.args[0].split('; run')[0]}: rebuilding")
+                log(f"  {part:<10} {exc.uri}: {exc.problem}: rebuilding")
                 return None
         log(f"  {part:<10} up to date ({join(root, part)})")
         return existing

@@ -93,26 +93,49 @@ class ShardError(StorageError):
     """A committed shard file is missing or is not what its manifest says (truncated, overwritten);
     the message names the file and what is wrong (the CLI prints it as one line)."""
 
+    def __init__(self, uri: str, problem: str):
+        super().__init__(f"{uri}: {problem}; run `aigc data build` to rebuild it")
+        self.uri, self.problem = uri, problem
+
 
 # Files whose bytes were checked against their manifest in this process: (URI, sha256). Each
 # file is hashed the first time a process reads its set, not on every epoch.
 _VERIFIED: set[tuple[str, str]] = set()
 
 
-def shard_problem(storage: Storage, uri: str, entry: FileEntry, size: int | None = None) -> str | None:
+def shard_problem(
+    storage: Storage, uri: str, entry: FileEntry, size: int | None = None, data: bytes | None = None
+) -> str | None:
     """What is wrong with the committed file at ``uri`` (None: it is what the manifest says).
-    ``size``: its size from a listing, to skip a read when that already differs."""
+    ``size``: its size from a listing, to skip a read when that already differs; ``data``: its
+    bytes when the caller has read them anyway (then nothing is read here)."""
     if (uri, entry.sha256) in _VERIFIED:
         return None
-    size = storage.size(uri) if size is None else size
+    if data is not None:
+        size = len(data)
+    elif size is None:
+        size = storage.size(uri)
     if size < 0:
         return "missing (the manifest lists it)"
     if size != entry.bytes:
         return f"{size} bytes, the manifest says {entry.bytes} (truncated or overwritten since it was built)"
-    if sha256_bytes(storage.read_bytes(uri)) != entry.sha256:
+    if sha256_bytes(storage.read_bytes(uri) if data is None else data) != entry.sha256:
         return "content differs from the manifest's hash (modified since it was built)"
     _VERIFIED.add((uri, entry.sha256))
     return None
+
+
+def read_checked(storage: Storage, uri: str, entry: FileEntry | None) -> bytes:
+    """A shard's bytes, checked against its manifest entry (when it has one) on this very read."""
+    try:
+        data = storage.read_bytes(uri)
+    except StorageError:
+        if entry is None:
+            raise
+        raise ShardError(uri, "missing (the manifest lists it)") from None
+    if entry is not None and (problem := shard_problem(storage, uri, entry, data=data)):
+        raise ShardError(uri, problem)
+    return data
 
 
 def verify_shards(storage: Storage, uri: str, manifest: Manifest) -> None:
@@ -122,7 +145,7 @@ def verify_shards(storage: Storage, uri: str, manifest: Manifest) -> None:
     for name, entry in sorted(manifest.files.items()):
         problem = shard_problem(storage, join(uri, name), entry, sizes.get(name, -1))
         if problem:
-            raise ShardError(f"{join(uri, name)}: {problem}; run `aigc data build` to rebuild it")
+            raise ShardError(join(uri, name), problem)
 
 
 def shard_files(storage: Storage, uri: str, verify: bool = True) -> list[str]:
@@ -144,9 +167,12 @@ def split_table(storage: Storage, uri: str, split: str, columns: list[str]) -> p
     fine-tuning examples), rows in shard order — the deterministic order every reader agrees on."""
     import pyarrow.compute as pc
 
+    manifest = read_manifest(storage, uri)
     tables = []
-    for file_uri in shard_files(storage, uri):
-        table = pq.read_table(pa.BufferReader(storage.read_bytes(file_uri)), columns=[*columns, "split"])
+    for file_uri in shard_files(storage, uri, verify=False):  # checked on the bytes read here
+        entry = manifest.files[file_uri.rsplit("/", 1)[-1]] if manifest is not None else None
+        data = read_checked(storage, file_uri, entry)
+        table = pq.read_table(pa.BufferReader(data), columns=[*columns, "split"])
         tables.append(table.filter(pc.equal(table["split"], split)).select(columns))
     return pa.concat_tables(tables)
 

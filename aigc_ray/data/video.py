@@ -31,11 +31,11 @@ import pyarrow as pa
 
 from ..layout import multimodal_uri, video_uri
 from ..manifest import Manifest, read_manifest
-from ..storage import Storage, StorageError
+from ..storage import Storage, StorageError, join
 from .digits import assign_splits, load_pixels
 from .images import decode_png
 from .schema import VIDEO_SCHEMA, VIDEO_V1
-from .shards import shard_files, split_table, write_shards
+from .shards import read_checked, split_table, write_shards
 
 VIDEO_VERSION = "moving-digits-v1"  # unchanged: the digits' clips are byte for byte the same
 DIGIT_SIZE = 8
@@ -123,16 +123,17 @@ def read_source_digits(storage: Storage, uri: str) -> SourceDigits:
     a missing set or an undecodable image is a clear error naming the set or the row."""
     import pyarrow.parquet as pq
 
-    if read_manifest(storage, uri) is None:
+    manifest = read_manifest(storage, uri)
+    if manifest is None:
         raise FileNotFoundError(
             f"{uri}: no committed multimodal shard set (no _manifest.json) to make clips from; run `aigc data build` first"
         )
     rows: dict[str, tuple[bytes, int, str]] = {}
-    for file_uri in shard_files(storage, uri):
+    for name, entry in sorted(manifest.files.items()):
+        file_uri = join(uri, name)
+        data = read_checked(storage, file_uri, entry)  # checked against the manifest on this read
         try:
-            table = pq.read_table(
-                pa.BufferReader(storage.read_bytes(file_uri)), columns=["id", "image", "label", "split"]
-            )
+            table = pq.read_table(pa.BufferReader(data), columns=["id", "image", "label", "split"])
         except (pa.ArrowException, OSError, KeyError) as exc:
             raise ValueError(f"{file_uri}: not a readable multimodal/v1 shard: {exc}") from None
         columns = [table[c].to_pylist() for c in ("id", "image", "label", "split")]
