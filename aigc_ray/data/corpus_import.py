@@ -19,7 +19,7 @@ import pyarrow as pa
 from ..storage import Storage
 from .corpus import split_of
 from .image_sources import SourceError
-from .schema import TEXT_SCHEMA
+from .schema import TEXT_SCHEMA, record_batches
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 MAX_DOC_CHARS = 20_000
@@ -92,22 +92,22 @@ def import_corpus_batches(
         raise CorpusError(f"no {', '.join(TEXT_SUFFIXES)} files among the {len(files)} matched")
     names = [posixpath.basename(f) for f in usable]
     unique = len(set(names)) == len(names)
-    rows: dict[str, list] = {name: [] for name in TEXT_SCHEMA.names}
-    total = 0
-    for f in usable:
-        prefix = "" if unique else posixpath.dirname(f).lstrip("/") + "/"
-        for doc_id, text in file_documents(storage, f):
-            if total + len(text) > max_chars:
-                break
-            total += len(text)
-            rows["id"].append(prefix + doc_id)
-            rows["text"].append(text)
-            rows["split"].append(split_of(prefix + doc_id, seed, fractions))
-            rows["source"].append(f)
-            if len(rows["id"]) == batch_rows:
-                yield pa.RecordBatch.from_pydict(rows, schema=TEXT_SCHEMA)
-                rows = {name: [] for name in TEXT_SCHEMA.names}
-        if total >= max_chars:
-            break
-    if rows["id"]:
-        yield pa.RecordBatch.from_pydict(rows, schema=TEXT_SCHEMA)
+
+    def rows() -> Iterator[dict]:
+        total = 0
+        for f in usable:
+            prefix = "" if unique else posixpath.dirname(f).lstrip("/") + "/"
+            for doc_id, text in file_documents(storage, f):
+                if total + len(text) > max_chars:
+                    break  # the rest of this file; a later file's documents may still fit
+                total += len(text)
+                yield {
+                    "id": prefix + doc_id,
+                    "text": text,
+                    "split": split_of(prefix + doc_id, seed, fractions),
+                    "source": f,
+                }
+            if total >= max_chars:
+                return
+
+    yield from record_batches(rows(), TEXT_SCHEMA, batch_rows)

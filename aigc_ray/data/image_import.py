@@ -34,7 +34,7 @@ from ..storage import Storage
 from .digits import assign_splits
 from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
 from .images import encode_png
-from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1
+from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, record_batches
 from .shards import write_shards
 
 DEFAULT_IMAGE_SIZE = 32
@@ -147,8 +147,15 @@ def _scan(spec: ExperimentSpec, listing: Listing) -> list[dict]:
                 yield scan_example(ex)
         except SourceError as exc:  # a whole unit unreadable (a corrupt tar): one bad row naming it
             uri = item["unit"]["uris"][0]
-            yield {"key": uri, "origin": uri, "label_int": -1, "label_name": "", "mode": "", "split": ""} | {
-                "problem": str(exc).removeprefix(f"{uri}: ")
+            problem = str(exc).removeprefix(f"{uri}: ")
+            yield {
+                "key": uri,
+                "origin": uri,
+                "label_int": -1,
+                "label_name": "",
+                "mode": "",
+                "split": "",
+                "problem": problem,
             }
 
     return list(_ray_rows(listing, scan_unit))
@@ -174,13 +181,13 @@ def decide_classes(listing: Listing, scanned: list[dict]) -> list[str]:
     raise SourceError("no labelled examples found")
 
 
-def label_index(row: dict, classes: list[str]) -> int | None:
+def label_index(row: dict, classes: list[str] | dict[str, int]) -> int | None:
+    """The row's class index, None for a label the classes do not know. ``classes``: the names,
+    or their ``{name: index}`` (built once by the caller: a lookup per row, not a list search)."""
+    index = classes if isinstance(classes, dict) else {name: k for k, name in enumerate(classes)}
     if row["label_name"]:
-        try:
-            return classes.index(row["label_name"])
-        except ValueError:
-            return None
-    return row["label_int"] if 0 <= row["label_int"] < len(classes) else None
+        return index.get(row["label_name"])
+    return row["label_int"] if 0 <= row["label_int"] < len(index) else None
 
 
 def decide_splits(rows: list[dict], labels: list[int], seed: int, fractions: dict[str, float]) -> list[str]:
@@ -219,9 +226,10 @@ def import_images(
         classes = decide_classes(listing, scanned)
         bad: collections.Counter[str] = collections.Counter()
         keep, labels = [], []
+        index = {name: k for k, name in enumerate(classes)}
         for r in scanned:
             problem = r["problem"]
-            y = label_index(r, classes) if not problem else None
+            y = label_index(r, index) if not problem else None
             if not problem and y is None:
                 label = r["label_name"] or r["label_int"]
                 problem = (
@@ -274,7 +282,6 @@ def _converted_batches(
 ) -> Iterator[pa.RecordBatch]:
     storage_spec, fmt, seed = spec.storage, spec.data.source.format, spec.data.seed
     on_bad_row = spec.data.on_bad_row
-    source = fmt
 
     blank = {"text": "", "image": b"", "label": -1, "split": ""}
 
@@ -301,23 +308,22 @@ def _converted_batches(
         except SourceError:  # unreadable as a whole: the scan found it and it was skipped
             return
 
-    rows: dict[str, list] = {name: [] for name in MULTIMODAL_SCHEMA.names}
-    for row in _ray_rows(listing, convert_unit):
-        if row["problem"]:
-            if on_bad_row == "error":
-                raise SourceError(f"{row['problem']} (set data.on_bad_row: skip to leave such rows out)")
-            late_bad["undecodable image"] += 1
-            continue
-        rows["id"].append(row["id"])
-        rows["text"].append(row["text"])
-        rows["image"].append(row["image"])
-        rows["image_shape"].append([size, size, channels])
-        rows["label"].append(int(row["label"]))
-        rows["split"].append(row["split"])
-        rows["source"].append(source)
-        rows["caption_kind"].append("exact")  # the data's own caption, taken as given
-        if len(rows["id"]) == 256:
-            yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)
-            rows = {name: [] for name in MULTIMODAL_SCHEMA.names}
-    if rows["id"]:
-        yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)
+    def shard_rows() -> Iterator[dict]:
+        for row in _ray_rows(listing, convert_unit):
+            if row["problem"]:
+                if on_bad_row == "error":
+                    raise SourceError(f"{row['problem']} (set data.on_bad_row: skip to leave such rows out)")
+                late_bad["undecodable image"] += 1
+                continue
+            yield {
+                "id": row["id"],
+                "text": row["text"],
+                "image": row["image"],
+                "image_shape": [size, size, channels],
+                "label": int(row["label"]),
+                "split": row["split"],
+                "source": fmt,
+                "caption_kind": "exact",  # the data's own caption, taken as given
+            }
+
+    yield from record_batches(shard_rows(), MULTIMODAL_SCHEMA)

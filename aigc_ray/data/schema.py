@@ -24,6 +24,8 @@ These kinds of shard set share the storage layout:
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import pyarrow as pa
 
 MULTIMODAL_V1 = "multimodal/v1"
@@ -84,6 +86,19 @@ VIDEO_SCHEMA = _with_kind(
 )
 
 SCHEMAS = {MULTIMODAL_V1: MULTIMODAL_SCHEMA, TEXT_V1: TEXT_SCHEMA, VIDEO_V1: VIDEO_SCHEMA}
+
+
+def record_batches(rows: Iterable[dict], schema: pa.Schema, batch_rows: int = 256) -> Iterator[pa.RecordBatch]:
+    """Row dicts (one key per column of ``schema``) as record batches of ``batch_rows`` rows:
+    what the builders yield and ``write_shards`` regroups into shards."""
+    pending: list[dict] = []
+    for row in rows:
+        pending.append(row)
+        if len(pending) == batch_rows:
+            yield pa.RecordBatch.from_pylist(pending, schema=schema)
+            pending = []
+    if pending:
+        yield pa.RecordBatch.from_pylist(pending, schema=schema)
 
 
 def schema_problems(actual: pa.Schema, kind: str) -> list[str]:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from .digits import assign_splits
 from .images import encode_png
-from .schema import MULTIMODAL_SCHEMA
+from .schema import MULTIMODAL_SCHEMA, record_batches
 
 SOURCE = "aigc-shapes"
 CLASSES = ("circle", "square", "triangle", "cross", "diamond", "ring")
@@ -104,6 +104,10 @@ def shape_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The captioned shapes as record batches in the multimodal/v1 schema, deterministic in
     ``seed``; with ``repeat`` > 1 fresh images and captions are drawn again (ids ``-rK``)."""
+    return record_batches(_shape_rows(seed, fractions, vague, wrong, repeat), MULTIMODAL_SCHEMA, batch_rows)
+
+
+def _shape_rows(seed: int, fractions: dict[str, float], vague: float, wrong: float, repeat: int) -> Iterator[dict]:
     n = PER_CLASS * len(CLASSES)
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.int32), PER_CLASS)
     splits = assign_splits(n, fractions, np.random.default_rng([seed, 11]))
@@ -111,20 +115,16 @@ def shape_batches(
     for r in range(repeat):
         rng = np.random.default_rng([seed, 12, r])
         kinds = rng.choice(["exact", "vague", "wrong"], size=n, p=[1 - vague - wrong, vague, wrong])
-        rows: dict[str, list] = {name: [] for name in MULTIMODAL_SCHEMA.names}
         for i in range(n):
             colour = colour_names[rng.integers(len(colour_names))]
             image, place = draw(CLASSES[labels[i]], COLOURS[colour], rng)
-            rows["id"].append(f"shapes-{i:05d}-r{r}")
-            rows["text"].append(caption(int(labels[i]), str(kinds[i]), colour, place, rng))
-            rows["image"].append(encode_png(image))
-            rows["image_shape"].append([IMAGE_SIDE, IMAGE_SIDE, 3])
-            rows["label"].append(int(labels[i]))
-            rows["split"].append(str(splits[i]))
-            rows["source"].append(SOURCE)
-            rows["caption_kind"].append(str(kinds[i]))
-            if len(rows["id"]) == batch_rows:
-                yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)
-                rows = {name: [] for name in MULTIMODAL_SCHEMA.names}
-        if rows["id"]:
-            yield pa.RecordBatch.from_pydict(rows, schema=MULTIMODAL_SCHEMA)
+            yield {
+                "id": f"shapes-{i:05d}-r{r}",
+                "text": caption(int(labels[i]), str(kinds[i]), colour, place, rng),
+                "image": encode_png(image),
+                "image_shape": [IMAGE_SIDE, IMAGE_SIDE, 3],
+                "label": int(labels[i]),
+                "split": str(splits[i]),
+                "source": SOURCE,
+                "caption_kind": str(kinds[i]),
+            }
