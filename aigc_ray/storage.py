@@ -282,6 +282,16 @@ class Storage:
             if fi.type == pafs.FileType.File and not fi.base_name.startswith(PARTIAL_PREFIX)
         )
 
+    def listing_fingerprint(self, uris: list[str], root: str = "") -> str | None:
+        """sha256 of the paths (relative to ``root``), sizes and modification times of every file
+        at or under ``uris``: changes when data we did not write does, from listings alone (None
+        when there are no files)."""
+        stats = [stat for uri in uris for stat in self.file_stats(uri)]
+        if not stats:
+            return None
+        cut = len(root.rstrip("/")) + 1 if root else 0
+        return hashlib.sha256(repr([(u[cut:], size, mtime) for u, size, mtime in stats]).encode()).hexdigest()
+
     def glob(self, pattern: str) -> list[str]:
         """Files matching ``pattern`` (``*`` and ``?`` within a folder name, ``[...]``, ``**/`` any
         folders), local or S3; a pattern without wildcards is a file or a folder (every file in it)."""

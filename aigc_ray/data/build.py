@@ -96,10 +96,10 @@ def build_hash(spec: ExperimentSpec) -> str:
 
 def corpus_fingerprint(storage: Storage, files: list[str], pattern: str) -> str:
     """The corpus files' paths, sizes and modification times (one listing, no reads)."""
-    if not files:
+    fingerprint = storage.listing_fingerprint(files)
+    if fingerprint is None:
         raise SourceError(f"data.corpus: no files match {pattern}")
-    stats = [stat for f in files for stat in storage.file_stats(f)]
-    return hashlib.sha256(repr(stats).encode()).hexdigest()
+    return fingerprint
 
 
 def _texts(storage: Storage, uri: str) -> list[str]:

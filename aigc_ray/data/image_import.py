@@ -48,11 +48,10 @@ def image_size(spec: ExperimentSpec) -> int:
 def source_fingerprint(storage: Storage, uri: str) -> str:
     """Every file's path, size and modification time: changes when the source does (cheap: one
     listing, no reads)."""
-    stats = storage.file_stats(uri)
-    if not stats:
+    fingerprint = storage.listing_fingerprint([uri], root=uri)
+    if fingerprint is None:
         raise SourceError(f"{uri}: nothing here to import (no such folder, or it is empty)")
-    root = len(uri.rstrip("/")) + 1
-    return hashlib.sha256(repr([(u[root:], size, mtime) for u, size, mtime in stats]).encode()).hexdigest()
+    return fingerprint
 
 
 # --------------------------------------------------------------------------- per example
