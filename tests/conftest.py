@@ -53,6 +53,19 @@ TINY_SWEEPS = [
 ]
 
 
+# A whole pipeline small enough for a test: a few steps of each language model, the tiny sweeps.
+TINY_RUN = [
+    "pretrain.model.preset=tiny",
+    "pretrain.max_steps=6",
+    "pretrain.checkpoint_every=6",
+    "pretrain.log_every=6",
+    "finetune.max_steps=6",
+    "finetune.checkpoint_every=6",
+    *TINY_SWEEPS,
+    "serve.cpus_per_replica=0.2",
+]
+
+
 # Fixtures that start a Ray cluster (directly or through another fixture). A test that uses one
 # is slow whether or not it says so: ``make test-fast`` (-m "not slow") must never start Ray.
 RAY_FIXTURES = {"ray_local", "served", "cluster", "built"}

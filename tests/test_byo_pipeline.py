@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_SWEEPS, free_port
+from conftest import TINY_RUN, free_port
 from PIL import Image
 
 from aigc_ray.data.arrays import digit_arrays
@@ -93,19 +93,12 @@ def test_own_imagefolder_corpus_and_gpt2_run_and_are_served(ray_local, s3_server
             f"data.corpus={{uri: 's3://{bucket}/text/*.txt'}}",
             "data.rows_per_shard=200",
             f"finetune.base={tmp_path / 'team-gpt2'}",
-            "pretrain.model.preset=tiny",
-            "pretrain.max_steps=6",
-            "pretrain.checkpoint_every=6",
-            "pretrain.log_every=6",
-            "finetune.max_steps=6",
-            "finetune.checkpoint_every=6",
-            *TINY_SWEEPS,
+            *TINY_RUN,
             # the captions give nothing away: the image branch alone must learn the shapes
             "fusion.dim=32",
             "fusion.sweep.max_iterations=4",
             "fusion.sweep.steps_per_iteration=50",
             f"serve.port={free_port()}",
-            "serve.cpus_per_replica=0.2",
         ],
     )
     results = run_pipeline(spec, storage, RunOptions(skip_serve=True), log=lambda *_: None)

@@ -4,21 +4,10 @@ HTTP), then re-runs that skip what is up to date, decided from the lineage manif
 from __future__ import annotations
 
 import pytest
-from conftest import TINY_SWEEPS
+from conftest import TINY_RUN as TINY
 
 from aigc_ray.pipeline import STAGES, RunOptions, freshness, plan_run, run_pipeline
 from aigc_ray.spec import load_spec
-
-TINY = [
-    "pretrain.model.preset=tiny",
-    "pretrain.max_steps=6",
-    "pretrain.checkpoint_every=6",
-    "pretrain.log_every=6",
-    "finetune.max_steps=6",
-    "finetune.checkpoint_every=6",
-    *TINY_SWEEPS,
-    "serve.cpus_per_replica=0.2",
-]
 
 
 def statuses(results):
