@@ -150,13 +150,18 @@ def ray_run_config(storage: Storage, root: str, key: str, max_failures: int, kee
     )
 
 
+def committed_checkpoints(storage: Storage, run_root: str) -> list[dict]:
+    """The checkpoints a Ray Train run has committed, oldest first (its checkpoint manager's
+    snapshot; none before the first)."""
+    snapshot = join(run_root, "checkpoint_manager_snapshot.json")
+    return storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
+
+
 def remove_uncommitted_checkpoints(storage: Storage, run_root: str) -> list[str]:
     """Delete the checkpoint folders under a Ray Train run that its checkpoint manager never
     committed (a copy cut off by a crash, or one pruned while a worker died): they are never
     resumed from and would stay in storage. Returns the folders removed."""
-    snapshot = join(run_root, "checkpoint_manager_snapshot.json")
-    results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
-    committed = {r["checkpoint_dir_name"] for r in results}
+    committed = {r["checkpoint_dir_name"] for r in committed_checkpoints(storage, run_root)}
     removed: set[str] = set()
     prefix = len(run_root.rstrip("/")) + 1
     for f in storage.list_files(run_root):
@@ -246,8 +251,7 @@ def data_inputs(spec: ExperimentSpec, built, storage: Storage) -> dict[str, str]
 def latest_checkpoint_uri(spec: ExperimentSpec, storage: Storage) -> str:
     """The newest checkpoint Ray Train has committed for this spec's run (raises if none yet)."""
     run_root = join(ray_runs(pretrain_dir(spec)), f"train-{run_key(spec, storage)}")
-    snapshot = join(run_root, "checkpoint_manager_snapshot.json")
-    results = storage.read_json(snapshot)["checkpoint_results"] if storage.exists(snapshot) else []
+    results = committed_checkpoints(storage, run_root)
     if not results:
         raise StorageError(f"{run_root}: no committed checkpoint for this spec's run yet")
     return join(run_root, results[-1]["checkpoint_dir_name"])
