@@ -46,33 +46,55 @@ def test_lineage_marks_the_input_that_changed_and_only_that_one(tmp_path, capsys
     assert "CHANGED" not in tokenizer_line and "CHANGED" not in lines[0]
 
 
-def _correction(storage, spec, response_id: str, label: int, pixels: np.ndarray, caption: str) -> None:
+def _correction(storage, spec, response_id: str, label: int, pixels: np.ndarray | None, caption: str) -> None:
+    """Feedback as the server writes it; ``pixels`` None: the server no longer held the inputs."""
     request = FeedbackRequest(response_id=response_id, correct_label=label)
-    record = {
-        "kind": "classify",
-        "answer": json.dumps({"label": 0}),
-        "input_text": caption,
-        "input_image": encode_png(pixels),
-    }
+    record = {"kind": "classify", "answer": json.dumps({"label": 0}), "inputs_evicted": True}
+    if pixels is not None:
+        record = {**record, "input_text": caption, "input_image": encode_png(pixels)}
     write_feedback(storage, feedback_uri(spec), feedback_row(f"fb-{response_id}-{label}", request, record, "v1"))
 
 
-def test_feedback_ingest_keeps_the_latest_correction_of_an_answer(tmp_path, capsys):
+def test_feedback_ingest_keeps_the_latest_correction_of_an_answer(local_data, capsys):
     from aigc_ray.data.arrays import shard_arrays
 
-    spec = load_spec(None, [f"storage.root={tmp_path}"])
+    root = local_data[0].storage.root
+    overrides = [f"storage.root={root}", "name=feedback-ingest"]
+    spec = load_spec(None, overrides)
     storage = Storage.from_spec(spec.storage)
     pixels = (np.arange(64, dtype=np.uint8) * 4).reshape(8, 8)
     _correction(storage, spec, "clf-a", 5, pixels, "a handwritten digit")
     _correction(storage, spec, "clf-a", 3, pixels, "a handwritten digit")  # changed their mind, same second
     _correction(storage, spec, "clf-b", 7, pixels.T.copy(), "a seven")
+    _correction(storage, spec, "clf-c", 1, None, "")  # its inputs were evicted: counted, not an example
 
-    assert main(["feedback", "ingest", "-c", "examples/quickstart.yaml", "--set", f"storage.root={tmp_path}"]) == 0
-    assert "(2 examples)" in capsys.readouterr().out
+    args = ["feedback", "ingest", "-c", "examples/quickstart.yaml"] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "(2 examples)" in out and "1 without their inputs, left out" in out, out
     rows = shard_arrays(storage, feedback_shards_uri(spec), "train")
     assert sorted(rows["label"].tolist()) == [3, 7]  # clf-a's latest correction, once
     assert sorted(rows["text"].tolist()) == ["a handwritten digit", "a seven"]
     np.testing.assert_allclose(rows["image"][rows["label"] == 3][0, 0], pixels / 255.0, atol=1e-6)
+
+
+def test_feedback_images_become_examples_of_the_experiments_own_shape(tmp_path, capsys):
+    """On RGB 32x32 data a client's 64x64 colour PNG becomes a 32x32 RGB training example."""
+    from aigc_ray.data.arrays import shard_arrays
+    from aigc_ray.data.build import build_data
+
+    overrides = [f"storage.root={tmp_path}", "data.dataset=shapes"]
+    spec = load_spec(None, overrides)
+    storage = Storage.from_spec(spec.storage)
+    build_data(spec, storage, log=lambda *_: None)
+    red = np.zeros((64, 64, 3), np.uint8)
+    red[..., 0] = 200
+    _correction(storage, spec, "clf-rgb", 2, red, "a shape")
+    args = ["feedback", "ingest", "-c", "examples/quickstart.yaml"] + [a for o in overrides for a in ("--set", o)]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = shard_arrays(storage, feedback_shards_uri(spec), "train")
+    assert rows["image"].shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(rows["image"][0, :, 5, 5], [200 / 255, 0, 0], atol=1e-6)
 
 
 @pytest.mark.parametrize(

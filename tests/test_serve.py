@@ -617,6 +617,73 @@ def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
     assert empty.status_code == 422 and "needs a rating" in empty.text
 
 
+def test_recent_answers_drop_the_oldest_inputs_first_and_forget_beyond_the_count():
+    from aigc_ray.serve.recent import RecentAnswers
+
+    recent = RecentAnswers(max_bytes=250, max_answers=4)
+    for i in range(4):
+        recent.add(f"a{i}", "classify", '{"label": 1}', input_text="t", input_image=bytes(99))
+    # 4 x 100 bytes of inputs against 250: the two oldest lose theirs, and are still known
+    assert [recent.get(f"a{i}").get("inputs_evicted", False) for i in range(4)] == [True, True, False, False]
+    assert recent.get("a0") == {"kind": "classify", "answer": '{"label": 1}', "inputs_evicted": True}
+    assert recent.get("a3")["input_image"] == bytes(99)
+    assert recent.stats()["input_bytes"] == 200 and recent.stats()["inputs_evicted"] == 2
+    recent.add("a4", "completion", '{"text": "x"}', input_text="prompt")
+    assert recent.get("a0") is None and len(recent.records) == 4  # the count bound forgets the oldest
+    recent.add("big", "classify", "{}", input_image=bytes(1000))  # larger than the whole bound
+    assert recent.get("big")["inputs_evicted"] and recent.stats()["input_bytes"] <= 250
+
+
+def _ingress_rss() -> int:
+    """Resident memory of the (one) ingress replica's process, found by its Ray process title."""
+    import psutil
+
+    titles = {p.pid: (" ".join(p.info["cmdline"] or []), p) for p in psutil.process_iter(["cmdline"])}
+    replicas = {pid: t for pid, (t, _) in titles.items() if "ServeReplica" in t}
+    ingress = [pid for pid, t in replicas.items() if t.rstrip().endswith(":ingress")]
+    assert len(ingress) == 1, f"expected one ingress replica process among {sorted(replicas.values())}"
+    return titles[ingress[0]][1].memory_info().rss
+
+
+@pytest.mark.slow
+def test_large_requests_keep_the_ingress_memory_within_the_feedback_bound(served):
+    """300 classifications of ~100 KB noise images (~29 MB of inputs) against a 2 MB bound: the
+    ingress process grows by far less than what it was sent, the oldest answers lose their inputs
+    (feedback on them is stored with a note saying so), the newest keep them."""
+    from aigc_ray.data.feedback import read_feedback
+    from aigc_ray.data.images import png_b64
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    rng = np.random.default_rng(0)
+    caption = digit_request(storage, spec, 2)[0]["text"]
+
+    def noise_body():
+        return {"image": png_b64(rng.integers(0, 256, (180, 180, 3), dtype=np.uint8)), "text": caption}
+
+    start_local(_with_serve(spec, max_request_bytes=300_000, feedback_memory_mb=2))
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            warm = list(pool.map(lambda _: client.post("/v1/classify", json=noise_body()), range(20)))
+            before = _ingress_rss()
+            answers = list(pool.map(lambda _: client.post("/v1/classify", json=noise_body()), range(300)))
+        grown = _ingress_rss() - before
+        assert all(a.status_code == 200 for a in warm + answers), {a.status_code for a in warm + answers}
+        sent = 300 * len(base64.b64decode(noise_body()["image"]))
+        assert grown < sent / 2, f"the ingress grew {grown / 2**20:.1f} MiB for {sent / 2**20:.1f} MiB sent"
+        held = client.get("/v1/feedback/memory").json()
+        assert held["answers"] == 320 and 0 < held["input_bytes"] <= 2 * 2**20 and held["inputs_evicted"] > 250, held
+
+        oldest, newest = warm[0].json()["id"], answers[-1].json()["id"]
+        evicted = client.post("/v1/feedback", json={"response_id": oldest, "correct_label": 1}).json()
+        kept = client.post("/v1/feedback", json={"response_id": newest, "correct_label": 1}).json()
+        assert "no longer held" in evicted["note"] and kept["note"] is None
+        rows = {r["response_id"]: r for r in read_feedback(storage, f"{spec.storage.root}/serve/feedback").to_pylist()}
+        assert rows[oldest]["input_image"] is None and rows[newest]["input_image"][:4] == b"\x89PNG"
+    finally:
+        start_local(spec)
+
+
 @pytest.mark.slow
 def test_models_show_members_weights_and_lineage(served):
     spec, storage, client = served

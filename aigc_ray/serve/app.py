@@ -9,6 +9,7 @@
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
     GET  /v1/models        members, strategy, weights, metrics and lineage
     GET  /v1/members/stats each member replica's batch sizes so far
+    GET  /v1/feedback/memory the answers this ingress replica holds for feedback, and their bytes
     GET  /healthz          liveness (no auth)
 
 ``build_app(args)`` is the application builder that ``serve run``/``serve deploy`` import
@@ -26,7 +27,6 @@ import os
 import secrets
 import time
 import uuid
-from collections import OrderedDict
 from functools import partial
 
 import numpy as np
@@ -49,6 +49,7 @@ from ..spec import ExperimentSpec
 from ..spec.sections import ServeSpec
 from ..storage import Storage, join
 from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
+from .recent import INPUTS_EVICTED_NOTE, RecentAnswers
 from .schema import (
     AssistantMessage,
     ChatChoice,
@@ -82,11 +83,7 @@ ENSEMBLE_MODEL_ID = "aigc-ensemble"
 MAX_IMAGE_SIDE = 512  # the largest /v1/images answer, in pixels per side
 GENERATOR_MODEL_ID = "aigc-gan"
 VIDEO_MODEL_ID = "aigc-video-gan"
-REMEMBERED_RESPONSES = 10_000
-REPLICA_GONE = (
-    RayActorError,
-    ActorUnavailableError,
-)  # a replica died or restarts under the request  # answers that feedback can refer to, per ingress replica
+REPLICA_GONE = (RayActorError, ActorUnavailableError)  # a replica died or restarts under the request
 
 api = FastAPI(title="aigc-ray ensemble", version="1", description=__doc__.split("\n\n")[0])
 
@@ -287,7 +284,7 @@ class EnsembleIngress:
         self.classes = list(self.doc.get("classes") or WORDS)
         self.image_shape = list(self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1])
         self.feedback_uri = placed["feedback_uri"]
-        self.responses: OrderedDict[str, dict] = OrderedDict()
+        self.responses = RecentAnswers(int(settings.feedback_memory_mb * 2**20), settings.feedback_answers)
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
         api.state.token = read_token(settings.auth_token_env, settings.auth_token_file)
         api.state.max_request_bytes = settings.max_request_bytes
@@ -317,9 +314,7 @@ class EnsembleIngress:
 
     def _remember(self, rid: str, kind: str, answer: dict, **inputs) -> str:
         """Keep an answer (bounded, oldest dropped) so feedback can refer to it by its id."""
-        self.responses[rid] = {"kind": kind, "answer": json.dumps(answer), **inputs}
-        while len(self.responses) > REMEMBERED_RESPONSES:
-            self.responses.popitem(last=False)
+        self.responses.add(rid, kind, json.dumps(answer), **inputs)
         return rid
 
     @contextlib.contextmanager
@@ -614,7 +609,7 @@ class EnsembleIngress:
         fid = uuid.uuid4().hex
         row = feedback_row(fid, req, record, self.version)
         uri = await asyncio.to_thread(write_feedback, self.storage, self.feedback_uri, row)
-        return FeedbackResponse(id=fid, stored=uri)
+        return FeedbackResponse(id=fid, stored=uri, note=INPUTS_EVICTED_NOTE if record.get("inputs_evicted") else None)
 
     @api.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def models(self) -> ModelList:
@@ -669,6 +664,12 @@ class EnsembleIngress:
                     total[str(size)] = total.get(str(size), 0) + count
             out[n] = {"replicas": len(per_replica), "batches": total}
         return out
+
+    @api.get("/v1/feedback/memory", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
+    async def feedback_memory(self) -> dict:
+        """This ingress replica's remembered answers: how many, how many still hold their inputs,
+        the inputs' bytes against ``serve.feedback_memory_mb``, and how many lost them so far."""
+        return self.responses.stats()
 
 
 def build_app(args: dict):

@@ -383,6 +383,7 @@ class FeedbackRequest(Strict):
 class FeedbackResponse(BaseModel):
     id: str
     stored: str
+    note: str | None = Field(None, description="Set when the answer's inputs were no longer held: stored without them.")
 
 
 def inline_schema(model: type[BaseModel]) -> dict:

@@ -64,6 +64,15 @@ class ServeSpec(Section):
     )
     auth_token_file: str | None = Field(None, description="... or from this file. Neither set: no auth.")
     feedback_uri: str | None = Field(None, description="Where feedback shards go (default <root>/<name>/feedback).")
+    feedback_memory_mb: float = Field(
+        64.0,
+        gt=0,
+        description="Per ingress replica: the inputs (images, captions, prompts) of recent answers held so feedback "
+        "can turn them into training data; beyond this the oldest answers' inputs are dropped first.",
+    )
+    feedback_answers: int = Field(
+        10_000, ge=1, description="Per ingress replica: recent answers feedback can refer to; older ones get 404."
+    )
 
     @field_validator("auth_token_file")
     @classmethod
