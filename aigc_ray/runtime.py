@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 from .spec import ExperimentSpec
@@ -41,10 +43,34 @@ def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[No
             runtime_env=runtime_env,
             logging_level=logging.WARNING,
         )
+    reaper = None if target else start_reaper()
     try:
         yield
     finally:
         ray.shutdown()
+        if reaper is not None:
+            stop_reaper(reaper)
+
+
+def start_reaper() -> subprocess.Popen:
+    """The watcher that ends this process's embedded cluster if it dies without shutting it down
+    (``aigc_ray.reaper``): it holds the read end of a pipe that closes when this process ends."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "aigc_ray.reaper", str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the command's process group must not stop it
+    )
+
+
+def stop_reaper(reaper: subprocess.Popen) -> None:
+    """After a clean shutdown: close the pipe (the reaper ends whatever Ray left) and wait for it."""
+    reaper.stdin.close()
+    try:
+        reaper.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
 
 
 def cpus_per_train_worker(num_workers: int, total_cpus: float, data_cpus: float) -> float:

@@ -15,6 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aigc_ray"
 BASE = {"spec", "storage", "manifest", "layout", "runtime"}
 ALLOWED = {
     "spec": set(),
+    "reaper": set(),  # run as its own process beside an embedded cluster: nothing of ours
     "storage": {"spec", "manifest", "layout", "runtime"},
     "manifest": {"spec", "storage", "layout", "runtime"},
     "layout": {"spec", "storage", "manifest", "runtime"},

@@ -1,0 +1,65 @@
+"""The embedded Ray a command starts belongs to that command: killed with SIGKILL mid-run, the
+driver takes its cluster with it (GCS, raylet, dashboard and runtime-env agents, workers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import psutil
+import pytest
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    import ray
+    from aigc_ray.runtime import ray_session
+    from aigc_ray.spec import load_spec
+
+    with ray_session(load_spec(None, [])):
+        ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])  # workers and the env agent in use
+        print("ready", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def _alive(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.slow
+def test_killing_the_driver_ends_its_embedded_ray_cluster():
+    # its own session folder, apart from other tests' Ray (short: Ray's socket paths are <= 107 bytes)
+    with tempfile.TemporaryDirectory(prefix="aigc-rt-", dir="/tmp") as tmp:
+        _kill_and_watch({**os.environ, "RAY_TMPDIR": tmp})
+
+
+def _kill_and_watch(env: dict) -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert driver.stdout.readline().strip() == "ready", driver.stderr.read()[-2000:]
+        cluster = psutil.Process(driver.pid).children(recursive=True)
+        titles = " ".join(" ".join(p.cmdline()) for p in cluster)
+        assert "gcs_server" in titles and "raylet" in titles, titles  # the processes we expect to end
+    finally:
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+    deadline = time.monotonic() + 20  # the report: agents left orphaned for 25 s or more
+    while _alive(cluster) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(cluster), "still running after the driver was killed:\n" + "\n".join(_alive(cluster))
