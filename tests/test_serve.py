@@ -449,6 +449,41 @@ def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(se
 
 
 @pytest.mark.slow
+def test_a_client_that_hangs_up_on_a_stream_stops_its_decode(served):
+    """A 4,000-token stream keeps the language model's replica busy while it is read; once the
+    client closes the connection the decode stops: the replica's CPU use falls to idle."""
+    from aigc_ray.serve.deploy import start_local
+
+    spec, _, client = served
+    start_local(_with_serve(spec, max_tokens=4000))
+    try:
+        lm = _replica_process("language-model")
+
+        def cpu_seconds():
+            t = lm.cpu_times()
+            return t.user + t.system
+
+        body = {"model": "aigc-lm", "prompt": "Caption for a seven:", "max_tokens": 4000, "stream": True}
+        with client.stream("POST", "/v1/completions", json={**body, "temperature": 0}) as res:
+            lines = res.iter_lines()
+            assert next(lines).startswith("data: ")
+            start, used, events = time.monotonic(), cpu_seconds(), 0
+            while time.monotonic() - start < 2:
+                line = next(lines)
+                assert line != "data: [DONE]", "the stream ended before the client hung up"
+                events += bool(line)
+            busy = (cpu_seconds() - used) / (time.monotonic() - start)
+        time.sleep(1.0)  # the hang-up reaches the replica
+        start, used = time.monotonic(), cpu_seconds()
+        time.sleep(2.0)
+        idle = (cpu_seconds() - used) / (time.monotonic() - start)
+        assert events > 10 and busy > 0.3, (events, busy)
+        assert idle < busy / 4, f"the replica kept decoding after the client left: {idle:.2f} vs {busy:.2f} CPU"
+    finally:
+        start_local(spec)
+
+
+@pytest.mark.slow
 def test_logprobs_are_refused_naming_the_field_never_ignored(served):
     from openai import UnprocessableEntityError
 
@@ -634,15 +669,15 @@ def test_recent_answers_drop_the_oldest_inputs_first_and_forget_beyond_the_count
     assert recent.get("big")["inputs_evicted"] and recent.stats()["input_bytes"] <= 250
 
 
-def _ingress_rss() -> int:
-    """Resident memory of the (one) ingress replica's process, found by its Ray process title."""
+def _replica_process(deployment: str):
+    """The (one) replica process of a deployment of the app, found by its Ray process title."""
     import psutil
 
     titles = {p.pid: (" ".join(p.info["cmdline"] or []), p) for p in psutil.process_iter(["cmdline"])}
     replicas = {pid: t for pid, (t, _) in titles.items() if "ServeReplica" in t}
-    ingress = [pid for pid, t in replicas.items() if t.rstrip().endswith(":ingress")]
-    assert len(ingress) == 1, f"expected one ingress replica process among {sorted(replicas.values())}"
-    return titles[ingress[0]][1].memory_info().rss
+    found = [pid for pid, t in replicas.items() if t.rstrip().endswith(f":{deployment}")]
+    assert len(found) == 1, f"expected one {deployment} replica process among {sorted(replicas.values())}"
+    return titles[found[0]][1]
 
 
 @pytest.mark.slow
@@ -665,9 +700,9 @@ def test_large_requests_keep_the_ingress_memory_within_the_feedback_bound(served
     try:
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             warm = list(pool.map(lambda _: client.post("/v1/classify", json=noise_body()), range(20)))
-            before = _ingress_rss()
+            before = _replica_process("ingress").memory_info().rss
             answers = list(pool.map(lambda _: client.post("/v1/classify", json=noise_body()), range(300)))
-        grown = _ingress_rss() - before
+        grown = _replica_process("ingress").memory_info().rss - before
         assert all(a.status_code == 200 for a in warm + answers), {a.status_code for a in warm + answers}
         sent = 300 * len(base64.b64decode(noise_body()["image"]))
         assert grown < sent / 2, f"the ingress grew {grown / 2**20:.1f} MiB for {sent / 2**20:.1f} MiB sent"
