@@ -904,18 +904,13 @@ def test_the_committed_nginx_config_is_the_generated_one():
 
 @pytest.mark.slow
 def test_nginx_balances_across_serve_proxies_and_routes_around_a_dead_one(served, tmp_path):
-    import shutil
     import subprocess
 
     from conftest import free_port
 
     from aigc_ray.serve.loadbalancer import nginx_config
 
-    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
-    if nginx is None:
-        pytest.skip(
-            "nginx is not installed: 'sudo apt-get install nginx' (Debian/Ubuntu; .ci/run does it) or 'brew install nginx'"
-        )
+    nginx = _nginx_or_skip()
     spec, storage, client = served
     dead, port = free_port(), free_port()  # nothing listens on `dead`: a proxy that went away
     conf = tmp_path / "nginx.conf"
@@ -947,6 +942,75 @@ def test_nginx_balances_across_serve_proxies_and_routes_around_a_dead_one(served
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def _nginx_or_skip() -> str:
+    import shutil
+
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if nginx is None:
+        pytest.skip(
+            "nginx is not installed: 'sudo apt-get install nginx' (Debian/Ubuntu; .ci/run does it) or 'brew install nginx'"
+        )
+    return nginx
+
+
+def test_nginx_passes_the_apps_overload_answer_through_unchanged(tmp_path):
+    """Two upstreams that both answer overload (the app's JSON 503 with Retry-After): every client
+    gets that answer as it was sent, and nginx never takes the busy upstreams out of rotation
+    (which would turn overload into its own 502 page)."""
+    import http.server
+    import subprocess
+
+    from conftest import free_port
+
+    from aigc_ray.serve.loadbalancer import nginx_config
+
+    nginx = _nginx_or_skip()
+    overloaded = json.dumps({"detail": "busy", "error": {"message": "busy: retry later", "code": 503}}).encode()
+    hits = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            hits.append(self.server.server_port)
+            self.send_response(503)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(overloaded)))
+            self.end_headers()
+            self.wfile.write(overloaded)
+
+        def log_message(self, *_):
+            pass
+
+    upstreams = [http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy) for _ in range(2)]
+    for u in upstreams:
+        threading.Thread(target=u.serve_forever, daemon=True).start()
+    port = free_port()
+    conf = tmp_path / "nginx.conf"
+    addresses = [f"127.0.0.1:{u.server_port}" for u in upstreams]
+    conf.write_text(nginx_config(addresses, f"127.0.0.1:{port}", prefix=str(tmp_path)))
+    proc = subprocess.Popen([nginx, "-c", str(conf), "-p", str(tmp_path), "-g", "daemon off;"])
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as lb:
+            deadline = time.time() + 20
+            while True:
+                try:
+                    answers = [lb.post("/v1/classify", json={"text": "x"})]
+                    break
+                except httpx.TransportError:
+                    assert time.time() < deadline, "nginx did not come up"
+                    time.sleep(0.2)
+            answers += [lb.post("/v1/classify", json={"text": "x"}) for _ in range(11)]
+        assert [a.status_code for a in answers] == [503] * 12
+        assert all(a.content == overloaded and a.headers["retry-after"] == "1" for a in answers)
+        assert len(hits) == 12 and set(hits) == {u.server_port for u in upstreams}  # once each, both kept
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        for u in upstreams:
+            u.shutdown()
 
 
 @pytest.mark.slow

@@ -1,8 +1,11 @@
 """The nginx configuration in front of Serve's HTTP proxies (one per Ray node).
 
 Open-source nginx checks upstreams passively: a proxy that refuses connections, times out or
-answers 502/503/504 is retried on the next one (``proxy_next_upstream``) and taken out of the
-rotation for ``fail_timeout`` after ``max_fails`` failures. ``/healthz`` is passed through, so
+answers 502 is retried on the next one (``proxy_next_upstream``) and taken out of the rotation
+for ``fail_timeout`` after ``max_fails`` failures. The app's own 503 (overload, with
+``Retry-After``) and 504 (a member too slow) pass through unchanged: they are answers, not a
+broken proxy — retrying them elsewhere would repeat the load on the same members, and counting
+them as failures would take busy proxies out of rotation until nginx answered its own 502. ``/healthz`` is passed through, so
 an outer health checker (a cloud load balancer, Kubernetes) sees whether any proxy is serving.
 ``infra/nginx/aigc-serve.conf`` is this function's output for the default upstreams.
 """
@@ -67,9 +70,10 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_connect_timeout 2s;
             proxy_read_timeout {read_timeout_s}s;
-            # A dead or overloaded proxy: try the next one (POSTs too; every route is idempotent
-            # except feedback, whose duplicate is harmless: it carries its own id).
-            proxy_next_upstream error timeout http_502 http_503 http_504 non_idempotent;
+            # A dead proxy: try the next one (POSTs too; every route is idempotent except
+            # feedback, whose duplicate is harmless: it carries its own id). The app's 503/504
+            # are answers and pass through as they are.
+            proxy_next_upstream error timeout http_502 non_idempotent;
             proxy_next_upstream_tries 3;
         }}
 
@@ -77,7 +81,7 @@ http {{
             proxy_pass http://ray_serve;
             proxy_connect_timeout 1s;
             proxy_read_timeout 5s;
-            proxy_next_upstream error timeout http_502 http_503 http_504;
+            proxy_next_upstream error timeout http_502;
         }}
     }}
 }}
