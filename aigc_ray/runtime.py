@@ -73,6 +73,16 @@ def stop_reaper(reaper: subprocess.Popen) -> None:
         reaper.kill()
 
 
+def worker_device():
+    """The torch device for this Ray task, actor or trial: its GPU when Ray assigned it one (Ray
+    sets CUDA_VISIBLE_DEVICES to it, so it is ``cuda:0`` here), else the CPU."""
+    import ray
+    import torch
+
+    on_gpu = ray.is_initialized() and bool(ray.get_gpu_ids()) and torch.cuda.is_available()
+    return torch.device("cuda", 0) if on_gpu else torch.device("cpu")
+
+
 def cpus_per_train_worker(num_workers: int, total_cpus: float, data_cpus: float) -> float:
     """CPUs each Train worker asks for, leaving ``data_cpus`` free for Ray Data's tasks.
 

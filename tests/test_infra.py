@@ -349,3 +349,38 @@ def test_the_infra_render_command_writes_and_checks(tmp_path, capsys):
     assert main(["infra", "render", "-c", spec, "-o", str(tmp_path)]) == 0
     assert (tmp_path / "cluster.yaml").exists() and (tmp_path / "infra" / "kuberay" / "rayservice.yaml").exists()
     assert main(["infra", "render", "-c", spec, "-o", str(tmp_path), "--check"]) == 0
+
+
+def test_gpu_requests_are_rendered_with_the_gpu_group_that_meets_them(spec):
+    """A spec that asks for GPUs renders them in every file's header beside the GPU worker group's
+    size; the embedded spec carries them to Ray (trials, bagging tasks, Serve replicas); the GPU
+    group's pods ask Kubernetes for nvidia.com/gpu and cluster.yaml's GPU type advertises GPU."""
+    asks = ["gan.sweep.gpus_per_trial=1", "fusion.sweep.gpus_per_trial=0.5", "serve.gpus_per_replica=0.25"]
+    gpu = load_spec(QUICKSTART, asks + ["cluster.gpus_per_worker=4", "cluster.max_gpu_workers=2"])
+    files = render.documents(gpu)
+    for text in files.values():
+        assert "gan.sweep.gpus_per_trial = 1, fusion.sweep.gpus_per_trial" in text.splitlines()[2]
+        assert "GPU workers: 0..2 x 4 GPUs" in text.splitlines()[2]
+    service = yaml.safe_load(files[Path("infra/kuberay/rayservice.yaml")])
+    serve_spec = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]["spec"]
+    assert serve_spec["serve"]["gpus_per_replica"] == 0.25 and serve_spec["fusion"]["sweep"]["gpus_per_trial"] == 0.5
+    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    limits = groups["gpu"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "4"
+    assert aws.cluster_config(gpu)["available_node_types"][aws.GPU_WORKER_TYPE]["resources"] == {"GPU": 4}
+    assert not any("GPUs:" in line for line in render.header(spec).splitlines())  # the CPU quickstart asks none
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["serve.gpus_per_replica=1", "cluster.max_gpu_workers=0"], "serve.gpus_per_replica: asks for 1 GPU"),
+        (["gan.sweep.gpus_per_trial=8", "cluster.gpus_per_worker=4"], "more than a GPU worker has"),
+    ],
+)
+def test_a_gpu_request_no_node_can_meet_is_refused_before_rendering(tmp_path, overrides, message):
+    from aigc_ray.spec import SpecError
+
+    with pytest.raises(SpecError, match=message):
+        render.render_all(load_spec(QUICKSTART, overrides), tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written

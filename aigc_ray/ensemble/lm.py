@@ -23,13 +23,14 @@ class Completion:
 class LMEnsemble:
     """Members are local HF export folders; the first one's tokenizer is used for all."""
 
-    def __init__(self, folders: list[str], weights: list[float] | None = None):
+    def __init__(self, folders: list[str], weights: list[float] | None = None, device="cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not folders:
             raise ValueError("an LM ensemble needs at least one model")
         self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
-        self.models = [AutoModelForCausalLM.from_pretrained(f).eval() for f in folders]
+        self.device = torch.device(device)
+        self.models = [AutoModelForCausalLM.from_pretrained(f).eval().to(self.device) for f in folders]
         vocab = {len(AutoTokenizer.from_pretrained(f)) for f in folders}
         if len(vocab) != 1:
             raise ValueError(f"language models must share a tokenizer; vocabulary sizes differ: {sorted(vocab)}")
@@ -40,7 +41,10 @@ class LMEnsemble:
 
     def next_log_probs(self, ids: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
-            per_model = [torch.log_softmax(m(input_ids=ids).logits[0, -1].double(), -1).numpy() for m in self.models]
+            ids = ids.to(self.device)
+            per_model = [
+                torch.log_softmax(m(input_ids=ids).logits[0, -1].double(), -1).cpu().numpy() for m in self.models
+            ]
         return average_log_probs(per_model, self.weights)
 
     def complete(

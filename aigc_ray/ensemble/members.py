@@ -15,6 +15,7 @@ import torch
 from ..layout import sweep_results
 from ..manifest import read_manifest
 from ..models.fusion_training import STATE_FILE, as_tensors, build_model, build_optimizer, train_iteration
+from ..runtime import worker_device
 from ..spec import ExperimentSpec, SpecError, spec_hash
 from ..storage import Storage, join
 
@@ -44,7 +45,7 @@ def load_checkpoint_state(storage: Storage, uri: str) -> tuple[dict, dict | None
     if storage.exists(join(uri, STATE_FILE)):
         with tempfile.TemporaryDirectory() as tmp:
             local = storage.download(uri, tmp)
-            state = torch.load(Path(local, STATE_FILE), weights_only=True)["model"]  # tensors only
+            state = torch.load(Path(local, STATE_FILE), map_location="cpu", weights_only=True)["model"]  # tensors only
         params = uri.rstrip("/").rsplit("/", 1)[0] + "/params.json"
         return state, (json.loads(storage.read_bytes(params)) if storage.exists(params) else None)
     raise FileNotFoundError(f"{uri} holds no fusion model: expected model.safetensors + config.json or {STATE_FILE}")
@@ -107,7 +108,8 @@ def bagged_members(
     if not k:
         return []
     config = {**base_config, "max_iterations": spec.ensemble.bagging_iterations}
-    task = ray.remote(num_cpus=spec.fusion.sweep.cpus_per_trial)(_train_bagged)
+    sweep = spec.fusion.sweep  # a bagged member costs what a fusion trial costs
+    task = ray.remote(num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial)(_train_bagged)
     train_ref = ray.put(train)
     seeds = [spec.ensemble.seed * 1000 + i for i in range(k)]
     states = ray.get([task.remote(config, train_ref, seed) for seed in seeds])
@@ -130,8 +132,8 @@ def _train_bagged(config: dict, train: dict, seed: int) -> dict[str, np.ndarray]
     rows = np.random.default_rng(seed).integers(0, len(train["label"]), len(train["label"]))
     x = as_tensors({k: v[rows] for k, v in train.items()})
     config = {**config, "seed": seed}  # its own initialisation and batches too
-    model = build_model(config, int(config["vocab_size"]))
+    model = build_model(config, int(config["vocab_size"])).to(worker_device())
     optimizer = build_optimizer(model, config)
     for iteration in range(config["max_iterations"]):
         train_iteration(model, optimizer, x, config, iteration)
-    return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}

@@ -23,6 +23,7 @@ from ..data.captions import caption_tokenizer
 from ..data.digits import NUM_CLASSES
 from ..data.info import DIGITS, DatasetInfo
 from ..spec import ExperimentSpec
+from .device import module_device, on
 from .fusion import FusionClassifier
 
 STATE_FILE = "fusion_state.pt"  # a trial checkpoint: model and optimizer state, step, iteration
@@ -87,13 +88,13 @@ def set_text_frozen(model: FusionClassifier, frozen: bool) -> None:
 def predict(model: FusionClassifier, arrays: dict[str, np.ndarray], batch: int = 256) -> np.ndarray:
     """Class probabilities (N, classes) for arrays with image, input_ids, attention_mask."""
     model.eval()
+    device = module_device(model)
     out = []
     with torch.no_grad():
         for i in range(0, len(arrays["label"]), batch):
-            logits = model(
-                *(torch.from_numpy(arrays[k][i : i + batch]) for k in ("image", "input_ids", "attention_mask"))
-            )
-            out.append(torch.softmax(logits, dim=1).numpy())
+            inputs = (torch.from_numpy(arrays[k][i : i + batch]) for k in ("image", "input_ids", "attention_mask"))
+            logits = model(*on(device, *inputs))
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
     return np.concatenate(out)
 
 
@@ -160,10 +161,12 @@ def train_iteration(
     gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
     batch = int(config["batch_size"])
     ratio = float(config.get("augment_ratio") or 0.0)
+    device = module_device(model)  # batches drawn on the CPU from ``gen``, then moved
     for _ in range(config["steps_per_iteration"]):
         b, _ = draw_batch(x, synthetic, batch, ratio, gen)
-        logits = model(b["image"], b["input_ids"], b["attention_mask"])
-        loss = nn.functional.cross_entropy(logits, b["label"])
+        image, ids, mask, label = on(device, b["image"], b["input_ids"], b["attention_mask"], b["label"])
+        logits = model(image, ids, mask)
+        loss = nn.functional.cross_entropy(logits, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -176,5 +179,5 @@ def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
 
 def load_fusion(ckpt_dir: str, config: dict, vocab_size: int) -> FusionClassifier:
     model = build_model(config, vocab_size)
-    model.load_state_dict(torch.load(Path(ckpt_dir, STATE_FILE), weights_only=True)["model"])
+    model.load_state_dict(torch.load(Path(ckpt_dir, STATE_FILE), map_location="cpu", weights_only=True)["model"])
     return model.eval()

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .device import module_device, on
+
 IMAGE_SIZE = 16  # the smallest GAN space (and the digits')
 MAX_IMAGE_SIZE = 128
 EVAL_SEED = 12345  # the fixed latents every evaluation of a GAN (image or video) samples from
@@ -159,13 +161,14 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
-def sample(generator: Generator, n: int, seed: int, device="cpu") -> torch.Tensor:
-    """``n`` images from a seeded noise draw (same seed, same images), in GAN space."""
+def sample(generator: Generator, n: int, seed: int) -> torch.Tensor:
+    """``n`` images from a seeded noise draw (same seed, same images), in GAN space, on the CPU
+    (the noise is drawn on the CPU and moved to wherever the generator is)."""
     gen = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, generator.z_dim, generator=gen).to(device)
+    z = on(module_device(generator), torch.randn(n, generator.z_dim, generator=gen))
     was_training = generator.training
     generator.eval()
     with torch.no_grad():
         out = generator(z)
     generator.train(was_training)
-    return out
+    return out.cpu()

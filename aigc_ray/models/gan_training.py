@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data.digits import NUM_CLASSES
 from .classifier import ImageClassifier
+from .device import module_device, on
 from .gan import EVAL_SEED, d_lr_of, descend, discriminator_loss, generator_loss
 from .generators import build_discriminator, build_generator, generate, generate_for_embeddings
 from .metrics import class_accuracy
@@ -102,15 +103,16 @@ def train_step(g, d, opt_g, opt_d, data: TrainData, config: dict, gen: torch.Gen
     (a random crossover slot), and its noise inputs are drawn from ``gen``.
     """
     batch = int(config["batch_size"])
+    device = module_device(g)  # draws on the CPU from ``gen``, then moved: same batches anywhere
     idx = torch.randint(0, len(data.real), (batch,), generator=gen)
-    x = data.real[idx]
-    z = torch.randn(batch, g.z_dim, generator=gen)
-    c = None if data.cond is None else data.cond[idx]
+    x = on(device, data.real[idx])
+    z = on(device, torch.randn(batch, g.z_dim, generator=gen))
+    c = None if data.cond is None else on(device, data.cond[idx])
     if isinstance(g, StyleGenerator):
         z2 = crossover = None
         mixing = float(config.get("mixing_prob") or 0.0)
         if mixing > 0 and float(torch.rand((), generator=gen)) < mixing:
-            z2 = torch.randn(batch, g.z_dim, generator=gen)
+            z2 = on(device, torch.randn(batch, g.z_dim, generator=gen))
             crossover = int(torch.randint(1, g.num_styles, (), generator=gen))
         fake = g(z, c, z2=z2, crossover=crossover, noise_gen=gen)
     else:
@@ -123,7 +125,7 @@ def train_step(g, d, opt_g, opt_d, data: TrainData, config: dict, gen: torch.Gen
         loss_d = discriminator_loss(real_logits, fake_logits)
         weight = float(config.get("mismatch_weight", 1.0))
         if weight > 0:
-            wrong_c, ok = data.mismatched(data.label[idx], gen)
+            wrong_c, ok = on(device, *data.mismatched(data.label[idx], gen))
             mismatch_logits = d(x, wrong_c)
             per_row = F.binary_cross_entropy_with_logits(
                 mismatch_logits, torch.zeros_like(mismatch_logits), reduction="none"

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import module_device, on
 from .gan import Discriminator, Generator
 from .style_gan import StyleGenerator
 from .text_condition import EMBED_DIM
@@ -105,17 +106,20 @@ def generate(
     mix_seed: int | None = None,
     crossover: int | None = None,
 ) -> torch.Tensor:
-    """``n`` images in GAN space (N, C, size, size), a pure function of the weights and arguments
-    (eval mode, no grad; the module's train/eval mode is restored).
+    """``n`` images in GAN space (N, C, size, size) on the CPU, a pure function of the weights and
+    arguments (eval mode, no grad; the module's train/eval mode is restored; the model may be on
+    any device).
 
     z comes from ``seed`` (for an unconditional DCGAN exactly as ``gan.sample``). ``cond``: the
     caption embeddings, (n, 384) or one (384,) row for all. ``mix_seed`` (style generator only):
     the styles of a second latent drawn from ``mix_seed`` replace those from slot ``crossover``
     (default: half the slots) on. The style generator's noise is drawn from ``seed`` too.
     """
+    device = module_device(generator)
     gen = torch.Generator().manual_seed(int(seed))
-    z = torch.randn(n, generator.z_dim, generator=gen)
+    z = on(device, torch.randn(n, generator.z_dim, generator=gen))
     c = _as_cond(cond, n, bool(getattr(generator, "cond_dim", 0)))
+    c = None if c is None else on(device, c)
     was_training = generator.training
     generator.eval()
     try:
@@ -124,10 +128,11 @@ def generate(
                 z2 = None
                 if mix_seed is not None:
                     z2 = torch.randn(n, generator.z_dim, generator=torch.Generator().manual_seed(int(mix_seed)))
-                return generator(z, c, z2=z2, crossover=crossover, noise_gen=gen)
+                    z2 = on(device, z2)
+                return generator(z, c, z2=z2, crossover=crossover, noise_gen=gen).cpu()
             if mix_seed is not None:
                 raise ValueError("style mixing (mix_seed) needs the style generator")
-            return generator(z) if c is None else generator(z, c)
+            return (generator(z) if c is None else generator(z, c)).cpu()
     finally:
         generator.train(was_training)
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import module_device, on
 from .gan import d_lr_of, descend, discriminator_loss, generator_loss, sample
 
 __all__ = [
@@ -146,8 +147,9 @@ def build_video_gan(config: dict):
 def video_train_step(g, d, opt_g, opt_d, real: torch.Tensor, batch: int, gen: torch.Generator) -> dict:
     """One D update and one G update on ``batch`` clips of ``real`` (video space) drawn with ``gen``;
     returns the losses and D's logits on the real and the generated clips."""
-    x = real[torch.randint(0, len(real), (batch,), generator=gen)]
-    fake = g(torch.randn(batch, g.z_dim, generator=gen))
+    device = module_device(g)  # drawn on the CPU from ``gen``, then moved: same clips anywhere
+    x = on(device, real[torch.randint(0, len(real), (batch,), generator=gen)])
+    fake = g(on(device, torch.randn(batch, g.z_dim, generator=gen)))
     real_logits, fake_logits = d(x), d(fake.detach())
     loss_d = discriminator_loss(real_logits, fake_logits)
     descend(opt_d, loss_d)

@@ -684,7 +684,7 @@ def build_app(args: dict):
     doc = json.loads(storage.read_bytes(join(uri, ENSEMBLE_FILE)))
     version = read_manifest(storage, uri).fingerprint
     common = {
-        "ray_actor_options": {"num_cpus": s.cpus_per_replica},
+        "ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
     }

@@ -16,6 +16,7 @@ import torch
 from ray import serve
 
 from ..data.images import png_b64
+from ..runtime import worker_device
 from ..storage import S3Settings, Storage, join
 
 
@@ -43,7 +44,7 @@ class ClassifierMember:
         self.storage, self.name = Storage(s3), name
         folder = join(ensemble_uri, "members", name)
         self.config = json.loads(self.storage.read_bytes(join(folder, "config.json")))
-        self.model = build_model(self.config, int(self.config["vocab_size"]))
+        self.model = build_model(self.config, int(self.config["vocab_size"])).to(worker_device())
         self.model.load_state_dict(load(self.storage.read_bytes(join(folder, "model.safetensors"))))
         self.model.eval()
         self.batch_sizes: Counter[int] = Counter()
@@ -89,7 +90,7 @@ class GeneratorDeployment:
 
         _single_thread()
         self.config, weights = _load_export(Storage(s3), join(ensemble_uri, "generator"))
-        self.generator = load_generator_export(weights, self.config)
+        self.generator = load_generator_export(weights, self.config).to(worker_device())
         self.conditional = is_conditional(self.config)
         self.style = self.config.get("generator") == "style"
         if self.conditional:  # load MiniLM now, not on the first request
@@ -124,7 +125,7 @@ class VideoGeneratorDeployment:
 
         _single_thread()
         config, weights = _load_export(Storage(s3), join(ensemble_uri, "video_generator"))
-        self.generator = load_video_generator(weights, config)
+        self.generator = load_video_generator(weights, config).to(worker_device())
 
     async def generate(self, n: int, seed: int, fmt: str, fps: int, scale: int) -> list[dict]:
         from ..data.animation import encode_apng, encode_gif
@@ -157,7 +158,7 @@ class LanguageModelDeployment:
         storage = Storage(s3)
         self._tmp = tempfile.TemporaryDirectory(prefix="aigc-lm-")
         folders = [str(storage.download(uri, os.path.join(self._tmp.name, str(i)))) for i, uri in enumerate(uris)]
-        self.lm = LMEnsemble(folders)
+        self.lm = LMEnsemble(folders, device=worker_device())
         self.lock = asyncio.Lock()  # one decode at a time per replica: they would only share the core
 
     async def complete(self, prompt: str, max_tokens: int, temperature: float, top_p: float, stop, seed):

@@ -50,7 +50,9 @@ def spec_cost(spec: ExperimentSpec) -> list[str]:
         per_trial = s.max_iterations * s.steps_per_iteration
         at_once = min(trials, s.max_concurrent_trials)
         lines.append(
-            f"{'sweep_' + family:<13}{trials} trials ({s.scheduler}), {at_once} at once x {s.cpus_per_trial:g} CPU, "
+            f"{'sweep_' + family:<13}{trials} trials ({s.scheduler}), {at_once} at once x {s.cpus_per_trial:g} CPU"
+            + (f" + {s.gpus_per_trial:g} GPU" if s.gpus_per_trial else "")
+            + ", "
             f"up to {per_trial:,} steps each ({trials * per_trial:,} in all)"
         )
         steps += trials * per_trial
@@ -64,7 +66,9 @@ def spec_cost(spec: ExperimentSpec) -> list[str]:
     replicas = members * v.replicas + v.ingress_replicas + 3  # + generator, video generator, language model
     lines.append(
         f"{'serve':<13}up to {replicas} replicas x {v.cpus_per_replica:g} CPU "
-        f"({replicas * v.cpus_per_replica:g} CPUs) on {v.host}:{v.port}"
+        f"({replicas * v.cpus_per_replica:g} CPUs"
+        + (f", {(replicas - v.ingress_replicas) * v.gpus_per_replica:g} GPUs" if v.gpus_per_replica else "")
+        + f") on {v.host}:{v.port}"
     )
     lines.append(f"{'total':<13}at most {steps:,} training steps")
     return lines

@@ -50,6 +50,12 @@ class ServeSpec(Section):
         None, ge=1, description="Autoscale members between `replicas` and this (None: fixed)."
     )
     cpus_per_replica: float = Field(0.25, gt=0, description="Fractional CPUs, so an ensemble fits 2 cores.")
+    gpus_per_replica: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per replica of each member, generator and language model (fractions share one GPU); "
+        "0: the CPU. The ingress never takes one.",
+    )
     max_ongoing_requests: int = Field(16, ge=1, description="Per replica: requests in flight at once.")
     max_queued_requests: int = Field(64, ge=1, description="Per deployment: waiting requests beyond this get 503.")
     max_batch_size: int = Field(16, ge=1, description="Dynamic batching in the members (@serve.batch).")

@@ -38,6 +38,9 @@ class SweepSpec(Section):
     num_samples: int = Field(4, ge=1, description="Trials (times the grid, if the space has grid dimensions).")
     max_concurrent_trials: int = Field(2, ge=1)
     cpus_per_trial: float = Field(0.5, gt=0)
+    gpus_per_trial: float = Field(
+        0.0, ge=0, description="GPUs per trial (fractions share one); 0: the CPU. Bagging tasks take the fusion's."
+    )
     metric: str = "score"
     mode: Literal["min", "max"] = "max"
     max_iterations: int = Field(6, ge=1, description="Reports per trial; each is steps_per_iteration training steps.")

@@ -85,7 +85,8 @@ def run_fusion_sweep(
             f"{augmenter.uri}, for ratios up to {max_ratio:g} over {len(train['label'])} real rows"
         )
     trainable = tune.with_resources(
-        tune.with_parameters(fusion_trainable, **params), {"cpu": spec.fusion.sweep.cpus_per_trial}
+        tune.with_parameters(fusion_trainable, **params),
+        {"cpu": spec.fusion.sweep.cpus_per_trial, "gpu": spec.fusion.sweep.gpus_per_trial},
     )
     grid = run_tuner(
         s,

@@ -20,6 +20,7 @@ from ..models.fusion_training import (
     predict,
     train_iteration,
 )
+from ..runtime import worker_device
 from .trial import run_trial
 
 META_FILE = "fusion_meta.json"
@@ -28,13 +29,15 @@ META_FILE = "fusion_meta.json"
 class FusionTrial:
     def __init__(self, config: dict, train: dict, val: dict, vocab_size: int, synthetic: dict | None):
         self.config, self.val, self.vocab_size = config, val, vocab_size
-        self.model = build_model(config, vocab_size)
+        self.model = build_model(config, vocab_size).to(worker_device())  # its GPU when given one
         self.optimizer = build_optimizer(self.model, config)
         self.x = as_tensors(train)
         self.pool = as_tensors({k: synthetic[k] for k in FIELDS}) if synthetic is not None else None
 
     def restore(self, folder: str, trial_id: str) -> tuple[int, int, dict]:
-        state = torch.load(Path(folder, STATE_FILE), weights_only=True)  # our own file, tensors only
+        state = torch.load(
+            Path(folder, STATE_FILE), map_location="cpu", weights_only=True
+        )  # our own file, tensors only
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         apply_learning_rates(self.optimizer, self.config)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..models.gan import d_lr_of
+from ..runtime import worker_device
 
 
 def weights_hash(module: torch.nn.Module) -> str:
@@ -34,7 +35,7 @@ def restore_pair(folder: str, g, d, opt_g, opt_d, config: dict, state_file: str,
     """Load a trial checkpoint folder into (g, d, opt_g, opt_d) and apply the config's learning
     rates (after a PBT exploit they are the explored ones, not the donor's). Returns (step,
     iteration, what to report about the restore, the checkpoint's meta)."""
-    state = torch.load(Path(folder, state_file), weights_only=True)  # our own file, tensors only
+    state = torch.load(Path(folder, state_file), map_location="cpu", weights_only=True)  # our own file, tensors only
     meta = json.loads(Path(folder, meta_file).read_text())
     g.load_state_dict(state["g"])
     d.load_state_dict(state["d"])
@@ -77,6 +78,9 @@ class PairTrial:
     meta_file: str
 
     def __init__(self, config: dict, g, d, opt_g, opt_d):
+        device = worker_device()  # the trial's GPU when it was given one (gpus_per_trial)
+        g.to(device)
+        d.to(device)  # in place: the optimizers keep the same parameters
         self.config, self.g, self.d, self.opt_g, self.opt_d = config, g, d, opt_g, opt_d
 
     def restore(self, folder: str, trial_id: str) -> tuple[int, int, dict]:

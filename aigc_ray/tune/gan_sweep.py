@@ -120,7 +120,7 @@ def run_gan_sweep(
             s3=storage.s3,
             **extra_inputs,
         ),
-        {"cpu": spec.gan.sweep.cpus_per_trial},
+        {"cpu": spec.gan.sweep.cpus_per_trial, "gpu": spec.gan.sweep.gpus_per_trial},
     )
 
     def forget_old_exploits() -> None:  # events of an earlier sweep in the same place
@@ -159,7 +159,7 @@ def run_gan_sweep(
         from safetensors.torch import save_file
 
         ckpt = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
-        state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)
+        state = torch.load(Path(ckpt, STATE_FILE), map_location="cpu", weights_only=True)
         meta_path = Path(ckpt, META_FILE)
         reported = json.loads(meta_path.read_text()).get("metrics", {}) if meta_path.exists() else {}
         save_file(state["g"], out / "best" / "generator.safetensors")

@@ -111,5 +111,5 @@ def gan_trainable(
 def load_generator(ckpt_dir: str, config: dict):
     """The generator of a trial checkpoint folder."""
     g = build_generator(config)
-    g.load_state_dict(torch.load(Path(ckpt_dir, STATE_FILE), weights_only=True)["g"])
+    g.load_state_dict(torch.load(Path(ckpt_dir, STATE_FILE), map_location="cpu", weights_only=True)["g"])
     return g.eval()

@@ -58,7 +58,7 @@ def run_video_sweep(
             real_consistency=real_consistency,
             real_motion=real_motion,
         ),
-        {"cpu": spec.video.sweep.cpus_per_trial},
+        {"cpu": spec.video.sweep.cpus_per_trial, "gpu": spec.video.sweep.gpus_per_trial},
     )
     s = spec.video.sweep
     grid = run_tuner(
@@ -81,7 +81,7 @@ def run_video_sweep(
         from safetensors.torch import save_file
 
         ckpt = best["checkpoint_ref"].to_directory(str(out / ".ckpt"))
-        state = torch.load(Path(ckpt, STATE_FILE), weights_only=True)
+        state = torch.load(Path(ckpt, STATE_FILE), map_location="cpu", weights_only=True)
         shutil.rmtree(out / ".ckpt")
         save_file(state["g"], out / "best" / "generator.safetensors")
         save_file(state["d"], out / "best" / "discriminator.safetensors")
