@@ -10,8 +10,10 @@ import argparse
 import contextlib
 import os
 import sys
+from functools import partial
 
 from . import layout
+from .console import Console
 from .spec import ExperimentSpec, SpecError, load_spec, spec_hash, spec_to_yaml
 from .storage import S3Settings, Storage, StorageError
 
@@ -34,6 +36,14 @@ def _address_arg(p: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> ExperimentSpec:
     return load_spec(args.config, args.overrides)
+
+
+CONSOLE = Console()  # main() replaces it with one for the command's --verbose
+
+
+def _stage(spec: ExperimentSpec, name: str):
+    """The command's work, with Ray's and the libraries' output in ``<root>/<name>/logs/<name>.log``."""
+    return CONSOLE.stage(spec, name)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -98,11 +108,11 @@ def cmd_data_stream(args: argparse.Namespace) -> int:
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
-    with ray_session(spec, args.address):
-        print(f"streaming split '{args.split}' of {layout.multimodal_uri(spec)} through Ray Data")
+    print(f"streaming split '{args.split}' of {layout.multimodal_uri(spec)} through Ray Data")
+    with _stage(spec, "stream"), ray_session(spec, args.address):
         from .train.feed import stream_epoch
 
-        stream_epoch(spec, storage, args.split, args.workers)
+        stream_epoch(spec, storage, args.split, args.workers, log=CONSOLE.say)
     return 0
 
 
@@ -118,9 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"what `aigc run` would do for {spec.name} (read from the manifests; nothing started):")
         print(format_plan(plan_run(spec, storage, RunOptions(tuple(args.force), args.no_serve))))
         return 0
-    with ray_session(spec, args.address):
+    with _stage(spec, "run"), ray_session(spec, args.address):
         options = RunOptions(tuple(args.force), args.no_serve, args.keep_serving, args.workers)
-        results = run_pipeline(spec, storage, options)
+        results = run_pipeline(spec, storage, options, log=CONSOLE.say, stage_log=partial(CONSOLE.stage, spec))
     report = write_report(spec, storage, results)
     ran = [r.name for r in results if r.status == "ran"]
     print(f"pipeline finished: ran {', '.join(ran) or 'nothing (all up to date)'}; report: {report}")
@@ -148,8 +158,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"pretraining a {p.model_family} ({p.objective}) model, {p.model.preset} {p.model.dims}, "
         f"ZeRO-{p.zero_stage} {p.precision}, {p.num_workers} worker(s), {p.max_steps} steps"
     )
-    with ray_session(spec, args.address):
-        result = pretrain(spec, storage)
+    with _stage(spec, "pretrain"), ray_session(spec, args.address):
+        result = pretrain(spec, storage, log=CONSOLE.say)
     print(f"export: {result.export_uri}")
     return 0
 
@@ -173,8 +183,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(
         f"fine-tuning the {f.base} model ({f.task or 'task from the base'}, {f.mode}), {f.num_workers} worker(s), {f.max_steps} steps"
     )
-    with ray_session(spec, args.address):
-        uri, _ = finetune(spec, storage)
+    with _stage(spec, "finetune"), ray_session(spec, args.address):
+        uri, _ = finetune(spec, storage, log=CONSOLE.say)
     print(f"export: {uri}")
     return 0
 
@@ -190,8 +200,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"sweeping the {args.family} model: {sweep.num_samples} sample(s), {sweep.scheduler}, {sweep.search_alg} "
         f"search over {', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
     )
-    with ray_session(spec, args.address):
-        result = run_sweep(args.family, spec, storage, resume=args.resume)
+    with _stage(spec, f"sweep_{args.family}"), ray_session(spec, args.address):
+        result = run_sweep(args.family, spec, storage, resume=args.resume, log=CONSOLE.say)
     print(f"results: {result.uri}")
     return 0
 
@@ -211,8 +221,9 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         f"building a '{e.strategy}' ensemble: top {e.top_k} of the fusion sweep, {e.bagging} bagged, "
         f"{len(e.members)} listed"
     )
-    with ray_session(spec, args.address) if e.bagging else contextlib.nullcontext():  # Ray only trains bagged members
-        report = build_ensemble(spec, storage)
+    ray = ray_session(spec, args.address) if e.bagging else contextlib.nullcontext()  # Ray only trains bagged members
+    with _stage(spec, "ensemble"), ray:
+        report = build_ensemble(spec, storage, log=CONSOLE.say)
     print(f"ensemble: {report.uri}")
     return 0
 
@@ -234,9 +245,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .runtime import ray_session
 
-    with ray_session(spec, args.address):
+    with _stage(spec, "serve"), ray_session(spec, args.address):
         start_local(spec)
-        print(
+        CONSOLE.say(
             f"serving {base_url(spec)}  (/v1/classify /v1/images /v1/completions /v1/feedback /v1/models); Ctrl-C stops"
         )
         try:
@@ -348,6 +359,12 @@ def _jobs_api_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aigc", description="aigc-ray: from one YAML spec to a served generative-model ensemble, on Ray."
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="stream Ray's and the libraries' output to the terminal (by default it goes to <root>/<name>/logs/)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -471,18 +488,30 @@ def main(argv: list[str] | None = None) -> int:
     from .data.image_sources import SourceError
     from .jobs import JobsError
 
+    global CONSOLE
     args = build_parser().parse_args(argv)
+    CONSOLE = Console(verbose=args.verbose)
     try:
         return args.func(args)
     except (SpecError, StorageError, SourceError) as exc:  # SourceError: the user's data, named
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(f"error: {exc}")
     except JobsError as exc:  # the cluster refused or is not there: the message says what to do
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return _failed(f"error: {exc}")
     except FileNotFoundError as exc:  # a stage's input is missing: say which, and what makes it
-        print(f"error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
-        return 1
+        return _failed(f"error: {exc.args[0] if exc.args else exc}")
+    except Exception as exc:
+        if CONSOLE.last_log is None:  # not inside a stage: a bug of ours, with its traceback
+            raise
+        # a stage failed: its reason in one line, the traceback and everything else in its log
+        reason = (str(exc).strip().splitlines() or [""])[-1]
+        return _failed(f"error: {type(exc).__name__}: {reason}".rstrip(": "))
+
+
+def _failed(line: str) -> int:
+    print(line, file=sys.stderr)
+    for extra in CONSOLE.failure_lines():
+        print(extra, file=sys.stderr)
+    return 1
 
 
 def exit_with(code: int) -> None:

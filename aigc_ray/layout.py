@@ -125,6 +125,11 @@ def ensemble_dir(spec: ExperimentSpec) -> str:
     return join(experiment_uri(spec), "ensemble")
 
 
+def logs_uri(spec: ExperimentSpec, stage: str) -> str:
+    """A stage's log (``aigc_ray.console``): everything it printed, Ray's and the libraries' output too."""
+    return join(experiment_uri(spec), "logs", f"{stage}.log")
+
+
 def feedback_uri(spec: ExperimentSpec) -> str:
     """Where the server writes feedback shards: ``serve.feedback_uri``, else ``<root>/<name>/feedback``."""
     return spec.serve.feedback_uri or join(experiment_uri(spec), "feedback")

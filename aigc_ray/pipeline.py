@@ -16,6 +16,7 @@ machine they would only compete for the same cores.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ class RunContext:
 
     options: RunOptions
     data_written: bool = False  # the data stage wrote something (so the stream check runs)
+    log: Callable[..., None] = print  # the stages' own lines (the terminal's, while the rest goes to logs)
 
 
 @dataclass
@@ -85,7 +87,7 @@ class StageResult:
 def _data(spec, storage, ctx):
     from .data.build import build_data
 
-    built = build_data(spec, storage)  # checks its own parts: only what changed is rebuilt
+    built = build_data(spec, storage, log=ctx.log)  # checks its own parts: only what changed is rebuilt
     ctx.data_written = bool(built.written)
     return {"written": built.written, "uri": built.root, "up_to_date": not built.written}
 
@@ -93,20 +95,20 @@ def _data(spec, storage, ctx):
 def _stream(spec, storage, ctx):
     from .train.feed import stream_epoch
 
-    stream_epoch(spec, storage, "train", ctx.options.workers)
+    stream_epoch(spec, storage, "train", ctx.options.workers, log=ctx.log)
     return {}
 
 
 def _pretrain(spec, storage, ctx):
     from .train.pretrain import pretrain
 
-    return {"uri": pretrain(spec, storage).export_uri}
+    return {"uri": pretrain(spec, storage, log=ctx.log).export_uri}
 
 
 def _finetune(spec, storage, ctx):
     from .train.finetune import finetune
 
-    uri, evaluation = finetune(spec, storage)
+    uri, evaluation = finetune(spec, storage, log=ctx.log)
     return {"uri": uri, "eval": evaluation}
 
 
@@ -114,7 +116,7 @@ def _sweep(family):
     def run(spec, storage, ctx):
         from .tune.sweep import run_sweep
 
-        result = run_sweep(family, spec, storage)
+        result = run_sweep(family, spec, storage, log=ctx.log)
         metric = getattr(spec, family).sweep.metric
         return {"uri": result.uri, metric: result.best[metric], "trials": result.trials}
 
@@ -124,14 +126,14 @@ def _sweep(family):
 def _ensemble(spec, storage, ctx):
     from .ensemble.build import build_ensemble
 
-    report = build_ensemble(spec, storage)
+    report = build_ensemble(spec, storage, log=ctx.log)
     return {"uri": report.uri, "test": report.metrics["test"]["ensemble"]}
 
 
 def _serve(spec, storage, ctx):
     from .serve.demo import serve_and_ask
 
-    return {"answers": serve_and_ask(spec, storage, keep_serving=ctx.options.keep_serving)}
+    return {"answers": serve_and_ask(spec, storage, keep_serving=ctx.options.keep_serving, log=ctx.log)}
 
 
 STAGES = (
@@ -162,16 +164,22 @@ STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
 def run_pipeline(
-    spec: ExperimentSpec, storage: Storage, options: RunOptions | None = None, log=print
+    spec: ExperimentSpec,
+    storage: Storage,
+    options: RunOptions | None = None,
+    log=print,
+    stage_log: Callable[[str], contextlib.AbstractContextManager] | None = None,
 ) -> list[StageResult]:
     """Run every stage that is not up to date, in dependency order (inside a Ray session the
-    caller opened). A failing stage stops the run; ValueError for an unknown stage in ``force``."""
+    caller opened). A failing stage stops the run; ValueError for an unknown stage in ``force``.
+    ``log``: the run's and the stages' own lines; ``stage_log(name)``: a context each stage runs
+    in (the CLI's sends everything else a stage prints to its log file)."""
     options = options or RunOptions()
     force = options.force
     unknown = set(force) - set(STAGE_NAMES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGE_NAMES)}")
-    ctx = RunContext(options)
+    ctx = RunContext(options, log=log)
     results: list[StageResult] = []
     stages = [s for s in STAGES if not (options.skip_serve and s.name == "serve")]
     for i, stage in enumerate(stages, 1):
@@ -190,7 +198,8 @@ def run_pipeline(
         log(f"{tag}: running" + (f" ({why})" if why else ""))
         start = time.perf_counter()
         try:
-            summary = stage.run(spec, storage, ctx)
+            with stage_log(stage.name) if stage_log else contextlib.nullcontext():
+                summary = stage.run(spec, storage, ctx)
         except Exception:
             results.append(StageResult(stage.name, "failed", time.perf_counter() - start, why))
             log(f"{tag}: FAILED after {time.perf_counter() - start:.0f} s")

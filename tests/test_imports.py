@@ -27,7 +27,7 @@ ALLOWED = {
     "ensemble": BASE | {"data", "models"},
     "serve": BASE | {"data", "models", "ensemble"},
 }
-TOP = {"pipeline", "report", "lineage", "cli", "jobs", "infra"}
+TOP = {"pipeline", "report", "lineage", "cli", "jobs", "infra", "console"}
 
 
 def module_name(path: Path) -> str:

@@ -1,0 +1,75 @@
+"""The terminal shows our lines; Ray's and the libraries' output goes to the stage's log file, or
+to the terminal too with -v; a failing stage prints one reason, its log's path and last lines."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from aigc_ray.console import Console
+from aigc_ray.spec import load_spec
+
+RAY_CHATTER = ("Token authentication is enabled", "Running Dataset")  # what Ray prints on its own
+
+
+def _aigc(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "aigc_ray.cli", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_ray_output_goes_to_the_stage_log_and_verbose_shows_it(local_data):
+    root = local_data[0].storage.root
+    common = ["-c", "examples/quickstart.yaml", "--set", f"storage.root={root}", "--set", "name=console"]
+    quiet = _aigc("data", "stream", *common)
+    assert quiet.returncode == 0, quiet.stderr
+    terminal = quiet.stdout + quiet.stderr
+    assert "rows 1437 in" in quiet.stdout and "labels" in quiet.stdout  # our report of the stream
+    assert not any(chatter in terminal for chatter in RAY_CHATTER), terminal
+    assert len(terminal.strip().splitlines()) <= 8, terminal
+    log = Path(root, "console", "logs", "stream.log").read_text()
+    assert all(chatter in log for chatter in RAY_CHATTER)
+    assert "rows 1437 in" in log  # our lines are in the log too, for context
+
+    loud = _aigc("-v", "data", "stream", *common)
+    assert loud.returncode == 0 and all(chatter in loud.stdout + loud.stderr for chatter in RAY_CHATTER)
+
+
+@pytest.mark.slow
+def test_a_failing_stage_prints_its_reason_its_log_and_the_logs_last_lines(local_data, tmp_path):
+    import shutil
+
+    from aigc_ray.layout import multimodal_uri
+
+    spec = local_data[0]
+    data = Path(tmp_path, "data")
+    shutil.copytree(multimodal_uri(spec), data / "multimodal")
+    first = sorted((data / "multimodal").glob("*.parquet"))[0]
+    first.write_bytes(first.read_bytes()[:100])  # truncated
+    common = ["-c", "examples/quickstart.yaml", "--set", f"storage.root={tmp_path}", "--set", f"data.uri={data}"]
+    failed = _aigc("data", "stream", *common)
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and first.name in lines[0], failed.stderr
+    assert lines[1] == f"log: {tmp_path}/quickstart/logs/stream.log"
+    assert len(lines) > 2 and all(line.startswith("  | ") for line in lines[2:]), failed.stderr  # the log tail
+    assert "Traceback" not in failed.stdout + failed.stderr
+
+
+def test_a_stage_log_under_s3_is_uploaded_when_the_stage_ends(s3_server):
+    from aigc_ray.storage import Storage
+
+    bucket = s3_server.make_bucket("aigc-logs")
+    spec = load_spec(None, [f"storage.root=s3://{bucket}/x", f"storage.endpoint_url={s3_server.endpoint}"])
+    console = Console(verbose=True)  # no descriptor games inside pytest: our lines only
+    with console.stage(spec, "pretrain"):
+        console.say("step 10 loss 3.2")
+    text = Storage.from_spec(spec.storage).read_bytes(f"s3://{bucket}/x/quickstart/logs/pretrain.log").decode()
+    assert text == "step 10 loss 3.2\n"
+    assert console.failure_lines() == [f"log: s3://{bucket}/x/quickstart/logs/pretrain.log", "  | step 10 loss 3.2"]
