@@ -1,0 +1,92 @@
+"""What training budget the style-based text-to-image generator needs to match the DCGAN.
+
+Both generators are trained side by side with the quickstart's GAN settings (its trial config,
+lr 1e-3, TTUR ratio 1) on the same caption rows, with direct ``train_step`` calls (no Tune: the
+sweep's budget is steps), and scored every few hundred steps by ``cond_accuracy`` — how often the
+dataset's classifier reads the class the prompt asked for — on both embedded datasets. One line
+per dataset and budget: ``style/dcgan cond_accuracy ratio``; the quickstart's sweep gives a trial
+at most 300 steps.
+
+    python bench/style_budget.py [--budgets 300,600,1000,1500,2000] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def curves(spec, storage, budgets: list[int], seed: int) -> dict[str, list[float]]:
+    import torch
+
+    from aigc_ray.data.info import dataset_info, prompt_template
+    from aigc_ray.models.classifier import load_or_train_classifier
+    from aigc_ray.models.gan_training import TrainData, build_gan, cond_accuracy, train_step
+    from aigc_ray.models.text_condition import class_prompts, embed_texts
+    from aigc_ray.tune.gan_sweep import caption_training_rows
+
+    info = dataset_info(spec, storage)
+    classifier = load_or_train_classifier(spec, storage)
+    size = classifier.config["size"]
+    images, captions = caption_training_rows(spec, storage, size)
+    prompts = embed_texts(class_prompts(info.classes, prompt_template(spec, info)))
+    data = TrainData.make(images, captions, info.num_classes)
+    out = {}
+    for kind in ("dcgan", "style"):
+        config = {**spec.gan.trial_config(), "generator": kind, "g_lr": 1e-3, "seed": seed}
+        config |= {"image_size": size, "channels": info.channels, "num_classes": info.num_classes}
+        torch.manual_seed(seed)
+        g, d, opt_g, opt_d = build_gan(config)
+        gen, done, scores = torch.Generator().manual_seed(seed), 0, []
+        for budget in budgets:
+            for _ in range(budget - done):
+                train_step(g, d, opt_g, opt_d, data, config, gen)
+            done = budget
+            scores.append(cond_accuracy(g, classifier, prompts, 200))
+        out[kind] = scores
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budgets", default="300,600,1000,1500,2000")
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    budgets = sorted(int(b) for b in args.budgets.split(","))
+    logging.disable(logging.WARNING)
+
+    import numpy as np
+    import torch
+
+    from aigc_ray.data.build import build_data
+    from aigc_ray.spec import load_spec
+    from aigc_ray.storage import Storage
+
+    torch.set_num_threads(1)
+    quickstart = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+    with tempfile.TemporaryDirectory(prefix="aigc-style-budget-") as root:
+        for dataset in ("digits", "shapes"):
+            spec = load_spec(str(quickstart), [f"storage.root={root}/{dataset}", f"data.dataset={dataset}"])
+            storage = Storage.from_spec(spec.storage)
+            build_data(spec, storage, log=lambda *_: None)
+            runs = [curves(spec, storage, budgets, seed) for seed in range(args.seeds)]
+            for i, budget in enumerate(budgets):
+                dcgan = float(np.mean([r["dcgan"][i] for r in runs]))
+                style = float(np.mean([r["style"][i] for r in runs]))
+                print(
+                    f"{dataset:<7} {budget:>5} steps: cond_accuracy dcgan {dcgan:.3f} style {style:.3f}  "
+                    f"style/dcgan cond_accuracy ratio {style / max(dcgan, 1e-9):.3f}",
+                    flush=True,
+                )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
