@@ -41,6 +41,20 @@ def test_frechet_is_zero_for_identical_sets_and_grows_with_a_shift():
     assert distances[-1] == pytest.approx(8 * 2.0**2, rel=1e-6)  # a pure mean shift: |Δμ|²
 
 
+def test_frechet_is_exact_and_quiet_for_singular_covariances():
+    """A dead feature (all zeros in both sets) and fewer samples than features make the covariances
+    singular: the distance is the one in the live features, with no warning."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    live_a, live_b = rng.normal(size=(6, 3)), rng.normal(1.0, 2.0, size=(6, 3))
+    dead = np.zeros((6, 5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        full = frechet_from_features(np.hstack([live_a, dead]), np.hstack([live_b, dead]))
+    assert full == pytest.approx(frechet_from_features(live_a, live_b), rel=1e-9)
+
+
 def test_frechet_refuses_mismatched_shapes():
     with pytest.raises(ValueError, match="shapes differ"):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))

@@ -125,6 +125,8 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
         corpus_files = storage.glob(d.corpus.uri)
         sources["corpus"] = (d.corpus.uri, corpus_fingerprint(storage, corpus_files, d.corpus.uri))
 
+    fresh: list[str] = []  # the parts found up to date, reported in one line
+
     def current(part: str) -> Manifest | None:
         """The committed part if it was built from this spec (and this source, unchanged)."""
         existing = read_manifest(storage, join(root, part))
@@ -138,7 +140,7 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
             except ShardError as exc:
                 log(f"  {part:<10} {exc.uri}: {exc.problem}: rebuilding")
                 return None
-        log(f"  {part:<10} up to date ({join(root, part)})")
+        fresh.append(part)
         return existing
 
     multimodal = current("multimodal")
@@ -188,4 +190,6 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
         tokenizer = save_tokenizer(storage, join(root, "tokenizer"), train_tokenizer(texts, d.vocab_size), h, inputs)
         written.append("tokenizer")
         log(f"  tokenizer  trained byte-level BPE, vocab {tokenizer.meta['vocab_size']}")
+    if fresh:
+        log(f"  {'data':<10} up to date: {', '.join(fresh)} ({root})")
     return BuiltData(root, multimodal, corpus, tokenizer, written)

@@ -238,7 +238,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             out = engine(**batch_for(blocks, rows, cfg, step, chunk, engine.device))
             engine.backward(out.loss)
             engine.step()
-            losses.append(float(out.loss))
+            losses.append(float(out.loss.detach()))
         loss = _all_mean(sum(losses) / len(losses), engine.device)
         now = time.perf_counter()
         record = {
