@@ -493,12 +493,15 @@ def main(argv: list[str] | None = None) -> int:
     CONSOLE = Console(verbose=args.verbose)
     try:
         return args.func(args)
+    # Errors whose message already names the problem and what to do (a wrong spec, a missing
+    # bucket, a damaged shard, a refusing cluster, a missing input): that one line and nothing
+    # more; the stage's log still holds the traceback for whoever wants it.
     except (SpecError, StorageError, SourceError) as exc:  # SourceError: the user's data, named
-        return _failed(f"error: {exc}")
+        return _failed(f"error: {exc}", tail=False)
     except JobsError as exc:  # the cluster refused or is not there: the message says what to do
-        return _failed(f"error: {exc}")
+        return _failed(f"error: {exc}", tail=False)
     except FileNotFoundError as exc:  # a stage's input is missing: say which, and what makes it
-        return _failed(f"error: {exc.args[0] if exc.args else exc}")
+        return _failed(f"error: {exc.args[0] if exc.args else exc}", tail=False)
     except Exception as exc:
         if CONSOLE.last_log is None:  # not inside a stage: a bug of ours, with its traceback
             raise
@@ -507,9 +510,11 @@ def main(argv: list[str] | None = None) -> int:
         return _failed(f"error: {type(exc).__name__}: {reason}".rstrip(": "))
 
 
-def _failed(line: str) -> int:
+def _failed(line: str, tail: bool = True) -> int:
+    """Print why the command failed; with ``tail``, also the stage log's path and last lines
+    (an unexpected failure: the reason alone rarely says enough)."""
     print(line, file=sys.stderr)
-    for extra in CONSOLE.failure_lines():
+    for extra in CONSOLE.failure_lines() if tail else ():
         print(extra, file=sys.stderr)
     return 1
 
