@@ -27,6 +27,7 @@ from . import layout
 from .manifest import read_manifest
 from .spec import ExperimentSpec, spec_hash
 from .storage import Storage
+from .tracking import tracked_run
 
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
@@ -182,35 +183,47 @@ def run_pipeline(
     ctx = RunContext(options, log=log)
     results: list[StageResult] = []
     stages = [s for s in STAGES if not (options.skip_serve and s.name == "serve")]
-    for i, stage in enumerate(stages, 1):
-        tag = f"[{i}/{len(stages)}] {stage.name}"
-        fresh, why = False, ""
-        if stage.output is not None and stage.name not in force:
-            fresh, why = freshness(storage, stage.output(spec), spec_hash(spec, *stage.sections))
-        if stage.name == "stream" and not ctx.data_written and "stream" not in force:
-            fresh, why = True, "the data did not change"
-        if stage.name == "sweep_video" and not spec.video.enabled:
-            fresh, why = True, "video.enabled is false"
-        if fresh:
-            log(f"{tag}: skipped, {why}")
-            results.append(StageResult(stage.name, "skipped", 0.0, why))
-            continue
-        log(f"{tag}: running" + (f" ({why})" if why else ""))
-        start = time.perf_counter()
-        try:
-            with stage_log(stage.name) if stage_log else contextlib.nullcontext():
-                summary = stage.run(spec, storage, ctx)
-        except Exception:
-            results.append(StageResult(stage.name, "failed", time.perf_counter() - start, why))
-            log(f"{tag}: FAILED after {time.perf_counter() - start:.0f} s")
-            raise
-        if summary.get("up_to_date"):  # a stage that checks its own parts found nothing to do
-            results.append(StageResult(stage.name, "skipped", time.perf_counter() - start, "up to date", summary))
-            log(f"{tag}: up to date")
-            continue
-        results.append(StageResult(stage.name, "ran", time.perf_counter() - start, why, summary))
-        log(f"{tag}: done in {time.perf_counter() - start:.0f} s")
+    # One MLflow run for the whole `aigc run`, a child run per stage that runs (see tracking.py)
+    with tracked_run(spec, "run", params={"force": ",".join(force), "stages": ",".join(s.name for s in stages)}):
+        for i, stage in enumerate(stages, 1):
+            _run_stage(spec, storage, stage, f"[{i}/{len(stages)}] {stage.name}", ctx, results, stage_log)
     return results
+
+
+def _run_stage(spec, storage, stage: Stage, tag: str, ctx: RunContext, results: list, stage_log) -> None:
+    """One stage of ``run_pipeline``: skipped when up to date, else run in its log file and its
+    own MLflow run (a child of the run's), which records its summary's numbers and artifact."""
+    log, force = ctx.log, ctx.options.force
+    fresh, why = False, ""
+    if stage.output is not None and stage.name not in force:
+        fresh, why = freshness(storage, stage.output(spec), spec_hash(spec, *stage.sections))
+    if stage.name == "stream" and not ctx.data_written and "stream" not in force:
+        fresh, why = True, "the data did not change"
+    if stage.name == "sweep_video" and not spec.video.enabled:
+        fresh, why = True, "video.enabled is false"
+    if fresh:
+        log(f"{tag}: skipped, {why}")
+        results.append(StageResult(stage.name, "skipped", 0.0, why))
+        return
+    log(f"{tag}: running" + (f" ({why})" if why else ""))
+    start = time.perf_counter()
+    try:
+        with stage_log(stage.name) if stage_log else contextlib.nullcontext(), tracked_run(spec, stage.name) as run:
+            summary = stage.run(spec, storage, ctx)
+            if run is not None:
+                run.log_metrics({k: v for k, v in summary.items() if k != "up_to_date"})
+                if isinstance(summary.get("uri"), str):
+                    run.set_tags({"aigc.artifact": summary["uri"]})
+    except Exception:
+        results.append(StageResult(stage.name, "failed", time.perf_counter() - start, why))
+        log(f"{tag}: FAILED after {time.perf_counter() - start:.0f} s")
+        raise
+    if summary.get("up_to_date"):  # a stage that checks its own parts found nothing to do
+        results.append(StageResult(stage.name, "skipped", time.perf_counter() - start, "up to date", summary))
+        log(f"{tag}: up to date")
+        return
+    results.append(StageResult(stage.name, "ran", time.perf_counter() - start, why, summary))
+    log(f"{tag}: done in {time.perf_counter() - start:.0f} s")
 
 
 @dataclass

@@ -27,6 +27,13 @@ from aigc_ray.data.build import build_data
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import Storage
 
+# Every run the tests start is tracked (tracking is on by default) into a store of the session's
+# own, never into ./runs/mlflow.db of the checkout; `aigc` subprocesses inherit it. Tests that
+# read the store back name a store of their own (tracking.mlflow_uri).
+_MLFLOW_DIR = tempfile.mkdtemp(prefix="aigc-mlflow-")
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLFLOW_DIR}/mlflow.db"
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
 # IAM policy for the test user: allowed everything in the fake account.
 _ALLOW_ALL = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 

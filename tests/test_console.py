@@ -99,3 +99,58 @@ def test_a_stage_log_under_s3_is_uploaded_when_the_stage_ends(s3_server):
     text = Storage.from_spec(spec.storage).read_bytes(f"s3://{bucket}/x/quickstart/logs/pretrain.log").decode()
     assert text == "step 10 loss 3.2\n"
     assert console.failure_lines() == [f"log: s3://{bucket}/x/quickstart/logs/pretrain.log", "  | step 10 loss 3.2"]
+
+
+def test_the_live_line_shows_workers_progress_from_the_log_and_this_process_directly(tmp_path, capsys):
+    import time
+
+    from aigc_ray import progress
+
+    spec = load_spec(None, [f"storage.root={tmp_path}"])
+    console = Console()  # quiet: descriptor 1 goes to the stage's log, our lines to pytest's stdout
+    console.live.plain_every = 0.0  # not a terminal: a plain line per change, here without a pause
+    seen = ""
+    with console.stage(spec, "pretrain"):
+        console.say("[3/9] pretrain: running")
+        # a worker's line as Ray relays it to the driver, prefix and all
+        os.write(1, f"(RayTrainWorker pid=42) {progress.MARK}pretrain step 3/10 · loss 2.5000\n".encode())
+        deadline = time.monotonic() + 20
+        while "step 3/10" not in seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+            seen += capsys.readouterr().out
+        progress.emit("sweep gan: 1/4 trials done")  # this process: straight to the line
+    seen += capsys.readouterr().out
+    assert seen.splitlines() == [
+        "[3/9] pretrain: running",
+        "  > pretrain step 3/10 · loss 2.5000",
+        "  > sweep gan: 1/4 trials done",
+    ]
+    log = Path(tmp_path, "quickstart", "logs", "pretrain.log").read_text()
+    assert f"{progress.MARK}pretrain step 3/10" in log  # the history stays in the log
+    progress.emit("after the stage", force=True)  # no line open: a marked line on stdout, for a driver to relay
+    assert capsys.readouterr().out == f"{progress.MARK}after the stage\n"
+
+
+def test_on_a_terminal_the_live_line_is_redrawn_in_place_below_our_lines():
+    import io
+
+    from aigc_ray.console import LiveLine
+
+    out = io.StringIO()
+    line = LiveLine(out, tty=True)
+    line.show("ignored: no stage running")
+    line.start()
+    line.show("step 1/3")
+    line.show("step 2/3")
+    with line.above():
+        out.write("a line of ours\n")
+    line.stop()
+    erase = "\r\x1b[K"
+    assert out.getvalue() == (
+        f"{erase}  > step 1/3{erase}  > step 2/3{erase}a line of ours\n{erase}  > step 2/3{erase}"
+    )
+    quiet = io.StringIO()
+    plain = LiveLine(quiet, tty=False, plain_every=3600)
+    plain.start()
+    plain.show("step 1/3")  # a stage shorter than plain_every prints no progress line
+    assert quiet.getvalue() == ""

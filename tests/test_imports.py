@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "aigc_ray"
 # What each top-level part of aigc_ray may import besides itself (and the package's own
 # __init__, which only holds the version). The top (pipeline, report, lineage, cli, jobs, infra)
 # may import anything.
-BASE = {"spec", "storage", "manifest", "layout", "runtime"}
+BASE = {"spec", "storage", "manifest", "layout", "runtime", "tracking", "progress"}
 ALLOWED = {
     "spec": set(),
     "reaper": set(),  # run as its own process beside an embedded cluster: nothing of ours
@@ -20,6 +20,8 @@ ALLOWED = {
     "manifest": {"spec", "storage", "layout", "runtime"},
     "layout": {"spec", "storage", "manifest", "runtime"},
     "runtime": {"spec", "storage", "manifest", "layout"},
+    "tracking": {"spec", "storage", "manifest", "layout", "runtime"},  # MLflow: every stage logs
+    "progress": set(),  # the live line: every stage reports to it
     "data": BASE,
     "models": BASE | {"data"},
     "train": BASE | {"data", "models"},

@@ -47,9 +47,11 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         "pretrain.max_steps=12",
         "pretrain.checkpoint_every=4",
         "pretrain.keep_checkpoints=2",
+        f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
     )
     result = pretrain(spec, storage, log=lambda *_: None)
     assert result.export_uri.startswith("s3://")
+    _assert_one_tracked_run(spec, storage, result)
     kept = {
         f.split("/checkpoint_2")[1].split("/")[0]
         for f in storage.list_files(join(pretrain_dir(spec), "ray"))
@@ -85,6 +87,23 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         uri, again = export_latest(spec, storage, log=lambda *_: None)
         assert uri == result.export_uri and again["eval_loss"] == result.eval["eval_loss"]
         assert storage.read_bytes(join(uri, "model.safetensors")) == before
+
+
+def _assert_one_tracked_run(spec, storage, result) -> None:
+    """Read back with MLflow's own client: 2 workers, exactly one run, rank 0's loss per step."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(spec.tracking.mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    assert run.info.run_name == "pretrain" and run.info.status == "FINISHED"
+    assert run.data.params["num_workers"] == "2" and run.data.params["zero_stage"] == str(spec.pretrain.zero_stage)
+    logged = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in logged] == list(range(1, 13))  # one point per step: never one per worker
+    assert [m.value for m in logged] == pytest.approx(
+        [h["loss"] for h in history(storage, result.export_uri)], rel=1e-12
+    )
+    assert run.data.metrics["export.eval_loss"] == result.eval["eval_loss"] and "eval_loss" in run.data.metrics
+    assert run.data.tags["aigc.artifact"] == result.export_uri
 
 
 @pytest.mark.parametrize(

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from aigc_ray import progress
 from aigc_ray.cli import main
+from aigc_ray.layout import sweep_dir
 from aigc_ray.spec import load_spec
 from aigc_ray.tune.gan_sweep import _CollapseRule, run_gan_sweep
+from aigc_ray.tune.sweep import run_sweep
 
 TINY = [
     "gan.width=8",
@@ -33,16 +38,25 @@ def sweep_spec(base, name, *overrides):
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_asha_sweep_runs_and_publishes_results(ray_local, local_data):
+def test_asha_sweep_runs_and_publishes_results(ray_local, local_data, tmp_path):
     from safetensors.torch import load
 
     from aigc_ray.models.gan import Generator, sample
 
     base, storage = local_data
-    result = run_gan_sweep(sweep_spec(base, "asha", "gan.sweep.scheduler=asha"), storage, log=lambda *_: None)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = sweep_spec(base, "asha", "gan.sweep.scheduler=asha", f"tracking.mlflow_uri={store}")
+    lines: list[str] = []
+    with progress.sink(lines.append):  # what the live line shows
+        result = run_sweep("gan", spec, storage, log=lambda *_: None)  # the CLI's entry: tracked in MLflow
     assert result.trials == 4 and len(result.top_k) == 3
     fids = [t["fid"] for t in result.top_k]
     assert fids == sorted(fids) and result.best["fid"] == fids[0]
+    done = re.fullmatch(
+        r"sweep gan: 4/4 trials done · 0 running · (\d) finished · (\d) stopped early · best fid (\S+)", lines[-1]
+    )
+    assert done and int(done[1]) + int(done[2]) == 4, lines[-1]
+    assert float(done[3]) == pytest.approx(result.best["fid"], rel=1e-3)
     files = storage.list_files(result.uri)
     names = {f.rsplit("/", 1)[1] for f in files}
     assert {
@@ -62,6 +76,37 @@ def test_asha_sweep_runs_and_publishes_results(ray_local, local_data):
     assert sample(g, 4, seed=0).shape == (4, 1, 16, 16)
     for t in result.top_k:  # each listed checkpoint exists for the ensemble to load
         assert storage.exists(t["checkpoint"] + "/gan_state.pt")
+    _assert_trials_tracked(spec, store, result)
+
+
+def _assert_trials_tracked(spec, store: str, result) -> None:
+    """Read back with MLflow's own client: one run for the sweep, one child run per trial whose
+    params are the trial's config and whose final metrics are Tune's last result of the trial."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("asha").experiment_id])
+    (sweep,) = [r for r in runs if r.info.run_name == "sweep_gan"]
+    assert sweep.info.status == "FINISHED" and sweep.data.tags["aigc.artifact"] == result.uri
+    assert sweep.data.metrics["best.fid"] == result.best["fid"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert len(trials) == 4
+    folders = {d.name.split("_")[2] + "_" + d.name.split("_")[3]: d for d in _trial_dirs(spec)}
+    for run in trials:
+        folder = folders[run.data.tags["aigc.trial_id"]]
+        config = json.loads((folder / "params.json").read_text())
+        expected = {k: str(v) for k, v in config.items() if isinstance(v, (bool, int, float, str))}
+        assert {k: run.data.params[k] for k in expected} == expected
+        assert list(folder.glob("events.out.tfevents.*")), "no TensorBoard events beside the trial"
+        last = _trial_rows(folder)[-1]
+        for metric in ("fid", "diversity", "d_accuracy"):
+            assert run.data.metrics[metric] == pytest.approx(last[metric], rel=1e-12), (run.info.run_name, metric)
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "fid")]
+        assert steps == list(range(1, last["training_iteration"] + 1))  # one point per iteration
+
+
+def _trial_dirs(spec) -> list:
+    return sorted((Path(sweep_dir(spec, "gan")) / "tune" / "sweep").glob("gan_trainable_*"))
 
 
 def _trial_rows(trial_dir) -> list[dict]:
@@ -104,9 +149,6 @@ def _replay_one_iteration(spec, storage, donor_folder, config: dict, iteration: 
 @pytest.mark.slow
 @pytest.mark.timeout(500)
 def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local, local_data):
-    from pathlib import Path
-
-    from aigc_ray.layout import sweep_dir
 
     base, storage = local_data
     spec = sweep_spec(
@@ -128,10 +170,7 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
     published = json.loads(storage.read_bytes(result.uri + "/exploits.json"))
     assert published == result.exploits and {"trial_id", "donor", "at_iteration", "pair_matches"} <= set(published[0])
 
-    trials = {
-        d.name.split("_")[2] + "_" + d.name.split("_")[3]: d
-        for d in (Path(sweep_dir(spec, "gan")) / "tune" / "sweep").glob("gan_trainable_*")
-    }
+    trials = {d.name.split("_")[2] + "_" + d.name.split("_")[3]: d for d in _trial_dirs(spec)}
     rows = {t: _trial_rows(d) for t, d in trials.items()}
     replayed = 0
     for e in result.exploits:
@@ -244,9 +283,6 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(ray_loc
     import signal
     import subprocess
     import sys
-    from pathlib import Path
-
-    from aigc_ray.layout import sweep_dir
 
     base, storage = local_data
     args = [

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import progress
 from ..manifest import FileEntry, Manifest, read_manifest, write_manifest
 from ..storage import Storage, StorageError, join, sha256_bytes
 from .images import decode_png
@@ -71,6 +72,7 @@ def write_shards(
             storage.write_bytes(join(uri, name), data)
             files[name] = FileEntry(sha256=digest, bytes=len(data), rows=table.num_rows)
             split_counts.update(table.column("split").to_pylist())
+            progress.emit(f"{kind}: {sum(split_counts.values()):,} rows written in {len(files)} shard(s)")
     except BaseException:
         for name in set(files) - keep:
             storage.delete(join(uri, name))

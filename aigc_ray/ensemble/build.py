@@ -35,6 +35,7 @@ from ..manifest import publish_directory, read_manifest
 from ..models.fusion_training import build_model, classification_metrics, fusion_config, predict
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
+from ..tracking import log_plots, tracked_run
 from .combine import Combiner, fit_combiner
 from .members import Member, bagged_members, listed_members, sweep_members
 
@@ -96,7 +97,13 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
         train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_text_tokens"]))
         log(f"[ensemble] training {spec.ensemble.bagging} bagged members on bootstrap resamples (Ray tasks)")
         members += bagged_members(spec, storage, base, train, data_inputs)
-    return commit_ensemble(spec, storage, members, data_inputs, log=log)
+    with tracked_run(spec, "ensemble", params=spec.ensemble.model_dump()) as run:
+        report = commit_ensemble(spec, storage, members, data_inputs, log=log)
+        if run is not None:  # each member's and the ensemble's accuracy and macro-F1, per split
+            run.log_metrics(report.metrics)
+            run.set_tags({"aigc.artifact": report.uri})
+            log_plots(run, storage, report.uri)
+    return report
 
 
 def commit_ensemble(

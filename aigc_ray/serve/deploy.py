@@ -3,8 +3,12 @@ config file that plain ``serve deploy`` accepts: the same builder, the spec as i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 
+from .. import progress
 from ..ensemble.build import ENSEMBLE_FILE
 from ..layout import ensemble_dir
 from ..spec import ExperimentSpec
@@ -57,7 +61,35 @@ def start_local(spec: ExperimentSpec, user_config: dict | None = None):
     s = spec.serve
     serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
     args = app_args(spec) | ({"user_config": user_config} if user_config is not None else {})
-    return serve.run(build_app(args), name=APP_NAME, route_prefix=s.route_prefix)
+    with _replicas_on_the_live_line(APP_NAME):
+        return serve.run(build_app(args), name=APP_NAME, route_prefix=s.route_prefix)
+
+
+@contextlib.contextmanager
+def _replicas_on_the_live_line(app: str, every_s: float = 1.0) -> Iterator[None]:
+    """While ``serve.run`` waits for the app: how many of its replicas are ready, per second."""
+    from ray import serve
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(every_s):
+            with contextlib.suppress(Exception):  # the app may not be known to the controller yet
+                deployments = serve.status().applications[app].deployments
+                counts = [d.replica_states for d in deployments.values()]
+                ready = sum(
+                    n for c in counts for state, n in c.items() if str(getattr(state, "value", state)) == "RUNNING"
+                )
+                total = sum(n for c in counts for n in c.values())
+                progress.emit(f"serve: {ready}/{total} replicas ready in {len(deployments)} deployments")
+
+    watcher = threading.Thread(target=watch, name="aigc-serve-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=5)
 
 
 def base_url(spec: ExperimentSpec) -> str:

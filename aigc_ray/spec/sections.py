@@ -25,6 +25,7 @@ from .sweeps import (
     SweepSpec,
     VideoSpec,
 )
+from .tracking import TrackingSpec
 from .training import FAMILY_OF_OBJECTIVE, MODEL_PRESETS, FinetuneSpec, ModelSize, PretrainSpec, TrainingSpec
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "GanSpec",
     "ModelSize",
     "PretrainSpec",
+    "TrackingSpec",
     "TrainingSpec",
     "RaySpec",
     "SearchDim",
@@ -78,6 +80,7 @@ class ExperimentSpec(Section):
     serve: ServeSpec = Field(default_factory=ServeSpec)
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
 
     @model_validator(mode="after")
     def _augmentation_has_a_generator(self) -> ExperimentSpec:

@@ -15,6 +15,7 @@ import uuid
 
 from ray.train import DataConfig
 
+from .. import progress
 from ..data.stream import EpochSummary, multimodal_dataset, summarize
 from ..layout import stream_check_uri
 from ..runtime import cpus_per_train_worker
@@ -128,6 +129,15 @@ def stream_epoch(spec: ExperimentSpec, storage: Storage, split: str, workers: in
         log(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
         return
     ds = multimodal_dataset(spec, storage, split)
-    summary = summarize(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"))
+    summary = summarize(_counted(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"), split))
     for line in summary.lines():
         log(f"  {line}")
+
+
+def _counted(batches, split: str):
+    """The batches, with the rows read so far on the live line."""
+    rows = 0
+    for batch in batches:
+        rows += len(next(iter(batch.values()), ()))
+        progress.emit(f"stream {split}: {rows:,} rows read")
+        yield batch

@@ -23,6 +23,7 @@ from ..manifest import folder_fingerprint, publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, StorageError, join
+from ..tracking import log_plots, tracked_run
 from .loop import LoopConfig, local_model_dir, run_training
 from .pretrain import RayHooks, fit_and_tidy, ray_run_config, trajectory_key
 
@@ -158,7 +159,18 @@ def finetune_loop_per_worker(config: dict) -> None:
 
 
 def finetune(spec: ExperimentSpec, storage: Storage, log=print):
-    """Fine-tune, export the (merged) model as a plain HF folder and evaluate it; returns (uri, eval)."""
+    """Fine-tune, export the (merged) model as a plain HF folder and evaluate it; returns (uri, eval).
+    Tracked as one MLflow run (rank 0 logs the steps), like pretraining."""
+    with tracked_run(spec, "finetune", params=spec.finetune.model_dump()) as run:
+        uri, evaluation = _finetune(spec, storage, log, run)
+        if run is not None:
+            run.log_metrics({f"export.{k}": v for k, v in evaluation.items()})
+            run.set_tags({"aigc.artifact": uri})
+            log_plots(run, storage, uri)
+        return uri, evaluation
+
+
+def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -182,6 +194,7 @@ def finetune(spec: ExperimentSpec, storage: Storage, log=print):
         task=task,
         init=init,
         tuning=tuning,
+        tracking=run,
     )
     cpus = cpus_per_train_worker(f.num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus)
     base_fingerprint = next(iter(base_inputs(storage, init).values()))  # a new base: a new run

@@ -18,10 +18,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .. import progress
 from ..spec.sections import TrainingSpec
 from .ds_config import deepspeed_config
 from .sampler import GlobalBatchOrder
@@ -44,6 +46,7 @@ class LoopConfig:
     mask_prob: float = 0.15  # pretraining with mlm: fraction of tokens masked
     init: dict | None = None  # fine-tuning: {"uri": base model folder, "s3": S3Settings}
     tuning: dict | None = None  # fine-tuning: {"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"}
+    tracking: Any = None  # the stage's MLflow run (tracking.RunRef): rank 0 logs into it, no other rank
 
 
 class Hooks:
@@ -251,9 +254,17 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
         }
         t_last = now
         history.append(record)
+        if rank == 0 and cfg.tracking is not None:
+            cfg.tracking.log_metrics({k: v for k, v in record.items() if k not in ("step", "time")}, step + 1)
         last = step + 1 == p.max_steps
+        eta = (now - started) / (step + 1 - start) * (p.max_steps - step - 1)
+        if rank == 0:
+            progress.emit(
+                f"{cfg.task} step {step + 1}/{p.max_steps} · loss {loss:.4f} · "
+                f"{record['tokens_per_s']:,.0f} tok/s · ETA {progress.eta(eta)}",
+                force=last,
+            )
         if rank == 0 and ((step + 1) % p.log_every == 0 or last or step == start):
-            eta = (now - started) / (step + 1 - start) * (p.max_steps - step - 1)
             print(
                 f"[{cfg.task}] step {step + 1}/{p.max_steps} loss {loss:.4f} lr {record['lr']:.2e} "
                 f"{record['tokens_per_s']:,.0f} tok/s ETA {eta:.0f}s",
@@ -264,6 +275,8 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             if last and (eval_blocks := hooks.eval_blocks()) is not None:
                 metrics.update(evaluate(engine, cfg, eval_blocks, rank, world))
                 history[-1] = {**record, **metrics}
+                if rank == 0 and cfg.tracking is not None:
+                    cfg.tracking.log_metrics({k: v for k, v in metrics.items() if k.startswith("eval_")}, step + 1)
             with tempfile.TemporaryDirectory(prefix=f"aigc-ckpt-r{rank}-") as d:
                 save_checkpoint(engine, cfg, step + 1, history, resumes, world, d)
                 hooks.report(metrics, d)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..data.build import build_data, build_hash
@@ -22,6 +22,7 @@ from ..manifest import folder_fingerprint, publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, StorageError, checkpoint_uri, join
+from ..tracking import log_plots, tracked_run
 from .feed import ordered_ingest_options
 from .loop import Hooks, LoopConfig, run_training
 
@@ -184,7 +185,19 @@ def fit_and_tidy(trainer, storage: Storage, run_root: str, log=print):
 
 
 def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResult:
-    """Train, export to ``layout.pretrain_export`` and evaluate; returns where and how well."""
+    """Train, export to ``layout.pretrain_export`` and evaluate; returns where and how well.
+    Tracked as one MLflow run: the section as params, rank 0's loss, learning rate and tokens/s
+    per step, the export's evaluation and plots."""
+    with tracked_run(spec, "pretrain", params=spec.pretrain.model_dump()) as run:
+        result = _pretrain(spec, storage, log, run)
+        if run is not None:
+            run.log_metrics({f"export.{k}": v for k, v in result.eval.items()})
+            run.set_tags({"aigc.artifact": result.export_uri})
+            log_plots(run, storage, result.export_uri)
+        return result
+
+
+def _pretrain(spec: ExperimentSpec, storage: Storage, log, run) -> PretrainResult:
     import ray
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -196,7 +209,7 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"loop": loop_config(spec)},
+        train_loop_config={"loop": replace(loop_config(spec), tracking=run)},
         scaling_config=ScalingConfig(
             # Elastic: Train restarts on whatever number of workers in [min, max] the cluster fits now.
             num_workers=(p.min_workers, p.num_workers) if p.min_workers else p.num_workers,

@@ -23,6 +23,8 @@ from ..spec import ExperimentSpec, spec_hash
 from ..spec.sections import SweepSpec
 from ..storage import Storage, checkpoint_uri, join
 from .space import param_space, scheduler, search_alg
+from .sweep_progress import SweepProgress
+from .trial_runs import trial_run_callbacks
 
 
 @dataclass
@@ -83,6 +85,16 @@ def run_tuner(
                 storage_filesystem=fs,
                 stop=stop,
                 verbose=1 if progress else 0,
+                callbacks=[  # the live line; each trial a child MLflow run of the sweep's run
+                    SweepProgress(
+                        uri.rstrip("/").rsplit("/", 1)[-1],
+                        sweep.metric,
+                        sweep.mode,
+                        sweep.max_iterations,
+                        sweep.num_samples,
+                    ),
+                    *trial_run_callbacks(),
+                ],
                 # PBT exploits need the donors' checkpoints: with num_to_keep they were pruned (seen here).
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=None if sweep.scheduler == "pbt" else 2,

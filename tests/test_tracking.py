@@ -1,0 +1,108 @@
+"""Experiments in MLflow: runs nest the way `aigc run` nests its stages, read back with MLflow's
+own client from a real SQLite store. (A sweep's trial runs and a 2-worker pretraining job's one
+run are checked in test_sweep.py and test_pretrain.py, beside the runs they come from.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from aigc_ray.spec import SpecError, load_spec
+from aigc_ray.tracking import param_values, tracked_run, tracking_uri
+
+
+def _store(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    return uri, MlflowClient(uri)
+
+
+def _runs(client, experiment: str) -> dict:
+    found = client.get_experiment_by_name(experiment)
+    assert found is not None, f"no MLflow experiment {experiment!r}"
+    return {r.info.run_name: r for r in client.search_runs([found.experiment_id])}
+
+
+def test_a_run_with_stages_is_a_parent_with_children_and_a_failed_stage_is_failed(tmp_path):
+    uri, client = _store(tmp_path)
+    spec = load_spec(None, ["name=nested", f"tracking.mlflow_uri={uri}"])
+    with tracked_run(spec, "run") as parent:
+        with tracked_run(spec, "pretrain", params={"lr": 0.003, "model": {"preset": "tiny"}}) as stage:
+            with tracked_run(spec, "pretrain") as again:  # the stage's own function, inside the pipeline's
+                assert again == stage
+            stage.log_metrics({"loss": 2.5, "note": "not a number", "eval": {"loss": 2.0}}, step=3)
+        with pytest.raises(RuntimeError), tracked_run(spec, "sweep_gan"):
+            raise RuntimeError("a trial crashed")
+    runs = _runs(client, "nested")
+    assert set(runs) == {"run", "pretrain", "sweep_gan"}
+    assert runs["pretrain"].data.tags["mlflow.parentRunId"] == parent.run_id
+    assert runs["sweep_gan"].data.tags["mlflow.parentRunId"] == parent.run_id
+    assert "mlflow.parentRunId" not in runs["run"].data.tags
+    assert runs["pretrain"].data.params == {"lr": "0.003", "model.preset": "tiny"}
+    assert runs["pretrain"].data.metrics == {"loss": 2.5, "eval.loss": 2.0}
+    assert [m.step for m in client.get_metric_history(stage.run_id, "loss")] == [3]
+    assert runs["sweep_gan"].info.status == "FAILED" and runs["run"].info.status == "FINISHED"
+    tags = runs["pretrain"].data.tags
+    assert len(tags["aigc.spec_hash"]) == 64 and tags["aigc.code_version"] and tags["aigc.storage_root"]
+
+
+def test_a_stage_alone_is_a_top_level_run_and_tracking_off_writes_nothing(tmp_path):
+    uri, client = _store(tmp_path)
+    spec = load_spec(None, ["name=alone", f"tracking.mlflow_uri={uri}"])
+    with tracked_run(spec, "finetune"):
+        pass
+    assert "mlflow.parentRunId" not in _runs(client, "alone")["finetune"].data.tags
+
+    off = load_spec(None, ["tracking.enabled=false", f"tracking.mlflow_uri=sqlite:///{tmp_path}/off.db"])
+    assert tracking_uri(off) is None
+    with tracked_run(off, "pretrain") as run:
+        assert run is None
+    assert not (tmp_path / "off.db").exists()
+
+
+def test_the_store_defaults_to_the_environment_then_runs_mlflow_db(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(load_spec(None, [])) == "http://127.0.0.1:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri(load_spec(None, [])) == f"sqlite:///{tmp_path}/runs/mlflow.db"
+    # relative SQLite paths are the command's directory's, wherever a Ray worker runs
+    assert (
+        load_spec(None, ["tracking.mlflow_uri=sqlite:///x/m.db"]).tracking.mlflow_uri == f"sqlite:///{tmp_path}/x/m.db"
+    )
+
+
+def test_a_path_that_is_not_a_tracking_uri_is_refused_by_name():
+    with pytest.raises(SpecError, match=r"tracking\.mlflow_uri.*not an MLflow tracking URI"):
+        load_spec(None, ["tracking.mlflow_uri=./runs/mlflow.db"])
+
+
+def test_params_are_strings_mlflow_accepts():
+    long = "x" * 10_000
+    assert param_values({"a": {"b": 1, "c": [1, 2]}, "d": long, "e": None}) == {
+        "a.b": "1",
+        "d": "x" * 500,
+        "e": "None",
+    }
+
+
+def test_mlflow_telemetry_is_off_without_the_user_asking(tmp_path):
+    ci_markers = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in ci_markers}
+    check = "from mlflow.telemetry.utils import is_telemetry_disabled; print(is_telemetry_disabled())"
+    ours = (
+        "from aigc_ray.spec import load_spec; from aigc_ray.tracking import tracked_run;"
+        f"spec = load_spec(None, ['tracking.mlflow_uri=sqlite:///{tmp_path}/t.db']);"
+        "ctx = tracked_run(spec, 'run'); ctx.__enter__();"
+    )
+
+    def disabled(code: str) -> str:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr
+
+    assert disabled("import mlflow;" + check) == "False"  # MLflow alone would send usage data
+    assert disabled(ours + check) == "True"
