@@ -193,9 +193,8 @@ class Console:
         """The live line for a stage whose output goes to ``log``: this process's progress
         directly, its workers' from the log. A nested stage follows its own log on its outer
         stage's line."""
-        outer = self.live.active
-        if not outer:
-            self.live.start()
+        outer = self.live.active  # the `run` around the stages: its line comes back, emptied, after
+        self.live.start()
         stop = threading.Event()
         follower = threading.Thread(
             target=_follow, args=(log, log.stat().st_size, stop, self.live.show), name="aigc-progress", daemon=True
@@ -207,8 +206,9 @@ class Console:
         finally:
             stop.set()
             follower.join(timeout=5)
-            if not outer:
-                self.live.stop()
+            self.live.stop()
+            if outer:
+                self.live.start()
 
     def failure_lines(self) -> list[str]:
         """After a failed stage: where its log is, and the log's last lines."""

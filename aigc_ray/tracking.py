@@ -222,3 +222,14 @@ def log_plots(run: RunRef | None, storage, uri: str) -> None:
         return
     plots = storage.list_files(uri, suffix=".png")
     run.log_files({f.rsplit("/", 1)[-1]: storage.read_bytes(f) for f in plots}, "plots")
+
+
+def tensorboard_scalars(log_dir: Path, points: list[tuple[str, float, int]]) -> None:
+    """TensorBoard event files in ``log_dir``: (tag, value, step) points, the non-finite left out
+    (TensorBoard draws them as gaps at best)."""
+    from tensorboardX import SummaryWriter
+
+    with SummaryWriter(str(log_dir)) as writer:
+        for tag, value, step in points:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                writer.add_scalar(tag, value, step)

@@ -154,3 +154,21 @@ def test_on_a_terminal_the_live_line_is_redrawn_in_place_below_our_lines():
     plain.start()
     plain.show("step 1/3")  # a stage shorter than plain_every prints no progress line
     assert quiet.getvalue() == ""
+
+
+def test_a_stage_inside_the_run_leaves_no_progress_line_behind(tmp_path, capsys):
+    from aigc_ray import progress
+
+    spec = load_spec(None, [f"storage.root={tmp_path}"])
+    console = Console()
+    console.live.tty = True  # drawn as on a terminal
+    with console.stage(spec, "run"):
+        with console.stage(spec, "data"):
+            progress.emit("multimodal/v1: 256 rows written")
+            console.say("  data written")
+        console.say("[1/9] data: done")
+        console.say("[2/9] stream: running")
+    out = capsys.readouterr().out
+    erase = "\r\x1b[K"
+    assert out.endswith(f"{erase}[1/9] data: done\n[2/9] stream: running\n"), repr(out)
+    assert out.count("rows written") == 2  # drawn, then drawn again below our line, never after the stage

@@ -52,9 +52,7 @@ def test_asha_sweep_runs_and_publishes_results(ray_local, local_data, tmp_path):
     assert result.trials == 4 and len(result.top_k) == 3
     fids = [t["fid"] for t in result.top_k]
     assert fids == sorted(fids) and result.best["fid"] == fids[0]
-    done = re.fullmatch(
-        r"sweep gan: 4/4 trials done · 0 running · (\d) finished · (\d) stopped early · best fid (\S+)", lines[-1]
-    )
+    done = re.fullmatch(r"sweep gan 4/4: 0 running, (\d) finished, (\d) stopped early · best fid (\S+)", lines[-1])
     assert done and int(done[1]) + int(done[2]) == 4, lines[-1]
     assert float(done[3]) == pytest.approx(result.best["fid"], rel=1e-3)
     files = storage.list_files(result.uri)

@@ -107,8 +107,12 @@ def _texts(storage: Storage, uri: str) -> list[str]:
     return split_table(storage, uri, "train", ["text"])["text"].to_pylist()
 
 
-def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=print) -> BuiltData:
-    """Build (or confirm up to date) the multimodal shards, the corpus and the tokenizer."""
+def build_data(
+    spec: ExperimentSpec, storage: Storage, force: bool = False, log=print, say_up_to_date: bool = True
+) -> BuiltData:
+    """Build (or confirm up to date) the multimodal shards, the corpus and the tokenizer.
+    ``say_up_to_date``: also log the parts that were up to date (a stage that only makes sure of
+    its data says nothing then: it is the `data` command's answer, not the stage's news)."""
     d = spec.data
     root = data_root(spec)
     h = build_hash(spec)
@@ -190,6 +194,6 @@ def build_data(spec: ExperimentSpec, storage: Storage, force: bool = False, log=
         tokenizer = save_tokenizer(storage, join(root, "tokenizer"), train_tokenizer(texts, d.vocab_size), h, inputs)
         written.append("tokenizer")
         log(f"  tokenizer  trained byte-level BPE, vocab {tokenizer.meta['vocab_size']}")
-    if fresh:
+    if fresh and say_up_to_date:
         log(f"  {'data':<10} up to date: {', '.join(fresh)} ({root})")
     return BuiltData(root, multimodal, corpus, tokenizer, written)

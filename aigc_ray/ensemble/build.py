@@ -35,7 +35,7 @@ from ..manifest import publish_directory, read_manifest
 from ..models.fusion_training import build_model, classification_metrics, fusion_config, predict
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
-from ..tracking import log_plots, tracked_run
+from ..tracking import log_plots, tensorboard_scalars, tracked_run
 from .combine import Combiner, fit_combiner
 from .members import Member, bagged_members, listed_members, sweep_members
 
@@ -90,7 +90,7 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
     """Gather the members, fit the combination on the validation split, score both held-out
     splits, and commit the artifact."""
     members = sweep_members(spec, storage) + listed_members(spec, storage)  # fail fast on missing inputs
-    built = build_data(spec, storage, log=log)
+    built = build_data(spec, storage, log=log, say_up_to_date=False)
     data_inputs = {multimodal_uri(spec): built.multimodal.fingerprint}
     if spec.ensemble.bagging:
         base = _bagging_config(spec, storage)
@@ -134,6 +134,15 @@ def commit_ensemble(
     with tempfile.TemporaryDirectory(prefix="aigc-ensemble-") as tmp:
         out = Path(tmp)
         _write_members(out, members)
+        tensorboard_scalars(  # each metric: one point per member and the ensemble, on the split's chart
+            out / "tensorboard",
+            [
+                (f"{split}/{metric}/{who}", value, 0)
+                for split, by_member in metrics.items()
+                for who, values in by_member.items()
+                for metric, value in values.items()
+            ],
+        )
         if combiner.coef is not None:
             from safetensors.numpy import save_file
 

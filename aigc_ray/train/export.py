@@ -4,12 +4,12 @@ things a person looks at beside it: evaluation, generated samples, loss curve, T
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..tracking import tensorboard_scalars
 from .loop import CKPT_TAG, HF_CONFIG_FILE, STATE_FILE
 
 SAMPLE_PROMPTS = ("a handwritten", "Return the", "The default value is")
@@ -103,13 +103,8 @@ def loss_curve_png(history: list[dict], path: Path, title: str) -> None:
 
 
 def tensorboard_events(history: list[dict], log_dir: Path) -> None:
-    from tensorboardX import SummaryWriter
-
-    with SummaryWriter(str(log_dir)) as writer:
-        for h in history:
-            for key in ("loss", "lr", "tokens_per_s", "eval_loss", "eval_perplexity", "eval_masked_accuracy"):
-                if key in h and h[key] is not None and not (isinstance(h[key], float) and math.isnan(h[key])):
-                    writer.add_scalar(f"pretrain/{key}", h[key], h["step"])
+    keys = ("loss", "lr", "tokens_per_s", "eval_loss", "eval_perplexity", "eval_masked_accuracy")
+    tensorboard_scalars(log_dir, [(f"pretrain/{k}", h[k], h["step"]) for h in history for k in keys if k in h])
 
 
 def read_state(ckpt_dir: str) -> dict:

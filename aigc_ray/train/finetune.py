@@ -178,7 +178,7 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     from ..data.build import build_data, build_hash
 
     f = spec.finetune
-    build_data(spec, storage, log=log)
+    build_data(spec, storage, log=log, say_up_to_date=False)
     init = base_init(spec, storage)
     base_local = local_model_dir(init)
     task = resolve_task(spec, base_local)

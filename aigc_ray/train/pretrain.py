@@ -202,7 +202,7 @@ def _pretrain(spec: ExperimentSpec, storage: Storage, log, run) -> PretrainResul
     from ray.train import DataConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    built = build_data(spec, storage, log=log)
+    built = build_data(spec, storage, log=log, say_up_to_date=False)
     p = spec.pretrain
     cpus = p.cpus_per_worker or cpus_per_train_worker(
         p.num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus

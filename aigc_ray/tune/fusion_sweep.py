@@ -40,7 +40,7 @@ def run_fusion_sweep(
     """Run (or, with ``resume``, finish) the fusion sweep and publish its results."""
     from ray import tune
 
-    built = build_data(spec, storage, log=log)
+    built = build_data(spec, storage, log=log, say_up_to_date=False)
     tokenizer_uri = tokenizer_location(spec)
     tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
     f, s = spec.fusion, spec.fusion.sweep

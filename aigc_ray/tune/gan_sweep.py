@@ -94,7 +94,7 @@ def run_gan_sweep(
     conditional = spec.gan.condition == "caption"
     if spec.gan.sweep.metric == "cond_accuracy" and not conditional:
         raise ValueError("gan.sweep.metric cond_accuracy needs gan.condition: caption")
-    built = build_data(spec, storage, log=log)
+    built = build_data(spec, storage, log=log, say_up_to_date=False)
     info = dataset_info(spec, storage)
     classifier = load_or_train_classifier(spec, storage)
     size = classifier.config["size"]

@@ -27,24 +27,30 @@ class SweepProgress(Callback):
         progress.emit(self.line(trials))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        progress.emit(self.line(trials), force=True)
+        progress.emit(self.line(trials, ending=trial), force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        progress.emit(self.line(trials, failing=trial), force=True)
+
+    def on_experiment_end(self, trials, **info):
         progress.emit(self.line(trials), force=True)
 
-    def line(self, trials) -> str:
-        running = sum(t.status == "RUNNING" for t in trials)
-        failed = sum(t.status == "ERROR" for t in trials)
-        ended = [t for t in trials if t.status == "TERMINATED"]
+    def line(self, trials, ending=None, failing=None) -> str:
+        """The counts; ``ending``/``failing``: a trial Tune is ending now (its status not set yet)."""
+
+        def status(t) -> str:
+            return "TERMINATED" if t is ending else "ERROR" if t is failing else t.status
+
+        running = sum(status(t) == "RUNNING" for t in trials)
+        failed = sum(status(t) == "ERROR" for t in trials)
+        ended = [t for t in trials if status(t) == "TERMINATED"]
         early = sum((t.last_result or {}).get("training_iteration", 0) < self.max_iterations for t in ended)
-        parts = [
-            f"sweep {self.family}: {len(ended) + failed}/{self.total} trials done",
-            f"{running} running",
-            f"{len(ended) - early} finished",
-            f"{early} stopped early",
-        ]
+        line = (
+            f"sweep {self.family} {len(ended) + failed}/{self.total}: {running} running, "
+            f"{len(ended) - early} finished, {early} stopped early"
+        )
         if failed:
-            parts.append(f"{failed} failed")
+            line += f", {failed} failed"
         if self.best is not None:
-            parts.append(f"best {self.metric} {self.best:.4g}")
-        return " · ".join(parts)
+            line += f" · best {self.metric} {self.best:.4g}"
+        return line

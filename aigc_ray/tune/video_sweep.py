@@ -41,7 +41,7 @@ def run_video_sweep(
     from ray import tune
 
     check_video_shape(spec.video.frames, spec.video.frame_size)
-    build_data(spec, storage, log=log)
+    build_data(spec, storage, log=log, say_up_to_date=False)
     clips_manifest = build_video_shards(spec, storage, log=log)
     classifier = load_or_train_classifier(spec, storage)
     train = video_arrays(spec, storage, "train")["clip"]  # (N, 1, T, H, W) in [0, 1]
