@@ -2,11 +2,11 @@
 
 Code that makes progress calls ``emit("pretrain step 40/300 loss 2.31 …")``. In the process that
 owns the terminal (the CLI's, which installs a ``sink``), the text goes straight to the live
-line. Anywhere else — a Ray Train worker, a Tune trial, a task — it is printed as one marked line:
+line. In a Ray worker — a Ray Train worker, a Tune trial, a task — it is printed as one marked line:
 Ray relays worker output to the driver, where it lands in the stage's log file, and the Console
 picks the latest marked line out of that file (``parse``). So no extra actor or queue is needed,
 and the log keeps the progress history. Emits are throttled per process: a step loop may call
-``emit`` on every step.
+``emit`` on every step. Anywhere else (a library call, a benchmark) it is dropped.
 """
 
 from __future__ import annotations
@@ -32,11 +32,25 @@ def emit(text: str, force: bool = False) -> None:
     if _sink is not None:
         _sink(text)
         return
+    if not _in_ray_worker():  # a library call, a benchmark, a notebook: no line to feed
+        return
     now = time.monotonic()
     if not force and now - _last_emit < WORKER_EVERY_S:
         return
     _last_emit = now
     print(MARK + text, file=sys.stdout, flush=True)
+
+
+def _in_ray_worker() -> bool:
+    ray = sys.modules.get("ray")
+    if ray is None:
+        return False
+    try:
+        from ray._private.worker import WORKER_MODE, global_worker
+
+        return global_worker.mode == WORKER_MODE
+    except Exception:  # noqa: BLE001 - a Ray without these names: say nothing rather than fail a step
+        return False
 
 
 def parse(line: str) -> str | None:

@@ -127,8 +127,8 @@ def test_the_live_line_shows_workers_progress_from_the_log_and_this_process_dire
     ]
     log = Path(tmp_path, "quickstart", "logs", "pretrain.log").read_text()
     assert f"{progress.MARK}pretrain step 3/10" in log  # the history stays in the log
-    progress.emit("after the stage", force=True)  # no line open: a marked line on stdout, for a driver to relay
-    assert capsys.readouterr().out == f"{progress.MARK}after the stage\n"
+    progress.emit("after the stage", force=True)  # no line open, not a Ray worker: nothing printed
+    assert capsys.readouterr().out == ""
 
 
 def test_on_a_terminal_the_live_line_is_redrawn_in_place_below_our_lines():
@@ -172,3 +172,18 @@ def test_a_stage_inside_the_run_leaves_no_progress_line_behind(tmp_path, capsys)
     erase = "\r\x1b[K"
     assert out.endswith(f"{erase}[1/9] data: done\n[2/9] stream: running\n"), repr(out)
     assert out.count("rows written") == 2  # drawn, then drawn again below our line, never after the stage
+
+
+@pytest.mark.slow
+def test_a_ray_worker_reports_progress_and_a_plain_driver_does_not(ray_local):
+    import ray
+
+    from aigc_ray import progress
+
+    @ray.remote(num_cpus=0)
+    def where() -> bool:
+        progress.emit("task step 1/1", force=True)  # printed as a marked line, which Ray relays
+        return progress._in_ray_worker()
+
+    assert ray.get(where.remote()) is True
+    assert progress._in_ray_worker() is False  # this driver has no line: emit drops the text

@@ -27,7 +27,8 @@ ALLOWED = {
     "train": BASE | {"data", "models"},
     "tune": BASE | {"data", "models"},
     "ensemble": BASE | {"data", "models"},
-    "serve": BASE | {"data", "models", "ensemble"},
+    "safety": BASE,  # the moderation step: serving applies it
+    "serve": BASE | {"data", "models", "ensemble", "safety"},
 }
 TOP = {"pipeline", "report", "lineage", "cli", "jobs", "infra", "console"}
 
