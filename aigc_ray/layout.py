@@ -130,6 +130,11 @@ def logs_uri(spec: ExperimentSpec, stage: str) -> str:
     return join(experiment_uri(spec), "logs", f"{stage}.log")
 
 
+def safety_audit_uri(spec: ExperimentSpec) -> str:
+    """Where the server's safety filter writes its decisions (``aigc_ray.safety.audit``)."""
+    return join(experiment_uri(spec), "safety", "audit")
+
+
 def feedback_uri(spec: ExperimentSpec) -> str:
     """Where the server writes feedback shards: ``serve.feedback_uri``, else ``<root>/<name>/feedback``."""
     return spec.serve.feedback_uri or join(experiment_uri(spec), "feedback")

@@ -1110,6 +1110,74 @@ def test_every_strategy_answers_what_its_offline_combination_answers(served, tmp
 
 
 @pytest.mark.slow
+def test_the_safety_filter_moderates_like_openai_refuses_flagged_prompts_and_audits_each_decision(served):
+    import hashlib
+
+    from openai import BadRequestError
+
+    from aigc_ray.layout import safety_audit_uri
+    from aigc_ray.safety.audit import read_audit
+
+    spec, storage, client = served
+    oa = openai_client(spec)
+    verdicts = oa.moderations.create(input=["I will kill you", "a handwritten seven"], model="aigc-moderation")
+    threat, caption = verdicts.results
+    assert threat.flagged and threat.categories.violence and threat.category_scores.violence == 1.0
+    assert not threat.categories.hate and not caption.flagged  # OpenAI's fields, all present
+    assert oa.moderations.create(input="sh1t").results[0].categories.model_extra["profanity"]
+
+    hostile = "you f*cking idiot"
+    refused = []
+    with pytest.raises(BadRequestError) as caught:
+        oa.completions.create(model="aigc-lm", prompt=hostile, max_tokens=2)
+    refused.append(caught.value)
+    with pytest.raises(BadRequestError) as caught:
+        oa.chat.completions.create(model="aigc-lm", messages=[{"role": "user", "content": hostile}], max_tokens=2)
+    refused.append(caught.value)
+    with pytest.raises(BadRequestError) as caught:
+        oa.images.generate(prompt=hostile, model="aigc-gan", n=1, size="16x16", response_format="b64_json")
+    refused.append(caught.value)
+    for error in refused:
+        assert error.code == "content_policy_violation" and "harassment, profanity" in error.message, error.body
+    ok = client.post("/v1/completions", json={"model": "aigc-lm", "prompt": "Caption for a two:", "max_tokens": 2})
+    assert ok.status_code == 200
+
+    records = read_audit(storage, safety_audit_uri(spec))
+    blocked = [r for r in records if r["action"] == "block"]
+    assert {r["route"] for r in blocked} == {"/v1/completions", "/v1/chat/completions", "/v1/images/generations"}
+    assert all(r["stage"] == "prompt" and r["sha256"] == hashlib.sha256(hostile.encode()).hexdigest() for r in blocked)
+    assert all(r["redacted"] == "you ******* *****" for r in blocked)
+    assert "idiot" not in json.dumps(records)  # never the text of what was blocked
+    answered = [r for r in records if r["request_id"] == ok.json()["id"]]
+    assert [(r["stage"], r["action"]) for r in answered] == [("prompt", "pass"), ("output", "pass")]
+    assert {r["policy_version"] for r in records} == {blocked[0]["policy_version"]}
+
+
+@pytest.mark.slow
+def test_flagged_generations_are_masked_or_withheld_in_answers_and_streams(served):
+    """A policy so strict (threshold 0.0001) that the classifier flags everything: prompts and
+    generations are redacted, and a stream with nothing to mask ends with content_filter."""
+    from aigc_ray.safety.moderator import REMOVED
+    from aigc_ray.serve.deploy import start_local
+
+    spec, _, client = served
+    strict = spec.model_copy(
+        update={"safety": spec.safety.model_copy(update={"threshold": 0.0001, "action": "redact"})}
+    )
+    start_local(strict)
+    try:
+        body = {"model": "aigc-lm", "prompt": "Caption for a seven:", "max_tokens": 4, "temperature": 0}
+        answer = client.post("/v1/completions", json=body).json()
+        assert answer["choices"][0]["text"] in (REMOVED, "")  # a classifier's flag: nothing to point at
+        with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as res:
+            events = [json.loads(line[6:]) for line in res.iter_lines() if line.startswith("data: {")]
+        assert events[-1]["choices"][0]["finish_reason"] == "content_filter"
+        assert "".join(e["choices"][0]["text"] for e in events) == ""
+    finally:
+        start_local(spec)
+
+
+@pytest.mark.slow
 def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answers_differently(served, tmp_path, capsys):
     """Serve -> corrections -> `feedback ingest` -> `feedback finetune` -> redeploy -> new answers.
     (Runs last in this module: it replaces the served ensemble.)"""

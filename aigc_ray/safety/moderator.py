@@ -135,3 +135,33 @@ def redact(text: str, verdict: Verdict) -> str:
             if not chars[i].isspace():
                 chars[i] = "*"
     return "".join(chars)
+
+
+# OpenAI's moderation categories: each answer lists them all (its clients read them as fields);
+# the ones this filter does not score are false with score 0, and profanity is added.
+OPENAI_CATEGORIES = (
+    "harassment",
+    "harassment/threatening",
+    "hate",
+    "hate/threatening",
+    "illicit",
+    "illicit/violent",
+    "self-harm",
+    "self-harm/intent",
+    "self-harm/instructions",
+    "sexual",
+    "sexual/minors",
+    "violence",
+    "violence/graphic",
+)
+
+
+def openai_result(verdict: Verdict) -> dict:
+    """One entry of ``results`` in OpenAI's moderation answer."""
+    keys = (*OPENAI_CATEGORIES, *(c for c in SAFETY_CATEGORIES if c not in OPENAI_CATEGORIES))
+    return {
+        "flagged": verdict.flagged,
+        "categories": {c: verdict.categories.get(c, False) for c in keys},
+        "category_scores": {c: round(verdict.category_scores.get(c, 0.0), 6) for c in keys},
+        "category_applied_input_types": {c: ["text"] if c in SAFETY_CATEGORIES else [] for c in keys},
+    }

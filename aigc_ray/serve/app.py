@@ -7,6 +7,7 @@
     POST /v1/completions   OpenAI-compatible completions from the language-model ensemble
     POST /v1/chat/completions  OpenAI-compatible chat over the same models (both stream on request)
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
+    POST /v1/moderations   OpenAI's moderation: the safety filter's verdict on texts
     GET  /v1/models        members, strategy, weights, metrics and lineage
     GET  /v1/members/stats each member replica's batch sizes so far
     GET  /v1/feedback/memory the answers this ingress replica holds for feedback, and their bytes
@@ -16,6 +17,12 @@
 (``aigc_ray.serve.app:build_app``) with ``args = {"spec": <the resolved experiment spec>}``.
 Ensemble weights and strategy live in the ingress's ``user_config``: changing them reconfigures
 the running replicas in place, without a restart or a dropped request.
+
+The safety filter (``spec.safety``, ``aigc_ray.safety``) reads every prompt (completions, chat,
+text-to-image) and every generated text: a flagged prompt is refused (400,
+content_policy_violation), redacted or only logged, per ``safety.action``; a flagged generation is
+withheld (finish_reason content_filter) or redacted. Each decision is an audit record. If the
+filter fails, the request fails (503): nothing passes unchecked.
 """
 
 import asyncio
@@ -43,10 +50,12 @@ from ..data.feedback import feedback_row, write_feedback
 from ..data.images import decode_image_b64
 from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
-from ..layout import ensemble_dir, feedback_uri
+from ..layout import ensemble_dir, feedback_uri, safety_audit_uri
 from ..manifest import read_manifest
+from ..safety.audit import audit_record, write_audit
+from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
-from ..spec.sections import ServeSpec
+from ..spec.sections import SafetySpec, ServeSpec
 from ..storage import Storage, join
 from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
 from .recent import INPUTS_EVICTED_NOTE, RecentAnswers
@@ -71,6 +80,8 @@ from .schema import (
     ImagesResponse,
     ModelCard,
     ModelList,
+    ModerationRequest,
+    ModerationResponse,
     Usage,
     VideoData,
     VideosRequest,
@@ -83,6 +94,8 @@ ENSEMBLE_MODEL_ID = "aigc-ensemble"
 MAX_IMAGE_SIDE = 512  # the largest /v1/images answer, in pixels per side
 GENERATOR_MODEL_ID = "aigc-gan"
 VIDEO_MODEL_ID = "aigc-video-gan"
+MODERATION_MODEL_ID = "aigc-moderation"
+STREAM_WINDOW = 400  # characters of a stream the filter rereads with each piece (phrases span pieces)
 REPLICA_GONE = (RayActorError, ActorUnavailableError)  # a replica died or restarts under the request
 
 api = FastAPI(title="aigc-ray ensemble", version="1", description=__doc__.split("\n\n")[0])
@@ -134,6 +147,17 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> JSONRespo
     return JSONResponse(error_body(exc.status_code, str(exc.detail)), exc.status_code, headers=exc.headers)
 
 
+class ContentPolicyViolation(Exception):
+    """A prompt the safety filter refuses: 400 with OpenAI's code content_policy_violation."""
+
+
+@api.exception_handler(ContentPolicyViolation)
+async def content_policy_error(request: Request, exc: ContentPolicyViolation) -> JSONResponse:
+    body = error_body(400, str(exc))
+    body["error"]["code"] = "content_policy_violation"
+    return JSONResponse(body, 400)
+
+
 @api.exception_handler(RequestValidationError)
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """422 naming each field and rule. The errors quote the input, which may be what made it
@@ -145,13 +169,14 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
 
 # Documented on every /v1 route (the middleware's 411/413 and the auth's 401 included).
 ERRORS = {
-    400: "a request the server cannot serve (e.g. max_tokens over its limit)",
+    400: "a request the server cannot serve (e.g. max_tokens over its limit), or a prompt the safety filter "
+    "refuses (code content_policy_violation)",
     401: "missing or wrong bearer token",
     404: "unknown model, or a route this ensemble has no model for",
     411: "no Content-Length",
     413: "body over serve.max_request_bytes",
     422: "invalid request: the message names each field and the rule it broke",
-    503: "overloaded or a deployment unavailable: retry later (Retry-After)",
+    503: "overloaded, a deployment unavailable or the safety filter failing: retry later (Retry-After)",
     504: "no answer within serve.request_timeout_s",
 }
 ERROR_RESPONSES = {status: {"model": ErrorBody, "description": why} for status, why in ERRORS.items()}
@@ -264,10 +289,19 @@ async def require_token(request: Request) -> None:
 @serve.deployment
 @serve.ingress(api)
 class EnsembleIngress:
-    def __init__(self, placed: dict, settings: ServeSpec, members: dict, generator=None, lm=None, video=None):
-        """``placed``: where this app's artifacts are (s3, ensemble_uri, feedback_uri), its name and
-        the ensemble's version (a new version redeploys the ingress too); ``settings``: the spec's
-        ``serve`` section."""
+    def __init__(
+        self,
+        placed: dict,
+        settings: ServeSpec,
+        members: dict,
+        generator=None,
+        lm=None,
+        video=None,
+        safety: SafetySpec | None = None,
+    ):
+        """``placed``: where this app's artifacts are (s3, ensemble_uri, feedback_uri, audit_uri),
+        its name and the ensemble's version (a new version redeploys the ingress too);
+        ``settings``: the spec's ``serve`` section; ``safety``: its ``safety`` section."""
         self.storage = Storage(placed["s3"])
         self.uri, self.spec_name = placed["ensemble_uri"], placed["name"]
         self.doc = json.loads(self.storage.read_bytes(join(self.uri, ENSEMBLE_FILE)))
@@ -284,6 +318,9 @@ class EnsembleIngress:
         self.classes = list(self.doc.get("classes") or WORDS)
         self.image_shape = list(self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1])
         self.feedback_uri = placed["feedback_uri"]
+        self.safety = safety or SafetySpec(enabled=False)
+        self.moderator = Moderator(self.safety) if self.safety.enabled else None
+        self.audit_uri = placed.get("audit_uri")
         self.responses = RecentAnswers(int(settings.feedback_memory_mb * 2**20), settings.feedback_answers)
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
         api.state.token = read_token(settings.auth_token_env, settings.auth_token_file)
@@ -347,6 +384,63 @@ class EnsembleIngress:
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)  # the router learns of the death meanwhile
+
+    async def _verdicts(self, texts: list[str]) -> list[Verdict]:
+        """The filter's verdicts. A filter that fails fails the request (503): nothing passes unchecked."""
+        try:
+            return await asyncio.to_thread(self.moderator.check, texts)
+        except Exception as exc:  # noqa: BLE001 - whatever broke, the answer is the same: fail closed
+            raise HTTPException(
+                503,
+                f"the safety filter failed ({type(exc).__name__}): the request is refused rather than answered "
+                "unchecked; retry later",
+                headers={"Retry-After": "1"},
+            ) from None
+
+    async def _audited(self, rid: str, route: str, stage: str, texts: list[str]) -> list[Verdict]:
+        """Verdicts on ``texts``, each recorded under the audit URI before the answer goes out
+        (an audit that cannot be written fails the request, like the filter itself)."""
+        verdicts = await self._verdicts(texts)
+        version = self.moderator.policy_version
+        records = [
+            audit_record(rid, route, stage, t, v, self.safety.action if v.flagged else "pass", version)
+            for t, v in zip(texts, verdicts, strict=True)
+        ]
+        try:
+            await asyncio.to_thread(write_audit, self.storage, self.audit_uri, records)
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise HTTPException(
+                503,
+                f"the safety filter could not record its decision ({exc}); retry later",
+                headers={"Retry-After": "1"},
+            ) from None
+        return verdicts
+
+    async def _guard_prompts(self, rid: str, route: str, texts: list[str]) -> list[str]:
+        """The prompts as the models get them: refused (block), masked (redact) or as sent (log,
+        or nothing flagged)."""
+        if self.moderator is None or not texts:
+            return texts
+        verdicts = await self._audited(rid, route, "prompt", texts)
+        flagged = sorted({c for v in verdicts for c, hit in v.categories.items() if hit})
+        if not flagged or self.safety.action == "log":
+            return texts
+        if self.safety.action == "block":
+            raise ContentPolicyViolation(
+                f"the prompt was flagged by the safety filter ({', '.join(flagged)}) and not answered; rephrase it"
+            )
+        return [redact(t, v) for t, v in zip(texts, verdicts, strict=True)]
+
+    async def _guard_output(self, rid: str, route: str, text: str) -> tuple[str, bool]:
+        """A generated text as the client gets it, and whether it was withheld (block)."""
+        if self.moderator is None:
+            return text, False
+        (verdict,) = await self._audited(rid, route, "output", [text])
+        if not verdict.flagged or self.safety.action == "log":
+            return text, False
+        if self.safety.action == "block":
+            return "", True
+        return redact(text, verdict), False
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -441,11 +535,13 @@ class EnsembleIngress:
         self._check_image_request(req)
         seed = req.seed if req.seed is not None else secrets.randbelow(2**31)
         side = self._image_side(req.size)
-        (pngs,) = await self._call(
-            partial(self.generator.generate.remote, req.n, seed, side, req.prompt, req.style_seed)
-        )
+        rid = new_id("img")
+        prompt = req.prompt
+        if prompt is not None:
+            (prompt,) = await self._guard_prompts(rid, "/v1/images/generations", [prompt])
+        (pngs,) = await self._call(partial(self.generator.generate.remote, req.n, seed, side, prompt, req.style_seed))
         answer = {"n": req.n, "seed": seed, "size": req.size}
-        rid = self._remember(new_id("img"), "images", answer, input_text=req.prompt or "")
+        self._remember(rid, "images", answer, input_text=req.prompt or "")
         return ImagesResponse(
             id=rid,
             created=int(time.time()),
@@ -490,8 +586,9 @@ class EnsembleIngress:
     )
     async def completions(self, req: CompletionRequest) -> CompletionResponse | StreamingResponse:
         limit = self._lm_limit(req.model, req.max_tokens)
-        args = (req.prompt_text, limit, req.temperature, req.top_p, req.stops, req.seed)
         rid, created = new_id("cmpl"), int(time.time())
+        (prompt,) = await self._guard_prompts(rid, "/v1/completions", [req.prompt_text])
+        args = (prompt, limit, req.temperature, req.top_p, req.stops, req.seed)
 
         def remember(text: str) -> None:
             self._remember(rid, "completion", {"text": text}, input_text=req.prompt_text)
@@ -504,10 +601,11 @@ class EnsembleIngress:
 
         if req.stream:
             call = partial(self.lm.options(stream=True).stream.remote, *args)
-            return await self._streamed(call, chunk, remember, req.usage_chunk)
+            return await self._streamed(call, chunk, remember, req.usage_chunk, route="/v1/completions", rid=rid)
         (done,) = await self._call(partial(self.lm.complete.remote, *args))
-        remember(done.text)
-        return chunk(done.text, done.finish_reason, usage_of(vars(done)))
+        text, withheld = await self._guard_output(rid, "/v1/completions", done.text)
+        remember(text)
+        return chunk(text, "content_filter" if withheld else done.finish_reason, usage_of(vars(done)))
 
     @api.post(
         "/v1/chat/completions",
@@ -517,12 +615,17 @@ class EnsembleIngress:
     )
     async def chat_completions(self, req: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
         limit = self._lm_limit(req.model, req.limit or self.max_tokens)
-        (rendered,) = await self._call(partial(self.lm.render.remote, chat_messages(req)))
+        rid, created = new_id("chatcmpl"), int(time.time())
+        messages = chat_messages(req)
+        said = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        guarded = await self._guard_prompts(rid, "/v1/chat/completions", [messages[i]["content"] for i in said])
+        for i, text in zip(said, guarded, strict=True):
+            messages[i]["content"] = text
+        (rendered,) = await self._call(partial(self.lm.render.remote, messages))
         if "refused" in rendered:
             raise HTTPException(422, f"messages: {rendered['refused']}")
         prompt = rendered["prompt"]
         args = (prompt, limit, req.temperature, req.top_p, req.stops + rendered["stop"], req.seed)
-        rid, created = new_id("chatcmpl"), int(time.time())
 
         def remember(text: str) -> None:
             self._remember(rid, "completion", {"text": text}, input_text=prompt)
@@ -537,25 +640,39 @@ class EnsembleIngress:
                 )
 
             call = partial(self.lm.options(stream=True).stream.remote, *args)
-            return await self._streamed(call, chunk, remember, req.usage_chunk, lstrip=True)
+            return await self._streamed(
+                call, chunk, remember, req.usage_chunk, lstrip=True, route="/v1/chat/completions", rid=rid
+            )
         (done,) = await self._call(partial(self.lm.complete.remote, *args))
         text = done.text.lstrip()  # the template ends "Assistant:", the model goes on " ..."
+        text, withheld = await self._guard_output(rid, "/v1/chat/completions", text)
         remember(text)
         return ChatCompletionResponse(
             id=rid,
             created=created,
             model=LM_MODEL_ID,
-            choices=[ChatChoice(index=0, message=AssistantMessage(content=text), finish_reason=done.finish_reason)],
+            choices=[
+                ChatChoice(
+                    index=0,
+                    message=AssistantMessage(content=text),
+                    finish_reason="content_filter" if withheld else done.finish_reason,
+                )
+            ],
             usage=usage_of(vars(done)),
         )
 
-    async def _streamed(self, call, chunk, remember, usage_chunk: bool, lstrip: bool = False) -> StreamingResponse:
+    async def _streamed(
+        self, call, chunk, remember, usage_chunk: bool, lstrip: bool = False, route: str = "", rid: str = ""
+    ) -> StreamingResponse:
         """A streamed decode as server-sent events: ``chunk(text, finish_reason, usage)`` for each
         piece the model sends, usage on the final one (or, with stream_options.include_usage, in
         a last chunk without choices, as OpenAI sends it), then ``data: [DONE]``. The first piece
         is awaited before answering, so overload, an unavailable model and a timeout still get
         their status; a failure after that can only end the stream with an error event (OpenAI's
-        ``data: {"error": ...}``). The answer is remembered for feedback once it is complete."""
+        ``data: {"error": ...}``). The answer is remembered for feedback once it is complete.
+        With the safety filter on, the text so far is read before each piece goes out: once it is
+        flagged, ``block`` ends the stream there (finish_reason content_filter, the decode
+        stopped) and ``redact`` sends the piece masked; the final text is audited once."""
         deadline = time.monotonic() + self.timeout
 
         async def start():
@@ -564,25 +681,42 @@ class EnsembleIngress:
 
         with self._service_errors():
             pieces, first = await asyncio.wait_for(self._retrying(start), self.timeout)
+        guarding = self.moderator is not None and self.safety.action != "log"
 
         async def events():
-            piece, text, finished = first, "", False
+            piece, text, sent, finished, blocked = first, "", "", False, False
             try:
                 with self._service_errors():
                     while True:
                         delta = piece["text"].lstrip() if lstrip and not text else piece["text"]
                         text += delta
+                        if guarding and delta:  # the tail: what this piece may complete (O(1) a piece)
+                            head, tail = text[:-STREAM_WINDOW], text[-STREAM_WINDOW:]
+                            (verdict,) = await self._verdicts([tail])
+                            if verdict.flagged and (self.safety.action == "block" or not verdict.spans):
+                                blocked = True  # nothing to mask (the classifier's flag): the stream ends here
+                                break
+                            delta = (head + redact(tail, verdict))[len(sent) :] if verdict.flagged else delta
                         if "finish_reason" in piece:
                             break
                         if delta:
+                            sent += delta
                             yield sse(chunk(delta, None, None))
                         piece = await asyncio.wait_for(pieces.__anext__(), deadline - time.monotonic())
+                    if self.moderator is not None:  # the decision on the whole text, once
+                        await self._audited(rid, route, "output", [text])
                 finished = True
-                remember(text)  # before the last events: a client may hang up once it has the text
-                usage = usage_of(piece)
-                yield sse(chunk(delta, piece["finish_reason"], None if usage_chunk else usage))
-                if usage_chunk:
-                    yield sse(chunk("", None, usage, choices=False))
+                if blocked:
+                    if "finish_reason" not in piece:
+                        pieces.cancel()  # the rest of the decode would not be sent
+                    remember(sent)
+                    yield sse(chunk("", "content_filter", None))
+                else:
+                    remember(sent + delta)  # before the last events: a client may hang up once it has the text
+                    usage = usage_of(piece)
+                    yield sse(chunk(delta, piece["finish_reason"], None if usage_chunk else usage))
+                    if usage_chunk:
+                        yield sse(chunk("", None, usage, choices=False))
             except HTTPException as e:
                 yield sse(error_body(e.status_code, str(e.detail)))
             finally:
@@ -591,6 +725,25 @@ class EnsembleIngress:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.post(
+        "/v1/moderations",
+        response_model=ModerationResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+    )
+    async def moderations(self, req: ModerationRequest) -> ModerationResponse:
+        """The safety filter's verdict on each text, in OpenAI's shape (the client's moderations.create)."""
+        if req.model not in (None, MODERATION_MODEL_ID, "omni-moderation-latest", "text-moderation-latest"):
+            raise HTTPException(
+                404, f"model {req.model!r} not found; this server moderates with {MODERATION_MODEL_ID!r}"
+            )
+        if self.moderator is None:
+            raise HTTPException(404, "the safety filter is off on this server (safety.enabled: false)")
+        verdicts = await self._verdicts(req.texts)
+        return ModerationResponse(
+            id=new_id("modr"), model=MODERATION_MODEL_ID, results=[openai_result(v) for v in verdicts]
+        )
 
     @api.post(
         "/v1/feedback",
@@ -713,6 +866,7 @@ def build_app(args: dict):
         "s3": storage.s3,
         "ensemble_uri": uri,
         "feedback_uri": feedback_uri(spec),
+        "audit_uri": safety_audit_uri(spec),
         "name": spec.name,
         "version": version,  # a new artifact version redeploys the ingress too
     }
@@ -727,4 +881,4 @@ def build_app(args: dict):
         max_queued_requests=REJECTION_HEADROOM,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
-    return ingress.bind(placed, s, members, generator, lm, video)
+    return ingress.bind(placed, s, members, generator, lm, video, spec.safety)

@@ -41,7 +41,9 @@ class Strict(BaseModel):
 class ErrorInfo(BaseModel):
     message: str = Field(description="What is wrong, for people.")
     type: str = Field(description="OpenAI's error type, e.g. invalid_request_error, authentication_error.")
-    code: int = Field(description="The HTTP status.")
+    code: int | str = Field(
+        description="The HTTP status; for a refusal by the safety filter, OpenAI's content_policy_violation."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -414,3 +416,42 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+MODERATION_MAX_CHARS = 20_000  # per text: what one request may ask the filter to read
+
+
+class ModerationRequest(Strict):
+    """OpenAI's moderation request: one text or a list of them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Text | Annotated[list[Text], Field(min_length=1, max_length=32)] = Field(
+        description=f"The text, or up to 32 texts, each at most {MODERATION_MAX_CHARS} characters."
+    )
+    model: Text | None = Field(None, max_length=100, description="aigc-moderation (the only one here).")
+
+    @field_validator("input")
+    @classmethod
+    def _within_limits(cls, v: str | list[str]) -> str | list[str]:
+        for text in [v] if isinstance(v, str) else v:
+            if len(text) > MODERATION_MAX_CHARS:
+                raise ValueError(f"a text of {len(text)} characters; at most {MODERATION_MAX_CHARS} each")
+        return v
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class ModerationResult(BaseModel):
+    flagged: bool
+    categories: dict[str, bool]
+    category_scores: dict[str, float]
+    category_applied_input_types: dict[str, list[str]]
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[ModerationResult]

@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from .base import Section, absolute_local, check_batch
 from .cluster import K8S_QUANTITY, ClusterSpec
 from .data import CaptionNoise, DataSpec, RaySpec, SplitFractions, StorageSpec
+from .safety import SafetySpec
 from .serving import EnsembleSpec, FeedbackSpec, ServeSpec
 from .sweeps import (
     FUSION_OPERATORS,
@@ -50,6 +51,7 @@ __all__ = [
     "ModelSize",
     "PretrainSpec",
     "TrackingSpec",
+    "SafetySpec",
     "TrainingSpec",
     "RaySpec",
     "SearchDim",
@@ -81,6 +83,7 @@ class ExperimentSpec(Section):
     feedback: FeedbackSpec = Field(default_factory=FeedbackSpec)
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    safety: SafetySpec = Field(default_factory=SafetySpec)
 
     @model_validator(mode="after")
     def _augmentation_has_a_generator(self) -> ExperimentSpec:
