@@ -66,7 +66,13 @@ def main() -> None:
     storage = Storage.from_spec(spec.storage)
     if read_manifest(storage, ensemble_dir(spec)) is None:
         sys.exit(f"no ensemble at {ensemble_dir(spec)}: run `make demo` (or `aigc run -c {args.spec}`) first")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, _temp_dir=tempfile.mkdtemp(dir="/tmp"))
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,  # the replicas' request logs stay in Ray's log files
+        logging_level=logging.WARNING,
+        _temp_dir=tempfile.mkdtemp(dir="/tmp"),
+    )
     try:
         figures = {}
         for name, enabled in (("off", False), ("on", True)):

@@ -30,6 +30,15 @@ def test_the_labelled_set_is_flagged_with_high_recall_and_few_false_positives(mo
     assert false_positives <= 0.05, false_positives
 
 
+def test_the_classifiers_fast_path_gives_the_packages_own_probabilities(moderator):
+    from profanity_check import predict_prob
+
+    from aigc_ray.safety.moderator import packaged_classifier
+
+    texts = HARMFUL + HARMLESS
+    assert packaged_classifier()(texts) == pytest.approx(list(predict_prob(texts)), abs=1e-12)
+
+
 def test_words_inside_other_words_are_not_flagged(word_list, moderator):
     for text, verdict in zip(SUBSTRING_TRAPS, word_list.check(SUBSTRING_TRAPS), strict=True):
         assert not verdict.flagged, (text, verdict.spans)
@@ -115,3 +124,41 @@ def test_hostile_text_is_scored_not_crashed_on(moderator):
 def test_a_wrong_policy_is_refused_with_what_is_allowed(override, message):
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
         SafetySpec(**override)
+
+
+def test_a_failing_filter_or_audit_fails_the_request_closed(tmp_path):
+    """The ingress's own moderation steps, on a filter whose model raises and on an audit folder
+    that cannot be written: 503 with Retry-After, never an answer that skipped the check."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from aigc_ray.serve.app import EnsembleIngress
+    from aigc_ray.storage import Storage
+
+    def broken(texts):
+        raise OSError("the model file is gone")
+
+    ingress = object.__new__(EnsembleIngress.func_or_class)
+    ingress.safety = SafetySpec()
+    ingress.storage = Storage(None)
+    ingress.moderator = Moderator(ingress.safety, classify=broken)
+    ingress.audit_uri = str(tmp_path / "audit")
+    with pytest.raises(HTTPException) as caught:
+        asyncio.run(ingress._guard_prompts("cmpl-1", "/v1/completions", ["a handwritten seven"]))
+    assert caught.value.status_code == 503 and caught.value.headers == {"Retry-After": "1"}
+    assert "refused rather than answered unchecked" in caught.value.detail
+
+    ingress.moderator = Moderator(SafetySpec(classifier=False))
+    (tmp_path / "blocker").write_text("a file where the audit folder should be")
+    ingress.audit_uri = str(tmp_path / "blocker" / "audit")
+    with pytest.raises(HTTPException) as caught:
+        asyncio.run(ingress._guard_output("cmpl-2", "/v1/completions", "a handwritten seven"))
+    assert caught.value.status_code == 503 and "could not record its decision" in caught.value.detail
+
+    ingress.audit_uri = str(tmp_path / "audit")  # writable again: the answer goes out, audited
+    assert asyncio.run(ingress._guard_output("cmpl-3", "/v1/completions", "a handwritten seven")) == (
+        "a handwritten seven",
+        False,
+    )
+    assert len(list((tmp_path / "audit").glob("*.jsonl"))) == 1

@@ -32,15 +32,31 @@ class Verdict:
 
 @functools.lru_cache(maxsize=1)
 def packaged_classifier() -> Callable[[Sequence[str]], list[float]]:
-    """alt-profanity-check's probability that each text is offensive."""
+    """alt-profanity-check's probability that each text is offensive: its TF-IDF features and its
+    five sigmoid-calibrated linear SVMs, evaluated as one sparse product (the package's own
+    ``predict_prob`` goes through scikit-learn's per-call checks, ~6 ms a text; this is the same
+    number, ~1 ms)."""
     try:
-        from profanity_check import predict_prob
+        from profanity_check import profanity_check
     except ImportError as exc:  # pragma: no cover - a dependency of the project
         raise RuntimeError(
             "the safety filter's classifier needs alt-profanity-check (pip install alt-profanity-check), "
             "or set safety.classifier: false"
         ) from exc
-    return lambda texts: [float(p) for p in predict_prob(list(texts))]
+    import numpy as np
+
+    vectorizer, model = profanity_check.vectorizer, profanity_check.model
+    members = model.calibrated_classifiers_
+    weights = np.stack([m.estimator.coef_[0] for m in members], axis=1)  # features x members
+    intercepts = np.array([m.estimator.intercept_[0] for m in members])
+    slopes = np.array([m.calibrators[0].a_ for m in members])
+    offsets = np.array([m.calibrators[0].b_ for m in members])
+
+    def probabilities(texts: Sequence[str]) -> list[float]:
+        decisions = vectorizer.transform(list(texts)) @ weights + intercepts  # texts x members
+        return [float(p) for p in (1.0 / (1.0 + np.exp(slopes * decisions + offsets))).mean(axis=1)]
+
+    return probabilities
 
 
 def word_categories(word: str) -> set[str]:
