@@ -130,6 +130,11 @@ def logs_uri(spec: ExperimentSpec, stage: str) -> str:
     return join(experiment_uri(spec), "logs", f"{stage}.log")
 
 
+def stage_events_uri(spec: ExperimentSpec, stage: str) -> str:
+    """TensorBoard events of a pipeline stage's summary numbers (``tensorboard --logdir`` the experiment)."""
+    return join(experiment_uri(spec), "tensorboard", stage)
+
+
 def safety_audit_uri(spec: ExperimentSpec) -> str:
     """Where the server's safety filter writes its decisions (``aigc_ray.safety.audit``)."""
     return join(experiment_uri(spec), "safety", "audit")

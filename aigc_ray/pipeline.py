@@ -27,7 +27,7 @@ from . import layout
 from .manifest import read_manifest
 from .spec import ExperimentSpec, spec_hash
 from .storage import Storage
-from .tracking import tracked_run
+from .tracking import stage_events, tracked_run
 
 FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
@@ -90,14 +90,15 @@ def _data(spec, storage, ctx):
 
     built = build_data(spec, storage, log=ctx.log)  # checks its own parts: only what changed is rebuilt
     ctx.data_written = bool(built.written)
-    return {"written": built.written, "uri": built.root, "up_to_date": not built.written}
+    rows = {"multimodal_rows": built.multimodal.meta.get("rows"), "corpus_rows": built.corpus.meta.get("rows")}
+    return {"written": built.written, "uri": built.root, "up_to_date": not built.written, **rows}
 
 
 def _stream(spec, storage, ctx):
     from .train.feed import stream_epoch
 
-    stream_epoch(spec, storage, "train", ctx.options.workers, log=ctx.log)
-    return {}
+    seen = stream_epoch(spec, storage, "train", ctx.options.workers, log=ctx.log)
+    return {"rows": seen.rows, "rows_per_s": seen.rows / max(seen.seconds, 1e-9)} if seen else {}
 
 
 def _pretrain(spec, storage, ctx):
@@ -210,10 +211,12 @@ def _run_stage(spec, storage, stage: Stage, tag: str, ctx: RunContext, results: 
     try:
         with stage_log(stage.name) if stage_log else contextlib.nullcontext(), tracked_run(spec, stage.name) as run:
             summary = stage.run(spec, storage, ctx)
+            numbers = {k: v for k, v in summary.items() if k != "up_to_date"}
             if run is not None:
-                run.log_metrics({k: v for k, v in summary.items() if k != "up_to_date"})
+                run.log_metrics(numbers)
                 if isinstance(summary.get("uri"), str):
                     run.set_tags({"aigc.artifact": summary["uri"]})
+            stage_events(storage, layout.stage_events_uri(spec, stage.name), numbers, int(time.time()))
     except Exception:
         results.append(StageResult(stage.name, "failed", time.perf_counter() - start, why))
         log(f"{tag}: FAILED after {time.perf_counter() - start:.0f} s")

@@ -233,3 +233,16 @@ def tensorboard_scalars(log_dir: Path, points: list[tuple[str, float, int]]) -> 
         for tag, value, step in points:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 writer.add_scalar(tag, value, step)
+
+
+def stage_events(storage, uri: str, values: Mapping, step: int) -> None:
+    """A stage's summary numbers as TensorBoard scalars in the folder ``uri`` (local or S3; one
+    more event file per run of the stage, ``step`` its time in seconds, so TensorBoard draws the
+    runs one after another)."""
+    points = [(k, v, step) for k, v in metric_values(values).items()]
+    if not points:
+        return
+    with tempfile.TemporaryDirectory(prefix="aigc-events-") as d:
+        tensorboard_scalars(Path(d), points)
+        for f in Path(d).iterdir():
+            storage.write_bytes(f"{uri.rstrip('/')}/{f.name}", f.read_bytes())

@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -242,3 +243,20 @@ def s3_data(s3_server):
     storage = Storage.from_spec(spec.storage)
     build_data(spec, storage, log=lambda *_: None)
     return spec, storage
+
+
+def tensorboard_scalars_in(folder: Path) -> dict[str, float]:
+    """The scalars in a folder's TensorBoard event files, read from the records themselves."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    found = {}
+    for events in folder.glob("events.out.tfevents.*"):
+        data, i = events.read_bytes(), 0
+        while i < len(data):  # TFRecord: length (8 bytes), its CRC (4), the record, its CRC (4)
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            for value in event_pb2.Event.FromString(data[i + 12 : i + 12 + n]).summary.value:
+                found[value.tag] = value.simple_value
+            i += 12 + n + 4
+    return found

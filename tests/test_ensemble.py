@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tensorboard_scalars_in
 
 from aigc_ray.ensemble.combine import Combiner, average_log_probs, fit_combiner
 from aigc_ray.layout import data_root
@@ -111,7 +112,7 @@ def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_loc
     spec.ensemble.members = [sweep.uri + "/best"]  # an exported model, listed by URI
     report = build_ensemble(spec, storage, log=lambda *_: None)
     doc = json.loads(storage.read_bytes(ensemble_dir(spec) + "/ensemble.json"))
-    scalars = _tensorboard_scalars(Path(ensemble_dir(spec), "tensorboard"))  # TensorBoard reads the same
+    scalars = tensorboard_scalars_in(Path(ensemble_dir(spec), "tensorboard"))  # TensorBoard reads the same
     assert scalars == {
         f"{split}/{metric}/{who}": pytest.approx(value, abs=1e-6)
         for split, by_member in report.metrics.items()
@@ -159,20 +160,3 @@ def test_building_without_a_sweep_names_what_is_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no fusion sweep results" in err and "aigc sweep fusion" in err
     assert not (tmp_path / "quickstart" / "ensemble").exists()  # nothing half-written
-
-
-def _tensorboard_scalars(folder: Path) -> dict[str, float]:
-    """The scalars in a folder's TensorBoard event files, read from the records themselves."""
-    import struct
-
-    from tensorboardX.proto import event_pb2
-
-    found = {}
-    for events in folder.glob("events.out.tfevents.*"):
-        data, i = events.read_bytes(), 0
-        while i < len(data):  # TFRecord: length (8 bytes), its CRC (4), the record, its CRC (4)
-            (n,) = struct.unpack("<Q", data[i : i + 8])
-            for value in event_pb2.Event.FromString(data[i + 12 : i + 12 + n]).summary.value:
-                found[value.tag] = value.simple_value
-            i += 12 + n + 4
-    return found

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,26 @@ def test_mlflow_telemetry_is_off_without_the_user_asking(tmp_path):
 
     assert disabled("import mlflow;" + check) == "False"  # MLflow alone would send usage data
     assert disabled(ours + check) == "True"
+
+
+def test_every_stage_that_runs_leaves_tensorboard_events_of_its_numbers_beside_the_run(tmp_path):
+    from conftest import tensorboard_scalars_in
+
+    from aigc_ray.layout import stage_events_uri
+    from aigc_ray.pipeline import RunContext, RunOptions, Stage, _run_stage
+    from aigc_ray.storage import Storage
+
+    uri, client = _store(tmp_path)
+    spec = load_spec(None, ["name=events", f"storage.root={tmp_path}/runs", f"tracking.mlflow_uri={uri}"])
+    storage = Storage.from_spec(spec.storage)
+
+    def stream(spec, storage, ctx):  # a stage as the pipeline runs it: what it returns is its summary
+        return {"rows": 1437, "rows_per_s": 188.5, "note": "not a number", "nested": {"batches": 23}}
+
+    results: list = []
+    ctx = RunContext(RunOptions(), data_written=True, log=lambda *_: None)  # new data: the check runs
+    _run_stage(spec, storage, Stage("stream", (), stream), "[2/9] stream", ctx, results, None)
+    assert results[0].status == "ran"
+    events = tensorboard_scalars_in(Path(stage_events_uri(spec, "stream")))
+    assert events == {"rows": 1437.0, "rows_per_s": 188.5, "nested.batches": 23.0}
+    assert _runs(client, "events")["stream"].data.metrics == events  # the same numbers in MLflow

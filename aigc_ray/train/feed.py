@@ -119,19 +119,23 @@ def stream_to_workers(
     return summaries
 
 
-def stream_epoch(spec: ExperimentSpec, storage: Storage, split: str, workers: int = 0, log=print) -> None:
+def stream_epoch(
+    spec: ExperimentSpec, storage: Storage, split: str, workers: int = 0, log=print
+) -> EpochSummary | None:
     """Stream one epoch of ``split`` through Ray Data (into ``workers`` Ray Train workers, or the
-    driver) and print what was read: a smoke check that the shards flow."""
+    driver) and print what was read: a smoke check that the shards flow. Returns the driver's
+    summary (None when the workers read)."""
     if workers:
         summaries = stream_to_workers(spec, storage, workers, split)
         for rank, s in enumerate(summaries):
             log(f"  worker {rank}: {s.rows} rows, torch threads {s.threads}, labels {dict(sorted(s.labels.items()))}")
         log(f"  total {sum(s.rows for s in summaries)} rows across {workers} Ray Train workers")
-        return
+        return None
     ds = multimodal_dataset(spec, storage, split)
     summary = summarize(_counted(ds.iter_batches(batch_size=spec.data.batch_size, batch_format="numpy"), split))
     for line in summary.lines():
         log(f"  {line}")
+    return summary
 
 
 def _counted(batches, split: str):
