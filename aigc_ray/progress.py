@@ -41,6 +41,12 @@ def emit(text: str, force: bool = False) -> None:
     print(MARK + text, file=sys.stdout, flush=True)
 
 
+def listening() -> bool:
+    """Whether anything would show an ``emit`` here (a terminal's line, or a driver relaying a
+    worker's output): progress that costs work to measure is measured only then."""
+    return _sink is not None or _in_ray_worker()
+
+
 def _in_ray_worker() -> bool:
     ray = sys.modules.get("ray")
     if ray is None:

@@ -33,7 +33,7 @@ def latest_committed_step(storage, ckpt_root: str) -> int:
     return max(steps, default=0)
 
 
-def main(root: str, name: str, temp_dir: str) -> None:
+def main(root: str, name: str, temp_dir: str, steps: str = "150") -> None:
     # Ray's test cluster records its address in <RAY_TMPDIR>/ray: keep it inside our own folder
     # (the default, /tmp/ray, may not exist, and other clusters on the machine read it).
     os.environ["RAY_TMPDIR"] = temp_dir
@@ -66,7 +66,7 @@ def main(root: str, name: str, temp_dir: str) -> None:
             f"storage.root={root}",
             f"name={name}",
             "data.rows_per_shard=300",
-            "pretrain.max_steps=150",  # long enough to shrink and grow back
+            f"pretrain.max_steps={steps}",  # long enough to shrink and grow back
             "pretrain.checkpoint_every=10",
             "pretrain.log_every=5",
             "pretrain.eval_batches=4",
@@ -167,4 +167,4 @@ def main(root: str, name: str, temp_dir: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
