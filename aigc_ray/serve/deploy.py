@@ -61,9 +61,9 @@ def start_local(spec: ExperimentSpec, user_config: dict | None = None):
     s = spec.serve
     serve.start(http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s})
     args = app_args(spec) | ({"user_config": user_config} if user_config is not None else {})
-    if not progress.listening():  # no live line to feed: no polling of Serve's controller
-        return serve.run(build_app(args), name=APP_NAME, route_prefix=s.route_prefix)
-    with _replicas_on_the_live_line(APP_NAME):
+    # Serve's controller is polled for the live line only when a line listens (not in tests, library use)
+    watching = _replicas_on_the_live_line(APP_NAME) if progress.listening() else contextlib.nullcontext()
+    with watching:
         return serve.run(build_app(args), name=APP_NAME, route_prefix=s.route_prefix)
 
 
