@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import threading
@@ -212,15 +211,22 @@ def own_train_worker_pids() -> list[int]:
 
 def _kill_a_worker_after_first_checkpoint(storage: Storage, ckpt_root: str, killed: list) -> None:
     """Watch storage for the first committed checkpoint, then SIGKILL one of this run's Ray Train
-    workers (never a process outside the test's own cluster)."""
+    workers (never a process outside the test's own cluster). The workers' PIDs are looked up
+    while the run trains, so the kill follows the commit within a storage poll: the GCS query
+    can take seconds on a loaded machine, and a 30-step run once finished in CI before it answered."""
     deadline = time.time() + 240
+    pids: list[int] = []
     while time.time() < deadline and not killed:
-        if _committed_checkpoints(storage, ckpt_root) >= 1 and (pids := own_train_worker_pids()):
-            with contextlib.suppress(psutil.NoSuchProcess):
+        if not pids:
+            pids = own_train_worker_pids()
+        elif _committed_checkpoints(storage, ckpt_root) >= 1:
+            try:
                 psutil.Process(pids[-1]).kill()
                 killed.append(pids[-1])
                 return
-        time.sleep(0.05)
+            except psutil.NoSuchProcess:  # the group was replaced meanwhile: look again
+                pids = []
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize("objective", ["clm", "mlm"])

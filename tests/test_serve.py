@@ -779,12 +779,25 @@ def test_weights_change_in_place_under_load_without_a_failed_request(served):
     body, _ = digit_request(storage, spec, 2, members=True)
     names = list(client.get("/v1/models").json()["data"][0]["details"]["weights"])
     new = {"strategy": "weighted", "weights": {names[0]: 1.0, names[1]: 0.0}}
+    replicas = serve_replica_actors()
     codes = steady_load(client, body, 1, lambda: start_local(spec, user_config=new), 1)
     assert len(codes) > 10 and set(codes) == {200}, f"{len(codes)} requests, codes {set(codes)}"
+    assert serve_replica_actors() == replicas  # reconfigured in place: not one replica was restarted
     out = client.post("/v1/classify", json=body).json()
     np.testing.assert_allclose(out["probabilities"], out["members"][names[0]], atol=1e-5)  # only member 0 counts
     weights = client.get("/v1/models").json()["data"][0]["details"]["weights"]
     assert weights == {names[0]: 1.0, names[1]: 0.0}
+
+
+def serve_replica_actors() -> set[str]:
+    """The named actors of the app's replicas (a restarted replica is a new actor, a new name)."""
+    import ray
+
+    return {
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == "serve" and "SERVE_REPLICA" in a["name"]
+    }
 
 
 def steady_load(client, body, seconds_before, action, seconds_after, threads=4):

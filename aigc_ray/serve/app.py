@@ -28,6 +28,7 @@ filter fails, the request fails (503): nothing passes unchecked.
 import asyncio
 import base64
 import contextlib
+import hashlib
 import hmac
 import json
 import os
@@ -51,7 +52,7 @@ from ..data.images import decode_image_b64
 from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
 from ..layout import ensemble_dir, feedback_uri, safety_audit_uri
-from ..manifest import read_manifest
+from ..manifest import code_version, folder_fingerprint, read_manifest
 from ..safety.audit import audit_record, write_audit
 from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
@@ -825,6 +826,21 @@ class EnsembleIngress:
         return self.responses.stats()
 
 
+def _versioned(deployment, *inputs):
+    """``deployment`` with a code version derived from what its replicas are built from.
+
+    Serve gives each deployment of a ``serve.run`` call a random code version when none is set,
+    so every call restarted every replica of every deployment: a weights change (user_config) was
+    a rolling redeploy of the whole app, not the in-place reconfigure it is with ``serve deploy``
+    (which versions by the config's hash). With a version from the package's code version and the
+    replica's inputs, a call whose inputs are unchanged leaves those replicas running and only
+    reconfigures (user_config) or rescales them; changed inputs or code still redeploy.
+    ``Deployment.options`` takes ``version`` only with ``_internal`` since Ray 2.x removed it
+    from the public options; Serve's own builders pass it the same way."""
+    text = json.dumps([code_version(), *inputs], sort_keys=True, default=repr)
+    return deployment.options(version=hashlib.sha256(text.encode()).hexdigest()[:16], _internal=True)
+
+
 def build_app(args: dict):
     """The application builder: ``{"spec": <experiment spec as a dict>, "user_config": <optional
     {"strategy", "weights"}; default: the ensemble's own>}`` -> the Serve app."""
@@ -846,22 +862,37 @@ def build_app(args: dict):
         if s.autoscale_max_replicas
         else {"num_replicas": s.replicas}
     )
-    members = {
-        m["name"]: ClassifierMember.options(name=f"member-{m['name']}", **common, **scaling).bind(
-            uri, m["name"], storage.s3, s.max_batch_size, s.batch_wait_ms / 1000, version
-        )
+    member_args = {
+        m["name"]: (uri, m["name"], storage.s3, s.max_batch_size, s.batch_wait_ms / 1000, version)
         for m in doc["members"]
     }
+    members = {
+        name: _versioned(ClassifierMember, *a).options(name=f"member-{name}", **common, **scaling).bind(*a)
+        for name, a in member_args.items()
+    }
     generator = (
-        GeneratorDeployment.options(name="generator", **common).bind(uri, storage.s3) if doc["generator"] else None
+        _versioned(GeneratorDeployment, uri, storage.s3, version)
+        .options(name="generator", **common)
+        .bind(uri, storage.s3)
+        if doc["generator"]
+        else None
     )
     video = (
-        VideoGeneratorDeployment.options(name="video-generator", **common).bind(uri, storage.s3)
+        _versioned(VideoGeneratorDeployment, uri, storage.s3, version)
+        .options(name="video-generator", **common)
+        .bind(uri, storage.s3)
         if doc.get("video_generator")
         else None
     )
     lm_uris = [lm["uri"] for lm in doc["language_models"]]
-    lm = LanguageModelDeployment.options(name="language-model", **common).bind(lm_uris, storage.s3) if lm_uris else None
+    # the language models live outside the ensemble's folder: their own fingerprints version them
+    lm = (
+        _versioned(LanguageModelDeployment, lm_uris, storage.s3, [folder_fingerprint(storage, u) for u in lm_uris])
+        .options(name="language-model", **common)
+        .bind(lm_uris, storage.s3)
+        if lm_uris
+        else None
+    )
     placed = {
         "s3": storage.s3,
         "ensemble_uri": uri,
@@ -870,7 +901,9 @@ def build_app(args: dict):
         "name": spec.name,
         "version": version,  # a new artifact version redeploys the ingress too
     }
-    ingress = EnsembleIngress.options(
+    ingress = _versioned(
+        EnsembleIngress, placed, s, sorted(members), bool(generator), bool(lm), bool(video), spec.safety
+    ).options(
         name="ingress",
         num_replicas=s.ingress_replicas,
         ray_actor_options={"num_cpus": s.cpus_per_replica},
