@@ -228,6 +228,57 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why the committed ensemble answers what it does for one image and caption: the explanation
+    /v1/explain serves, as JSON, and its overlay as a PNG beside it."""
+    import base64
+    import json
+    from pathlib import Path
+
+    from .data.images import decode_image_file
+    from .ensemble.explain import explain_example, load_explainer
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    explainer = load_explainer(storage, layout.ensemble_dir(spec))
+    raw = storage.read_bytes(args.image if "://" in args.image else os.path.abspath(args.image))
+    channels, height, _ = explainer.image_shape
+    try:
+        image = decode_image_file(raw, height, channels)
+    except ValueError as exc:
+        return _failed(f"error: --image {args.image}: {exc}", tail=False)
+    target = args.target
+    if target is not None:
+        classes = explainer.classes
+        if target in classes:
+            target = classes.index(target)
+        elif target.isdigit() and int(target) < len(classes):
+            target = int(target)
+        else:
+            return _failed(f"error: --target {target!r}: not a class name or index; the classes are {classes}", False)
+    try:
+        doc = explain_example(explainer, image, args.text, target, args.steps)
+    except ValueError as exc:  # steps out of range
+        return _failed(f"error: {exc}", tail=False)
+    out = Path(args.out or f"{Path(args.image.rstrip('/')).stem}.explanation.json")
+    overlay = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    overlay.write_bytes(base64.b64decode(doc["overlay_png"]))
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    shares = doc["modality_shares"]
+    top = sorted(doc["tokens"], key=lambda t: -abs(t["attribution"]))[:3]
+    print(
+        f"answer {doc['label_name']} (p = {doc['probability']:.3f} for {doc['target_name']}, {doc['strategy']} ensemble); "
+        f"image {shares['image']:.0%}, caption {shares['caption']:.0%} of the decision"
+    )
+    print("tokens that weighed most: " + ", ".join(f"{t['token'].strip()!r} {t['attribution']:+.3f}" for t in top))
+    print(
+        f"IG ({doc['method']['steps']} steps) convergence delta: image {doc['delta']['image']:+.2e}, tokens {doc['delta']['tokens']:+.2e}"
+    )
+    print(f"wrote {out} and {overlay}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .serve.deploy import base_url, serve_config, start_local
 
@@ -416,6 +467,17 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     _address_arg(p)
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("explain", help="explain the ensemble's answer for an image and caption (IG, modality shares)")
+    _spec_args(p)
+    p.add_argument(
+        "--image", required=True, metavar="PATH", help="the image (PNG, JPEG, ...; a local path or s3:// URI)"
+    )
+    p.add_argument("--text", required=True, help="its caption")
+    p.add_argument("--target", help="the class to explain (name or index); default: the ensemble's answer")
+    p.add_argument("--steps", type=int, default=256, help="Integrated Gradients' steps (8..1024; default 256)")
+    p.add_argument("--out", metavar="FILE", help="where the JSON goes (default: IMAGE-STEM.explanation.json here)")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("serve", help="serve the ensemble on Ray Serve (run), or write a `serve deploy` config (build)")
     p.add_argument("action", choices=["run", "build"])

@@ -84,7 +84,76 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
         if doc.get("parent"):
             lines += ["", f"Refreshed from feedback ({doc['parent']['feedback']})."]
         out.append(("Ensemble vs members", lines, []))
+        out.append(_explanations(spec, storage, uri))
+    safety = _safety(spec, storage)
+    if safety:
+        out.append(("Safety filter", safety, []))
     return out
+
+
+def _explanations(spec: ExperimentSpec, storage: Storage, uri: str) -> tuple[str, list[str], list[tuple[str, bytes]]]:
+    """Why the ensemble answers as it does on the test split: the image's average share of the
+    decision per caption kind (exact Shapley values), and a grid of explained examples."""
+    from .data.arrays import shard_arrays
+    from .data.shards import split_table
+    from .ensemble.explain import explained_test_examples, load_explainer
+
+    mm = layout.multimodal_uri(spec)
+    arrays = shard_arrays(storage, mm, "test")
+    kinds = split_table(storage, mm, "test", ["caption_kind"])["caption_kind"].to_pylist()
+    shares, shown, grid = explained_test_examples(load_explainer(storage, uri), arrays, kinds)
+    lines = [
+        "How much of the ensemble's decision came from the image and how much from the caption: the exact "
+        "two-player Shapley values of its log-probability, against a black image and a caption that names "
+        "nothing, averaged per caption kind over the test split.",
+        "",
+        "| caption kind | examples | image share | caption share |",
+        "|---|---|---|---|",
+    ]
+    for kind, s in shares.items():
+        lines.append(f"| {kind} | {s['examples']} | {s['image']:.0%} | {s['caption']:.0%} |")
+    if shown:
+        right = sum(s["correct"] for s in shown)
+        lines += [
+            "",
+            f"Explained examples ({right} right, {len(shown) - right} wrong): Integrated Gradients on the pixels "
+            "(red raised the answer's probability, blue lowered it). `aigc explain` and `POST /v1/explain` "
+            "give the same for any image and caption.",
+        ]
+    return "Explanations", lines, [("explanations.png", grid)] if grid else []
+
+
+def _safety(spec: ExperimentSpec, storage: Storage) -> list[str]:
+    """The safety filter's policy and what its audit records say it decided."""
+    from collections import Counter
+
+    from .safety.audit import read_audit
+
+    s = spec.safety
+    if not s.enabled:
+        return ["Off (`safety.enabled: false`): prompts and generated text are served unchecked."]
+    lines = [
+        f"Action **{s.action}** at threshold {s.threshold:g} on {', '.join(s.categories)}; "
+        "a failing filter fails the request (503)."
+    ]
+    records = read_audit(storage, layout.safety_audit_uri(spec))
+    if not records:
+        return lines + ["", "No served text checked yet."]
+    flagged = [r for r in records if r["flagged"]]
+    by_stage = Counter(r["stage"] for r in records)
+    lines += [
+        "",
+        f"{len(records)} texts checked ({by_stage['prompt']} prompts, {by_stage['output']} generations), "
+        f"**{len(flagged)} flagged**"
+        + (
+            " (" + ", ".join(f"{c} {n}" for c, n in Counter(c for r in flagged for c in r["categories"]).items()) + ")"
+            if flagged
+            else ""
+        )
+        + f"; policy {', '.join(sorted({r['policy_version'] for r in records}))}. "
+        "The audit records hold scores and hashes, never a blocked text.",
+    ]
+    return lines
 
 
 def _by_choice(storage: Storage, uri: str, sweep) -> list[str]:
@@ -133,6 +202,12 @@ def _served(results) -> list[str]:
         lines.append(f"- `/v1/videos` → a {clip['frames']}-frame {clip['width']}×{clip['height']} {clip['media_type']}")
     if "completion" in answers:
         lines.append(f"- `/v1/completions` → “{answers['completion']['choices'][0]['text'].strip()}”")
+    if "explain" in answers:
+        why = answers["explain"]
+        lines.append(
+            f"- `/v1/explain` → {why['label_name']}: image {why['modality_shares']['image']:.0%}, "
+            f"caption {why['modality_shares']['caption']:.0%} of the decision"
+        )
     if "feedback" in answers:
         lines.append(f"- `/v1/feedback` → stored `{answers['feedback']['stored']}`")
     return lines

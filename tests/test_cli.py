@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from aigc_ray.cli import main
 
 AIGC = str(Path(sys.executable).parent / "aigc")
 REPO = Path(__file__).resolve().parent.parent
@@ -141,3 +145,32 @@ def test_run_is_the_demo_on_an_embedded_ray(tmp_path):
     assert "Ensemble vs members" in report and "data:image/png;base64," in report and "/v1/classify" in report
     assert "Video sweep" in report and "Best cond_accuracy by generator: " in report
     assert list((tmp_path / "runs" / "quickstart" / "feedback").glob("part-*.parquet"))
+    # the report explains the ensemble and says what the safety filter did; so does `aigc explain`
+    assert "  /v1/explain" in res.stdout and "of the decision" in res.stdout
+    md = (tmp_path / "runs" / "quickstart" / "report" / "report.md").read_text()
+    assert "## Explanations" in md and "| exact |" in md and "| vague |" in md and "explanations.png" in md
+    assert "## Safety filter" in md and "texts checked" in md and "0 flagged" in md
+    explained_by_the_command(tmp_path)
+
+
+def explained_by_the_command(tmp_path) -> None:
+    """`aigc explain` on the run's ensemble: a test image of a 3 with the baseline caption itself
+    (it names no class: its Shapley value is exactly 0, the decision all the image's), written as
+    JSON and a PNG overlay; a class the data does not have is refused."""
+    from aigc_ray.data.arrays import shard_arrays
+    from aigc_ray.data.images import encode_png
+    from aigc_ray.storage import Storage
+
+    test = shard_arrays(Storage(), str(tmp_path / "runs" / "data" / "multimodal"), "test")
+    three = int(np.flatnonzero(test["label"] == 3)[0])
+    image = tmp_path / "three.png"
+    image.write_bytes(encode_png(test["image"][three].transpose(1, 2, 0), scale=4))
+    out = tmp_path / "why" / "three.json"
+    args = ["-c", str(REPO / "examples" / "quickstart.yaml"), "--set", f"storage.root={tmp_path}/runs"]
+    got = main(["explain", *args, "--image", str(image), "--text", "a handwritten digit", "--out", str(out)])
+    assert got == 0
+    why = json.loads(out.read_text())
+    assert why["target"] == why["label"] and why["modality_shares"] == {"image": 1.0, "caption": 0.0}
+    assert np.asarray(why["image_attribution"]).shape == (1, 8, 8) and why["tokens"]
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["explain", *args, "--image", str(image), "--text", "a", "--target", "eleven"]) == 1

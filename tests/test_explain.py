@@ -136,3 +136,22 @@ def test_deleting_the_most_attributed_pixels_costs_more_than_deleting_random_one
         top_drops.append(e.probability - kept["top"])
         random_drops.append(e.probability - kept["random"])
     assert np.mean(top_drops) > np.mean(random_drops), (np.mean(top_drops), np.mean(random_drops))
+
+
+def test_the_overlay_marks_pixels_that_raised_the_answer_red_and_those_that_lowered_it_blue():
+    from aigc_ray.data.images import decode_image_file, decode_png, encode_png
+    from aigc_ray.ensemble.explain import overlay_png
+
+    image = np.full((1, 2, 2), 0.5, dtype=np.float32)
+    attribution = np.array([[[1.0, 0.0], [0.0, -0.5]]])
+    png = decode_png(overlay_png(image, attribution, scale=4))
+    assert png.shape == (8, 8, 3)  # each pixel a 4x4 block, in colour
+    red, neutral, blue = png[0, 0].astype(int), png[0, 7].astype(int), png[7, 7].astype(int)
+    assert red[0] > 200 and red[2] < 80  # the strongest raise: full red
+    assert neutral[0] == neutral[1] == neutral[2]  # no attribution: the image's grey
+    assert blue[2] > blue[0] + 40  # a lowering half as strong: half-way to blue
+    # `aigc explain` reads any image format, resized to the model's input
+    back = decode_image_file(encode_png(np.eye(4)), side=2, channels=1)
+    assert back.shape == (1, 2, 2) and back.max() <= 1.0
+    with pytest.raises(ValueError, match="not a decodable image"):
+        decode_image_file(b"not an image", side=2)

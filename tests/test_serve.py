@@ -1225,3 +1225,68 @@ def test_the_closed_loop_feedback_becomes_shards_and_a_refreshed_ensemble_answer
         assert client.post("/v1/classify", json=body).json()["label"] == label, f"example {i}"
     details = client.get("/v1/models").json()["data"][0]["details"]
     assert all(m["lineage"]["finetuned_on_feedback"] == feedback_shards_uri(spec) for m in details["members"])
+
+
+@pytest.mark.slow
+def test_explain_says_why_the_ensemble_answered_from_its_own_deployment(served):
+    """POST /v1/explain: the ensemble's answer as /v1/classify gives it, IG's pixel map (numbers
+    and overlay) adding up to the answer's change from a black image within 1 %, per-token
+    attributions on the caption's own tokens, Shapley shares that add up exactly, the method and
+    baselines; served by the 'explainer' deployment, so a classify is answered while an
+    explanation is still computing."""
+    from PIL import Image
+    from ray import serve
+
+    from aigc_ray.serve.deploy import APP_NAME
+
+    spec, storage, client = served
+    body, _ = digit_request(storage, spec, 3)
+    classified = client.post("/v1/classify", json=body).json()
+    ask = {"image": body["image"], "text": body["text"]}
+    res = client.post("/v1/explain", json=ask)
+    assert res.status_code == 200, res.text
+    why = res.json()
+    assert why["id"].startswith("expl-") and why["label"] == classified["label"] == why["target"]
+    assert why["probability"] == pytest.approx(max(classified["probabilities"]), abs=1e-4)
+    assert why["method"]["attribution"] == "integrated_gradients" and why["method"]["steps"] == 256
+    assert why["baseline"]["caption"] == "a handwritten digit" and why["attribution_of"]["image"] == "ensemble"
+    shares, phi, v = why["modality_shares"], why["shapley"], why["shapley"]["values"]
+    assert shares["image"] + shares["caption"] == pytest.approx(1, abs=1e-6)
+    assert phi["image"] + phi["caption"] == pytest.approx(v["both"] - v["none"], abs=1e-6)  # efficiency
+    # completeness on the ensemble (weighted: IG of the weighted members): the map adds up to the
+    # answer's probability minus that of a black image with the same caption, within 1 % of the output
+    attribution = np.asarray(why["image_attribution"])
+    assert attribution.shape == (1, 8, 8)
+    change = why["probability"] - np.exp(v["caption"])
+    assert abs(attribution.sum() - change) <= 0.01 * why["probability"]
+    assert attribution.sum() - change == pytest.approx(why["delta"]["image"], abs=1e-4)
+    assert "".join(t["token"] for t in why["tokens"]).split() == body["text"].split()
+    overlay = Image.open(io.BytesIO(base64.b64decode(why["overlay_png"])))
+    assert overlay.format == "PNG" and overlay.size == (128, 128) and overlay.mode == "RGB"
+    assert set(why["members"]) == set(classified_members(client, body))
+    # another class by name; bad requests name their problem
+    zero = client.post("/v1/explain", json={**ask, "target": "zero", "steps": 16}).json()
+    assert zero["target"] == 0 and zero["target_name"] == "zero" and zero["method"]["steps"] == 16
+    for bad, said in (({"target": "eleven"}, "unknown class 'eleven'"), ({"steps": 3}, "steps")):
+        res = client.post("/v1/explain", json={**ask, **bad})
+        assert res.status_code == 422 and said in res.json()["error"]["message"], res.text
+    assert client.post("/v1/explain", json=ask, headers={"Authorization": ""}).status_code == 401
+    # its own deployment: a classify sent after a long explanation started is answered first
+    assert "explainer" in serve.status().applications[APP_NAME].deployments
+    done: list[str] = []
+
+    def explain_slowly() -> None:
+        assert client.post("/v1/explain", json={**ask, "steps": 1024}).status_code == 200
+        done.append("explain")
+
+    slow = threading.Thread(target=explain_slowly)
+    slow.start()
+    time.sleep(0.3)
+    assert client.post("/v1/classify", json=body).status_code == 200
+    done.append("classify")
+    slow.join()
+    assert done == ["classify", "explain"]
+
+
+def classified_members(client, body) -> list[str]:
+    return list(client.post("/v1/classify", json={**body, "return_members": True}).json()["members"])

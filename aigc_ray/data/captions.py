@@ -34,6 +34,14 @@ def encode_captions(texts: list[str], tokenizer: str, storage: Storage, limit: i
     return ids, mask, tok.get_vocab_size()
 
 
+def caption_tokens(ids: list[int], tokenizer: str, storage: Storage) -> list[str]:
+    """The tokens behind ``ids`` as the tokenizer spells them (to label per-token attributions)."""
+    if tokenizer == "minilm":
+        return minilm_tokenizer().convert_ids_to_tokens(list(ids))
+    tok = load_fast_tokenizer(storage.s3, tokenizer)
+    return [tok.decode([int(i)], skip_special_tokens=False) for i in ids]  # byte-level BPE: " seven", not "Ġseven"
+
+
 def fusion_arrays(
     spec: ExperimentSpec, storage: Storage, split: str, tokenizer: str, limit: int = 32
 ) -> tuple[dict, int]:

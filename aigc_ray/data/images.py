@@ -67,10 +67,26 @@ def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256
                 raise ValueError(f"image must be a PNG, got {img.format}")
             if img.width > max_side or img.height > max_side:
                 raise ValueError(f"image is {img.width}x{img.height}; at most {max_side}x{max_side}")
-            converted = img.convert("L" if channels == 1 else "RGB")
-            if converted.size != (side, side):
-                converted = converted.resize((side, side), Image.Resampling.BOX)
-            pixels = np.asarray(converted, dtype=np.float32) / 255.0
+            return _model_pixels(img, side, channels)
     except (UnidentifiedImageError, OSError):
         raise ValueError("image is not a decodable PNG") from None
+
+
+def decode_image_file(raw: bytes, side: int, channels: int = 1) -> np.ndarray:
+    """An image file's bytes (any format Pillow reads: PNG, JPEG, WebP, ...) as (channels, side,
+    side) float32 in [0, 1], area-resized; ValueError if it is not an image."""
+    from PIL import UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            return _model_pixels(img, side, channels)
+    except (UnidentifiedImageError, OSError):
+        raise ValueError("not a decodable image (PNG, JPEG, WebP, ...)") from None
+
+
+def _model_pixels(img: Image.Image, side: int, channels: int) -> np.ndarray:
+    converted = img.convert("L" if channels == 1 else "RGB")
+    if converted.size != (side, side):
+        converted = converted.resize((side, side), Image.Resampling.BOX)
+    pixels = np.asarray(converted, dtype=np.float32) / 255.0
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)

@@ -8,6 +8,7 @@
     POST /v1/chat/completions  OpenAI-compatible chat over the same models (both stream on request)
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
     POST /v1/moderations   OpenAI's moderation: the safety filter's verdict on texts
+    POST /v1/explain       why the ensemble answered as it did: IG attributions, modality shares
     GET  /v1/models        members, strategy, weights, metrics and lineage
     GET  /v1/members/stats each member replica's batch sizes so far
     GET  /v1/feedback/memory the answers this ingress replica holds for feedback, and their bytes
@@ -58,7 +59,13 @@ from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
 from ..spec.sections import SafetySpec, ServeSpec
 from ..storage import Storage, join
-from .members import ClassifierMember, GeneratorDeployment, LanguageModelDeployment, VideoGeneratorDeployment
+from .members import (
+    ClassifierMember,
+    ExplainerDeployment,
+    GeneratorDeployment,
+    LanguageModelDeployment,
+    VideoGeneratorDeployment,
+)
 from .recent import INPUTS_EVICTED_NOTE, RecentAnswers
 from .schema import (
     AssistantMessage,
@@ -74,6 +81,8 @@ from .schema import (
     CompletionRequest,
     CompletionResponse,
     ErrorBody,
+    ExplainRequest,
+    ExplainResponse,
     FeedbackRequest,
     FeedbackResponse,
     ImageData,
@@ -299,6 +308,7 @@ class EnsembleIngress:
         lm=None,
         video=None,
         safety: SafetySpec | None = None,
+        explainer=None,
     ):
         """``placed``: where this app's artifacts are (s3, ensemble_uri, feedback_uri, audit_uri),
         its name and the ensemble's version (a new version redeploys the ingress too);
@@ -308,6 +318,7 @@ class EnsembleIngress:
         self.doc = json.loads(self.storage.read_bytes(join(self.uri, ENSEMBLE_FILE)))
         self.version = read_manifest(self.storage, self.uri).fingerprint[:16]
         self.members, self.generator, self.lm, self.video = members, generator, lm, video
+        self.explainer = explainer
         self.names = list(members)
         self.timeout = settings.request_timeout_s
         self.max_tokens = settings.max_tokens
@@ -443,6 +454,14 @@ class EnsembleIngress:
             return "", True
         return redact(text, verdict), False
 
+    def _model_image(self, b64: str) -> np.ndarray:
+        """A client's base64 PNG as the members read it (the data's shape), or 422 saying why not."""
+        height, _, channels = self.image_shape
+        try:
+            return decode_image_b64(b64, height, channels)
+        except ValueError as e:
+            raise HTTPException(422, f"image: {e}") from None
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         return {"status": "ok", "version": self.version}
@@ -454,11 +473,7 @@ class EnsembleIngress:
         dependencies=[Depends(require_token)],
     )
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        height, _, channels = self.image_shape
-        try:
-            image = decode_image_b64(req.image, height, channels)
-        except ValueError as e:
-            raise HTTPException(422, f"image: {e}") from None
+        image = self._model_image(req.image)
         outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
@@ -728,6 +743,28 @@ class EnsembleIngress:
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @api.post(
+        "/v1/explain",
+        response_model=ExplainResponse,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+    )
+    async def explain(self, req: ExplainRequest) -> ExplainResponse:
+        """Integrated Gradients on the pixels and the caption's tokens, and the exact Shapley
+        modality shares, for the ensemble's answer (or ``target``), from the explainer deployment."""
+        if self.explainer is None:
+            raise HTTPException(404, "this app serves no explainer")
+        image = self._model_image(req.image)
+        target = req.target
+        if isinstance(target, str):
+            if target not in self.classes:
+                raise HTTPException(422, f"target: unknown class {target!r}; the classes are {self.classes}")
+            target = self.classes.index(target)
+        elif target is not None and not 0 <= target < len(self.classes):
+            raise HTTPException(422, f"target: class index {target} is not in 0..{len(self.classes) - 1}")
+        (doc,) = await self._call(partial(self.explainer.explain.remote, image, req.text, target, req.steps))
+        return ExplainResponse(id=new_id("expl"), model=f"{ENSEMBLE_MODEL_ID}@{self.version}", **doc)
+
+    @api.post(
         "/v1/moderations",
         response_model=ModerationResponse,
         responses=ERROR_RESPONSES,
@@ -884,6 +921,11 @@ def build_app(args: dict):
         if doc.get("video_generator")
         else None
     )
+    explainer = (
+        _versioned(ExplainerDeployment, uri, storage.s3, version)
+        .options(name="explainer", **common)
+        .bind(uri, storage.s3)
+    )
     lm_uris = [lm["uri"] for lm in doc["language_models"]]
     # the language models live outside the ensemble's folder: their own fingerprints version them
     lm = (
@@ -914,4 +956,4 @@ def build_app(args: dict):
         max_queued_requests=REJECTION_HEADROOM,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
-    return ingress.bind(placed, s, members, generator, lm, video, spec.safety)
+    return ingress.bind(placed, s, members, generator, lm, video, spec.safety, explainer)

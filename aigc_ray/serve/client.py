@@ -53,6 +53,10 @@ class AigcClient:
         body = {"model": "aigc-lm", "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature}
         return self._request("POST", "/v1/completions", body)
 
+    def explain(self, image_b64: str, text: str, target: int | str | None = None, steps: int = 256) -> dict:
+        body = {"image": image_b64, "text": text, "target": target, "steps": steps}
+        return self._request("POST", "/v1/explain", {k: v for k, v in body.items() if v is not None})
+
     def feedback(self, response_id: str, **fields) -> dict:
         return self._request("POST", "/v1/feedback", {"response_id": response_id, **fields})
 
@@ -71,6 +75,13 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
         f"  /v1/classify     {caption!r} + image -> {out['label']} (p={max(out['probabilities']):.2f}; truly {true_label})"
     )
     classes = e.get("classes") or list(WORDS)  # ensembles built before classes were recorded: the digits
+    answers["explain"] = why = client.explain(image_b64, caption)
+    shares = why["modality_shares"]
+    top = max(why["tokens"], key=lambda t: abs(t["attribution"]))["token"].strip()
+    log(
+        f"  /v1/explain      {why['label_name']}: image {shares['image']:.0%}, caption {shares['caption']:.0%} "
+        f"of the decision; weightiest token {top!r}"
+    )
     if "aigc-gan" in cards:
         config = cards["aigc-gan"]["details"].get("config", {})
         if config.get("condition") == "caption":

@@ -72,6 +72,28 @@ class ClassifierMember:
         pass  # loaded, or __init__ would have raised
 
 
+@serve.deployment
+class ExplainerDeployment:
+    """``/v1/explain``'s work: Integrated Gradients and Shapley values over every member
+    (``ensemble.explain``). Its own deployment, with its own replicas, so hundreds of gradient
+    passes never queue behind or in front of ``/v1/classify``'s batches."""
+
+    def __init__(self, ensemble_uri: str, s3: S3Settings):
+        from ..ensemble.explain import load_explainer
+
+        _single_thread()
+        self.explainer = load_explainer(Storage(s3), ensemble_uri)
+
+    async def explain(self, image: np.ndarray, text: str, target: int | None, steps: int) -> dict:
+        from ..ensemble.explain import explain_example
+
+        # off the replica's event loop: its health checks and queue keep answering meanwhile
+        return await asyncio.to_thread(explain_example, self.explainer, image, text, target, steps)
+
+    def check_health(self) -> None:
+        pass  # loaded, or __init__ would have raised
+
+
 def _load_export(storage: Storage, folder: str) -> tuple[dict, dict]:
     """A served generator's (config, weights) from the ensemble artifact's ``folder``."""
     from safetensors.torch import load

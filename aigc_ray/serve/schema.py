@@ -54,20 +54,25 @@ class ErrorBody(BaseModel):
     error: ErrorInfo
 
 
-class ClassifyRequest(Strict):
+class ImageAndCaption(Strict):
+    """An (image, caption) pair as the fusion classifiers read it: /v1/classify's and /v1/explain's input."""
+
     image: Text = Field(
         description="Base64 PNG (grey or colour, any size up to 256x256), resized to the data's image shape "
         "(see /v1/models; 8x8 grey for the digits).",
         max_length=200_000,
     )
     text: Text = Field(description="The image's caption.", min_length=1, max_length=500)
-    return_members: bool = Field(False, description="Also return each member's probabilities.")
 
     @field_validator("image")
     @classmethod
     def _decodes(cls, v: str) -> str:
         decode_image_b64(v, IMAGE_SIDE)  # raises ValueError with the reason
         return v
+
+
+class ClassifyRequest(ImageAndCaption):
+    return_members: bool = Field(False, description="Also return each member's probabilities.")
 
 
 class ClassifyResponse(BaseModel):
@@ -78,6 +83,43 @@ class ClassifyResponse(BaseModel):
     probabilities: list[float]
     strategy: str
     members: dict[str, list[float]] | None = None
+
+
+class ExplainRequest(ImageAndCaption):
+    """What to explain: one (image, caption) as /v1/classify takes it, and optionally the class."""
+
+    target: int | Text | None = Field(
+        None,
+        description="The class to explain, by index or name (see /v1/models); default: the class the ensemble answers.",
+    )
+    steps: int = Field(256, ge=8, le=1024, description="Integrated Gradients' integration steps.")
+
+
+class ExplainResponse(BaseModel):
+    """Why the ensemble answered as it did (aigc_ray.ensemble.explain): the answer, the image's
+    attribution map (numbers (C, H, W) and a PNG overlay: red raised the probability, blue lowered
+    it), per-token attributions, the modality shares, the method, the baselines and IG's
+    convergence deltas; each member's own explanation under ``members``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    model: str
+    label: int
+    label_name: str
+    target: int
+    target_name: str
+    probability: float
+    strategy: str
+    method: dict
+    baseline: dict
+    modality_shares: dict[str, float]
+    shapley: dict
+    attribution_of: dict[str, str]
+    delta: dict[str, float]
+    image_attribution: list
+    tokens: list[dict]
+    overlay_png: str
+    members: dict
 
 
 def check_prompt(v: str) -> str:
