@@ -218,10 +218,11 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         return 0
     e = spec.ensemble
     print(
-        f"building a '{e.strategy}' ensemble: top {e.top_k} of the fusion sweep, {e.bagging} bagged, "
+        f"building a '{e.strategy}' ensemble: top {e.top_k} of the fusion sweep, {e.bagging} bagged, {e.boosting} boosted, "
         f"{len(e.members)} listed"
     )
-    ray = ray_session(spec, args.address) if e.bagging else contextlib.nullcontext()  # Ray only trains bagged members
+    # Ray only trains bagged and boosted members
+    ray = ray_session(spec, args.address) if e.bagging or e.boosting else contextlib.nullcontext()
     with _stage(spec, "ensemble"), ray:
         report = build_ensemble(spec, storage, log=CONSOLE.say)
     print(f"ensemble: {report.uri}")

@@ -160,3 +160,73 @@ def test_building_without_a_sweep_names_what_is_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no fusion sweep results" in err and "aigc sweep fusion" in err
     assert not (tmp_path / "quickstart" / "ensemble").exists()  # nothing half-written
+
+
+def test_boosted_members_share_one_weight_in_proportion_to_their_alphas():
+    probs = np.stack([GOOD, NOISE, SHIFTED])
+    mean = fit_combiner("mean", probs, LABELS, committee={1: 2.0, 2: 1.0})
+    np.testing.assert_allclose(mean.weights, [0.5, 0.5 * 2 / 3, 0.5 / 3])  # the committee counts as one member
+    weighted = fit_combiner("weighted", probs, LABELS, committee={1: 2.0, 2: 1.0})
+    w = np.asarray(weighted.weights)
+    assert w.sum() == pytest.approx(1) and w[1] == pytest.approx(2 * w[2])
+    assert weighted.info["boosted_committee_weight"] == pytest.approx(w[1] + w[2])
+    assert w[0] > 0.5  # the good member outweighs a committee of noise
+
+
+def test_boosting_is_refused_where_it_cannot_work(tmp_path):
+    from aigc_ray.ensemble.members import boosted_members
+    from aigc_ray.spec import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="boosting with strategy 'vote'"):
+        load_spec(None, ["ensemble.boosting=3", "ensemble.strategy=vote"])
+    with pytest.raises(SpecError, match=r"ensemble.boosting = -1: Input should be greater than or equal to 0"):
+        load_spec(None, ["ensemble.boosting=-1"])
+    spec = load_spec(None, ["ensemble.boosting=3", f"storage.root={tmp_path}"])
+    few = {"label": np.repeat(np.arange(10), 4)}  # 4 rows of each class
+    with pytest.raises(SpecError, match="class 0 has 4 training rows; boosting needs at least 10 of every class"):
+        boosted_members(spec, None, {"num_classes": 10}, few, {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("weighting", ["resample", "loss"])
+def test_boosted_members_train_in_sequence_on_ray_and_combine_with_their_alphas(ray_local, local_data, weighting):
+    from aigc_ray.ensemble.build import build_ensemble, evaluate_ensemble
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.spec import load_spec
+
+    base, storage = local_data
+    spec = load_spec(
+        None,
+        [
+            f"storage.root={base.storage.root}",
+            f"name=boosted-{weighting}",
+            "fusion.dim=16",
+            "fusion.sweep.steps_per_iteration=15",
+            "ensemble.top_k=0",
+            "ensemble.boosting=3",
+            "ensemble.boosting_candidates=2",
+            "ensemble.boosting_iterations=2",
+            f"ensemble.boosting_weighting={weighting}",
+            "ensemble.strategy=weighted",
+            "ensemble.language_models=[]",
+        ],
+    )
+    logged: list[str] = []
+    report = build_ensemble(spec, storage, log=logged.append)
+    doc = json.loads(storage.read_bytes(ensemble_dir(spec) + "/ensemble.json"))
+    lineage = [m["lineage"] for m in doc["members"]]
+    assert [m["name"] for m in doc["members"]][:1] == ["boosted-1"] and all(
+        m["source"] == "boosting" for m in doc["members"]
+    )
+    assert [x["boosting_round"] for x in lineage] == list(range(1, len(lineage) + 1))
+    assert all(x["alpha"] > 0 and 0 <= x["weighted_error"] < 0.9 and x["weighting"] == weighting for x in lineage)
+    assert len({x["sample_weights"] for x in lineage}) == len(lineage)  # each round trained on other weights
+    assert sum("boosting round" in line for line in logged) == len(lineage)
+    # boosted members alone: the ensemble's weights are their alphas, normalised
+    alphas = np.array([x["alpha"] for x in lineage])
+    np.testing.assert_allclose([doc["weights"][m["name"]] for m in doc["members"]], alphas / alphas.sum(), atol=1e-9)
+    test = report.metrics["test"]
+    assert test["ensemble"]["accuracy"] > 0.25  # weak members (30 steps each), well above chance (0.1)
+    assert test["ensemble"]["accuracy"] >= min(test[m["name"]]["accuracy"] for m in doc["members"])
+    assert evaluate_ensemble(spec, storage, log=lambda *_: None).metrics == report.metrics

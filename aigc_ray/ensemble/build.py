@@ -37,7 +37,7 @@ from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
 from ..tracking import log_plots, tensorboard_scalars, tracked_run
 from .combine import Combiner, fit_combiner
-from .members import Member, bagged_members, listed_members, sweep_members
+from .members import Member, bagged_members, boosted_members, listed_members, sweep_members
 
 ENSEMBLE_FILE = "ensemble.json"
 
@@ -92,11 +92,16 @@ def build_ensemble(spec: ExperimentSpec, storage: Storage, log=print) -> Ensembl
     members = sweep_members(spec, storage) + listed_members(spec, storage)  # fail fast on missing inputs
     built = build_data(spec, storage, log=log, say_up_to_date=False)
     data_inputs = {multimodal_uri(spec): built.multimodal.fingerprint}
-    if spec.ensemble.bagging:
+    e = spec.ensemble
+    if e.bagging or e.boosting:
         base = _bagging_config(spec, storage)
         train, _ = fusion_arrays(spec, storage, "train", base["tokenizer"], int(base["max_text_tokens"]))
-        log(f"[ensemble] training {spec.ensemble.bagging} bagged members on bootstrap resamples (Ray tasks)")
+    if e.bagging:
+        log(f"[ensemble] training {e.bagging} bagged members on bootstrap resamples (Ray tasks)")
         members += bagged_members(spec, storage, base, train, data_inputs)
+    if e.boosting:
+        log(f"[ensemble] boosting {e.boosting} members (SAMME, {e.boosting_candidates} candidates a round, Ray tasks)")
+        members += boosted_members(spec, storage, base, train, data_inputs, log)
     with tracked_run(spec, "ensemble", params=spec.ensemble.model_dump()) as run:
         report = commit_ensemble(spec, storage, members, data_inputs, log=log)
         if run is not None:  # each member's and the ensemble's accuracy and macro-F1, per split
@@ -118,7 +123,8 @@ def commit_ensemble(
     val_labels = splits.get("val", configs[0])["label"]
     test_labels = splits.get("test", configs[0])["label"]
     val_probs, test_probs = member_probs(models, configs, splits, "val"), member_probs(models, configs, splits, "test")
-    combiner = fit_combiner(spec.ensemble.strategy, val_probs, val_labels, spec.ensemble.seed)
+    committee = {i: m.lineage["alpha"] for i, m in enumerate(members) if m.source == "boosting"}
+    combiner = fit_combiner(spec.ensemble.strategy, val_probs, val_labels, spec.ensemble.seed, committee)
     metrics = {"val": score(val_probs, combiner(val_probs), val_labels, names)}
     if combiner.strategy == "stacking":  # fitted on val: report its cross-fitted scores there instead
         metrics["val"]["ensemble"] = combiner.info["out_of_fold"]

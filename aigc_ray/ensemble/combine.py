@@ -65,8 +65,16 @@ def stack_features(probs: np.ndarray) -> np.ndarray:
     return np.concatenate(list(probs), axis=1)
 
 
-def fit_combiner(strategy: str, probs: np.ndarray, labels: np.ndarray, seed: int = 0) -> Combiner:
-    """Fit ``strategy`` on validation predictions (M, N, C) and labels (N,)."""
+def fit_combiner(
+    strategy: str, probs: np.ndarray, labels: np.ndarray, seed: int = 0, committee: dict[int, float] | None = None
+) -> Combiner:
+    """Fit ``strategy`` on validation predictions (M, N, C) and labels (N,).
+
+    ``committee``: {member index: AdaBoost α} of boosted members. Under mean and weighted they
+    enter the fit as one member, their α-weighted mean, and share its weight in proportion to α
+    (boosting's own combination, inside the ensemble's); stacking learns every member's part itself."""
+    if committee and strategy in ("mean", "weighted"):
+        return _with_committee(strategy, probs, labels, seed, committee)
     members = probs.shape[0]
     uniform = [1.0 / members] * members
     if strategy in ("mean", "vote"):
@@ -76,6 +84,21 @@ def fit_combiner(strategy: str, probs: np.ndarray, labels: np.ndarray, seed: int
     if strategy == "stacking":
         return fit_stacking(probs, labels, seed)
     raise ValueError(f"unknown strategy {strategy!r}; allowed: {', '.join(STRATEGIES)}")
+
+
+def _with_committee(
+    strategy: str, probs: np.ndarray, labels: np.ndarray, seed: int, committee: dict[int, float]
+) -> Combiner:
+    boosted = sorted(committee)
+    alphas = np.array([committee[i] for i in boosted], dtype=np.float64)
+    shares = alphas / alphas.sum()
+    others = [i for i in range(probs.shape[0]) if i not in committee]
+    grouped = np.concatenate([probs[others], np.tensordot(shares, probs[boosted], axes=1)[None]])
+    inner = fit_combiner(strategy, grouped, labels, seed)
+    weights = np.zeros(probs.shape[0])
+    weights[others] = inner.weights[:-1]
+    weights[boosted] = inner.weights[-1] * shares
+    return Combiner(strategy, list(weights), info={"boosted_committee_weight": float(inner.weights[-1])})
 
 
 def fit_weights(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

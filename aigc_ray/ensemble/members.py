@@ -14,7 +14,7 @@ import torch
 
 from ..layout import sweep_results
 from ..manifest import read_manifest
-from ..models.fusion_training import STATE_FILE, as_tensors, build_model, build_optimizer, train_iteration
+from ..models.fusion_training import STATE_FILE, as_tensors, build_model, build_optimizer, predict, train_iteration
 from ..runtime import worker_device
 from ..spec import ExperimentSpec, SpecError, spec_hash
 from ..storage import Storage, join
@@ -127,13 +127,101 @@ def bagged_members(
 
 
 def _train_bagged(config: dict, train: dict, seed: int) -> dict[str, np.ndarray]:
-
-    torch.set_num_threads(1)
     rows = np.random.default_rng(seed).integers(0, len(train["label"]), len(train["label"]))
-    x = as_tensors({k: v[rows] for k, v in train.items()})
-    config = {**config, "seed": seed}  # its own initialisation and batches too
+    return _state(_trained(config, {k: v[rows] for k, v in train.items()}, seed))
+
+
+def _trained(config: dict, rows: dict[str, np.ndarray], seed: int):
+    """A fusion classifier trained on ``rows`` for ``config["max_iterations"]`` iterations, from
+    its own seed (initialisation and batches)."""
+    torch.set_num_threads(1)
+    x = as_tensors(rows)
+    config = {**config, "seed": seed}
     model = build_model(config, int(config["vocab_size"])).to(worker_device())
     optimizer = build_optimizer(model, config)
     for iteration in range(config["max_iterations"]):
         train_iteration(model, optimizer, x, config, iteration)
+    return model
+
+
+def _state(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+BOOSTING_MIN_ROWS_PER_CLASS = 10  # a member cannot learn a class from fewer, however they are weighted
+
+
+def boosted_members(
+    spec: ExperimentSpec, storage: Storage, base_config: dict, train: dict, data_inputs: dict, log=print
+) -> list[Member]:
+    """``ensemble.boosting`` members by SAMME (``ensemble.boosting``): rounds in sequence, each
+    round's ``boosting_candidates`` trained in parallel as Ray tasks on the current sample weights
+    (a weighted resample of the training split, or a weighted loss), the lowest weighted error
+    kept. Each member's lineage names its round, α, error, seed and the weights' fingerprint."""
+    import ray
+
+    from .boosting import samme
+
+    e = spec.ensemble
+    counts = np.bincount(train["label"], minlength=int(base_config.get("num_classes", 10)))
+    if counts.min() < BOOSTING_MIN_ROWS_PER_CLASS:
+        worst = int(counts.argmin())
+        raise SpecError(
+            "ensemble.boosting",
+            [
+                f"ensemble.boosting = {e.boosting}: class {worst} has {counts[worst]} training rows; boosting needs "
+                f"at least {BOOSTING_MIN_ROWS_PER_CLASS} of every class"
+            ],
+        )
+    config = {**base_config, "max_iterations": e.boosting_iterations}
+    sweep = spec.fusion.sweep  # a boosted member costs what a fusion trial costs
+    task = ray.remote(num_cpus=sweep.cpus_per_trial, num_gpus=sweep.gpus_per_trial)(_train_boosted)
+    train_ref = ray.put(train)
+    labels = np.asarray(train["label"])
+
+    def fit(weights: np.ndarray, round_: int, seed: int):
+        seeds = [seed * 100 + c for c in range(e.boosting_candidates)]
+        results = ray.get([task.remote(config, train_ref, weights, e.boosting_weighting, s) for s in seeds])
+        errors = [float(np.sum(weights * (pred != labels))) for _, pred in results]
+        best = int(np.argmin(errors))
+        log(
+            f"[ensemble] boosting round {round_ + 1}/{e.boosting}: weighted error "
+            + ", ".join(f"{err:.3f}" for err in errors)
+            + (f" (kept {best + 1})" if len(errors) > 1 else "")
+        )
+        return (seeds[best], results[best][0]), results[best][1]
+
+    rounds = samme(fit, labels, len(counts), e.boosting, e.boosting_learning_rate, seed=e.seed * 1000 + 7)
+    h = spec_hash(spec, "data", "fusion", "ensemble")
+    return [
+        Member(
+            f"boosted-{r.round + 1}",
+            "boosting",
+            {**config, "seed": r.member[0]},
+            {name: torch.from_numpy(np.array(t)) for name, t in r.member[1].items()},
+            {
+                "boosting_round": r.round + 1,
+                "alpha": r.alpha,
+                "weighted_error": r.error,
+                "sample_weights": r.weights_fingerprint,
+                "weighting": e.boosting_weighting,
+                "seed": r.member[0],
+                "spec_hash": h,
+                "data": data_inputs,
+            },
+        )
+        for r in rounds
+    ]
+
+
+def _train_boosted(
+    config: dict, train: dict, weights: np.ndarray, weighting: str, seed: int
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """One boosting candidate: (its weights, its answer for every training row)."""
+    if weighting == "resample":
+        rows = np.random.default_rng(seed).choice(len(weights), len(weights), p=weights / weights.sum())
+        model = _trained(config, {k: v[rows] for k, v in train.items()}, seed)
+    else:  # the weighted loss: weights scaled to mean 1, so the learning rates mean what they meant
+        model = _trained(config, {**train, "weight": (weights * len(weights)).astype(np.float32)}, seed)
+    answers = predict(model.eval(), train).argmax(1)
+    return _state(model), answers

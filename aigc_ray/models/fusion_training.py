@@ -129,7 +129,7 @@ def draw_batch(
     ids of the two parts are padded (mask 0, ignored by both text encoders) to a common width."""
     if ratio <= 0 or synthetic is None:
         idx = torch.randint(0, len(x["label"]), (batch,), generator=gen)
-        return {k: x[k][idx] for k in FIELDS}, 0
+        return {k: x[k][idx] for k in (*FIELDS, "weight") if k in x}, 0
     n_syn = synthetic_count(batch, ratio, gen)
     real_idx = torch.randint(0, len(x["label"]), (batch - n_syn,), generator=gen)
     syn_idx = torch.randint(0, len(synthetic["label"]), (n_syn,), generator=gen)
@@ -153,6 +153,7 @@ def train_iteration(
     """One iteration (``steps_per_iteration`` Adam steps on seeded random batches); the last loss.
     The batches depend only on (seed, iteration), so a restored trial sees the same ones.
 
+    ``x`` may hold a "weight" per row (boosting): the loss is then the weighted mean over the batch.
     ``synthetic``: the generated pool (same keys as ``x``); with ``config["augment_ratio"]`` > 0
     batches mix it in (``draw_batch``). Without a pool training uses real rows only, whatever the
     ratio (e.g. bagged ensemble members trained from a sweep's best config)."""
@@ -166,7 +167,11 @@ def train_iteration(
         b, _ = draw_batch(x, synthetic, batch, ratio, gen)
         image, ids, mask, label = on(device, b["image"], b["input_ids"], b["attention_mask"], b["label"])
         logits = model(image, ids, mask)
-        loss = nn.functional.cross_entropy(logits, label)
+        if "weight" in b:  # per-row weights (boosting's weighted loss): a weighted mean of the losses
+            per_row = nn.functional.cross_entropy(logits, label, reduction="none")
+            loss = (per_row * b["weight"].to(per_row)).sum() / b["weight"].sum().clamp_min(1e-12).to(per_row)
+        else:
+            loss = nn.functional.cross_entropy(logits, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -57,10 +57,10 @@ def spec_cost(spec: ExperimentSpec) -> list[str]:
         )
         steps += trials * per_trial
     e = spec.ensemble
-    members = e.top_k + e.bagging + len(e.members)
+    members = e.top_k + e.bagging + e.boosting + len(e.members)
     lines.append(
-        f"{'ensemble':<13}{members} members ({e.top_k} from the sweep, {e.bagging} bagged, {len(e.members)} listed), "
-        f"{e.strategy}"
+        f"{'ensemble':<13}{members} members ({e.top_k} from the sweep, {e.bagging} bagged, {e.boosting} boosted, "
+        f"{len(e.members)} listed), {e.strategy}"
     )
     v = spec.serve
     replicas = members * v.replicas + v.ingress_replicas + 3  # + generator, video generator, language model

@@ -20,6 +20,23 @@ class EnsembleSpec(Section):
     top_k: int = Field(2, ge=0, description="Members from the fusion sweep's top-k checkpoints.")
     bagging: int = Field(0, ge=0, description="Members trained on bootstrap resamples (in parallel on Ray).")
     bagging_iterations: int = Field(6, ge=1, description="Training iterations per bagged member.")
+    boosting: int = Field(
+        0,
+        ge=0,
+        description="Members built by multi-class AdaBoost (SAMME): rounds in sequence, each member trained on the "
+        "rows the committee so far gets wrong; they combine with their AdaBoost weights.",
+    )
+    boosting_candidates: int = Field(
+        1,
+        ge=1,
+        description="Members trained per round in parallel (Ray tasks, other seeds); the lowest weighted error is kept.",
+    )
+    boosting_weighting: Literal["loss", "resample"] = Field(
+        "resample",
+        description="How a member sees the sample weights: a weighted resample of the training split, or a weighted loss.",
+    )
+    boosting_learning_rate: float = Field(1.0, gt=0, le=10, description="Shrinks each boosted member's weight.")
+    boosting_iterations: int = Field(6, ge=1, description="Training iterations per boosted member.")
     members: list[str] = Field(
         default_factory=list,
         description="More members: exported fusion models (model.safetensors + config.json) or fusion-sweep checkpoints.",
@@ -33,8 +50,13 @@ class EnsembleSpec(Section):
 
     @model_validator(mode="after")
     def _has_members(self) -> EnsembleSpec:
-        if not (self.top_k or self.bagging or self.members):
-            raise ValueError("an ensemble needs members: set top_k, bagging or members")
+        if not (self.top_k or self.bagging or self.boosting or self.members):
+            raise ValueError("an ensemble needs members: set top_k, bagging, boosting or members")
+        if self.boosting and self.strategy == "vote":
+            raise ValueError(
+                "boosting with strategy 'vote': boosted members combine with their AdaBoost weights, which an "
+                "unweighted vote ignores; use weighted, mean or stacking"
+            )
         return self
 
 
