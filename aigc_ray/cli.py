@@ -229,6 +229,23 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """Attack the committed ensemble (FGSM, PGD on the image) and commit its accuracy per ε."""
+    from .ensemble.robustness import evaluate_robustness
+
+    spec = _load(args)
+    storage = Storage.from_spec(spec.storage)
+    r = spec.robustness
+    print(
+        f"attacking the ensemble's image input: {', '.join(r.attacks)} at ε {', '.join(f'{e:g}' for e in r.epsilons)} "
+        f"on {r.examples} test rows, captions as given and vague"
+    )
+    with _stage(spec, "robustness"):
+        report = evaluate_robustness(spec, storage, log=CONSOLE.say)
+    print(f"robustness: {report.uri}")
+    return 0
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     """Why the committed ensemble answers what it does for one image and caption: the explanation
     /v1/explain serves, as JSON, and its overlay as a PNG beside it."""
@@ -468,6 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     _address_arg(p)
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser("robustness", help="the ensemble's accuracy under FGSM and PGD attacks on its image input")
+    p.add_argument("action", choices=["evaluate"])
+    _spec_args(p)
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser("explain", help="explain the ensemble's answer for an image and caption (IG, modality shares)")
     _spec_args(p)

@@ -150,6 +150,11 @@ def feedback_shards_uri(spec: ExperimentSpec) -> str:
     return join(experiment_uri(spec), "feedback-shards")
 
 
+def robustness_dir(spec: ExperimentSpec) -> str:
+    """The ensemble's accuracy under adversarial attacks (``aigc_ray.ensemble.robustness``)."""
+    return join(experiment_uri(spec), "robustness")
+
+
 def report_dir(spec: ExperimentSpec) -> str:
     """The run report (HTML + Markdown)."""
     return join(experiment_uri(spec), "report")

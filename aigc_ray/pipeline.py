@@ -5,7 +5,8 @@ inputs, then a run report.
     data ─▶ pretrain ─▶ finetune ─┐
     data ─▶ sweep_gan ─┬──────────┤
     data ─▶ sweep_video ──────────┤   (when video.enabled)
-    data ─▶ sweep_fusion ◀┘ ──────┴─▶ ensemble ─▶ serve   (GAN samples, when fusion.augment_ratio > 0)
+    data ─▶ sweep_fusion ◀┘ ──────┴─▶ ensemble ─▶ robustness ─▶ serve
+                                   (GAN samples, when fusion.augment_ratio > 0; robustness when enabled)
 
 A stage is up to date when its artifact's manifest exists, was made from the same spec
 sections (its recorded spec hash) and every parent artifact it recorded still has the
@@ -132,6 +133,15 @@ def _ensemble(spec, storage, ctx):
     return {"uri": report.uri, "test": report.metrics["test"]["ensemble"]}
 
 
+def _robustness(spec, storage, ctx):
+    from .ensemble.robustness import ENSEMBLE, evaluate_robustness
+
+    report = evaluate_robustness(spec, storage, log=ctx.log)
+    vague = report.results["vague"]  # the image alone: what the attack measures
+    numbers = {f"{a}_eps{e:g}": acc for a, by_who in vague.items() for e, acc in by_who[ENSEMBLE].items()}
+    return {"uri": report.uri, **numbers}
+
+
 def _serve(spec, storage, ctx):
     from .serve.demo import serve_and_ask
 
@@ -160,7 +170,14 @@ STAGES = (
         layout.ensemble_dir,
         ("data", "fusion", "ensemble"),
     ),
-    Stage("serve", ("ensemble",), _serve),
+    Stage(
+        "robustness",
+        ("ensemble",),
+        _robustness,
+        layout.robustness_dir,
+        ("data", "fusion", "ensemble", "robustness"),
+    ),
+    Stage("serve", ("ensemble", "robustness"), _serve),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -202,6 +219,8 @@ def _run_stage(spec, storage, stage: Stage, tag: str, ctx: RunContext, results: 
         fresh, why = True, "the data did not change"
     if stage.name == "sweep_video" and not spec.video.enabled:
         fresh, why = True, "video.enabled is false"
+    if stage.name == "robustness" and not spec.robustness.enabled:
+        fresh, why = True, "robustness.enabled is false"
     if fresh:
         log(f"{tag}: skipped, {why}")
         results.append(StageResult(stage.name, "skipped", 0.0, why))
@@ -301,6 +320,8 @@ def plan_run(spec: ExperimentSpec, storage: Storage, options: RunOptions | None 
             plan = StagePlan("serve", "runs", f"the Serve app on {spec.serve.host}:{spec.serve.port}")
         elif stage.name == "sweep_video" and not spec.video.enabled:
             plan = StagePlan(stage.name, "off", "video.enabled is false")
+        elif stage.name == "robustness" and not spec.robustness.enabled:
+            plan = StagePlan(stage.name, "off", "robustness.enabled is false")
         else:
             out = stage.output(spec)
             fresh, why = freshness(storage, out, spec_hash(spec, *stage.sections))

@@ -85,6 +85,9 @@ def _sections(spec: ExperimentSpec, storage: Storage) -> list[tuple[str, list[st
             lines += ["", f"Refreshed from feedback ({doc['parent']['feedback']})."]
         out.append(("Ensemble vs members", lines, []))
         out.append(_explanations(spec, storage, uri))
+    robust = _robustness(spec, storage)
+    if robust:
+        out.append(robust)
     safety = _safety(spec, storage)
     if safety:
         out.append(("Safety filter", safety, []))
@@ -121,6 +124,35 @@ def _explanations(spec: ExperimentSpec, storage: Storage, uri: str) -> tuple[str
             "give the same for any image and caption.",
         ]
     return "Explanations", lines, [("explanations.png", grid)] if grid else []
+
+
+def _robustness(spec: ExperimentSpec, storage: Storage):
+    """The ensemble's and its members' accuracy under attack, per ε: a table and the curves."""
+    from .ensemble.robustness import ENSEMBLE, read_robustness
+
+    uri = layout.robustness_dir(spec)
+    doc = read_robustness(storage, uri)
+    if doc is None:
+        return None
+    lines = [
+        f"Accuracy on {doc['examples']} test rows when an attacker may change every pixel by up to ε "
+        f"(L∞, pixels in [0, 1]); PGD: {doc['options']['steps']} steps, {doc['options']['restarts']} "
+        f"restart(s). With the captions as given a caption that names the class can carry the answer "
+        f'alone; with "{doc["vague_caption"]}" only the image can.',
+        "",
+    ]
+    for captions, by_attack in doc["results"].items():
+        for attack, by_who in by_attack.items():
+            epsilons = list(by_who[ENSEMBLE])
+            lines += [
+                f"| {attack}, {captions} captions | " + " | ".join(f"ε {e}" for e in epsilons) + " |",
+                "|---|" + "---|" * len(epsilons),
+            ]
+            for who, accs in by_who.items():
+                label = f"**{who}**" if who == ENSEMBLE else who
+                lines.append(f"| {label} | " + " | ".join(f"{a:.3f}" for a in accs.values()) + " |")
+            lines.append("")
+    return "Adversarial robustness", lines, [("robustness-curves.png", storage.read_bytes(join(uri, "curves.png")))]
 
 
 def _safety(spec: ExperimentSpec, storage: Storage) -> list[str]:

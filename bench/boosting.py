@@ -26,27 +26,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VAGUE = "a handwritten digit"
-
 
 def main() -> None:
     import numpy as np
     import torch
+    from digit_splits import digit_splits
 
-    from aigc_ray.data.build import build_data
-    from aigc_ray.data.captions import caption_tokenizer, encode_captions, fusion_arrays
     from aigc_ray.ensemble.boosting import samme
     from aigc_ray.ensemble.members import _train_bagged, _train_boosted, _trained
-    from aigc_ray.models.fusion_training import build_model, fusion_config, predict
-    from aigc_ray.spec import load_spec
-    from aigc_ray.storage import Storage, join
+    from aigc_ray.models.fusion_training import build_model, predict
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=5)
@@ -55,27 +49,21 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    work = args.work or tempfile.mkdtemp(prefix="aigc-bench-boosting-")
-    spec = load_spec(None, [f"storage.root={work}", "fusion.dim=16"])
-    storage = Storage.from_spec(spec.storage)
-    built = build_data(spec, storage, log=lambda *_: None)
-    tokenizer_uri = join(built.root, "tokenizer")
-    tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
-    train, vocab = fusion_arrays(spec, storage, "train", tokenizer, limit)
-    test, _ = fusion_arrays(spec, storage, "test", tokenizer, limit)
+    digits = digit_splits(args.work, "aigc-bench-boosting-", "fusion.dim=16")
+    train, test = digits.train, digits.test
 
     def loaded(config: dict, state: dict):
         model = build_model(config, int(config["vocab_size"]))
         model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
         return model.eval()
 
-    def vague(rows: dict) -> dict:
-        ids, mask, _ = encode_captions([VAGUE] * len(rows["label"]), tokenizer, storage, limit)
-        return {**rows, "input_ids": ids, "attention_mask": mask}
-
-    base = fusion_config(spec, vocab, tokenizer_uri)
+    base = digits.config
     settings = {
-        "uninformative captions": (vague(train), vague(test), {"max_iterations": 4, "steps_per_iteration": 50}),
+        "uninformative captions": (
+            digits.vague(train),
+            digits.vague(test),
+            {"max_iterations": 4, "steps_per_iteration": 50},
+        ),
         "weak members": (train, test, {"max_iterations": 2, "steps_per_iteration": 20}),
     }
     n = args.members

@@ -30,6 +30,9 @@ fi
 
 echo "installing aigc-ray and its test extras"
 quiet "${PIP[@]}" -e ".[test]"
+# The tests check our PGD against torchattacks' (an independent implementation); its declared
+# dependencies would pull other torch and numpy versions, so it goes in without them.
+quiet "${PIP[@]}" --no-deps "torchattacks==3.5.1"
 "$VENV/bin/python" -c "import aigc_ray, ray, torch, deepspeed, transformers" >/dev/null 2>&1 \
     || { echo "error: the installed environment does not import; see the pip output above" >&2; exit 1; }
 echo "environment ready: $VENV"

@@ -11,57 +11,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from digit_classifier import VOCAB, baseline, caption, trained_on_digits
 from scipy.stats import spearmanr
 
 from aigc_ray.models.explain import explain, modality_shapley
 from aigc_ray.models.fusion import FusionClassifier
 
-WORDS = "zero one two three four five six seven eight nine".split()
-VOCAB = ["<pad>", "a", "handwritten", "digit", "number", "written", "by", "hand", *WORDS]
-VAGUE = ["a handwritten digit", "a number written by hand", "a digit", "handwritten"]  # name nothing
-BASELINE = VAGUE[0]  # the caption that stands for "no caption" in the Shapley values
-
-
-def caption(label: int | None, vague: int = 0) -> list[int]:
-    """Token ids of 'a handwritten <word>', or of one of the vague captions for None (padded to 5)."""
-    words = (VAGUE[vague] if label is None else f"a handwritten {WORDS[label]}").split()
-    return [VOCAB.index(w) for w in words] + [0] * (5 - len(words))
-
-
-def baseline() -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.tensor([caption(None, 0)])
-    return ids, (ids != 0).long()
-
 
 @pytest.fixture(scope="module")
 def trained():
-    from sklearn.datasets import load_digits
-
-    torch.manual_seed(0)
-    digits = load_digits()
-    images = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    labels = torch.tensor(digits.target)
-    test = slice(1400, None)  # the first 1,400 train it
-    model = FusionClassifier(len(VOCAB), operator="cross_attention", dim=32, image_side=8)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(400):
-        idx = torch.randint(0, 1400, (64,), generator=gen)
-        named = torch.rand(64, generator=gen) < 0.5
-        kinds = torch.randint(0, len(VAGUE), (64,), generator=gen)
-        ids = torch.tensor(
-            [caption(int(y) if n else None, int(k)) for y, n, k in zip(labels[idx], named, kinds, strict=True)]
-        )
-        loss = torch.nn.functional.cross_entropy(model(images[idx], ids, (ids != 0).long()), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    vague = torch.tensor([caption(None, 1)] * len(labels[test]))
-    with torch.no_grad():
-        accuracy = (model(images[test], vague, (vague != 0).long()).argmax(1) == labels[test]).float().mean()
-    assert accuracy > 0.8, f"the test model did not learn the images: {accuracy:.2f}"
-    return model, images[test], labels[test]
+    return trained_on_digits()
 
 
 @torch.no_grad()

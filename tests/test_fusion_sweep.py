@@ -161,3 +161,49 @@ def test_minilm_text_encoder_reads_minilm_tokens(local_data):
     assert logits.shape == (2, 10)
     logits.sum().backward()
     assert model.text.bert.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_a_sweep_over_adversarial_training_ranks_trials_by_robust_accuracy(ray_local, local_data):
+    """adversarial_epsilon is a sweep dimension like any other, and the sweep may rank by the
+    robust accuracy every trial reports (10-step PGD at fusion.robust_epsilon)."""
+    base, storage = local_data
+    spec = fusion_spec(
+        base,
+        "fusion-adversarial",
+        "fusion.sweep.scheduler=fifo",
+        "fusion.sweep.metric=robust_accuracy",
+        "fusion.robust_epsilon=0.1",
+        "fusion.adversarial_steps=1",
+        'fusion.sweep.search_space={"adversarial_epsilon": {"type": "grid", "values": [0.0, 0.1]}}',
+    )
+    result = run_fusion_sweep(spec, storage, log=lambda *_: None)
+    assert result.trials == 2 and "robust_accuracy" in result.best
+    text = storage.read_bytes(result.uri + "/results.csv").decode()
+    assert text.startswith("rank,trial_id,robust_accuracy")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert sorted(float(r["adversarial_epsilon"]) for r in rows) == [0.0, 0.1]
+    robust = [float(r["robust_accuracy"]) for r in rows]
+    assert robust == sorted(robust, reverse=True) and all(0 <= a <= 1 for a in robust)
+
+
+def test_a_collapsing_adversarial_trial_is_stopped_and_a_standard_one_is_not():
+    """Catastrophic overfitting: robust accuracy more than 5 points below the trial's best stops
+    an adversarially trained trial; a standard trial is only measured."""
+    from aigc_ray.tune.fusion_trainable import FusionTrial
+
+    rng = np.random.default_rng(0)
+    val = {
+        "image": rng.random((40, 1, 8, 8), dtype=np.float32),
+        "input_ids": rng.integers(1, 30, (40, 5)),
+        "attention_mask": np.ones((40, 5), dtype=np.int64),
+        "label": rng.integers(0, 10, 40),
+    }
+    config = load_spec(None, ["fusion.dim=16", "fusion.robust_epsilon=0.1"]).fusion.trial_config()
+    config |= {"vocab_size": 30, "num_classes": 10, "channels": 1, "image_side": 8, "image_encoder": 2}
+    for epsilon, stops in ((0.1, True), (0.0, False)):
+        trial = FusionTrial({**config, "adversarial_epsilon": epsilon}, val, val, 30, None)
+        trial.best_robust = 0.99  # as if an earlier iteration had held up
+        got = trial._robustness(0)
+        assert got["robust_accuracy"] < 0.9 and got["stop_trial"] is stops and got["catastrophic_overfitting"] is stops

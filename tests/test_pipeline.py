@@ -45,10 +45,12 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
         "sweep_video": "ran",
         "sweep_fusion": "ran",
         "ensemble": "ran",
+        "robustness": "skipped",  # robustness.enabled is false
         "serve": "ran",
     }
     answers = first[-1].summary["answers"]
-    assert set(answers) == {"classify", "images", "videos", "completion", "feedback"}
+    assert set(answers) == {"classify", "explain", "images", "videos", "completion", "feedback"}
+    assert answers["explain"]["label"] == answers["classify"]["label"]
     assert answers["images"]["prompt"].startswith("a handwritten ") and len(answers["images"]["read_back"]) == 4
     assert answers["videos"]["data"][0]["media_type"] == "image/gif"
     assert answers["feedback"]["stored"].startswith("s3://")
@@ -59,7 +61,7 @@ def test_the_pipeline_runs_on_s3_then_skips_what_is_up_to_date(ray_local, s3_dat
     assert isinstance(choice["text"], str) and choice["finish_reason"] in ("stop", "length")
 
     planned = {p.name: p.state for p in plan_run(spec, storage, no_serve)}  # the dry run agrees, before
-    assert planned == {**{n: "up to date" for n in planned}, "serve": "off"}, planned
+    assert planned == {**{n: "up to date" for n in planned}, "robustness": "off", "serve": "off"}, planned
     again = run_pipeline(spec, storage, no_serve, **quiet)
     assert set(statuses(again).values()) == {"skipped"}, statuses(again)
     assert all(r.why for r in again)
@@ -161,11 +163,20 @@ def test_the_second_embedded_dataset_runs_the_same_way(ray_local, tmp_path):
     from aigc_ray.data.shapes import CLASSES
     from aigc_ray.storage import Storage
 
-    args = [f"storage.root={tmp_path}", "data.dataset=shapes", f"serve.port={free_port()}", *TINY]
+    robustness = [
+        "robustness.enabled=true",
+        "robustness.examples=40",
+        "robustness.epsilons=[0, 0.1]",
+        "robustness.pgd_steps=3",
+    ]
+    args = [f"storage.root={tmp_path}", "data.dataset=shapes", f"serve.port={free_port()}", *TINY, *robustness]
     spec = load_spec("examples/quickstart.yaml", args)
     results = run_pipeline(spec, Storage.from_spec(spec.storage), log=lambda *_: None)
-    assert set(statuses(results).values()) == {"ran"}, statuses(results)
+    assert set(statuses(results).values()) == {"ran"}, statuses(results)  # robustness too: RGB images
+    robust = next(r for r in results if r.name == "robustness").summary
+    assert 0 <= robust["pgd_eps0.1"] <= robust["pgd_eps0"] <= 1
     answers = results[-1].summary["answers"]
+    assert answers["explain"]["label_name"] in CLASSES and len(answers["explain"]["image_attribution"]) == 3
     probabilities = answers["classify"]["probabilities"]
     assert len(probabilities) == len(CLASSES) and answers["classify"]["label_name"] in CLASSES
     assert answers["images"]["prompt"] in {f"a {name}" for name in CLASSES}  # not "a handwritten ..."

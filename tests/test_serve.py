@@ -61,6 +61,7 @@ def served(ray_local, local_data, tmp_path_factory):
     from ray import serve
 
     from aigc_ray.ensemble.build import build_ensemble
+    from aigc_ray.ensemble.robustness import evaluate_robustness
     from aigc_ray.serve.deploy import base_url, start_local
     from aigc_ray.tune.fusion_sweep import run_fusion_sweep
     from aigc_ray.tune.gan_sweep import run_gan_sweep
@@ -111,6 +112,9 @@ def served(ray_local, local_data, tmp_path_factory):
             "serve.max_request_bytes=20000",
             "serve.max_tokens=32",
             "serve.max_prompt_chars=100",
+            "robustness.examples=40",
+            "robustness.epsilons=[0, 0.1]",
+            "robustness.pgd_steps=3",
         ],
     )
     quiet = {"progress": False, "log": lambda *_: None}
@@ -119,6 +123,7 @@ def served(ray_local, local_data, tmp_path_factory):
     run_video_sweep(spec, storage, **quiet)
     tiny_language_model(spec, storage, lm_uri)
     build_ensemble(spec, storage, log=lambda *_: None)
+    evaluate_robustness(spec, storage, log=lambda *_: None)
     start_local(spec)
     client = httpx.Client(base_url=base_url(spec), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     yield spec, storage, client
@@ -1290,3 +1295,16 @@ def test_explain_says_why_the_ensemble_answered_from_its_own_deployment(served):
 
 def classified_members(client, body) -> list[str]:
     return list(client.post("/v1/classify", json={**body, "return_members": True}).json()["members"])
+
+
+def test_models_show_each_members_accuracy_under_attack(served):
+    """/v1/models carries the committed robustness results: per attack, each member's and the
+    ensemble's accuracy per ε with a caption that names nothing (the image alone)."""
+    _, _, client = served
+    details = client.get("/v1/models").json()["data"][0]["details"]
+    robust = details["robustness"]
+    assert robust["captions"] == "a handwritten digit" and robust["examples"] == 40
+    for attack in ("fgsm", "pgd"):
+        assert set(robust[attack]) == set(details["weights"]) | {"ensemble"}
+        for accs in robust[attack].values():
+            assert set(accs) == {"0.0", "0.1"} and accs["0.1"] <= accs["0.0"]

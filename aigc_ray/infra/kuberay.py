@@ -41,6 +41,7 @@ STAGES = (
     "sweep_fusion",
     "sweep_video",
     "ensemble_build",
+    "robustness_evaluate",
     "feedback_ingest",
     "feedback_finetune",
     "pipeline",

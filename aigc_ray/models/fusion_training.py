@@ -163,9 +163,12 @@ def train_iteration(
     batch = int(config["batch_size"])
     ratio = float(config.get("augment_ratio") or 0.0)
     device = module_device(model)  # batches drawn on the CPU from ``gen``, then moved
+    epsilon = float(config.get("adversarial_epsilon") or 0.0)
     for _ in range(config["steps_per_iteration"]):
         b, _ = draw_batch(x, synthetic, batch, ratio, gen)
         image, ids, mask, label = on(device, b["image"], b["input_ids"], b["attention_mask"], b["label"])
+        if epsilon > 0:
+            image = adversarial_batch(model, image, ids, mask, label, config, gen)
         logits = model(image, ids, mask)
         if "weight" in b:  # per-row weights (boosting's weighted loss): a weighted mean of the losses
             per_row = nn.functional.cross_entropy(logits, label, reduction="none")
@@ -176,6 +179,32 @@ def train_iteration(
         loss.backward()
         optimizer.step()
     return loss.item()
+
+
+def adversarial_batch(model, image, ids, mask, label, config: dict, gen: torch.Generator) -> torch.Tensor:
+    """Adversarial training's batch (Madry et al.): the first ``adversarial_fraction`` of the rows'
+    images replaced by PGD examples against the model as it is now, ``adversarial_steps`` steps
+    from a random start in the L∞ ball of ``adversarial_epsilon`` (one step: FGSM with a random
+    start), the caption as given. The attack runs in eval mode (no dropout), then training resumes."""
+    from .robustness import pgd
+
+    n = max(1, round(float(config.get("adversarial_fraction", 0.5)) * len(image)))
+    eps, steps = float(config["adversarial_epsilon"]), int(config.get("adversarial_steps", 1))
+    model.eval()
+    head_ids, head_mask = ids[:n], mask[:n]
+    seed = int(torch.randint(0, 2**31 - 1, (), generator=gen))  # the batch's own, from the trial's stream
+    adv = pgd(
+        lambda z: model(z, head_ids, head_mask),
+        image[:n],
+        label[:n],
+        eps,
+        steps,
+        1.25 * eps if steps == 1 else None,
+        1,
+        seed,
+    )
+    model.train()
+    return torch.cat([adv, image[n:]])
 
 
 def as_tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -52,7 +52,7 @@ from ..data.feedback import feedback_row, write_feedback
 from ..data.images import decode_image_b64
 from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
-from ..layout import ensemble_dir, feedback_uri, safety_audit_uri
+from ..layout import ensemble_dir, feedback_uri, robustness_dir, safety_audit_uri
 from ..manifest import code_version, folder_fingerprint, read_manifest
 from ..safety.audit import audit_record, write_audit
 from ..safety.moderator import Moderator, Verdict, openai_result, redact
@@ -296,6 +296,18 @@ async def require_token(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
+# (above the class: the ingress replicas did not find it when it was defined after the class)
+def _robustness_summary(storage: Storage, uri: str | None) -> dict | None:
+    """{attack: {member or "ensemble": {ε: accuracy}}} with the captions replaced by one that names
+    nothing (the image alone), from the committed robustness results; None when there are none."""
+    from ..ensemble.robustness import read_robustness
+
+    doc = read_robustness(storage, uri) if uri else None
+    if doc is None:
+        return None
+    return {"captions": doc["vague_caption"], "examples": doc["examples"], **doc["results"]["vague"]}
+
+
 @serve.deployment
 @serve.ingress(api)
 class EnsembleIngress:
@@ -330,6 +342,7 @@ class EnsembleIngress:
         self.classes = list(self.doc.get("classes") or WORDS)
         self.image_shape = list(self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1])
         self.feedback_uri = placed["feedback_uri"]
+        self.robustness = _robustness_summary(self.storage, placed.get("robustness_uri"))
         self.safety = safety or SafetySpec(enabled=False)
         self.moderator = Moderator(self.safety) if self.safety.enabled else None
         self.audit_uri = placed.get("audit_uri")
@@ -820,6 +833,8 @@ class EnsembleIngress:
                     "metrics": self.doc["metrics"],
                     "classes": self.classes,
                     "image_shape": self.image_shape,  # height, width, channels
+                    # accuracy under attack per member and the ensemble, when `aigc robustness` ran
+                    "robustness": self.robustness,
                 },
             )
         ]
@@ -940,8 +955,11 @@ def build_app(args: dict):
         "ensemble_uri": uri,
         "feedback_uri": feedback_uri(spec),
         "audit_uri": safety_audit_uri(spec),
+        "robustness_uri": robustness_dir(spec),
         "name": spec.name,
         "version": version,  # a new artifact version redeploys the ingress too
+        # and so do new robustness results (/v1/models shows them)
+        "robustness_version": getattr(read_manifest(storage, robustness_dir(spec)), "fingerprint", None),
     }
     ingress = _versioned(
         EnsembleIngress, placed, s, sorted(members), bool(generator), bool(lm), bool(video), spec.safety

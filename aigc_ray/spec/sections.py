@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from .base import Section, absolute_local, check_batch
 from .cluster import K8S_QUANTITY, ClusterSpec
 from .data import CaptionNoise, DataSpec, RaySpec, SplitFractions, StorageSpec
+from .robustness import RobustnessSpec
 from .safety import SafetySpec
 from .serving import EnsembleSpec, FeedbackSpec, ServeSpec
 from .sweeps import (
@@ -51,6 +52,7 @@ __all__ = [
     "ModelSize",
     "PretrainSpec",
     "TrackingSpec",
+    "RobustnessSpec",
     "SafetySpec",
     "TrainingSpec",
     "RaySpec",
@@ -84,6 +86,7 @@ class ExperimentSpec(Section):
     cluster: ClusterSpec = Field(default_factory=ClusterSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     safety: SafetySpec = Field(default_factory=SafetySpec)
+    robustness: RobustnessSpec = Field(default_factory=RobustnessSpec)
 
     @model_validator(mode="after")
     def _augmentation_has_a_generator(self) -> ExperimentSpec:

@@ -98,6 +98,8 @@ FUSION_SEARCHABLE = {
     "dim",
     "batch_size",
     "augment_ratio",
+    "adversarial_epsilon",
+    "adversarial_fraction",
 }
 VIDEO_SEARCHABLE = {"g_lr", "d_lr", "lr_ratio", "z_dim", "width", "batch_size", "beta1"}
 FUSION_OPERATORS = ("weighted_sum", "concat", "gated", "cross_attention")
@@ -243,6 +245,24 @@ class FusionSpec(SweptSection):
     real_fraction: float = Field(
         1.0, gt=0, le=1, description="Share of the real training split used (the augmentation benchmark's knob)."
     )
+    adversarial_epsilon: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Adversarial training (Madry): this share of each batch's images replaced by PGD examples "
+        "within this L∞ budget (pixels in [0, 1]; 0: off). A sweep dimension like any other.",
+    )
+    adversarial_steps: int = Field(
+        1, ge=1, le=50, description="PGD steps per adversarial example (1: FGSM from a random start, the cheap one)."
+    )
+    adversarial_fraction: float = Field(0.5, gt=0, le=1, description="Share of each batch made adversarial.")
+    robust_epsilon: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="ε at which every trial reports robust_accuracy (10-step PGD on up to 256 validation rows; 0: "
+        "not measured). A sweep may then rank by it (metric: robust_accuracy).",
+    )
     sweep: SweepSpec = Field(default_factory=lambda: SweepSpec(**FUSION_SWEEP_DEFAULTS))
 
     _sweep_family: ClassVar = ("the fusion sweep", FUSION_SWEEP_DEFAULTS, FUSION_SEARCHABLE, FUSION_STRUCTURAL)
@@ -256,6 +276,15 @@ class FusionSpec(SweptSection):
         if dim is not None:
             ratios += [float(v) for v in dim.values] if dim.type in ("choice", "grid") else [float(dim.high)]
         return max(ratios)
+
+    @model_validator(mode="after")
+    def _robust_metric_is_measured(self) -> FusionSpec:
+        if self.sweep.metric == "robust_accuracy" and self.robust_epsilon == 0:
+            raise ValueError(
+                "sweep.metric robust_accuracy is measured only with fusion.robust_epsilon > 0 (the PGD budget "
+                "trials are scored at), e.g. 0.1"
+            )
+        return self
 
     @model_validator(mode="after")
     def _operators(self) -> FusionSpec:

@@ -22,7 +22,8 @@ class Trial(Protocol):
 
 def run_trial(config: dict, trial: Trial) -> None:
     """Drive ``trial`` from Tune's latest checkpoint (a restart or a PBT exploit) to
-    ``config["max_iterations"]``, reporting after every iteration with a checkpoint."""
+    ``config["max_iterations"]``, reporting after every iteration with a checkpoint; a trial whose
+    metrics say ``stop_trial`` ends after that report."""
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
@@ -39,3 +40,5 @@ def run_trial(config: dict, trial: Trial) -> None:
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, step, iteration, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+        if metrics.get("stop_trial"):  # the trial itself found it must not go on (e.g. a collapse)
+            return
