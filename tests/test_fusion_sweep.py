@@ -173,6 +173,7 @@ def test_a_sweep_over_adversarial_training_ranks_trials_by_robust_accuracy(ray_l
         base,
         "fusion-adversarial",
         "fusion.sweep.scheduler=fifo",
+        "fusion.sweep.num_samples=1",  # one trial per grid value
         "fusion.sweep.metric=robust_accuracy",
         "fusion.robust_epsilon=0.1",
         "fusion.adversarial_steps=1",
