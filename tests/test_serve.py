@@ -1137,6 +1137,8 @@ def test_the_safety_filter_moderates_like_openai_refuses_flagged_prompts_and_aud
     from aigc_ray.safety.audit import read_audit
 
     spec, storage, client = served
+    # the module's earlier tests leave records too (a tiny LM's gibberish can hold a flagged word)
+    earlier = {json.dumps(r, sort_keys=True) for r in read_audit(storage, safety_audit_uri(spec))}
     oa = openai_client(spec)
     verdicts = oa.moderations.create(input=["I will kill you", "a handwritten seven"], model="aigc-moderation")
     threat, caption = verdicts.results
@@ -1160,7 +1162,7 @@ def test_the_safety_filter_moderates_like_openai_refuses_flagged_prompts_and_aud
     ok = client.post("/v1/completions", json={"model": "aigc-lm", "prompt": "Caption for a two:", "max_tokens": 2})
     assert ok.status_code == 200
 
-    records = read_audit(storage, safety_audit_uri(spec))
+    records = [r for r in read_audit(storage, safety_audit_uri(spec)) if json.dumps(r, sort_keys=True) not in earlier]
     blocked = [r for r in records if r["action"] == "block"]
     assert {r["route"] for r in blocked} == {"/v1/completions", "/v1/chat/completions", "/v1/images/generations"}
     assert all(r["stage"] == "prompt" and r["sha256"] == hashlib.sha256(hostile.encode()).hexdigest() for r in blocked)
@@ -1308,3 +1310,53 @@ def test_models_show_each_members_accuracy_under_attack(served):
         assert set(robust[attack]) == set(details["weights"]) | {"ensemble"}
         for accs in robust[attack].values():
             assert set(accs) == {"0.0", "0.1"} and accs["0.1"] <= accs["0.0"]
+
+
+@pytest.mark.slow
+def test_images_outside_the_trained_range_are_refused_when_the_spec_says_so(served):
+    """serve.refuse_out_of_range: a pixel lit where no training image ever was (a digit's empty
+    corner) gets a 422 naming it, on /v1/classify and /v1/explain; in-range images pass; off by default."""
+    from safetensors.numpy import load
+
+    from aigc_ray.data.arrays import digit_arrays
+    from aigc_ray.data.images import png_b64
+    from aigc_ray.layout import ensemble_dir
+    from aigc_ray.serve.app import out_of_range
+    from aigc_ray.serve.deploy import start_local
+
+    spec, storage, client = served
+    trained = load(storage.read_bytes(ensemble_dir(spec) + "/input_range.safetensors"))
+    assert trained["max"][0, 0, 0] == 0.0  # no training digit touches the top-left corner
+    val = digit_arrays(spec, storage, "val")
+    i = next(
+        i
+        for i in range(len(val["label"]))
+        if out_of_range(val["image"][i], trained["min"], trained["max"], 0.1) is None
+    )
+    pixels = (val["image"][i, 0] * 255).round().astype(np.uint8)
+    lit = pixels.copy()
+    lit[0, 0] = 255
+    clean, odd = (
+        {"image": png_b64(pixels), "text": str(val["text"][i])},
+        {"image": png_b64(lit), "text": str(val["text"][i])},
+    )
+    assert client.post("/v1/classify", json=odd).status_code == 200  # off by default
+    start_local(_with_serve(spec, refuse_out_of_range=True))
+    try:
+        assert client.get("/v1/models").json()["data"][0]["details"]["refuses_out_of_range"] is True
+        assert client.post("/v1/classify", json=clean).status_code == 200
+        for route in ("/v1/classify", "/v1/explain"):
+            res = client.post(route, json=odd)
+            message = res.json()["error"]["message"]
+            assert res.status_code == 422 and "row 0 column 0 is 1.00, trained 0.00-0.00" in message, (route, message)
+    finally:
+        start_local(spec)
+
+
+def test_the_range_check_names_the_first_pixel_outside_it():
+    from aigc_ray.serve.app import out_of_range
+
+    low, high = np.zeros((1, 2, 2), np.float32), np.array([[[0.0, 1.0], [1.0, 1.0]]], np.float32)
+    assert out_of_range(np.array([[[0.05, 0.9], [0.0, 1.0]]], np.float32), low, high, 0.1) is None
+    said = out_of_range(np.array([[[0.5, 0.9], [0.0, 1.0]]], np.float32), low, high, 0.1)
+    assert said.startswith("1 pixel(s) lie outside") and "row 0 column 0 is 0.50, trained 0.00-0.00" in said

@@ -40,6 +40,7 @@ from .combine import Combiner, fit_combiner
 from .members import Member, bagged_members, boosted_members, listed_members, sweep_members
 
 ENSEMBLE_FILE = "ensemble.json"
+INPUT_RANGE_FILE = "input_range.safetensors"
 
 
 @dataclass
@@ -149,10 +150,15 @@ def commit_ensemble(
                 for metric, value in values.items()
             ],
         )
-        if combiner.coef is not None:
-            from safetensors.numpy import save_file
+        from safetensors.numpy import save_file
 
+        if combiner.coef is not None:
             save_file({"coef": combiner.coef, "intercept": combiner.intercept}, str(out / "combiner.safetensors"))
+        train_images = splits.get("train", configs[0])["image"]  # what every member saw, pixel by pixel
+        save_file(
+            {"min": train_images.min(0).astype(np.float32), "max": train_images.max(0).astype(np.float32)},
+            str(out / INPUT_RANGE_FILE),
+        )
         for folder, (source, _) in generators.items():
             (out / folder).mkdir()
             for name in ("generator.safetensors", "config.json", "metrics.json"):
@@ -165,6 +171,7 @@ def commit_ensemble(
             "metrics": metrics,
             "classes": list(info.classes),  # label -> name, for answers
             "image_shape": list(info.image_shape),  # what a member reads: height, width, channels
+            "input_range": INPUT_RANGE_FILE,  # per pixel, the training images' min and max
             "language_models": language_models,
             "generator": _source_doc(generators.get("generator")),
             "video_generator": _source_doc(generators.get("video_generator")),

@@ -29,6 +29,7 @@ filter fails, the request fails (503): nothing passes unchecked.
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -296,6 +297,29 @@ async def require_token(request: Request) -> None:
         raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
 
 
+def out_of_range(image: np.ndarray, low: np.ndarray, high: np.ndarray, tolerance: float) -> str | None:
+    """What is wrong with ``image`` (C, H, W) against the training images' per-pixel range, or None."""
+    below, above = image < low - tolerance, image > high + tolerance
+    outside = below | above
+    if not outside.any():
+        return None
+    c, y, x = (int(i) for i in np.argwhere(outside)[0])
+    return (
+        f"{int(outside.sum())} pixel(s) lie outside the range the models were trained on (± {tolerance:g}), "
+        f"e.g. channel {c} row {y} column {x} is {image[c, y, x]:.2f}, trained {low[c, y, x]:.2f}-{high[c, y, x]:.2f}"
+    )
+
+
+def _input_range(storage: Storage, uri: str, doc: dict) -> tuple[np.ndarray, np.ndarray] | None:
+    """The training images' per-pixel (min, max), for ensembles that recorded it."""
+    if not doc.get("input_range"):
+        return None
+    from safetensors.numpy import load
+
+    arrays = load(storage.read_bytes(join(uri, doc["input_range"])))
+    return arrays["min"], arrays["max"]
+
+
 # (above the class: the ingress replicas did not find it when it was defined after the class)
 def _robustness_summary(storage: Storage, uri: str | None) -> dict | None:
     """{attack: {member or "ensemble": {ε: accuracy}}} with the captions replaced by one that names
@@ -343,6 +367,8 @@ class EnsembleIngress:
         self.image_shape = list(self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1])
         self.feedback_uri = placed["feedback_uri"]
         self.robustness = _robustness_summary(self.storage, placed.get("robustness_uri"))
+        self.refuse_out_of_range, self.range_tolerance = settings.refuse_out_of_range, settings.out_of_range_tolerance
+        self.input_range = _input_range(self.storage, self.uri, self.doc)
         self.safety = safety or SafetySpec(enabled=False)
         self.moderator = Moderator(self.safety) if self.safety.enabled else None
         self.audit_uri = placed.get("audit_uri")
@@ -468,12 +494,20 @@ class EnsembleIngress:
         return redact(text, verdict), False
 
     def _model_image(self, b64: str) -> np.ndarray:
-        """A client's base64 PNG as the members read it (the data's shape), or 422 saying why not."""
+        """A client's base64 PNG as the members read it (the data's shape), or 422 saying why not:
+        undecodable, or (``serve.refuse_out_of_range``) with pixels outside the trained range."""
         height, _, channels = self.image_shape
         try:
-            return decode_image_b64(b64, height, channels)
+            image = decode_image_b64(b64, height, channels)
         except ValueError as e:
             raise HTTPException(422, f"image: {e}") from None
+        if self.refuse_out_of_range and self.input_range is not None:
+            problem = out_of_range(image, *self.input_range, self.range_tolerance)
+            if problem:
+                raise HTTPException(
+                    422, f"image: {problem}; this server refuses such inputs (serve.refuse_out_of_range)"
+                )
+        return image
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -835,6 +869,7 @@ class EnsembleIngress:
                     "image_shape": self.image_shape,  # height, width, channels
                     # accuracy under attack per member and the ensemble, when `aigc robustness` ran
                     "robustness": self.robustness,
+                    "refuses_out_of_range": self.refuse_out_of_range and self.input_range is not None,
                 },
             )
         ]
@@ -884,13 +919,26 @@ def _versioned(deployment, *inputs):
     Serve gives each deployment of a ``serve.run`` call a random code version when none is set,
     so every call restarted every replica of every deployment: a weights change (user_config) was
     a rolling redeploy of the whole app, not the in-place reconfigure it is with ``serve deploy``
-    (which versions by the config's hash). With a version from the package's code version and the
+    (which versions by the config's hash). With a version from the package's code (version and sources) and the
     replica's inputs, a call whose inputs are unchanged leaves those replicas running and only
     reconfigures (user_config) or rescales them; changed inputs or code still redeploy.
     ``Deployment.options`` takes ``version`` only with ``_internal`` since Ray 2.x removed it
     from the public options; Serve's own builders pass it the same way."""
-    text = json.dumps([code_version(), *inputs], sort_keys=True, default=repr)
+    text = json.dumps([code_version(), _source_digest(), *inputs], sort_keys=True, default=repr)
     return deployment.options(version=hashlib.sha256(text.encode()).hexdigest()[:16], _internal=True)
+
+
+@functools.cache
+def _source_digest() -> str:
+    """sha256 of the package's Python sources: an edited, uncommitted checkout (the same
+    ``code_version``, '-dirty') still redeploys what it serves."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def build_app(args: dict):

@@ -101,6 +101,15 @@ class ServeSpec(Section):
     feedback_answers: int = Field(
         10_000, ge=1, description="Per ingress replica: recent answers feedback can refer to; older ones get 404."
     )
+    refuse_out_of_range: bool = Field(
+        False,
+        description="/v1/classify and /v1/explain refuse (422) an image with a pixel outside the range the members "
+        "saw at that position in training (± out_of_range_tolerance): changes where the training images never "
+        "varied, such as a digit's empty border, which small adversarial perturbations use.",
+    )
+    out_of_range_tolerance: float = Field(
+        0.1, ge=0, le=1, description="How far outside the trained range a pixel may lie."
+    )
 
     @field_validator("auth_token_file")
     @classmethod
