@@ -265,18 +265,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         image = decode_image_file(raw, height, channels)
     except ValueError as exc:
         return _failed(f"error: --image {args.image}: {exc}", tail=False)
-    target = args.target
-    if target is not None:
-        classes = explainer.classes
-        if target in classes:
-            target = classes.index(target)
-        elif target.isdigit() and int(target) < len(classes):
-            target = int(target)
-        else:
-            return _failed(f"error: --target {target!r}: not a class name or index; the classes are {classes}", False)
     try:
-        doc = explain_example(explainer, image, args.text, target, args.steps)
-    except ValueError as exc:  # steps out of range
+        doc = explain_example(explainer, image, args.text, args.target, args.steps)
+    except ValueError as exc:  # a class the data does not have, steps out of range
         return _failed(f"error: {exc}", tail=False)
     out = Path(args.out or f"{Path(args.image.rstrip('/')).stem}.explanation.json")
     overlay = out.with_suffix(".png")

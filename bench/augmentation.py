@@ -40,8 +40,6 @@ from aigc_ray.layout import data_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VAGUE = "a handwritten digit"
-
 
 def gan_config(args) -> dict:
     return {
@@ -153,15 +151,13 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from aigc_ray.data.build import build_data
-    from aigc_ray.data.captions import caption_tokenizer, encode_captions, fusion_arrays
+    from digit_splits import digit_splits
+
     from aigc_ray.models.augment import load_augmenter, pool_per_class, real_subset, synthetic_pool
     from aigc_ray.models.classifier import load_or_train_classifier
-    from aigc_ray.models.fusion_training import fusion_config
     from aigc_ray.models.gan_training import cond_accuracy
     from aigc_ray.models.text_condition import digit_prompts, embed_texts
     from aigc_ray.spec import load_spec
-    from aigc_ray.storage import Storage, join
 
     def log(msg: str) -> None:
         if args.verbose:
@@ -171,16 +167,11 @@ def main() -> None:
     fractions = [float(f) for f in args.fractions.split(",")]
     root = str(args.work_dir.resolve())
     overrides = [f"storage.root={root}", "name=bench-augmentation", f"fusion.operator={args.operator}"]
-    spec = load_spec(None, overrides)
-    storage = Storage.from_spec(spec.storage)
-    built = build_data(spec, storage, log=lambda *_: None)
-    tokenizer_uri = join(built.root, "tokenizer")
-    tokenizer, limit = caption_tokenizer(spec, tokenizer_uri), spec.fusion.max_text_tokens
-    train, vocab = fusion_arrays(spec, storage, "train", tokenizer, limit)
-    test, _ = fusion_arrays(spec, storage, "test", tokenizer, limit)
-    ids, mask, _ = encode_captions([VAGUE] * len(test["label"]), tokenizer, storage, limit)
-    tests = {"captions": test, "vague": {**test, "input_ids": ids, "attention_mask": mask}}
-    base = {**fusion_config(spec, vocab, tokenizer_uri), "batch_size": args.batch_size}
+    digits = digit_splits(root, "", *overrides[1:])
+    spec, storage, train, test = digits.spec, digits.storage, digits.train, digits.test
+    vocab = digits.config["vocab_size"]
+    tests = {"captions": test, "vague": digits.vague(test)}
+    base = {**digits.config, "batch_size": args.batch_size}
     base |= {"max_iterations": args.iterations, "steps_per_iteration": args.steps_per_iteration}
     classifier = load_or_train_classifier(spec, storage)
     prompts = embed_texts(digit_prompts())
@@ -208,7 +199,7 @@ def main() -> None:
         pools = {}
         for name, shares in variants.items():
             rows = synthetic_pool(aug.generator, aug.config, per_class, 0, 0, **shares)
-            pids, pmask, _ = encode_captions(list(rows["text"]), tokenizer, storage, limit)
+            pids, pmask = digits.encode(list(rows["text"]))
             pools[name] = {"image": rows["image"], "input_ids": pids, "attention_mask": pmask, "label": rows["label"]}
         scores: dict[str, list] = {"real": [], **{name: [] for name in pools}}
         for seed in range(args.seeds):

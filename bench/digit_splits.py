@@ -7,11 +7,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 
-VAGUE = "a handwritten digit"
-
 
 @dataclass
 class DigitSplits:
+    spec: object
+    storage: object
     train: dict
     test: dict
     config: dict  # fusion_config of the spec: a trial's starting settings
@@ -19,11 +19,15 @@ class DigitSplits:
 
     def vague(self, rows: dict) -> dict:
         """``rows`` with every caption replaced by one that names no digit (the image alone)."""
-        ids, mask = self.encode([VAGUE] * len(rows["label"]))
+        from aigc_ray.data.digits import WORDS, baseline_caption
+
+        ids, mask = self.encode([baseline_caption(WORDS)] * len(rows["label"]))
         return {**rows, "input_ids": ids, "attention_mask": mask}
 
 
 def digit_splits(work: str | None, prefix: str, *overrides: str) -> DigitSplits:
+    """The digits built under ``work`` (without one, a new temporary folder whose name starts
+    with ``prefix``), the spec taking ``overrides``."""
     from aigc_ray.data.build import build_data
     from aigc_ray.data.captions import caption_tokenizer, encode_captions, fusion_arrays
     from aigc_ray.models.fusion_training import fusion_config
@@ -41,4 +45,4 @@ def digit_splits(work: str | None, prefix: str, *overrides: str) -> DigitSplits:
     def encode(texts: list[str]):
         return encode_captions(texts, tokenizer, storage, limit)[:2]
 
-    return DigitSplits(train, test, fusion_config(spec, vocab, tokenizer_uri), encode)
+    return DigitSplits(spec, storage, train, test, fusion_config(spec, vocab, tokenizer_uri), encode)

@@ -47,6 +47,13 @@ VAGUE_TEMPLATES = (
 )
 
 
+def baseline_caption(classes) -> str:
+    """The caption that names no class: the digits' first vague caption, "a picture" for other
+    classes (what their vague captions say). What explanations and attacks hold the caption at
+    when only the image may count."""
+    return VAGUE_TEMPLATES[0] if tuple(classes) == WORDS else "a picture"
+
+
 def caption(label: int, kind: str, rng: np.random.Generator) -> tuple[str, int]:
     """A caption for ``label`` of the given kind; returns (text, digit the text names or -1)."""
     if kind == "vague":

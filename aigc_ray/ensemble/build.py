@@ -21,6 +21,7 @@ import numpy as np
 
 from ..data.build import build_data
 from ..data.captions import caption_tokenizer, encode_captions, fusion_arrays
+from ..data.digits import IMAGE_SIDE, WORDS
 from ..data.info import dataset_info
 from ..layout import (
     ensemble_dir,
@@ -247,6 +248,17 @@ class LoadedEnsemble:
     models: list
     configs: list[dict]
     combiner: Combiner
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names by label (ensembles built before they were recorded: the digits)."""
+        return list(self.doc.get("classes") or WORDS)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) the members read (the artifact records height, width, channels)."""
+        height, width, channels = self.doc.get("image_shape") or [IMAGE_SIDE, IMAGE_SIDE, 1]
+        return int(channels), int(height), int(width)
 
 
 def load_ensemble(storage: Storage, uri: str) -> LoadedEnsemble:

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 
 from ..data.captions import caption_tokens, encode_captions
+from ..data.digits import baseline_caption
 from ..data.images import encode_png
 from ..models.explain import explain
 from ..storage import Storage
-from .build import load_ensemble
+from .build import LoadedEnsemble, load_ensemble
 
 METHOD = {
     "attribution": "integrated_gradients",
@@ -37,38 +38,33 @@ METHOD = {
     "modality": "shapley_two_player_exact",
     "modality_value": "log-probability of the explained class",
 }
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 MIN_STEPS, MAX_STEPS = 8, 1024
 
 
-def baseline_caption(classes: list[str]) -> str:
-    """The caption that names no class, as the data's vague captions do."""
-    return "a handwritten digit" if tuple(classes) == DIGIT_WORDS else "a picture"
+def resolve_target(classes: list[str], target: int | str | None) -> int | None:
+    """The class to explain as an index: a name of ``classes``, an index (or its digits, as a
+    command line gives it), or None for the ensemble's answer; ValueError naming the classes."""
+    if target is None:
+        return None
+    if isinstance(target, str) and target in classes:
+        return classes.index(target)
+    index = int(target) if isinstance(target, int) or target.isdigit() else -1
+    if not 0 <= index < len(classes):
+        raise ValueError(
+            f"unknown class {target!r}: not a class name or an index in 0..{len(classes) - 1}; the classes are {classes}"
+        )
+    return index
 
 
 @dataclass
-class LoadedExplainer:
-    storage: Storage
-    doc: dict
-    names: list[str]
-    models: list
-    configs: list[dict]
-    combiner: object
+class LoadedExplainer(LoadedEnsemble):
+    """The committed ensemble, and the storage its tokenizers are read from."""
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self.doc.get("classes") or DIGIT_WORDS)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) the members read (the ensemble records height, width, channels)."""
-        height, width, channels = self.doc.get("image_shape") or [8, 8, 1]
-        return int(channels), int(height), int(width)
+    storage: Storage | None = None
 
 
 def load_explainer(storage: Storage, ensemble_uri: str) -> LoadedExplainer:
-    ens = load_ensemble(storage, ensemble_uri)
-    return LoadedExplainer(storage, ens.doc, ens.names, ens.models, ens.configs, ens.combiner)
+    return LoadedExplainer(**vars(load_ensemble(storage, ensemble_uri)), storage=storage)
 
 
 def _encode(ex: LoadedExplainer, i: int, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +114,7 @@ def modality_shares(ex: LoadedExplainer, image: np.ndarray, text: str) -> tuple[
 
 
 def explain_example(
-    ex: LoadedExplainer, image: np.ndarray, text: str, target: int | None = None, steps: int = 256
+    ex: LoadedExplainer, image: np.ndarray, text: str, target: int | str | None = None, steps: int = 256
 ) -> dict:
     """The explanation of the ensemble's answer for one (image (C, H, W) in [0, 1], caption)."""
     if not MIN_STEPS <= int(steps) <= MAX_STEPS:
@@ -131,9 +127,8 @@ def explain_example(
     given = [(ids, mask) for ids, mask, _ in encoded]
     base = [b for _, _, b in encoded]
     probs = _ensemble_probs(ex, x, given)
-    if target is not None and not 0 <= int(target) < len(ex.classes):
-        raise ValueError(f"target must be a class index in 0..{len(ex.classes) - 1}, got {target}")
-    target = int(probs.argmax()) if target is None else int(target)
+    target = resolve_target(ex.classes, target)
+    target = int(probs.argmax()) if target is None else target
 
     phi_image, phi_caption, v = _ensemble_shapley(ex, x, given, base, target)
     total = abs(phi_image) + abs(phi_caption)

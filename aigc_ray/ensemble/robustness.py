@@ -20,18 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..data.arrays import shard_arrays
 from ..data.captions import encode_captions
+from ..data.digits import baseline_caption
 from ..layout import ensemble_dir, multimodal_uri, robustness_dir
 from ..manifest import publish_directory, read_manifest
 from ..models.robustness import accuracy_under_attack
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
 from .build import load_ensemble
-from .explain import baseline_caption
 
 RESULTS_FILE = "robustness.json"
 ENSEMBLE = "ensemble"
@@ -60,7 +59,7 @@ def evaluate_robustness(spec: ExperimentSpec, storage: Storage, log=print) -> Ro
     test = shard_arrays(storage, multimodal_uri(spec), "test")
     n = min(r.examples, len(test["label"]))
     images, labels = test["image"][:n], test["label"][:n]
-    vague = baseline_caption(list(ens.doc.get("classes") or []) or _digits())
+    vague = baseline_caption(ens.classes)
     options = {"steps": r.pgd_steps, "step_size": r.pgd_step_size, "restarts": r.restarts, "seed": r.seed}
     weights = torch.tensor(ens.combiner.weights, dtype=torch.float32)
     for m in ens.models:
@@ -83,21 +82,17 @@ def evaluate_robustness(spec: ExperimentSpec, storage: Storage, log=print) -> Ro
 
             return at
 
-        def ensemble_logits(rows: slice, enc=encoded):
-            def f(x):
-                probs = [torch.softmax(m(x, enc[i][0][rows], enc[i][1][rows]), -1) for i, m in enumerate(ens.models)]
-                return torch.log(torch.einsum("m,mnc->nc", weights, torch.stack(probs)).clamp_min(1e-12))
+        def member_probs(x, rows: slice, enc=encoded) -> torch.Tensor:
+            """(M, N, C): each member's probabilities for images ``x`` of those rows, their captions."""
+            return torch.stack(
+                [torch.softmax(m(x, enc[i][0][rows], enc[i][1][rows]), -1) for i, m in enumerate(ens.models)]
+            )
 
-            return f
+        def ensemble_logits(rows: slice):
+            return lambda x: torch.log(torch.einsum("m,mnc->nc", weights, member_probs(x, rows)).clamp_min(1e-12))
 
-        def ensemble_answer(rows: slice, enc=encoded):
-            def f(x):
-                probs = [
-                    torch.softmax(m(x, enc[i][0][rows], enc[i][1][rows]), -1).numpy() for i, m in enumerate(ens.models)
-                ]
-                return ens.combiner(np.stack(probs)).argmax(1)
-
-            return f
+        def ensemble_answer(rows: slice):
+            return lambda x: ens.combiner(member_probs(x, rows).numpy()).argmax(1)
 
         results[captions] = {}
         for attack in r.attacks:
@@ -152,12 +147,6 @@ def read_robustness(storage: Storage, uri: str) -> dict | None:
     if read_manifest(storage, uri) is None:
         return None
     return json.loads(storage.read_bytes(join(uri, RESULTS_FILE)))
-
-
-def _digits() -> list[str]:
-    from .explain import DIGIT_WORDS
-
-    return list(DIGIT_WORDS)
 
 
 def _curves_png(results: dict, epsilons: list[float]) -> bytes:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.digits import NUM_CLASSES, WORDS, caption
+from ..data.digits import NUM_CLASSES, WORDS, baseline_caption, caption
 from ..layout import augment_generator_uri
 from ..manifest import read_manifest
 from ..spec import ExperimentSpec
@@ -138,7 +138,7 @@ def _noisy_caption(label: int, kind: str, rng: np.random.Generator, classes, tem
     if _is_digits(classes):
         return caption(label, kind, rng)[0]
     if kind == "vague":
-        return "a picture"
+        return baseline_caption(classes)
     other = int((label + rng.integers(1, len(classes))) % len(classes))
     return template.format(name=classes[other])
 

@@ -53,8 +53,9 @@ from ..data.feedback import feedback_row, write_feedback
 from ..data.images import decode_image_b64
 from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
+from ..ensemble.explain import resolve_target
 from ..layout import ensemble_dir, feedback_uri, robustness_dir, safety_audit_uri
-from ..manifest import code_version, folder_fingerprint, read_manifest
+from ..manifest import folder_fingerprint, read_manifest
 from ..safety.audit import audit_record, write_audit
 from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
@@ -801,13 +802,10 @@ class EnsembleIngress:
         if self.explainer is None:
             raise HTTPException(404, "this app serves no explainer")
         image = self._model_image(req.image)
-        target = req.target
-        if isinstance(target, str):
-            if target not in self.classes:
-                raise HTTPException(422, f"target: unknown class {target!r}; the classes are {self.classes}")
-            target = self.classes.index(target)
-        elif target is not None and not 0 <= target < len(self.classes):
-            raise HTTPException(422, f"target: class index {target} is not in 0..{len(self.classes) - 1}")
+        try:
+            target = resolve_target(self.classes, req.target)
+        except ValueError as e:
+            raise HTTPException(422, f"target: {e}") from None
         (doc,) = await self._call(partial(self.explainer.explain.remote, image, req.text, target, req.steps))
         return ExplainResponse(id=new_id("expl"), model=f"{ENSEMBLE_MODEL_ID}@{self.version}", **doc)
 
@@ -919,19 +917,18 @@ def _versioned(deployment, *inputs):
     Serve gives each deployment of a ``serve.run`` call a random code version when none is set,
     so every call restarted every replica of every deployment: a weights change (user_config) was
     a rolling redeploy of the whole app, not the in-place reconfigure it is with ``serve deploy``
-    (which versions by the config's hash). With a version from the package's code (version and sources) and the
+    (which versions by the config's hash). With a version from the package's sources and the
     replica's inputs, a call whose inputs are unchanged leaves those replicas running and only
-    reconfigures (user_config) or rescales them; changed inputs or code still redeploy.
-    ``Deployment.options`` takes ``version`` only with ``_internal`` since Ray 2.x removed it
-    from the public options; Serve's own builders pass it the same way."""
-    text = json.dumps([code_version(), _source_digest(), *inputs], sort_keys=True, default=repr)
+    reconfigures (user_config) or rescales them; changed inputs or code (committed or not) still
+    redeploy. ``Deployment.options`` takes ``version`` only with ``_internal`` since Ray removed
+    it from the public options; Serve's own builders pass it the same way."""
+    text = json.dumps([_source_digest(), *inputs], sort_keys=True, default=repr)
     return deployment.options(version=hashlib.sha256(text.encode()).hexdigest()[:16], _internal=True)
 
 
 @functools.cache
 def _source_digest() -> str:
-    """sha256 of the package's Python sources: an edited, uncommitted checkout (the same
-    ``code_version``, '-dirty') still redeploys what it serves."""
+    """sha256 of the package's Python sources: what the replicas run, edited or committed."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import json
 import urllib.error
 import urllib.request
 
-from ..data.digits import CAPTION_PROMPT, WORDS
+from ..data.digits import CAPTION_PROMPT, WORDS, baseline_caption
 
 
 class ServeError(RuntimeError):
@@ -89,8 +89,7 @@ def one_of_each(client: AigcClient, image_b64: str, caption: str, true_label: in
             prompt = template.format(name=classes[true_label])
             answers["images"] = img = client.images(n=4, seed=0, prompt=prompt)
             # Read the drawings back with the served classifier (a caption that names no class).
-            vague = "a handwritten digit" if classes == list(WORDS) else "a picture"
-            seen = [client.classify(d["b64_json"], vague)["label"] for d in img["data"]]
+            seen = [client.classify(d["b64_json"], baseline_caption(classes))["label"] for d in img["data"]]
             answers["images"]["read_back"] = seen
             log(f"  /v1/images       {prompt!r} -> {len(img['data'])} PNGs, read back as {seen}")
         else:

@@ -33,6 +33,7 @@ class FusionTrial:
         self.optimizer = build_optimizer(self.model, config)
         self.x = as_tensors(train)
         self.pool = as_tensors({k: synthetic[k] for k in FIELDS}) if synthetic is not None else None
+        self.best_robust = 0.0  # the best robust accuracy so far (a collapse below it stops the trial)
 
     def restore(self, folder: str, trial_id: str) -> tuple[int, int, dict]:
         state = torch.load(
@@ -71,9 +72,9 @@ class FusionTrial:
         from ..models.robustness import accuracy_under_attack
 
         rows = slice(0, min(256, len(self.val["label"])))
-        model, v = self.model.eval(), {k: torch.from_numpy(self.val[k][rows]) for k in ("input_ids", "attention_mask")}
+        model = self.model.eval()
         device = next(model.parameters()).device
-        ids, mask = v["input_ids"].to(device), v["attention_mask"].to(device)
+        ids, mask = (torch.from_numpy(self.val[k][rows]).to(device) for k in ("input_ids", "attention_mask"))
         eps = float(self.config["robust_epsilon"])
 
         def logits_for(batch: slice):
@@ -82,7 +83,7 @@ class FusionTrial:
         robust = accuracy_under_attack(
             logits_for, self.val["image"][rows], self.val["label"][rows], [eps], "pgd", steps=10, seed=iteration
         )[eps]
-        self.best_robust = max(getattr(self, "best_robust", 0.0), robust)
+        self.best_robust = max(self.best_robust, robust)
         collapsed = float(self.config.get("adversarial_epsilon") or 0.0) > 0 and robust < self.best_robust - 0.05
         return {"robust_accuracy": robust, "catastrophic_overfitting": collapsed, "stop_trial": collapsed}
 
