@@ -2,14 +2,16 @@
 
 The classifier is trained by the sweep's own loop (``models.fusion_training.train_iteration``)
 on the digits, twice per seed with the same seeds, batches and steps: plainly, and with
-``adversarial_epsilon`` ε (half of every batch replaced by adversarial examples: FGSM from a
-random start, ``adversarial_steps: 1``; ``--steps 3`` for PGD). Both are scored on the test
+``adversarial_epsilon`` ε (half of every batch replaced by 5-step PGD examples; ``--steps 1`` is
+FGSM from a random start, the cheap option). Both are scored on the test
 split, clean and under 10-step PGD at ε on the image, with the captions as given and with every
 caption "a handwritten digit" (the image alone). Printed: mean accuracies over the seeds, the
 points of clean accuracy lost and of robust accuracy gained, and one "ratio" line per
 comparison (adversarial ÷ standard).
 
-    python bench/adversarial.py [--epsilon 0.1] [--steps 1] [--fraction 0.5] [--seeds 3] [--iterations 8]
+    python bench/adversarial.py [--epsilon 0.2] [--steps 5] [--fraction 0.5] [--seeds 5] [--iterations 20]
+
+About 4.5 minutes on 2 cores with the defaults.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ def main() -> None:
     from aigc_ray.models.robustness import accuracy_under_attack
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epsilon", type=float, default=0.1)
-    p.add_argument("--steps", type=int, default=1, help="PGD steps per training example (1: FGSM, random start)")
+    p.add_argument("--epsilon", type=float, default=0.2)
+    p.add_argument("--steps", type=int, default=5, help="PGD steps per training example (1: FGSM, random start)")
     p.add_argument("--fraction", type=float, default=0.5, help="share of each batch made adversarial")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--iterations", type=int, default=8)
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--steps-per-iteration", type=int, default=50)
     p.add_argument("--work", default=None)
     args = p.parse_args()

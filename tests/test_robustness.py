@@ -111,6 +111,7 @@ def test_the_ensembles_robustness_is_committed_staged_and_reported(ray_local, lo
         "robustness.examples=60",
         "robustness.epsilons=[0, 0.1, 0.3]",
         "robustness.pgd_steps=8",
+        f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
     ]
     spec = load_spec(None, overrides)
     build_ensemble(spec, storage, log=lambda *_: None)
@@ -131,6 +132,16 @@ def test_the_ensembles_robustness_is_committed_staged_and_reported(ray_local, lo
                 assert all(b <= a for a, b in zip(values, values[1:], strict=False)), accs  # never rises with ε
     vague = results["vague"]
     assert all(vague["pgd"][ENSEMBLE][e] <= vague["fgsm"][ENSEMBLE][e] for e in ("0.1", "0.3"))
+    # tracked beside the ensemble's metrics: one MLflow run per evaluation, every accuracy in it
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("robust").experiment_id])
+    (tracked,) = [r for r in runs if r.info.run_name == "robustness"]
+    assert tracked.data.metrics["robust_accuracy.vague.pgd.ensemble.0.1"] == pytest.approx(
+        vague["pgd"][ENSEMBLE]["0.1"]
+    )
+    assert tracked.data.tags["aigc.artifact"] == robustness_dir(spec)
     assert vague["pgd"][ENSEMBLE]["0.3"] <= 0.1
     # ε = 0 is the ensemble's own answer on those rows
     ens = load_ensemble(storage, ensemble_dir(spec))
@@ -162,6 +173,32 @@ def test_epsilons_outside_the_pixel_range_are_refused():
         load_spec(None, ["robustness.epsilons=[0.1, 1.5]"])
     with pytest.raises(SpecError, match="robustness.attacks"):
         load_spec(None, ["robustness.attacks=[cw]"])
+
+
+def test_adversarial_training_is_spelled_as_a_block_or_flat_and_checked(tmp_path):
+    from aigc_ray.spec import SpecError, load_spec, spec_hash
+
+    block = tmp_path / "block.yaml"
+    block.write_text(
+        "fusion:\n  adversarial: {epsilon: 0.1, steps: 3, fraction: 1.0}\n"
+        "  sweep:\n    search_space:\n      adversarial.epsilon: {type: grid, values: [0.0, 0.1]}\n"
+    )
+    flat = tmp_path / "flat.yaml"
+    flat.write_text(
+        "fusion:\n  adversarial_epsilon: 0.1\n  adversarial_steps: 3\n  adversarial_fraction: 1.0\n"
+        "  sweep:\n    search_space:\n      adversarial_epsilon: {type: grid, values: [0.0, 0.1]}\n"
+    )
+    spelled, plain = load_spec(block), load_spec(flat)
+    assert spelled.fusion.adversarial_epsilon == 0.1 and spelled.fusion.adversarial_steps == 3
+    assert spelled.fusion.adversarial_fraction == 1.0
+    assert list(spelled.fusion.sweep.search_space) == ["adversarial_epsilon"]
+    assert spec_hash(spelled) == spec_hash(plain)
+    with pytest.raises(SpecError, match=r"adversarial_epsilon.*less than or equal to 1"):
+        load_spec(None, ["fusion.adversarial={epsilon: 1.5}"])
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['eps'\]; allowed: epsilon, steps, fraction"):
+        load_spec(None, ["fusion.adversarial={eps: 0.1}"])
+    with pytest.raises(SpecError, match="disagree"):
+        load_spec(block, ["fusion.adversarial_epsilon=0.2"])
 
 
 def test_adversarial_training_batches_hold_pgd_examples_within_the_budget():

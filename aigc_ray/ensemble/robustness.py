@@ -30,6 +30,7 @@ from ..manifest import publish_directory, read_manifest
 from ..models.robustness import accuracy_under_attack
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage, join
+from ..tracking import tracked_run
 from .build import load_ensemble
 
 RESULTS_FILE = "robustness.json"
@@ -137,6 +138,10 @@ def evaluate_robustness(spec: ExperimentSpec, storage: Storage, log=print) -> Ro
                 "ensemble": {a: results["vague"][a][ENSEMBLE] for a in r.attacks},
             },
         )
+    with tracked_run(spec, "robustness", params=r.model_dump()) as run:
+        if run is not None:  # beside the ensemble's own metrics: robust_accuracy.<captions>.<attack>.<who>.<ε>
+            run.log_metrics({"robust_accuracy": doc["results"]})
+            run.set_tags({"aigc.artifact": uri})
     report = RobustnessReport(uri, results)
     log(f"[robustness] -> {uri}\n{report.table()}")
     return report

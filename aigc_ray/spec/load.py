@@ -110,10 +110,11 @@ def describe_errors(exc: ValidationError) -> list[str]:
             did_you_mean = f"; did you mean '{hint[0]}'?" if hint else ""
             lines.append(f"{path}: unknown key{did_you_mean} (allowed: {', '.join(allowed)})")
             continue
-        if not loc:  # a check across sections: the value would be the whole spec
-            lines.append(f"spec: {err['msg'].removeprefix('Value error, ')}")
-            continue
         value = err.get("input")
+        if not loc or (err["type"] == "value_error" and isinstance(value, dict)):
+            # a check across sections, or across a section's keys: the message names them
+            lines.append(f"{path if loc else 'spec'}: {err['msg'].removeprefix('Value error, ')}")
+            continue
         shown = json.dumps(value, default=str)
         shown = shown if len(shown) <= 120 else shown[:117] + "..."
         lines.append(f"{path} = {shown}: {err['msg']}")

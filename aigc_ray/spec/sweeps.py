@@ -219,6 +219,10 @@ class GanSpec(SweptSection):
         return self
 
 
+# fusion.adversarial's keys and the flat settings they stand for.
+ADVERSARIAL_KEYS = {"epsilon": "adversarial_epsilon", "steps": "adversarial_steps", "fraction": "adversarial_fraction"}
+
+
 class FusionSpec(SweptSection):
     """Image + caption classifier; its hyperparameters are the sweep's defaults."""
 
@@ -276,6 +280,36 @@ class FusionSpec(SweptSection):
         if dim is not None:
             ratios += [float(v) for v in dim.values] if dim.type in ("choice", "grid") else [float(dim.high)]
         return max(ratios)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _adversarial_block(cls, data: Any) -> Any:
+        """``adversarial: {epsilon, steps, fraction}`` is the spelled-out form of the flat
+        ``adversarial_*`` keys (which a search space names as ``adversarial.epsilon`` too): both
+        validate to the same section, so the stage fingerprints do not depend on the spelling."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        block = data.pop("adversarial", None)
+        if block is not None:
+            if not isinstance(block, dict):
+                raise ValueError(f"adversarial must be a mapping {{epsilon, steps, fraction}}, got {block!r}")
+            unknown = sorted(set(block) - set(ADVERSARIAL_KEYS))
+            if unknown:
+                raise ValueError(f"adversarial: unknown key(s) {unknown}; allowed: {', '.join(ADVERSARIAL_KEYS)}")
+            for key, value in block.items():
+                flat = ADVERSARIAL_KEYS[key]
+                if flat in data and data[flat] != value:
+                    raise ValueError(f"adversarial.{key} ({value!r}) and {flat} ({data[flat]!r}) disagree; give one")
+                data[flat] = value
+        sweep = data.get("sweep")
+        if isinstance(sweep, dict) and isinstance(sweep.get("search_space"), dict):
+            space = {}
+            for name, dim in sweep["search_space"].items():
+                head, _, key = name.partition(".")
+                space[ADVERSARIAL_KEYS[key] if head == "adversarial" and key in ADVERSARIAL_KEYS else name] = dim
+            data["sweep"] = {**sweep, "search_space": space}
+        return data
 
     @model_validator(mode="after")
     def _robust_metric_is_measured(self) -> FusionSpec:
