@@ -5,6 +5,9 @@ same data (the embedded corpus). Prints, side by side:
 
   steady   : median tokens/s after the first 10 steps (Ray+DeepSpeed ÷ plain = ratio, target ≥ 0.95)
   startup  : seconds from the command (before Ray starts) to the first optimizer step done
+  data_wait: the share of each Ray step spent getting its batches ready (median after the first 10
+             steps, from the run's history; target < 5 %), and the read of the worker's blocks
+             from Ray Data before the first step
 
 The plain loop uses as many threads as the 2 workers together (one each), so both use the same
 cores. Use --preset/--steps for bigger runs on bigger machines.
@@ -102,6 +105,7 @@ def main() -> None:
             ]
         ray_rates = [h["tokens_per_s"] for h in history[10:]]
         ray_first = history[0]["time"] - t_cmd
+        wait_share = statistics.median(h["data_wait_share"] for h in history[10:])
         plain_rates, plain_first = plain_loop(spec, storage, args.steps, threads=args.workers)
     ray_steady, plain_steady = statistics.median(ray_rates), statistics.median(plain_rates[10:])
     layers, _, width = spec.pretrain.model.dims
@@ -114,6 +118,10 @@ def main() -> None:
     )
     print(
         f"startup   ray_deepspeed {ray_first:>8.1f} s      plain_torch {plain_first:>8.1f} s      ratio {ray_first / plain_first:.2f}"
+    )
+    print(
+        f"data_wait ray_deepspeed share {100 * wait_share:.2f} % of each step; "
+        f"blocks read from Ray Data before step 1 in {history[0]['data_load_s']:.2f} s"
     )
 
 

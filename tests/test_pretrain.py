@@ -57,8 +57,12 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         if "/checkpoint_2" in f
     }
     assert len(kept) == 2  # 3 checkpoints were written; the oldest was pruned after the newest committed
-    losses = [h["loss"] for h in history(storage, result.export_uri)]
+    steps = history(storage, result.export_uri)
+    losses = [h["loss"] for h in steps]
     assert len(losses) == 12 and losses[-1] < losses[0] - 0.2, losses
+    # the time each step waited on its data is in the history, and the read before the first step
+    assert all(0 < h["data_wait_s"] and 0 < h["data_wait_share"] < 1 for h in steps), steps
+    assert steps[0]["data_load_s"] > 0 and all("data_load_s" not in h for h in steps[1:])
 
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 

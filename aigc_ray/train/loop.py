@@ -210,7 +210,12 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
 
     p = cfg.training
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    t_load = time.perf_counter()
+    # The worker's share of the blocks is read from Ray Data once, before the first step (the
+    # data position is the step number, see sampler.py); each step then only indexes it. Both
+    # waits are in the history: data_load_s on the run's first record, data_wait_s on each.
     blocks = hooks.train_blocks()
+    data_load_s = time.perf_counter() - t_load
     order = GlobalBatchOrder(num_samples(blocks), p.global_batch_size, cfg.seed)
     engine = build_engine(cfg, world)
     start, history, resumes = 0, [], []
@@ -231,14 +236,17 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
     tokens_per_step = p.global_batch_size * p.seq_len
     t_last, started = time.perf_counter(), time.perf_counter()
     for step in range(start, p.max_steps):
-        losses = []
+        losses, data_wait = [], 0.0
         for micro in range(ga):
             rows = order.micro_indices(step, micro, rank, world, p.micro_batch_size)
             chunk = micro * world + rank  # position of these rows in the global batch
             # Dropout masks from (seed, step, chunk): a resumed run, or one on another world size,
             # draws the same masks as an uninterrupted one.
             torch.manual_seed(stable_seed(cfg.seed, step, chunk, "dropout"))
-            out = engine(**batch_for(blocks, rows, cfg, step, chunk, engine.device))
+            t_data = time.perf_counter()
+            batch = batch_for(blocks, rows, cfg, step, chunk, engine.device)
+            data_wait += time.perf_counter() - t_data
+            out = engine(**batch)
             engine.backward(out.loss)
             engine.step()
             losses.append(float(out.loss.detach()))
@@ -249,9 +257,13 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             "loss": loss,
             "lr": engine.get_lr()[0],
             "tokens_per_s": tokens_per_step / (now - t_last),
+            "data_wait_s": data_wait,  # this rank's time getting the step's batches ready
+            "data_wait_share": data_wait / (now - t_last),
             "epoch": order.epoch_of(step + 1),
             "time": time.time(),  # wall clock: lets a launcher measure start-up to first step
         }
+        if step == start:
+            record["data_load_s"] = data_load_s
         t_last = now
         history.append(record)
         if rank == 0 and cfg.tracking is not None:
