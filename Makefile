@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/sweep_efficiency.py
 	$(BIN)/python bench/augmentation.py
+	$(BIN)/python bench/scaling.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

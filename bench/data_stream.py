@@ -51,6 +51,18 @@ def start_s3() -> tuple[subprocess.Popen, str]:
     raise RuntimeError("moto server did not start")
 
 
+def bench_env() -> None:
+    """Credentials for the loopback S3 server (nothing real) and one thread per process."""
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench",
+        AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_EC2_METADATA_DISABLED="true",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+
+
 def pyarrow_pass(storage, files, batch_size, preprocess=None) -> int:
     import pyarrow.parquet as pq
 
@@ -89,14 +101,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    os.environ.update(
-        AWS_ACCESS_KEY_ID="bench",
-        AWS_SECRET_ACCESS_KEY="bench",
-        AWS_DEFAULT_REGION="us-east-1",
-        AWS_EC2_METADATA_DISABLED="true",
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
+    bench_env()
     import ray
 
     from aigc_ray.data.build import build_data

@@ -78,6 +78,11 @@ def run_tuner(
                 search_alg=search_alg(sweep),
                 num_samples=sweep.num_samples,
                 max_concurrent_trials=sweep.max_concurrent_trials,
+                # A new trial runs in the worker process the last one finished in: without this each
+                # trial paid ~5 s of process start and imports between trials (bench/scaling.py). Not
+                # under PBT: an exploit into a reused actor did not replay exactly from the donor's
+                # checkpoint (test_sweep's PBT test), so PBT keeps a fresh process per trial start.
+                reuse_actors=sweep.scheduler != "pbt",
             ),
             run_config=tune.RunConfig(
                 name="sweep",
