@@ -42,7 +42,8 @@ MiB = 1024 * 1024
 
 
 class PeakMemory:
-    """Peak RSS of this process and of Ray's worker processes (``ray::`` titles) together."""
+    """Peak RSS of this process and of its Ray worker processes (its descendants with ``ray::``
+    titles) together: another Ray cluster on the machine does not count."""
 
     def __init__(self, interval: float = 0.05):
         import psutil
@@ -56,10 +57,13 @@ class PeakMemory:
         import psutil
 
         total = 0
-        for proc in psutil.process_iter(["name", "cmdline", "memory_info"]):
-            cmd = proc.info["cmdline"] or []
-            if cmd and str(cmd[0]).startswith("ray::") and proc.info["memory_info"] is not None:
-                total += proc.info["memory_info"].rss
+        for proc in self.me.children(recursive=True):  # raylet is our child, its workers its children
+            try:
+                cmd = proc.cmdline()
+                if cmd and cmd[0].startswith("ray::"):
+                    total += proc.memory_info().rss
+            except psutil.Error:  # ended between the listing and the read
+                continue
         return total
 
     def _sample(self) -> None:
@@ -159,7 +163,7 @@ def main() -> None:
             )
 
         quiet = {"log": lambda *_: None}
-        lines: dict[str, dict[int, tuple]] = {"stream": {}, "import": {}}
+        measured: dict[str, dict[int, tuple[int, float, PeakMemory]]] = {"stream": {}, "import": {}}
         print(f"{cpus} CPUs; S3 at {endpoint}; sizes {args.sizes} x 1,797 rows; sweeps of {args.trials} trials")
         for n in args.sizes:
             spec = spec_for(f"x{n}", f"data.repeat={n}")
@@ -184,21 +188,24 @@ def main() -> None:
 
                 for name, fn in (("stream", stream), ("import", import_)):
                     rows, seconds, peak = measure(fn)
-                    lines[name][n] = (rows / seconds, peak.driver / MiB, peak.workers / MiB, rows, seconds)
+                    measured[name][n] = (rows, seconds, peak)
                     print(
                         f"{name:<7} x{n:<3} {rows:>7,d} rows  {rows / seconds:>8,.0f} rows/s  "
                         f"peak driver {peak.driver / MiB:6.0f} MiB  workers {peak.workers / MiB:6.0f} MiB",
                         flush=True,
                     )
         small, large = min(args.sizes), max(args.sizes)
-        for name, by_size in lines.items():
-            (r0, d0, w0, n0, t0), (r1, d1, w1, n1, t1) = by_size[small], by_size[large]
-            print(f"{name:<7} rows/s x{large} / x{small} ratio {r1 / r0:.2f}")
+        for name, by_size in measured.items():
+            (n0, t0, m0), (n1, t1, m1) = by_size[small], by_size[large]
+            print(f"{name:<7} rows/s x{large} / x{small} ratio {(n1 / t1) / (n0 / t0):.2f}")
             # seconds = fixed + rows / marginal rate, through the two ends: what a bigger run pays per row
-            marginal = (n1 - n0) / (t1 - t0) if t1 > t0 else float("inf")
-            print(f"{name:<7} marginal {marginal:,.0f} rows/s, fixed start {t0 - n0 / marginal:.1f} s per pass")
-            print(f"{name:<7} peak driver memory x{large} / x{small} ratio {d1 / d0:.2f}")
-            print(f"{name:<7} peak worker memory x{large} / x{small} ratio {w1 / w0:.2f}")
+            if t1 > t0:
+                marginal = (n1 - n0) / (t1 - t0)
+                print(f"{name:<7} marginal {marginal:,.0f} rows/s, fixed start {t0 - n0 / marginal:.1f} s per pass")
+            else:  # the fixed cost (and noise) swamps the rows: no rate to fit
+                print(f"{name:<7} marginal rate not measurable: x{large} took no longer than x{small}")
+            print(f"{name:<7} peak driver memory x{large} / x{small} ratio {m1.driver / m0.driver:.2f}")
+            print(f"{name:<7} peak worker memory x{large} / x{small} ratio {m1.workers / m0.workers:.2f}")
 
         per_iteration = {}
         sweep_space = json.dumps({"image_lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}})
