@@ -45,6 +45,8 @@ def run_stage(stage: int, args, world: int, device) -> dict:
     )
     ds_config = deepspeed_config(spec, world)
     config = lm_config(spec, 50304, {"bos": 0, "eos": 0, "pad": 0})
+    if args.activation:  # to measure an alternative against the project's default
+        config.activation_function = args.activation
     keep_alive = HfDeepSpeedConfig(ds_config) if stage == 3 else None
     model = build_lm(config)
     n_params = count_params(model)
@@ -68,6 +70,12 @@ def run_stage(stage: int, args, world: int, device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    phases = breakdown(engine, x, device) if args.breakdown else {}
+    if args.profile and device.type == "cuda":
+        print_profile(step, args.profile)
+    if args.profile_step and device.type == "cuda":  # the optimizer step alone (after a backward)
+        engine.backward(engine(input_ids=x, labels=x).loss)
+        print_profile(engine.step, 1)
     layers, _, width = spec.model.dims
     tokens_per_s = args.steps * args.micro * args.seq * world / seconds
     mfu = tokens_per_s * flops_per_token(n_params, layers, width, args.seq) / (args.peak_tflops * 1e12 * world)
@@ -76,7 +84,47 @@ def run_stage(stage: int, args, world: int, device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return {"zero": stage, "params": n_params, "tokens_per_s": tokens_per_s, "mfu": mfu, "max_mem_gib": memory}
+    result = {"zero": stage, "params": n_params, "tokens_per_s": tokens_per_s, "mfu": mfu, "max_mem_gib": memory}
+    return result | {"phases_s": phases, "activation": config.activation_function}
+
+
+def breakdown(engine, x, device, steps: int = 3) -> dict:
+    """Mean seconds of forward, backward and optimizer step, each synchronised (where a step's
+    time goes; the overlap this forbids is small on one GPU)."""
+    import torch
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    totals = {"forward": 0.0, "backward": 0.0, "step": 0.0}
+    for _ in range(steps):
+        sync()
+        t0 = time.perf_counter()
+        loss = engine(input_ids=x, labels=x).loss
+        sync()
+        t1 = time.perf_counter()
+        engine.backward(loss)
+        sync()
+        t2 = time.perf_counter()
+        engine.step()
+        sync()
+        t3 = time.perf_counter()
+        for name, seconds in zip(totals, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            totals[name] += seconds / steps
+    return totals
+
+
+def print_profile(step, steps: int) -> None:
+    """torch.profiler over ``steps`` training steps: the GPU kernels that take the time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
 
 
 def main() -> None:
@@ -90,6 +138,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per device (H200: 989)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--activation", default=None, help="override the model's activation_function")
+    parser.add_argument("--breakdown", action="store_true", help="also time forward, backward and step apart")
+    parser.add_argument("--profile", type=int, default=0, help="print a torch.profiler table over N steps")
+    parser.add_argument("--profile-step", action="store_true", help="print one for the optimizer step alone")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_mfu.json")
     args = parser.parse_args()
 
@@ -111,9 +163,11 @@ def main() -> None:
             print(
                 f"zero-{stage} {args.preset} ({r['params'] / 1e9:.2f} B params) {args.precision} "
                 f"micro {args.micro}x{args.seq} x{world}: {r['tokens_per_s']:,.0f} tok/s, "
-                f"peak mem {r['max_mem_gib']:.1f} GiB, mfu ratio {r['mfu']:.3f}",
+                f"peak mem {r['max_mem_gib']:.1f} GiB, {r['activation']}, mfu ratio {r['mfu']:.3f}",
                 flush=True,
             )
+            if r["phases_s"]:
+                print("  seconds per step: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases_s"].items()), flush=True)
     if rank == 0:
         meta = {
             "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",

@@ -71,6 +71,30 @@ def test_a_fusion_classifier_trains_and_predicts_where_it_is_placed(device):
     np.testing.assert_allclose(trained(device), trained("cpu"), atol=1e-4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_language_model_answers_the_same_where_it_is_placed(device, tmp_path):
+    """What a Serve text replica given ``gpus_per_replica`` does: the export on its GPU, the
+    next-token distribution back on the CPU, the same greedy completion as on the CPU."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aigc_ray.data.tokenizer import train_tokenizer
+    from aigc_ray.ensemble.lm import LMEnsemble
+
+    tok = train_tokenizer(["Caption for a seven: a handwritten seven. Caption for a three: a three."] * 20, 120)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_layer=2, n_head=2, n_embd=32)
+    GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    on_cpu, placed = LMEnsemble([str(tmp_path)]), LMEnsemble([str(tmp_path)], device=device)
+    assert {str(next(m.parameters()).device) for m in placed.models} == {
+        str(torch.device(device, 0) if device == "cuda" else device)
+    }
+    ids = torch.tensor([tok("Caption for a seven:")["input_ids"]])
+    np.testing.assert_allclose(placed.next_log_probs(ids), on_cpu.next_log_probs(ids), atol=1e-4)
+    prompt = "Caption for a three:"
+    assert placed.complete(prompt, max_tokens=12, temperature=0).text == on_cpu.complete(prompt, 12, 0).text
+
+
 def test_without_a_gpu_assigned_work_runs_on_the_cpu(ray_local):
     import ray
 
@@ -84,3 +108,25 @@ def test_a_task_given_a_gpu_gets_cuda(ray_local):
     import ray
 
     assert ray.get(ray.remote(num_cpus=0.1, num_gpus=1)(lambda: str(worker_device())).remote()) == "cuda:0"
+
+
+def test_training_on_gpus_asks_for_torchs_fused_adamw_and_only_there():
+    """The optimizer step of GPT-2-XL on an H200 took 0.12 s with torch's multi-pass AdamW
+    (BENCHMARKS.md); on GPUs DeepSpeed is told to build the fused one. The CPU path and CPU
+    offload (DeepSpeed's own CPU Adam) keep theirs."""
+    from aigc_ray.spec.sections import PretrainSpec
+    from aigc_ray.train.ds_config import deepspeed_config
+
+    def adam(**fields) -> dict:
+        return deepspeed_config(PretrainSpec(num_workers=1, global_batch_size=8, micro_batch_size=8, **fields), 1)[
+            "optimizer"
+        ]["params"]
+
+    assert adam(use_gpu=True)["fused"] is True and adam(use_gpu=True)["torch_adam"] is True
+    assert "fused" not in adam(use_gpu=False)
+    assert "fused" not in adam(use_gpu=True, offload_optimizer=True, zero_stage=2)
+    # what DeepSpeed then builds with these parameters (its torch_adam path), where one runs
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    params = {k: v for k, v in adam(use_gpu=device == "cuda").items() if k != "torch_adam"}
+    optimizer = torch.optim.AdamW([torch.zeros(4, device=device, requires_grad=True)], **params)
+    assert optimizer.defaults["fused"] is (True if device == "cuda" else None)
