@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -98,6 +99,16 @@ def test_sweeps_run_against_s3(ray_local, s3_data):
     assert result.uri.startswith("s3://") and result.trials == 2
     for t in result.top_k:  # the checkpoints the ensemble will load are on S3, where Tune put them
         assert t["checkpoint"].startswith("s3://") and storage.exists(t["checkpoint"] + "/fusion_state.pt")
+    # Every checkpoint is kept while the sweep runs (no experiment-state upload per num_to_keep
+    # checkpoints) and each trial is pruned to its best two once it ends: three iterations, two kept.
+    tune_dir = result.uri.rsplit("/", 1)[0] + "/tune/sweep"
+    kept: dict[str, set[str]] = {}
+    for f in storage.list_files(tune_dir):
+        match = re.search(r"/([^/]+_\d{5}[^/]*)/(checkpoint_\d+)/", f)
+        if match:
+            kept.setdefault(match.group(1), set()).add(match.group(2))
+    assert len(kept) == 2 and all(len(c) == 2 for c in kept.values()), kept
+    assert {t["checkpoint"].rsplit("/", 1)[-1] for t in result.top_k} <= set().union(*kept.values())
     assert storage.exists(result.uri + "/best/model.safetensors")
     assert storage.exists(result.uri + "/_manifest.json")
 

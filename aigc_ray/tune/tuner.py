@@ -100,15 +100,48 @@ def run_tuner(
                     ),
                     *trial_run_callbacks(),
                 ],
-                # PBT exploits need the donors' checkpoints: with num_to_keep they were pruned (seen here).
+                # Every checkpoint is kept while the sweep runs and pruned once it ends (below): with
+                # num_to_keep, Tune snapshots and uploads the whole experiment state each time a trial
+                # has checkpointed that many times (ray-project/ray#31613), which made the time per
+                # trial-iteration grow with the trial count (bench/scaling.py: 64 trials 128 s -> 60 s).
+                # PBT keeps them all anyway: its exploits need the donors' checkpoints.
                 checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=None if sweep.scheduler == "pbt" else 2,
+                    num_to_keep=None,
                     checkpoint_score_attribute=None if sweep.scheduler == "pbt" else sweep.metric,
                     checkpoint_score_order=sweep.mode,
                 ),
             ),
         )
-    return tuner.fit()
+    grid = tuner.fit()
+    if sweep.scheduler != "pbt":
+        prune_checkpoints(grid, sweep, KEEP_CHECKPOINTS)
+    return grid
+
+
+KEEP_CHECKPOINTS = 2  # per trial, the best by the sweep's metric: what ranking and the top-k read
+
+
+def prune_checkpoints(grid, sweep: SweepSpec, keep: int) -> int:
+    """Delete every trial's checkpoints but its ``keep`` best by the sweep's metric (what Tune's
+    ``num_to_keep`` would have left); return how many were deleted. Checkpoints that never
+    reported the metric go first. Safe to repeat: a checkpoint already gone is skipped."""
+    deleted = 0
+    for r in grid:
+        scored = [(c, m.get(sweep.metric)) for c, m in (r.best_checkpoints or [])]
+        ranked = sorted(scored, key=lambda cm: _sort_key(cm[1], sweep.mode))
+        for checkpoint, _ in ranked[keep:]:
+            info = checkpoint.filesystem.get_file_info(checkpoint.path)
+            if info.type.name != "NotFound":
+                checkpoint.filesystem.delete_dir(checkpoint.path)
+                deleted += 1
+    return deleted
+
+
+def _sort_key(value, mode: str) -> tuple:
+    """Best first; a missing or NaN value last."""
+    if value is None or value != value:
+        return (1, 0.0)
+    return (0, value if mode == "min" else -value)
 
 
 def rank_trials(grid, sweep: SweepSpec) -> list[dict]:
@@ -120,6 +153,7 @@ def rank_trials(grid, sweep: SweepSpec) -> list[dict]:
         # The trial's best retained checkpoint (Result.best_checkpoints, unlike get_best_checkpoint,
         # does not raise for a trial whose folder holds none, e.g. one stopped before its first).
         kept = [(c, m[sweep.metric]) for c, m in (r.best_checkpoints or []) if sweep.metric in m]
+        kept = sorted(kept, key=lambda cm: _sort_key(cm[1], sweep.mode))[:KEEP_CHECKPOINTS]  # those not pruned
         if not kept and r.checkpoint is not None:
             kept = [(r.checkpoint, r.metrics[sweep.metric])]  # PBT can reset a trial's bookkeeping
         if not kept:
