@@ -13,7 +13,8 @@ processes together, sampled every 50 ms while it runs (the object store's shared
 the workers that map it).
 
 Sweeps, at 4, 16 and 64 trials of the fusion sweep (random learning rates, 2 iterations of 5 steps
-each, FIFO, one CPU per trial): wall seconds per trial-iteration.
+each, FIFO, one CPU per trial): wall seconds per trial-iteration, and the marginal seconds per
+trial-iteration between consecutive sizes (the slope once each sweep's fixed start is paid).
 
 One line per size; then, per measurement, the largest size's figure ÷ the smallest's with the word
 ``ratio`` (wanted: rows/s within 20 % across sizes, i.e. ratio ≥ 0.8; memory flat; sweep cost per
@@ -207,7 +208,7 @@ def main() -> None:
             print(f"{name:<7} peak driver memory x{large} / x{small} ratio {m1.driver / m0.driver:.2f}")
             print(f"{name:<7} peak worker memory x{large} / x{small} ratio {m1.workers / m0.workers:.2f}")
 
-        per_iteration = {}
+        per_iteration, walls = {}, {}
         sweep_space = json.dumps({"image_lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}})
         for trials in args.trials:
             spec = spec_for(
@@ -230,6 +231,7 @@ def main() -> None:
                 wall = time.perf_counter() - start
             iterations = result.total_steps // 5
             per_iteration[trials] = wall / iterations
+            walls[trials] = (iterations, wall)
             print(
                 f"sweep   {trials:>3} trials  {iterations:>4} trial-iterations  {wall:7.1f} s  "
                 f"{per_iteration[trials]:.2f} s per trial-iteration",
@@ -239,6 +241,19 @@ def main() -> None:
         print(
             f"sweep   s per trial-iteration {many} / {few} trials ratio {per_iteration[many] / per_iteration[few]:.2f}"
         )
+        # What each further trial-iteration costs once the sweep's fixed start is paid (the slope
+        # between consecutive sizes): linear cost means this stays flat as the sweep grows.
+        sizes = sorted(walls)
+        slopes = [
+            (walls[b][1] - walls[a][1]) / (walls[b][0] - walls[a][0])
+            for a, b in zip(sizes, sizes[1:], strict=False)
+            if walls[b][0] > walls[a][0]
+        ]
+        if len(slopes) >= 2:
+            steps = " / ".join(f"{x:.2f}" for x in slopes)
+            print(
+                f"sweep   marginal s per trial-iteration {steps} (between sizes {sizes}) ratio {slopes[-1] / slopes[0]:.2f}"
+            )
         print(f"total {time.time() - started:.0f} s")
     finally:
         proc.terminate()

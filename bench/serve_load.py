@@ -74,6 +74,35 @@ def wait_up(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_overrides(root: str, cpus: int, text_encoder: str = "minilm") -> list[str]:
+    """The spec of the benchmarked ensemble: 3 bagged fusion members, mean of their probabilities."""
+    return [
+        f"storage.root={root}",
+        "name=bench",
+        f"ray.num_cpus={cpus}",
+        f"fusion.text_encoder={text_encoder}",
+        "fusion.sweep.steps_per_iteration=5",
+        "ensemble.top_k=0",
+        "ensemble.bagging=3",
+        "ensemble.bagging_iterations=1",
+        "ensemble.strategy=mean",
+        "ensemble.language_models=[]",
+        f"serve.port={free_port()}",
+        f"serve.cpus_per_replica={cpus / 5:g}",  # 3 members + ingress fit, with room to spare
+        "serve.max_ongoing_requests=32",
+        "serve.max_queued_requests=1000",
+        "serve.batch_wait_ms=10",
+    ]
+
+
 def plain_server(root: str, port: int) -> None:
     """The baseline: FastAPI + uvicorn, the same members and combiner, no Ray."""
     import numpy as np
@@ -127,8 +156,6 @@ def main() -> None:
         plain_server(args.plain_server[0], int(args.plain_server[1]))
         return
 
-    import socket
-
     from ray import serve
 
     from aigc_ray.data.arrays import digit_arrays
@@ -139,30 +166,9 @@ def main() -> None:
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage
 
-    def free_port() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     cpus = os.cpu_count() or 2
     with tempfile.TemporaryDirectory() as root:
-        overrides = [
-            f"storage.root={root}",
-            "name=bench",
-            f"ray.num_cpus={cpus}",
-            f"fusion.text_encoder={args.text_encoder}",
-            "fusion.sweep.steps_per_iteration=5",
-            "ensemble.top_k=0",
-            "ensemble.bagging=3",
-            "ensemble.bagging_iterations=1",
-            "ensemble.strategy=mean",
-            "ensemble.language_models=[]",
-            f"serve.port={free_port()}",
-            f"serve.cpus_per_replica={cpus / 5:g}",  # 3 members + ingress fit, with room to spare
-            "serve.max_ongoing_requests=32",
-            "serve.max_queued_requests=1000",
-            "serve.batch_wait_ms=10",
-        ]
+        overrides = bench_overrides(root, cpus, args.text_encoder)
         spec = load_spec(None, overrides)
         storage = Storage.from_spec(spec.storage)
         results = {}
