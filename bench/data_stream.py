@@ -193,7 +193,7 @@ def main() -> None:
             t_ray, n_ray = timed(ray_fn, args.runs)
             t_base, n_base = timed(base_fn, args.runs)
             assert n_ray == n_base, f"{name}: Ray Data read {n_ray} rows, pyarrow {n_base}"
-            seconds[name] = (t_ray, t_base)
+            seconds[name] = (t_ray, t_base, n_ray)
             r_ray, r_base = n_ray / t_ray, n_base / t_base
             print(
                 f"{name:<10} ray_data {r_ray:>10,.0f} rows/s  pyarrow {r_base:>10,.0f} rows/s  ratio {r_ray / r_base:.2f}"
@@ -207,8 +207,7 @@ def main() -> None:
                 return ray.data.read_parquet(paths[:1], filesystem=fs).select_columns(COLUMNS)
 
         t_one, n_one = timed(lambda: ray_pass(ray_read_one(), args.batch_size, "pyarrow"), args.runs)
-        t_ray, t_base = seconds["read"]
-        rows = args.repeat * 1797
+        t_ray, t_base, rows = seconds["read"]
         print(
             f"fixed      ray_data {t_one:.2f} s for a one-shard read pass ({n_one:,} rows); the whole read "
             f"{t_ray:.2f} s, pyarrow's {t_base:.2f} s"

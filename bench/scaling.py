@@ -208,7 +208,7 @@ def main() -> None:
             print(f"{name:<7} peak driver memory x{large} / x{small} ratio {m1.driver / m0.driver:.2f}")
             print(f"{name:<7} peak worker memory x{large} / x{small} ratio {m1.workers / m0.workers:.2f}")
 
-        per_iteration, walls = {}, {}
+        walls: dict[int, tuple[int, float]] = {}  # trials -> (trial-iterations, wall seconds)
         sweep_space = json.dumps({"image_lr": {"type": "loguniform", "low": 1e-3, "high": 3e-2}})
         for trials in args.trials:
             spec = spec_for(
@@ -230,17 +230,15 @@ def main() -> None:
                 result = run_fusion_sweep(spec, storage, progress=False, **quiet)
                 wall = time.perf_counter() - start
             iterations = result.total_steps // 5
-            per_iteration[trials] = wall / iterations
             walls[trials] = (iterations, wall)
             print(
                 f"sweep   {trials:>3} trials  {iterations:>4} trial-iterations  {wall:7.1f} s  "
-                f"{per_iteration[trials]:.2f} s per trial-iteration",
+                f"{wall / iterations:.2f} s per trial-iteration",
                 flush=True,
             )
         few, many = min(args.trials), max(args.trials)
-        print(
-            f"sweep   s per trial-iteration {many} / {few} trials ratio {per_iteration[many] / per_iteration[few]:.2f}"
-        )
+        (i0, w0), (i1, w1) = walls[few], walls[many]
+        print(f"sweep   s per trial-iteration {many} / {few} trials ratio {(w1 / i1) / (w0 / i0):.2f}")
         # What each further trial-iteration costs once the sweep's fixed start is paid (the slope
         # between consecutive sizes): linear cost means this stays flat as the sweep grows.
         sizes = sorted(walls)
