@@ -4,7 +4,9 @@ Same model (the spec's preset), same global batch (as the same micro-batches, ac
 same data (the embedded corpus). Prints, side by side:
 
   steady   : median tokens/s after the first 10 steps (Ray+DeepSpeed ÷ plain = ratio, target ≥ 0.95)
-  startup  : seconds from the command (before Ray starts) to the first optimizer step done
+  startup  : seconds from the command (before Ray starts) to the first optimizer step done, its
+             phases (ray.init, Train to our loop, data read, engine, first step), and the floor:
+             a fresh Ray plus a TorchTrainer whose loop only reports
   data_wait: the share of each Ray step spent getting its batches ready (median after the first 10
              steps, from the run's history; target < 5 %), and the read of the worker's blocks
              from Ray Data before the first step
@@ -64,6 +66,40 @@ def plain_loop(spec, storage, steps: int, threads: int) -> tuple[list[float], fl
     return rates, first
 
 
+def empty_loop(config: dict) -> None:
+    """A Train loop that only writes the wall clock (rank 0) and reports: Ray Train's own floor."""
+    import ray.train
+
+    if ray.train.get_context().get_world_rank() == 0:
+        Path(config["out"]).write_text(str(time.time()))
+    ray.train.report({})
+
+
+def ray_train_floor(spec, workers: int) -> tuple[float, float]:
+    """(ray.init seconds, seconds from fit() to an empty loop's report) on a fresh embedded Ray,
+    with the workers asking for what the pretraining workers ask for."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from aigc_ray.runtime import cpus_per_train_worker, ray_session
+
+    t = time.time()
+    with ray_session(spec), tempfile.TemporaryDirectory() as runs:
+        t_ray = time.time()
+        cpus = cpus_per_train_worker(workers, ray.cluster_resources()["CPU"], spec.ray.data_cpus)
+        trainer = TorchTrainer(
+            empty_loop,
+            train_loop_config={"out": f"{runs}/started"},
+            scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": cpus}),
+            torch_config=TorchConfig(backend="gloo"),
+            run_config=RunConfig(name="floor", storage_path=runs),
+        )
+        trainer.fit()
+        reported = float(Path(runs, "started").read_text())
+    return t_ray - t, reported - t_ray
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="small")
@@ -98,6 +134,7 @@ def main() -> None:
         build_data(spec, storage, log=lambda *_: None)
         t_cmd = time.time()
         with ray_session(spec):
+            t_ray = time.time()
             result = pretrain(spec, storage, log=lambda *_: None)
             history = [
                 json.loads(x)
@@ -105,8 +142,17 @@ def main() -> None:
             ]
         ray_rates = [h["tokens_per_s"] for h in history[10:]]
         ray_first = history[0]["time"] - t_cmd
+        marks = history[0]["startup_marks"]
+        phases = {
+            "ray_start": t_ray - t_cmd,
+            "train_to_loop": marks["loop_start"] - t_ray,
+            "data_read": marks["data_loaded"] - marks["loop_start"],
+            "engine": marks["engine_built"] - marks["data_loaded"],
+            "first_step": history[0]["time"] - marks["engine_built"],
+        }
         wait_share = statistics.median(h["data_wait_share"] for h in history[10:])
         plain_rates, plain_first = plain_loop(spec, storage, args.steps, threads=args.workers)
+        floor_init, floor_fit = ray_train_floor(spec, args.workers)
     ray_steady, plain_steady = statistics.median(ray_rates), statistics.median(plain_rates[10:])
     layers, _, width = spec.pretrain.model.dims
     print(
@@ -118,6 +164,11 @@ def main() -> None:
     )
     print(
         f"startup   ray_deepspeed {ray_first:>8.1f} s      plain_torch {plain_first:>8.1f} s      ratio {ray_first / plain_first:.2f}"
+    )
+    print("startup   phases: " + ", ".join(f"{name} {s:.1f} s" for name, s in phases.items()))
+    print(
+        f"startup   floor: an empty Ray Train loop ({args.workers} workers, gloo) reports {floor_fit:.1f} s after fit(), "
+        f"ray.init {floor_init:.1f} s: {floor_init + floor_fit:.1f} s of Ray before any work of ours"
     )
     print(
         f"data_wait ray_deepspeed share {100 * wait_share:.2f} % of each step; "

@@ -35,6 +35,29 @@ def history(storage: Storage, export_uri: str) -> list[dict]:
     return [json.loads(line) for line in storage.read_bytes(join(export_uri, "history.jsonl")).decode().splitlines()]
 
 
+def test_a_small_and_a_large_corpus_give_the_workers_the_same_blocks(ray_local, s3_data):
+    """A corpus up to pretrain.tokenize_in_driver_mb is tokenized in the driver, a larger one on
+    Ray Data (forced here with 0): what the workers pack is the same, and what torchrun reads."""
+    from aigc_ray.data.build import build_data
+    from aigc_ray.data.lm_blocks import blocks_from_dataset_iterator
+    from aigc_ray.train.pretrain import token_datasets
+
+    base, storage = s3_data
+    packed = {}
+    for limit, where in ((0, "on Ray Data"), (16, "in the driver")):
+        spec = spec_for(base, "tokenize", f"pretrain.tokenize_in_driver_mb={limit}")
+        build_data(spec, storage, log=lambda *_: None)
+        said = []
+        datasets = token_datasets(spec, storage, log=said.append)
+        assert f"tokenized {where}" in said[0], said
+        packed[where] = {split: blocks_from_dataset_iterator(ds, 64) for split, ds in datasets.items()}
+    for split in ("train", "val"):
+        expected = local_blocks(spec, storage, split, 64)
+        assert len(expected) > 10
+        assert np.array_equal(packed["on Ray Data"][split], expected)
+        assert np.array_equal(packed["in the driver"][split], expected)
+
+
 @pytest.mark.parametrize(("stage", "objective"), [(0, "clm"), (1, "mlm"), (2, "clm"), (3, "clm")])
 def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data, tmp_path, stage, objective):
     base, storage = s3_data
@@ -43,6 +66,8 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         f"zero{stage}",
         f"pretrain.zero_stage={stage}",
         f"pretrain.objective={objective}",
+        # the embedded corpus is small enough to be tokenized in the driver; one case on Ray Data
+        f"pretrain.tokenize_in_driver_mb={0 if stage == 1 else 16}",
         "pretrain.max_steps=12",
         "pretrain.checkpoint_every=4",
         "pretrain.keep_checkpoints=2",

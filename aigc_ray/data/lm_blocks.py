@@ -1,6 +1,7 @@
 """Language-model samples: the corpus tokenized and packed into fixed-length blocks.
 
-Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved; the
+Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved (a small
+corpus is tokenized in one process instead: ``driver_token_dataset``, the same tokens); the
 documents are joined with ``</s>`` and cut into ``seq_len``-token blocks, dropping the tail.
 The same packing runs without Ray (``local_blocks``) for torchrun and for evaluation.
 """
@@ -12,8 +13,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from ..layout import corpus_uri, pretrain_tokenizer_uri
+from ..manifest import read_manifest
 from ..spec import ExperimentSpec
-from ..storage import S3Settings, Storage
+from ..storage import S3Settings, Storage, StorageError
 from .shards import split_table
 from .stream import read_split
 from .tokenizer import load_fast_tokenizer, special_tokens
@@ -59,6 +61,27 @@ def corpus_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
         batch_format="numpy",
         fn_kwargs=_tokenizer_kwargs(spec, storage),
     )
+
+
+def corpus_bytes(storage: Storage, uri: str) -> int:
+    """The size of a corpus shard set (all splits), from its manifest."""
+    manifest = read_manifest(storage, uri)
+    if manifest is None:
+        raise StorageError(f"{uri}: no corpus shard set here (no manifest)")
+    return sum(entry.bytes for entry in manifest.files.values())
+
+
+def driver_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
+    """The same token arrays as ``corpus_token_dataset``, tokenized in this process and put into
+    Ray's object store as one dataset (for corpora too small to repay Ray Data's passes)."""
+    import pyarrow as pa
+    import ray.data
+
+    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
+    tokens = tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
+    ds = ray.data.from_arrow(pa.table({"tokens": pa.array(list(tokens), type=pa.list_(pa.int32()))}))
+    ds.context.enable_progress_bars = False
+    return ds
 
 
 def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:

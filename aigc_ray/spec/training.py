@@ -135,6 +135,13 @@ class PretrainSpec(TrainingSpec):
         description="Elastic training: how often (seconds) a running group checks whether returned nodes let it "
         "grow back to num_workers; growing restarts the workers from the last checkpoint.",
     )
+    tokenize_in_driver_mb: float = Field(
+        16.0,
+        ge=0,
+        description="A corpus up to this size (MB of its Parquet shards) is tokenized in the driver before the "
+        "workers start; a larger one on Ray Data across the cluster (its fixed cost, seconds per pass, is repaid "
+        "only by a corpus this large). Either way once per run, with the same tokens. 0: always Ray Data.",
+    )
     cpus_per_worker: float | None = Field(None, gt=0, description="Default: what ray.data_cpus leaves, split evenly.")
     worker_resources: dict[str, float] = Field(
         default_factory=dict,

@@ -107,6 +107,31 @@ def _all_mean(value: float, device) -> float:
     return float(t.item()) / torch.distributed.get_world_size()
 
 
+def init_distributed(use_gpu: bool) -> None:
+    """DeepSpeed's communication backend over the process group Ray Train (or torchrun) created,
+    so its own config code (HfDeepSpeedConfig under ZeRO-3) sees the real world size.
+
+    On CPUs, DeepSpeed's backend would first JIT-compile its shared-memory all-reduce op
+    (``deepspeed_shm_comm``: 35-40 s of g++ on 2 cores, on every node and after every
+    reinstall, before the first step). Only its inference all-reduce (tensor-parallel module
+    injection) calls that op, and that falls back to torch's all_reduce without it; training's
+    collectives (ZeRO reduce-scatter, all-gather, all-reduce) always go through gloo. So it is
+    not built here."""
+    import importlib
+
+    import deepspeed
+
+    # by module path: the package's attribute ``deepspeed.comm.torch`` is torch itself
+    ds_comm_torch = importlib.import_module("deepspeed.comm.torch")
+    build_shm_op = ds_comm_torch.build_shm_op
+    if not use_gpu:
+        ds_comm_torch.build_shm_op = lambda: None
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo")
+    finally:
+        ds_comm_torch.build_shm_op = build_shm_op
+
+
 def build_engine(cfg: LoopConfig, world: int):
     """Model + DeepSpeed engine. ZeRO-3 models are built while an HfDeepSpeedConfig is alive."""
     import deepspeed
@@ -115,9 +140,7 @@ def build_engine(cfg: LoopConfig, world: int):
 
     from ..models.lm import build_lm
 
-    # Wraps the process group Ray Train (or torchrun) created, so DeepSpeed's own config code
-    # (HfDeepSpeedConfig under ZeRO-3) sees the real world size.
-    deepspeed.init_distributed(dist_backend="nccl" if cfg.training.use_gpu else "gloo")
+    init_distributed(cfg.training.use_gpu)
     ds_config = deepspeed_config(cfg.training, world)
     torch.manual_seed(cfg.seed)  # identical initial weights (and new heads) on every rank
     keep_alive = HfDeepSpeedConfig(ds_config) if cfg.training.zero_stage == 3 else None
@@ -210,14 +233,19 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
 
     p = cfg.training
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    # Wall-clock marks of this worker's start-up (on the run's first record): where the time
+    # before step 1 goes — the launcher's part ends at loop_start.
+    marks = {"loop_start": time.time()}
     t_load = time.perf_counter()
     # The worker's share of the blocks is read from Ray Data once, before the first step (the
     # data position is the step number, see sampler.py); each step then only indexes it. Both
     # waits are in the history: data_load_s on the run's first record, data_wait_s on each.
     blocks = hooks.train_blocks()
     data_load_s = time.perf_counter() - t_load
+    marks["data_loaded"] = time.time()
     order = GlobalBatchOrder(num_samples(blocks), p.global_batch_size, cfg.seed)
     engine = build_engine(cfg, world)
+    marks["engine_built"] = time.time()
     start, history, resumes = 0, [], []
     with hooks.latest_checkpoint() as ckpt:
         if ckpt:
@@ -264,6 +292,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
         }
         if step == start:
             record["data_load_s"] = data_load_s
+            record["startup_marks"] = marks
         t_last = now
         history.append(record)
         if rank == 0 and cfg.tracking is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .loop import STATE_FILE, Hooks, run_training
+from .loop import STATE_FILE, Hooks, init_distributed, run_training
 
 
 class LocalHooks(Hooks):
@@ -49,14 +49,12 @@ def main() -> None:
     """The entry point: SPEC OUT_DIR [--set-style overrides]."""
     import sys
 
-    import deepspeed
-
     from ..spec import load_spec
     from .pretrain import loop_config
 
     spec_path, out_dir = sys.argv[1], sys.argv[2]
     spec = load_spec(spec_path, sys.argv[3:])
-    deepspeed.init_distributed(dist_backend="nccl" if spec.pretrain.use_gpu else "gloo")
+    init_distributed(spec.pretrain.use_gpu)
     if os.environ.get("LOCAL_RANK") and spec.pretrain.use_gpu:
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     run_training(loop_config(spec), LocalHooks(spec, out_dir))

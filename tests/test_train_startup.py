@@ -1,0 +1,36 @@
+"""What the training loop does before its first step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_cpu_training_compiles_no_deepspeed_op_and_its_collectives_work(tmp_path):
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce (35-40 s of g++ on 2 cores,
+    on every fresh node) that training never calls: the loop's init leaves it unbuilt, and the
+    collectives training uses still work. In a child process: a process group is global state."""
+    extensions = tmp_path / "torch_extensions"
+    script = textwrap.dedent(
+        """
+        import torch, torch.distributed as dist
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+        from aigc_ray.train.loop import init_distributed
+        init_distributed(use_gpu=False)
+        import importlib
+        import deepspeed.comm as ds_comm
+        assert importlib.import_module("deepspeed.comm.comm").cdb.shm_comm_op is None
+        t = torch.ones(3)
+        ds_comm.all_reduce(t)
+        ds_comm.inference_all_reduce(t)  # the one caller of the op falls back to torch's
+        assert t.tolist() == [1.0, 1.0, 1.0], t
+        # DeepSpeed left as found
+        assert importlib.import_module("deepspeed.comm.torch").build_shm_op.__name__ == "build_shm_op"
+        print("ok")
+        """
+    )
+    env = {"TORCH_EXTENSIONS_DIR": str(extensions), "DS_ACCELERATOR": "cpu", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    assert not extensions.exists() or not any(extensions.rglob("*.so")), list(extensions.rglob("*"))
