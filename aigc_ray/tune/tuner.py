@@ -22,7 +22,7 @@ from ..manifest import publish_directory
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.sections import SweepSpec
 from ..storage import Storage, checkpoint_uri, join
-from .space import param_space, scheduler, search_alg
+from .space import param_space, scheduler, search_alg, trial_count
 from .sweep_progress import SweepProgress
 from .trial_runs import trial_run_callbacks
 
@@ -96,7 +96,7 @@ def run_tuner(
                         sweep.metric,
                         sweep.mode,
                         sweep.max_iterations,
-                        sweep.num_samples,
+                        trial_count(sweep),
                     ),
                     *trial_run_callbacks(),
                 ],
