@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 
@@ -419,3 +420,39 @@ def test_an_init_that_does_not_fit_the_objective_is_refused(tmp_path, capsys, lo
         == 1
     )
     assert "no folder at" in capsys.readouterr().err
+
+
+def test_the_same_loop_runs_under_torchrun_without_ray(local_data, tmp_path):
+    """``torchrun -m aigc_ray.train.torchrun SPEC OUT_DIR`` (a GPU box without Ray): 2 processes
+    train, checkpoint, and the checkpoint consolidates into a plain model whose held-out loss is the
+    engine's. Nothing is compiled first (the shm op: see test_train_startup)."""
+    import subprocess
+    import sys
+
+    from aigc_ray.train.export import load_export_model, plain_eval_loss
+    from aigc_ray.train.pretrain import loop_config
+
+    base, storage = local_data
+    overrides = [f"storage.root={base.storage.root}", "data.rows_per_shard=300", *FAST, "pretrain.max_steps=6"]
+    overrides += ["pretrain.checkpoint_every=6", "pretrain.model.preset=tiny"]
+    (tmp_path / "spec.yaml").write_text("name: torchrun\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": str(tmp_path / "extensions")}
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+        + ["-m", "aigc_ray.train.torchrun", str(tmp_path / "spec.yaml"), str(out), *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = json.loads(done.stdout.strip().splitlines()[-1])  # rank 0 prints the checkpoint's metrics
+    assert final["step"] == 6
+    steps = [line for line in done.stdout.splitlines() if line.startswith("[pretrain] step ")]
+    assert steps[0].startswith("[pretrain] step 1/6") and steps[-1].startswith("[pretrain] step 6/6"), steps
+    spec = load_spec(str(tmp_path / "spec.yaml"), overrides)
+    val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
+    model = load_export_model(str(out)).eval()
+    assert math.isclose(plain_eval_loss(model, val, loop_config(spec)), final["eval_loss"], rel_tol=1e-5)
+    assert not any((tmp_path / "extensions").rglob("*.so"))
