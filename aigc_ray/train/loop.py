@@ -296,7 +296,9 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
         t_last = now
         history.append(record)
         if rank == 0 and cfg.tracking is not None:
-            cfg.tracking.log_metrics({k: v for k, v in record.items() if k not in ("step", "time")}, step + 1)
+            cfg.tracking.log_metrics(  # wall-clock times are not metrics
+                {k: v for k, v in record.items() if k not in ("step", "time", "startup_marks")}, step + 1
+            )
         last = step + 1 == p.max_steps
         eta = (now - started) / (step + 1 - start) * (p.max_steps - step - 1)
         if rank == 0:
