@@ -357,10 +357,10 @@ def test_pbt_never_mutates_what_shapes_the_network(family, shapes, others):
 def test_the_live_line_counts_every_trial_of_a_grid():
     """The quickstart's GAN sweep: 2 samples x a grid of 2 generators = 4 trials; the line said
     "3/2" once two trials had ended early before the count learned of grids."""
-    from aigc_ray.tune.space import trial_count
+    from aigc_ray.spec.cost import sweep_trials
     from aigc_ray.tune.sweep_progress import SweepProgress
 
     spec = load_spec("examples/quickstart.yaml", [])
-    assert trial_count(spec.gan.sweep) == 4 and trial_count(spec.fusion.sweep) == 6
-    line = SweepProgress("gan", "cond_accuracy", "max", 6, trial_count(spec.gan.sweep)).line([])
+    assert sweep_trials(spec.gan.sweep) == 4 and sweep_trials(spec.fusion.sweep) == 6
+    line = SweepProgress("gan", "cond_accuracy", "max", 6, sweep_trials(spec.gan.sweep)).line([])
     assert line.startswith("sweep gan 0/4: 0 running"), line

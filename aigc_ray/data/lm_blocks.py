@@ -77,8 +77,7 @@ def driver_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
     import pyarrow as pa
     import ray.data
 
-    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
-    tokens = tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
+    tokens = split_tokens(spec, storage, split)
     ds = ray.data.from_arrow(pa.table({"tokens": pa.array(list(tokens), type=pa.list_(pa.int32()))}))
     ds.context.enable_progress_bars = False
     return ds
@@ -92,8 +91,12 @@ def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
     return pack_blocks(arrays, block_len)
 
 
+def split_tokens(spec: ExperimentSpec, storage: Storage, split: str) -> np.ndarray:
+    """A split's documents as token arrays, without Ray: shards read in file order, tokenized here."""
+    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
+    return tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
+
+
 def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
     """The same blocks without Ray: read the shards in file order and tokenize in-process."""
-    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
-    tokens = tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
-    return pack_blocks(tokens, block_len)
+    return pack_blocks(split_tokens(spec, storage, split), block_len)

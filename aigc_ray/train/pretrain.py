@@ -219,15 +219,15 @@ def token_datasets(spec: ExperimentSpec, storage: Storage, log=print) -> dict:
     at once."""
     t = time.perf_counter()
     size = corpus_bytes(storage, corpus_uri(spec))
-    where = "in the driver" if size <= spec.pretrain.tokenize_in_driver_mb * 1e6 else "on Ray Data"
-    if where == "in the driver":
+    in_driver = size <= spec.pretrain.tokenize_in_driver_mb * 1e6
+    if in_driver:
         datasets = {split: driver_token_dataset(spec, storage, split) for split in ("train", "val")}
     else:
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aigc-tokenize") as pool:
             passes = {s: pool.submit(corpus_token_dataset(spec, storage, s).materialize) for s in ("train", "val")}
             datasets = {split: done.result() for split, done in passes.items()}
     log(
-        f"[pretrain] corpus ({size / 1e6:.1f} MB) tokenized {where}: "
+        f"[pretrain] corpus ({size / 1e6:.1f} MB) tokenized {'in the driver' if in_driver else 'on Ray Data'}: "
         f"{datasets['train'].count():,} training documents in {time.perf_counter() - t:.1f} s"
     )
     return datasets

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from ..spec.sections import SearchDim, SweepSpec
 
 
@@ -25,11 +23,6 @@ def tune_domain(dim: SearchDim):
 def param_space(defaults: dict, sweep: SweepSpec) -> dict:
     """The trainable's config: every default, with the searched dimensions as Tune domains."""
     return {**defaults, **{name: tune_domain(dim) for name, dim in sweep.search_space.items()}}
-
-
-def trial_count(sweep: SweepSpec) -> int:
-    """How many trials a sweep runs: ``num_samples`` for every point of its grid dimensions."""
-    return sweep.num_samples * math.prod(len(d.values) for d in sweep.search_space.values() if d.type == "grid")
 
 
 def pbt_mutations(sweep: SweepSpec, structural: frozenset[str] = frozenset()) -> dict:

@@ -20,9 +20,10 @@ from pathlib import Path
 from ..layout import sweep_results
 from ..manifest import publish_directory
 from ..spec import ExperimentSpec, spec_hash
+from ..spec.cost import sweep_trials
 from ..spec.sections import SweepSpec
 from ..storage import Storage, checkpoint_uri, join
-from .space import param_space, scheduler, search_alg, trial_count
+from .space import param_space, scheduler, search_alg
 from .sweep_progress import SweepProgress
 from .trial_runs import trial_run_callbacks
 
@@ -96,7 +97,7 @@ def run_tuner(
                         sweep.metric,
                         sweep.mode,
                         sweep.max_iterations,
-                        trial_count(sweep),
+                        sweep_trials(sweep),
                     ),
                     *trial_run_callbacks(),
                 ],
