@@ -154,8 +154,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     p = spec.pretrain
+    # continued pretraining trains the init folder's own model, not a preset of ours
+    model = f"the model at {p.init}" if p.init else f"a {p.model_family} model, {p.model.preset} {p.model.dims}"
     print(
-        f"pretraining a {p.model_family} ({p.objective}) model, {p.model.preset} {p.model.dims}, "
+        f"pretraining {model} ({p.objective}), "
         f"ZeRO-{p.zero_stage} {p.precision}, {p.num_workers} worker(s), {p.max_steps} steps"
     )
     with _stage(spec, "pretrain"), ray_session(spec, args.address):

@@ -22,13 +22,16 @@ from .tokenizer import load_fast_tokenizer, special_tokens
 
 
 def tokenize_documents(batch: dict, s3: S3Settings, tokenizer_uri: str, eos_token: str = "</s>") -> dict:
-    """Token ids of each document followed by ``eos_token`` (a variable-length list column)."""
+    """Token ids of each document, framed as the tokenizer frames a text (a Llama-style ``<s>``
+    first, BERT's ``[CLS] … [SEP]``; ours adds nothing), then ``eos_token`` unless the frame
+    already ends with it (a variable-length list column)."""
     tok = load_fast_tokenizer(s3, tokenizer_uri)
     eos = tok.token_to_id(eos_token)
     encodings = tok.encode_batch([str(t) for t in batch["text"]])
     tokens = np.empty(len(encodings), dtype=object)  # ragged: one array per document
     for i, enc in enumerate(encodings):
-        tokens[i] = np.array([*enc.ids, eos], dtype=np.int32)
+        ids = enc.ids if enc.ids and enc.ids[-1] == eos else [*enc.ids, eos]
+        tokens[i] = np.array(ids, dtype=np.int32)
     return {"tokens": tokens}
 
 
@@ -41,11 +44,13 @@ def pack_blocks(token_arrays: Iterable[np.ndarray], block_len: int) -> np.ndarra
 
 
 def _tokenizer_kwargs(spec: ExperimentSpec, storage: Storage) -> dict:
-    """Where pretraining's tokenizer is (``pretrain.init``'s own, else ours) and its end-of-text."""
+    """Where pretraining's tokenizer is (``pretrain.init``'s own, else ours) and the token that
+    ends a document: its end-of-text, or for an encoder without one (BERT) its separator."""
     uri = pretrain_tokenizer_uri(spec)
-    eos = special_tokens(storage, uri)["eos"] if spec.pretrain.init else "</s>"
+    names = special_tokens(storage, uri) if spec.pretrain.init else {"eos": "</s>"}
+    eos = names["eos"] or names.get("sep")
     if eos is None:
-        raise ValueError(f"{uri}: the tokenizer names no eos token (documents are separated by one)")
+        raise StorageError(f"{uri}: the tokenizer names no eos or sep token (documents are separated by one)")
     return {"s3": storage.s3, "tokenizer_uri": uri, "eos_token": eos}
 
 

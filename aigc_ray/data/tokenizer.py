@@ -63,24 +63,30 @@ def load_fast_tokenizer(s3: S3Settings, uri: str):
     keyed by the picklable S3 settings, not a Storage object, so the cache hits across calls)."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(Storage(s3).read_bytes(join(uri, "tokenizer.json")).decode())
+    tok = Tokenizer.from_str(Storage(s3).read_bytes(join(uri, "tokenizer.json")).decode())
+    # A user's tokenizer.json may carry padding and truncation (a sentence-transformers BERT pads
+    # and cuts every text to 128): each caller pads and cuts itself; a document must arrive whole.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
 
 
 def special_tokens(storage: Storage, uri: str) -> dict[str, str | None]:
-    """The special tokens (pad, bos, eos, unk, mask) of the Hugging Face tokenizer folder at
-    ``uri``, from its tokenizer_config.json / special_tokens_map.json (ours: SPECIAL_TOKENS). A
-    tokenizer without a pad token (GPT-2) pads with its eos token."""
+    """The special tokens (pad, bos, eos, unk, mask, and sep: BERT's separator) of the Hugging
+    Face tokenizer folder at ``uri``, from its tokenizer_config.json / special_tokens_map.json
+    (ours: SPECIAL_TOKENS). A tokenizer without a pad token (GPT-2) pads with its eos token."""
     import json
 
+    keys = (*SPECIAL_TOKENS, "sep_token")
     found: dict[str, str | None] = {}
     for name in ("special_tokens_map.json", "tokenizer_config.json"):
         if storage.exists(join(uri, name)):
             for key, value in json.loads(storage.read_bytes(join(uri, name))).items():
-                if key in SPECIAL_TOKENS and value is not None:
+                if key in keys and value is not None:
                     found.setdefault(key, value["content"] if isinstance(value, dict) else str(value))
     if not found:
         found = dict(SPECIAL_TOKENS)
-    names = {key.removesuffix("_token"): found.get(key) for key in SPECIAL_TOKENS}
+    names = {key.removesuffix("_token"): found.get(key) for key in keys}
     if names["pad"] is None:
         names["pad"] = names["eos"]
     return names

@@ -77,15 +77,28 @@ def digit_rows(spec: ExperimentSpec, storage: Storage, split: str) -> list[dict]
     return split_table(storage, multimodal_uri(spec), split, ["text", "label", "caption_kind"]).to_pylist()
 
 
+def prompt_and_caption_ids(tokenizer, prompt: str, caption: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, caption ids + end of text) as the base's own tokenizer writes them: the prompt
+    exactly as generation will encode it (with the start token a Llama-style tokenizer adds), the
+    caption as the tokens that continue it in ``"{prompt} {caption}"`` — never a second start
+    token in the middle of the sequence, which the loss would teach the model to write."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    whole = tokenizer(f"{prompt} {caption}")["input_ids"]
+    if whole[: len(prompt_ids)] == prompt_ids:
+        caption_ids = whole[len(prompt_ids) :]
+    else:  # the tokenizer merged across the boundary, or ends every text with a special token
+        caption_ids = tokenizer(" " + caption, add_special_tokens=False)["input_ids"]
+    return prompt_ids, [*caption_ids, tokenizer.eos_token_id]
+
+
 def caption_examples(rows: list[dict], tokenizer, seq_len: int, classes: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Prompt + exact caption + </s>, padded; the loss only counts the caption tokens."""
+    """Prompt + exact caption + end of text, padded; the loss only counts the caption tokens."""
     rows = [r for r in rows if r["caption_kind"] == "exact"]
     ids = np.full((len(rows), seq_len), tokenizer.pad_token_id, dtype=np.int64)
     labels = np.full((len(rows), seq_len), -100, dtype=np.int64)
     mask = np.zeros((len(rows), seq_len), dtype=np.int64)
     for i, r in enumerate(rows):
-        prompt = tokenizer(CAPTION_PROMPT.format(word=classes[r["label"]]))["input_ids"]
-        target = [*tokenizer(" " + r["text"])["input_ids"], tokenizer.eos_token_id]
+        prompt, target = prompt_and_caption_ids(tokenizer, CAPTION_PROMPT.format(word=classes[r["label"]]), r["text"])
         seq = (prompt + target)[:seq_len]
         ids[i, : len(seq)] = seq
         mask[i, : len(seq)] = 1
@@ -178,11 +191,13 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     from ..data.build import build_data, build_hash
 
     f = spec.finetune
-    build_data(spec, storage, log=log, say_up_to_date=False)
     init = base_init(spec, storage)
     base_local = local_model_dir(init)
     task = resolve_task(spec, base_local)
     tokenizer = base_tokenizer(base_local)
+    if task == "caption" and tokenizer.eos_token_id is None:  # before any Ray work
+        raise StorageError(f"{f.base}: its tokenizer has no end-of-text (eos) token, which ends every caption")
+    build_data(spec, storage, log=log, say_up_to_date=False)
     train, val = examples(spec, storage, tokenizer, "train", task), examples(spec, storage, tokenizer, "val", task)
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})
     tuning["num_labels"] = dataset_info(spec, storage).num_classes
