@@ -180,3 +180,25 @@ def test_a_streamed_decode_joins_to_what_complete_answers(lm, temperature, seed)
             done.completion_tokens,
         )
     assert stopped >= 2  # stop strings were met, mid-stream
+
+
+def test_an_instruct_models_chat_prompt_has_one_start_token_and_its_end_of_turn_stops(tmp_path):
+    """A user's instruct model (Llama-3-like): its chat template writes ``<s>`` itself, so the
+    prompt is not given a second one, and a turn ends at the generation config's ``<|eot|>`` —
+    not at max_tokens with the template's next turn written out."""
+    from base_models import EOT, instruct_llama_folder
+
+    from aigc_ray.ensemble.lm import LMEnsemble
+    from aigc_ray.serve.generation import render_chat
+
+    tokenizer = instruct_llama_folder(tmp_path)
+    lm = LMEnsemble([str(tmp_path)])
+    prompt, stops = render_chat(lm.tokenizer, [{"role": "user", "content": "Caption for a seven:"}])
+    assert prompt.startswith("<s>") and stops == []
+    ids = lm.prompt_ids(prompt)
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    done = lm.complete(prompt, max_tokens=8, temperature=0)
+    assert (done.finish_reason, done.completion_tokens, done.text) == ("stop", 0, "")
+    assert EOT not in done.text
+    plain = lm.prompt_ids("Caption for a seven:")  # a completion prompt still gets the model's <s>
+    assert plain[0] == tokenizer.bos_token_id and plain.count(tokenizer.bos_token_id) == 1

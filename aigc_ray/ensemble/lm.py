@@ -38,6 +38,15 @@ class LMEnsemble:
         self.context = min(
             getattr(m.config, "n_positions", None) or m.config.max_position_embeddings for m in self.models
         )
+        self.stop_ids = end_of_text_ids(self.tokenizer, self.models)
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """The prompt's token ids as the model reads them: framed by its tokenizer (Llama's
+        ``<s>`` first), unless the text already starts with that token — a chat template that
+        writes it itself (Llama 3's) would otherwise give the model two."""
+        bos = self.tokenizer.bos_token
+        written = bool(bos) and prompt.startswith(bos)
+        return list(self.tokenizer(prompt, add_special_tokens=not written)["input_ids"])
 
     def next_log_probs(self, ids: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
@@ -73,7 +82,7 @@ class LMEnsemble:
         """``complete`` step by step: the text decoded so far after each token that did not end
         the answer, then the ``Completion`` (what a streaming server sends piece by piece)."""
         rng = np.random.default_rng(seed)
-        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        prompt_ids = self.prompt_ids(prompt)
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id]
         ids, new = list(prompt_ids), []
@@ -81,7 +90,7 @@ class LMEnsemble:
         for _ in range(max_tokens):
             window = torch.tensor([ids[-self.context :]])
             token = _choose(self.next_log_probs(window), temperature, top_p, rng)
-            if token == self.tokenizer.eos_token_id:
+            if token in self.stop_ids:
                 finish = "stop"
                 break
             ids.append(token)
@@ -93,6 +102,17 @@ class LMEnsemble:
                 return
             yield text
         yield Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
+
+
+def end_of_text_ids(tokenizer, models) -> frozenset[int]:
+    """The tokens that end an answer: the tokenizer's eos and every id the models' generation
+    configs end on (an instruct model's end of turn: Llama 3's ``<|eot_id|>``, Qwen's
+    ``<|im_end|>``), so a chat answer stops at its turn's end, not at max_tokens."""
+    ids = {tokenizer.eos_token_id}
+    for m in models:
+        eos = getattr(getattr(m, "generation_config", None), "eos_token_id", None)
+        ids.update(eos if isinstance(eos, list | tuple) else [eos])
+    return frozenset(i for i in ids if i is not None)
 
 
 def _choose(log_probs: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
