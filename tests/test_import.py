@@ -3,6 +3,7 @@ disk or S3, imported into the shards every later stage reads; and the second emb
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import tarfile
@@ -93,6 +94,47 @@ def test_fit_square_resizes_the_short_side_and_crops_a_seeded_square():
     grey = fit_square(data, 10, 1, np.random.default_rng(0))
     assert grey.shape == (10, 10, 1)
     assert np.array_equal(fit_square(data, 10, 3, np.random.default_rng(5)), crops[5])
+
+
+def _encoded(img, fmt: str = "PNG", **save) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def test_images_are_read_as_a_viewer_shows_them_by_import_and_by_the_server():
+    """Images users really have: a 16-bit scan (Pillow's convert clips it to white), a phone
+    photo stored sideways with an EXIF orientation, a transparent PNG whose hidden pixels are
+    black, a palette PNG with a transparent index. Import (``fit_square``) and the server
+    (``decode_image_b64``) read each the same way."""
+    from aigc_ray.data.images import decode_image_b64
+
+    ramp = np.tile(np.linspace(0, 65535, 16), (16, 1)).astype(np.uint16)  # left dark, right bright
+    scan = fit_square(_encoded(Image.fromarray(ramp)), 16, 1, np.random.default_rng(0))[:, :, 0]
+    assert scan[:, 0].max() < 20 and scan[:, -1].min() > 235 and 100 < scan.mean() < 155
+
+    tall = np.zeros((16, 8, 3), np.uint8)
+    tall[:4] = 255  # stored 8 wide, 16 tall, white at the top
+    photo = Image.fromarray(tall)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # orientation: the viewer turns it 90 degrees clockwise, so it shows wide
+    upright = fit_square(_encoded(photo, "JPEG", exif=exif, quality=95), 8, 3, np.random.default_rng(0))
+    assert upright[:, -2:].mean() > 200 and upright[:, :2].mean() < 50  # white now on the right side
+
+    rgba = np.zeros((8, 8, 4), np.uint8)  # transparent everywhere and black underneath
+    rgba[2:6, 2:6] = (0, 0, 0, 255)  # an opaque black square
+    icon = fit_square(_encoded(Image.fromarray(rgba, "RGBA")), 8, 1, np.random.default_rng(0))[:, :, 0]
+    assert icon[0, 0] == 255 and icon[3, 3] == 0  # black on white, not black on black
+
+    palette = Image.fromarray(np.array([[0, 1], [1, 0]] * 4, np.uint8).repeat(4, 1), "P")
+    palette.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)
+    pal = fit_square(_encoded(palette, transparency=0), 8, 3, np.random.default_rng(0))
+    assert tuple(pal[0, 0]) == (255, 255, 255) and tuple(pal[0, 4]) == (200, 0, 0)
+
+    for img, channels, imported in [(Image.fromarray(ramp), 1, scan), (Image.fromarray(rgba, "RGBA"), 1, icon)]:
+        side = imported.shape[0]
+        served = decode_image_b64(base64.b64encode(_encoded(img)).decode(), side, channels)
+        assert np.abs(served[0] * 255 - imported).max() <= 1  # what the members are sent
 
 
 def test_splits_without_split_folders_are_stratified_and_seeded():

@@ -33,7 +33,7 @@ from ..spec import ExperimentSpec
 from ..storage import Storage
 from .digits import assign_splits
 from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
-from .images import encode_png
+from .images import as_displayed, encode_png
 from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, record_batches
 from .shards import write_shards
 
@@ -91,12 +91,13 @@ def scan_example(ex: Example) -> dict:
 
 
 def fit_square(data: bytes, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
-    """The image as (size, size, channels) uint8: converted to grey or RGB, its shorter side
-    resized to ``size`` and a square cropped at a seeded offset along the longer side."""
+    """The image as (size, size, channels) uint8: as a viewer shows it in grey or RGB
+    (``images.as_displayed``: upright, 8-bit, transparency over white), its shorter side resized
+    to ``size`` and a square cropped at a seeded offset along the longer side."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("L" if channels == 1 else "RGB")
+        img = as_displayed(img, channels)
         w, h = img.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))

@@ -84,8 +84,41 @@ def decode_image_file(raw: bytes, side: int, channels: int = 1) -> np.ndarray:
         raise ValueError("not a decodable image (PNG, JPEG, WebP, ...)") from None
 
 
+WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")  # more than 8 bits a sample
+WHITE = (255, 255, 255, 255)
+
+
+def as_displayed(img: Image.Image, channels: int) -> Image.Image:
+    """``img`` as a person sees it, in 8-bit grey (``channels`` 1) or RGB (3): turned upright by
+    its EXIF orientation (phone photos are stored sideways), 16-bit and float samples scaled to
+    0–255 by their range (Pillow's own convert clips them at 255: a 16-bit scan turned white),
+    and transparency laid over white (dropping alpha leaves what transparent pixels happen to
+    hold, often black under black strokes). Import and serving both read images through this."""
+    from PIL import ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE_MODES:
+        img = Image.fromarray(_scaled_to_8bit(np.asarray(img, dtype=np.float64), img.mode))
+    if "A" in img.getbands() or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, WHITE), img.convert("RGBA"))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def _scaled_to_8bit(x: np.ndarray, mode: str) -> np.ndarray:
+    """Samples of a wide mode as uint8: 16-bit by 65535 -> 255; 32-bit integers that fit 16
+    bits likewise; floats in [0, 1] by 255; anything else by its own minimum and maximum."""
+    lo, hi = float(x.min()), float(x.max())
+    if mode.startswith("I;16") or (mode == "I" and lo >= 0 and hi <= 65535):
+        lo, hi = 0.0, 65535.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        lo, hi = 0.0, 1.0
+    if hi <= lo:
+        return np.zeros(x.shape, dtype=np.uint8)
+    return np.round((x - lo) / (hi - lo) * 255.0).clip(0, 255).astype(np.uint8)
+
+
 def _model_pixels(img: Image.Image, side: int, channels: int) -> np.ndarray:
-    converted = img.convert("L" if channels == 1 else "RGB")
+    converted = as_displayed(img, channels)
     if converted.size != (side, side):
         converted = converted.resize((side, side), Image.Resampling.BOX)
     pixels = np.asarray(converted, dtype=np.float32) / 255.0
