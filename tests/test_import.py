@@ -350,6 +350,81 @@ def test_a_datasets_style_parquet_with_class_label_names_imports(ray_local, tmp_
     assert read_manifest(storage, corpus_uri(spec)) is not None
 
 
+@pytest.mark.slow
+def test_data_with_its_own_column_names_and_without_captions_imports(ray_local, tmp_path, shape_rows):
+    """A CIFAR-style Parquet (``img``, ``fine_label`` named by a ClassLabel, no captions at all)
+    and a LAION-style WebDataset (the caption and the class name in KEY.json under keys of its
+    own): ``data.source.columns`` names them. Captions the data lacks are written from the prompt
+    template, vague and wrong in the spec's fractions, the same for the same row every time."""
+    rows = _picked(shape_rows, 10)
+    features = {"img": {"_type": "Image"}, "fine_label": {"_type": "ClassLabel", "names": list(CLASSES)}}
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    table = pa.table(
+        {
+            "img": pa.array([{"bytes": r["image"], "path": None} for r in rows], image_type),
+            "fine_label": pa.array([r["label"] for r in rows], pa.int64()),
+        }
+    ).replace_schema_metadata({b"huggingface": json.dumps({"info": {"features": features}}).encode()})
+    (tmp_path / "pq").mkdir()
+    pq.write_table(table, tmp_path / "pq" / "train.parquet")
+    base = [f"storage.root={tmp_path / 'runs'}", "data.image_size=16", "data.prompt_template='a photo of a {name}'"]
+    source = f"data.source={{format: parquet, uri: '{tmp_path / 'pq'}'"
+
+    plain = load_spec(None, [*base, source + "}"])  # the default names: refused, naming what the file has
+    with pytest.raises(SourceError, match=r"missing column\(s\) image, text, label \(it has img, fine_label"):
+        build_data(plain, Storage.from_spec(plain.storage), **QUIET)
+
+    spec = load_spec(None, [*base, source + ", columns: {image: img, text: null, label: fine_label}}"])
+    storage = Storage.from_spec(spec.storage)
+    built = build_data(spec, storage, **QUIET)
+    assert built.multimodal.meta["classes"] == list(CLASSES) and built.multimodal.meta["rows"] == 60
+    written = [
+        r
+        for split in ("train", "val", "test")
+        for r in split_table(storage, multimodal_uri(spec), split, ["id", "text", "label", "caption_kind"]).to_pylist()
+    ]
+    kinds = {k: sum(r["caption_kind"] == k for r in written) for k in ("exact", "vague", "wrong")}
+    assert kinds["exact"] > 30 and kinds["vague"] > 0 and kinds["wrong"] > 0, kinds  # 0.7 / 0.2 / 0.1 by default
+    for r in written:
+        named = [c for c in CLASSES if r["text"] == f"a photo of a {c}"]
+        if r["caption_kind"] == "exact":
+            assert named == [CLASSES[r["label"]]], r
+        elif r["caption_kind"] == "wrong":
+            assert named and named != [CLASSES[r["label"]]], r
+        else:
+            assert not named, r
+    again = build_data(spec, storage, force=True, **QUIET)
+    assert again.multimodal.fingerprint == built.multimodal.fingerprint  # seeded per row: the same bytes
+
+    members = {}
+    for i, r in enumerate(rows[:12]):
+        members[f"{i:03d}.jpg"] = _png_or_jpeg(np.asarray(decode_png(r["image"])), "JPEG")
+        members[f"{i:03d}.json"] = json.dumps({"caption": f"picture number {i}", "class": CLASSES[r["label"]]}).encode()
+    (tmp_path / "wds").mkdir()
+    _tar(tmp_path / "wds" / "shard-0.tar", members)
+    laion = load_spec(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs-wds'}",
+            "data.image_size=16",
+            f"data.source={{format: webdataset, uri: '{tmp_path / 'wds'}', columns: {{text: caption, label: class}}}}",
+        ],
+    )
+    storage = Storage.from_spec(laion.storage)
+    built = build_data(laion, storage, **QUIET)
+    assert built.multimodal.meta["rows"] == 12
+    texts = {
+        r["id"]: (r["text"], r["label"], r["caption_kind"])
+        for split in ("train", "val", "test")
+        for r in split_table(storage, multimodal_uri(laion), split, ["id", "text", "label", "caption_kind"]).to_pylist()
+    }
+    classes = built.multimodal.meta["classes"]
+    assert texts == {
+        f"shard-0.tar/{i:03d}": (f"picture number {i}", classes.index(CLASSES[r["label"]]), "exact")
+        for i, r in enumerate(rows[:12])
+    }
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -88,6 +88,8 @@ class BuiltData:
 def build_hash(spec: ExperimentSpec) -> str:
     """Hash of everything that determines the built bytes (not batch size or shuffling)."""
     fields = spec.data.model_dump(mode="json", include=set(BUILD_FIELDS))
+    if spec.data.source and spec.data.source.columns.text is None:  # captions written from the template
+        fields["prompt_template"] = spec.data.prompt_template
     here = Path(__file__).parent
     code = hashlib.sha256(b"".join((here / name).read_bytes() for name in BUILDER_MODULES)).hexdigest()
     key = {"fields": fields, "version": DATASET_VERSION, "code": code, "python": sys.version_info[:2]}

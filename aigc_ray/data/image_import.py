@@ -31,7 +31,7 @@ import pyarrow as pa
 from ..manifest import Manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage
-from .digits import assign_splits
+from .digits import assign_splits, baseline_caption
 from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
 from .images import as_displayed, encode_png
 from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, record_batches
@@ -72,9 +72,11 @@ def _image_problem(ex: Example) -> tuple[str | None, str | None]:
     return mode, None
 
 
-def scan_example(ex: Example) -> dict:
+def scan_example(ex: Example, needs_caption: bool = True) -> dict:
+    """What the decisions need of one example: its label, colour mode, split, and its problem if
+    it has one (``needs_caption`` false: the data has none, the import writes them)."""
     mode, problem = _image_problem(ex)
-    if problem is None and (ex.text is None or not str(ex.text).strip()):
+    if problem is None and needs_caption and (ex.text is None or not str(ex.text).strip()):
         problem = "no caption"
     if problem is None and ex.label is None:
         problem = "no label"
@@ -109,6 +111,30 @@ def fit_square(data: bytes, size: int, channels: int, rng: np.random.Generator) 
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+class CaptionWriter:
+    """Captions for data that has none (``data.source.columns.text: null``): the prompt template
+    with the row's class name; ``data.caption_noise``'s fractions of them vague (naming no class)
+    or wrong (another class), as in the embedded sets, so a fusion model must read the image too.
+    Seeded per row key: the same row gets the same caption in every import."""
+
+    def __init__(self, spec: ExperimentSpec, classes: list[str]):
+        from .info import DatasetInfo, prompt_template
+
+        self.seed, self.classes = spec.data.seed, list(classes)
+        self.template = prompt_template(spec, DatasetInfo(tuple(classes), (0, 0, 0)))
+        noise = spec.data.caption_noise
+        self.kinds = (["exact", "vague", "wrong"], [1 - noise.vague - noise.wrong, noise.vague, noise.wrong])
+        self.vague = baseline_caption(classes)
+
+    def write(self, label: int, key: str) -> tuple[str, str]:
+        rng = _row_rng(self.seed, "caption:" + key)
+        kind = str(rng.choice(self.kinds[0], p=self.kinds[1])) if len(self.classes) > 1 else "exact"
+        if kind == "vague":
+            return self.vague, kind
+        named = label if kind == "exact" else (label + int(rng.integers(1, len(self.classes)))) % len(self.classes)
+        return self.template.format(name=self.classes[named]), kind
+
+
 def _row_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")])
 
@@ -140,11 +166,12 @@ def _ray_rows(listing: Listing, fn: Callable[[dict], Iterator[dict]]) -> Iterato
 
 def _scan(spec: ExperimentSpec, listing: Listing) -> list[dict]:
     storage_spec, fmt = spec.storage, spec.data.source.format
+    needs_caption = spec.data.source.columns.text is not None
 
     def scan_unit(item: dict) -> Iterator[dict]:
         try:
             for ex in _examples(storage_spec, fmt, item):
-                yield scan_example(ex)
+                yield scan_example(ex, needs_caption)
         except SourceError as exc:  # a whole unit unreadable (a corrupt tar): one bad row naming it
             uri = item["unit"]["uris"][0]
             problem = str(exc).removeprefix(f"{uri}: ")
@@ -218,7 +245,7 @@ def import_images(
 
     d = spec.data
     src = d.source
-    listing = LISTERS[src.format](storage, src.uri)
+    listing = LISTERS[src.format](storage, src.uri, src.columns.model_dump())
     size = image_size(spec)
     log(f"  importing {listing.files} {src.format} files from {src.uri} (images {size}x{size})")
     with ray_session(spec):
@@ -249,7 +276,8 @@ def import_images(
         splits = decide_splits(keep, labels, d.seed, d.splits.model_dump())
         plan = {r["key"]: (y, s) for r, y, s in zip(keep, labels, splits, strict=True)}
         late_bad: collections.Counter[str] = collections.Counter()
-        batches = _converted_batches(spec, listing, plan, size, channels, late_bad)
+        captions = None if src.columns.text else CaptionWriter(spec, classes)
+        batches = _converted_batches(spec, listing, plan, size, channels, late_bad, captions)
         manifest = write_shards(
             storage,
             uri,
@@ -278,12 +306,18 @@ def import_images(
 
 
 def _converted_batches(
-    spec: ExperimentSpec, listing: Listing, plan: dict, size: int, channels: int, late_bad: collections.Counter
+    spec: ExperimentSpec,
+    listing: Listing,
+    plan: dict,
+    size: int,
+    channels: int,
+    late_bad: collections.Counter,
+    captions: CaptionWriter | None = None,
 ) -> Iterator[pa.RecordBatch]:
     storage_spec, fmt, seed = spec.storage, spec.data.source.format, spec.data.seed
     on_bad_row = spec.data.on_bad_row
 
-    blank = {"text": "", "image": b"", "label": -1, "split": ""}
+    blank = {"text": "", "image": b"", "label": -1, "split": "", "caption_kind": ""}
 
     def convert_unit(item: dict) -> Iterator[dict]:
         try:
@@ -297,13 +331,15 @@ def _converted_batches(
                     problem = f"{ex.origin}: undecodable image ({type(exc).__name__}: {exc})"
                     yield {"id": ex.key, "problem": problem, **blank}
                     continue
+                text, kind = captions.write(y, ex.key) if captions else (str(ex.text).strip(), "exact")
                 yield {
                     "id": ex.key,
                     "problem": "",
-                    "text": str(ex.text).strip(),
+                    "text": text,
                     "image": encode_png(pixels),
                     "label": y,
                     "split": split,
+                    "caption_kind": kind,
                 }
         except SourceError:  # unreadable as a whole: the scan found it and it was skipped
             return
@@ -323,7 +359,7 @@ def _converted_batches(
                 "label": int(row["label"]),
                 "split": row["split"],
                 "source": fmt,
-                "caption_kind": "exact",  # the data's own caption, taken as given
+                "caption_kind": row["caption_kind"],  # the data's own caption: exact, taken as given
             }
 
     yield from record_batches(shard_rows(), MULTIMODAL_SCHEMA)

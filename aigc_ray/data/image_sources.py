@@ -11,6 +11,9 @@ pixels or decides class indices (``image_import`` does, once it knows every clas
   names from a ``classes.txt`` beside the shards) or ``KEY.json`` (``{"label": name}``).
 - ``parquet``: columns ``image`` (bytes, or ``{bytes, path}`` as ``datasets`` writes it), ``text``,
   ``label`` (int, named by a ``datasets`` ClassLabel in the file's metadata, or a class name).
+
+``data.source.columns`` renames the three (CIFAR's ``img``, a LAION shard's ``caption`` key in
+KEY.json) or says the data has no captions at all (``text: null``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from ..storage import Storage, join
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
 FILES_PER_UNIT = 64
+# What the data calls each part (``data.source.columns``): Parquet columns, the keys of a
+# WebDataset sample's KEY.json, the caption column of an ImageFolder's metadata file. A text of
+# None: the data has no captions (the import writes them from the class names).
+DEFAULT_COLUMNS = {"image": "image", "text": "text", "label": "label"}
 
 
 class SourceError(ValueError):
@@ -53,6 +60,7 @@ class Unit:
     uris: list[str]
     # imagefolder: per file, what the listing already knows (class, split, caption)
     known: list[dict] = field(default_factory=list)
+    columns: dict = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
 
 
 @dataclass
@@ -69,8 +77,8 @@ def _rel(uri: str, root: str) -> str:
 # --------------------------------------------------------------------------- imagefolder
 
 
-def _read_metadata(storage: Storage, uri: str) -> dict[str, str | None]:
-    """file_name -> text of one metadata.jsonl / metadata.csv."""
+def _read_metadata(storage: Storage, uri: str, text_column: str | None) -> dict[str, str | None]:
+    """file_name -> caption (the ``text_column``) of one metadata.jsonl / metadata.csv."""
     raw = storage.read_bytes(uri).decode("utf-8-sig")
     rows: list[dict] = []
     if uri.endswith(".jsonl"):
@@ -85,13 +93,14 @@ def _read_metadata(storage: Storage, uri: str) -> dict[str, str | None]:
     out = {}
     for n, row in enumerate(rows, 1):
         if not isinstance(row, dict) or "file_name" not in row:
-            raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and 'text' for the caption)")
-        text = row.get("text")
+            raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and {text_column!r} for the caption)")
+        text = row.get(text_column) if text_column else None
         out[str(row["file_name"])] = None if text is None else str(text)
     return out
 
 
-def list_imagefolder(storage: Storage, root: str) -> Listing:
+def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -> Listing:
+    columns = columns or DEFAULT_COLUMNS
     files = storage.list_files(root)
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not images:
@@ -104,7 +113,7 @@ def list_imagefolder(storage: Storage, root: str) -> Listing:
     image_set = set(images)
     for meta in metadata_files:
         folder = posixpath.dirname(meta)
-        for name, text in _read_metadata(storage, meta).items():
+        for name, text in _read_metadata(storage, meta, columns["text"]).items():
             target = join(folder, name)
             if target not in image_set:
                 raise SourceError(f"{meta}: names {name!r}, which is not an image under {folder}")
@@ -121,7 +130,7 @@ def list_imagefolder(storage: Storage, root: str) -> Listing:
         classes.add(label)
         known.append({"label": label, "split": split, "text": captions.get(f), "key": _rel(f, root)})
     units = [
-        Unit("imagefolder", images[i : i + FILES_PER_UNIT], known[i : i + FILES_PER_UNIT])
+        Unit("imagefolder", images[i : i + FILES_PER_UNIT], known[i : i + FILES_PER_UNIT], columns)
         for i in range(0, len(images), FILES_PER_UNIT)
     ]
     return Listing(units, sorted(classes), len(images))
@@ -142,11 +151,12 @@ def _classes_txt(storage: Storage, root: str) -> list[str] | None:
     return [line.strip() for line in storage.read_bytes(uri).decode().splitlines() if line.strip()]
 
 
-def list_webdataset(storage: Storage, root: str) -> Listing:
+def list_webdataset(storage: Storage, root: str, columns: dict | None = None) -> Listing:
+    columns = columns or DEFAULT_COLUMNS
     tars = storage.list_files(root, suffix=".tar")
     if not tars:
         raise SourceError(f"{root}: no .tar shards here (webdataset: KEY.png + KEY.txt + KEY.cls or KEY.json)")
-    return Listing([Unit("webdataset", [t]) for t in tars], _classes_txt(storage, root), len(tars))
+    return Listing([Unit("webdataset", [t], columns=columns) for t in tars], _classes_txt(storage, root), len(tars))
 
 
 def _member_key(name: str) -> tuple[str, str]:
@@ -173,41 +183,55 @@ def read_webdataset(storage: Storage, unit: Unit) -> Iterator[Example]:
     for key, parts in groups.items():
         origin = f"{uri}:{key}"
         image = next((parts[ext] for ext in ("png", "jpg", "jpeg", "webp") if ext in parts), None)
-        text = parts["txt"].decode("utf-8", errors="replace").strip() if "txt" in parts else None
+        meta = _sample_json(parts.get("json"))
+        text_key, label_key = unit.columns["text"], unit.columns["label"]
+        text = None
+        if text_key and "txt" in parts:
+            text = parts["txt"].decode("utf-8", errors="replace").strip()
+        elif text_key and meta.get(text_key) is not None:  # LAION-style: the caption in KEY.json
+            text = str(meta[text_key])
         label: int | str | None = None
         if "cls" in parts:
             raw = parts["cls"].decode().strip()
             label = int(raw) if raw.lstrip("-").isdigit() else raw
-        elif "json" in parts:
-            try:
-                label = json.loads(parts["json"]).get("label")
-            except (json.JSONDecodeError, AttributeError):
-                label = None
+        elif isinstance(meta.get(label_key), int | str):
+            label = meta[label_key]
         yield Example(f"{shard}/{key}", origin, image, text, label)
+
+
+def _sample_json(raw: bytes | None) -> dict:
+    """A sample's KEY.json as a dict ({} when absent or not a JSON object)."""
+    try:
+        meta = json.loads(raw) if raw else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 # --------------------------------------------------------------------------- parquet
 
 
-def _classlabel_names(schema) -> list[str] | None:
-    """The class names of a ``label`` ClassLabel feature, as ``datasets`` records them."""
+def _classlabel_names(schema, label_column: str) -> list[str] | None:
+    """The class names of the label column's ClassLabel feature, as ``datasets`` records them."""
     meta = (schema.metadata or {}).get(b"huggingface")
     if not meta:
         return None
     try:
-        feature = json.loads(meta)["info"]["features"]["label"]
+        feature = json.loads(meta)["info"]["features"][label_column]
     except (KeyError, TypeError, json.JSONDecodeError):
         return None
     names = feature.get("names") if isinstance(feature, dict) else None
     return [str(n) for n in names] if names else None
 
 
-def list_parquet(storage: Storage, root: str) -> Listing:
+def list_parquet(storage: Storage, root: str, columns: dict | None = None) -> Listing:
     import pyarrow.parquet as pq
 
+    columns = columns or DEFAULT_COLUMNS
+    wanted = [c for c in (columns["image"], columns["text"], columns["label"]) if c]
     files = storage.list_files(root, suffix=".parquet")
     if not files:
-        raise SourceError(f"{root}: no .parquet files here (columns image, text, label)")
+        raise SourceError(f"{root}: no .parquet files here (columns {', '.join(wanted)})")
     names = None
     for f in files:
         fs, path = storage.filesystem(f)
@@ -215,11 +239,14 @@ def list_parquet(storage: Storage, root: str) -> Listing:
             schema = pq.read_schema(path, filesystem=fs)
         except Exception as exc:  # pyarrow raises several types for a bad footer
             raise SourceError(f"{f}: not a readable Parquet file ({exc})") from None
-        missing = [c for c in ("image", "text", "label") if c not in schema.names]
+        missing = [c for c in wanted if c not in schema.names]
         if missing:
-            raise SourceError(f"{f}: missing column(s) {', '.join(missing)} (needs image, text, label)")
-        names = names or _classlabel_names(schema)
-    return Listing([Unit("parquet", [f]) for f in files], names, len(files))
+            raise SourceError(
+                f"{f}: missing column(s) {', '.join(missing)} (it has {', '.join(schema.names)}; "
+                "data.source.columns names the image, text and label columns)"
+            )
+        names = names or _classlabel_names(schema, columns["label"])
+    return Listing([Unit("parquet", [f], columns=columns) for f in files], names, len(files))
 
 
 def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
@@ -227,10 +254,11 @@ def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
 
     (uri,) = unit.uris
     fs, path = storage.filesystem(uri)
-    columns = ["image", "text", "label"]
+    image_col, text_col, label_col = unit.columns["image"], unit.columns["text"], unit.columns["label"]
+    columns = [c for c in (image_col, text_col, label_col) if c]
     try:
         pf = pq.ParquetFile(path, filesystem=fs)
-        if "split" in pf.schema_arrow.names:
+        if "split" in pf.schema_arrow.names and "split" not in columns:
             columns.append("split")
     except Exception as exc:  # pyarrow raises several types for a bad file
         raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from None
@@ -238,12 +266,13 @@ def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
     row = 0
     for batch in _parquet_batches(pf, uri, columns):
         for item in batch.to_pylist():
-            image = item["image"]
+            image = item[image_col]
             if isinstance(image, dict):  # datasets' Image feature: {bytes, path}
                 image = image.get("bytes")
             split = item.get("split")
             split = SPLIT_FOLDERS.get(str(split)) if split is not None else None
-            yield Example(f"{name}/{row}", f"{uri} row {row}", image, item["text"], item["label"], split)
+            text = item[text_col] if text_col else None
+            yield Example(f"{name}/{row}", f"{uri} row {row}", image, text, item[label_col], split)
             row += 1
 
 

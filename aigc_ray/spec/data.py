@@ -97,6 +97,20 @@ class CaptionNoise(Section):
 IMAGE_FORMATS = ("imagefolder", "webdataset", "parquet")
 
 
+class SourceColumns(Section):
+    """What the data calls the image, the caption and the label: Parquet column names, the keys
+    of a WebDataset sample's KEY.json (KEY.txt and KEY.cls still win), the caption column of an
+    ImageFolder's metadata file."""
+
+    image: str = Field("image", min_length=1, description="The image column (Parquet).")
+    text: str | None = Field(
+        "text",
+        description="The caption column or key; null when the data has no captions: each is then written from "
+        "data.prompt_template with the row's class name, vague and wrong in data.caption_noise's fractions.",
+    )
+    label: str = Field("label", min_length=1, description="The label column or key (an index or a class name).")
+
+
 class SourceSpec(Section):
     """The user's own image–caption–label data, imported into multimodal shards."""
 
@@ -106,6 +120,7 @@ class SourceSpec(Section):
         "columns image (bytes or {bytes, path}), text, label (int or class name)."
     )
     uri: str = Field(description="Local folder or s3://bucket/prefix holding the data.")
+    columns: SourceColumns = Field(default_factory=SourceColumns)
 
     @field_validator("uri")
     @classmethod
