@@ -227,10 +227,12 @@ class Storage:
         return fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def read_bytes(self, uri: str) -> bytes:
-        """Read a whole object; raises StorageError naming the URI if it is missing."""
+        """Read a whole object, its bytes as stored; raises StorageError naming the URI if it is missing."""
         fs, path = self.filesystem(uri)
         try:
-            with fs.open_input_stream(path) as f:
+            # compression=None: pyarrow would otherwise decompress by the name's suffix (.gz, .zst, ...),
+            # so a size or a checksum of the bytes read would not be the object's
+            with fs.open_input_stream(path, compression=None) as f:
                 return f.read()
         except FileNotFoundError:
             raise StorageError(f"{uri}: no such object") from None

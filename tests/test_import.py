@@ -186,6 +186,23 @@ def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
         ["first paragraph\n\nsecond paragraph", "doc one", "doc two", "p1", "p2"]
     )
     assert len({r["id"] for r in rows}) == len(rows) and {r["split"] for r in rows} <= {"train", "val", "test"}
+    (tmp_path / "c4").mkdir()  # C4's and The Pile's shapes: JSON lines, compressed, the text under another key
+    lines = "".join(json.dumps({"content": f"doc {i}", "url": "x"}) + "\n" for i in range(3)).encode()
+    with pa.CompressedOutputStream(str(tmp_path / "c4" / "c4-train.00000.json.gz"), "gzip") as out:
+        out.write(lines)
+    with pa.CompressedOutputStream(str(tmp_path / "c4" / "pile.jsonl.zst"), "zstd") as out:
+        out.write(lines.replace(b"doc", b"pile"))
+    with pa.CompressedOutputStream(str(tmp_path / "c4" / "notes.txt.gz"), "gzip") as out:
+        out.write("déjà vu".encode())
+    files = storage.glob(str(tmp_path / "c4" / "*"))
+    batches = import_corpus_batches(storage, files, 0, FRACTIONS, 10_000, text_field="content")
+    assert sorted(r["text"] for b in batches for r in b.to_pylist()) == sorted(
+        [*(f"doc {i}" for i in range(3)), *(f"pile {i}" for i in range(3)), "déjà vu"]
+    )
+    (tmp_path / "c4" / "broken.jsonl.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(CorpusError, match=r"broken.jsonl.gz: not a readable gzip file"):
+        list(import_corpus_batches(storage, storage.glob(str(tmp_path / "c4" / "*")), 0, FRACTIONS, 10_000))
+
     (tmp_path / "a" / "bad.jsonl").write_text('{"text": "ok"}\n{"no": 1}\n')
     with pytest.raises(CorpusError, match=r"bad.jsonl line 2: expected a JSON object with a 'text' field"):
         list(import_corpus_batches(storage, storage.glob(str(tmp_path / "a" / "*.jsonl")), 0, FRACTIONS, 10_000))

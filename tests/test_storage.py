@@ -48,6 +48,17 @@ def test_round_trip_and_listing(place):
         storage.read_bytes(f"{base}/a/x.bin")
 
 
+def test_an_object_named_like_a_compressed_file_reads_as_stored(place):
+    """pyarrow decompresses by a name's suffix unless told not to: a .gz object must read as the
+    bytes written (its size and checksum are the object's; the corpus import decompresses)."""
+    import gzip
+
+    storage, base = place
+    packed = gzip.compress(b"some text")
+    storage.write_bytes(f"{base}/c4.json.gz", packed)
+    assert storage.read_bytes(f"{base}/c4.json.gz") == packed
+
+
 def test_failed_write_keeps_previous_version(place):
     storage, base = place
     uri = f"{base}/model.bin"

@@ -176,7 +176,9 @@ def build_data(
     if corpus is None:
         if d.corpus is not None:
             inputs = dict([sources["corpus"]])
-            batches = import_corpus_batches(storage, corpus_files, d.seed, fractions, d.corpus_max_chars)
+            batches = import_corpus_batches(
+                storage, corpus_files, d.seed, fractions, d.corpus_max_chars, text_field=d.corpus.text_field
+            )
             meta = {"source": d.corpus.uri, "files": len(corpus_files)}
         else:
             inputs, batches = {}, corpus_batches(d.seed, fractions, d.corpus_max_chars)

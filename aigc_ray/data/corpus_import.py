@@ -1,8 +1,10 @@
 """Importing the user's pretraining text (``data.corpus``) as a text/v1 shard set.
 
 Files by URI, folder or glob, local or S3: ``.txt`` (the file is the document; long files are
-cut at paragraph breaks into documents of at most ``MAX_DOC_CHARS``), ``.jsonl`` (one document
-per line, its ``text`` field) and ``.parquet`` (a ``text`` column). Files are read one at a time
+cut at paragraph breaks into documents of at most ``MAX_DOC_CHARS``), ``.jsonl`` or ``.json``
+(JSON lines, as C4 and The Pile ship them: one document per line, its ``text`` field) and
+``.parquet`` (a ``text`` column); ``data.corpus.text_field`` renames the field. Text files may be
+compressed (``.gz``, ``.zst``: ``train.jsonl.zst``). Files are read one at a time
 and streamed to the shard writer, so a corpus larger than memory imports. Splits are seeded by
 document id (``corpus.split_of``), as for the embedded corpus.
 """
@@ -21,7 +23,13 @@ from .corpus import split_of
 from .image_sources import SourceError
 from .schema import TEXT_SCHEMA, record_batches
 
-TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
+PLAIN_SUFFIXES = (".txt", ".jsonl", ".json")
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+TEXT_SUFFIXES = (
+    *PLAIN_SUFFIXES,
+    ".parquet",
+    *(s + c for s in PLAIN_SUFFIXES for c in COMPRESSIONS),
+)
 MAX_DOC_CHARS = 20_000
 
 
@@ -49,41 +57,73 @@ def _paragraph_chunks(text: str) -> Iterator[str]:
         yield "\n\n".join(piece)
 
 
-def file_documents(storage: Storage, uri: str) -> Iterator[tuple[str, str]]:
-    """(document id, text) of one corpus file."""
+def _file_bytes(storage: Storage, uri: str) -> tuple[bytes, str]:
+    """A corpus file's bytes, decompressed, and its name without the compression suffix."""
     name = posixpath.basename(uri)
-    if uri.endswith(".txt"):
+    codec = next((c for suffix, c in COMPRESSIONS.items() if name.endswith(suffix)), None)
+    data = storage.read_bytes(uri)
+    if codec is None:
+        return data, name
+    try:
+        data = pa.CompressedInputStream(pa.BufferReader(data), codec).read()
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"{uri}: not a readable {codec} file ({exc})") from None
+    return data, name.rsplit(".", 1)[0]
+
+
+def file_documents(storage: Storage, uri: str, text_field: str = "text") -> Iterator[tuple[str, str]]:
+    """(document id, text) of one corpus file (``text_field``: the JSON field or Parquet column)."""
+    name = posixpath.basename(uri)
+    if uri.endswith(".parquet"):
+        yield from _parquet_documents(storage, uri, name, text_field)
+        return
+    data, inner = _file_bytes(storage, uri)
+    if inner.endswith(".txt"):
         try:
-            text = storage.read_bytes(uri).decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
         for i, chunk in enumerate(_paragraph_chunks(text)):
             if chunk.strip():
                 yield f"{name}#{i}", chunk
-    elif uri.endswith(".jsonl"):
-        for n, line in enumerate(storage.read_bytes(uri).decode("utf-8", errors="strict").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                text = json.loads(line)["text"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise CorpusError(f"{uri} line {n}: expected a JSON object with a 'text' field") from None
-            if isinstance(text, str) and text.strip():
-                yield f"{name}#{n}", text
-    elif uri.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
+        return
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
+    for n, line in enumerate(lines, 1):  # JSON lines (.jsonl, or .json as C4 names them)
+        if not line.strip():
+            continue
         try:
-            table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=["text"])
-        except (pa.ArrowException, OSError) as exc:
-            raise CorpusError(f"{uri}: not a Parquet file with a 'text' column ({exc})") from None
-        for n, text in enumerate(table.column("text").to_pylist()):
-            if isinstance(text, str) and text.strip():
-                yield f"{name}#{n}", text
+            text = json.loads(line)[text_field]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CorpusError(
+                f"{uri} line {n}: expected a JSON object with a {text_field!r} field (data.corpus.text_field)"
+            ) from None
+        if isinstance(text, str) and text.strip():
+            yield f"{name}#{n}", text
+
+
+def _parquet_documents(storage: Storage, uri: str, name: str, text_field: str) -> Iterator[tuple[str, str]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(io.BytesIO(storage.read_bytes(uri)), columns=[text_field])
+    except (pa.ArrowException, OSError) as exc:
+        raise CorpusError(f"{uri}: not a Parquet file with a {text_field!r} column ({exc})") from None
+    for n, text in enumerate(table.column(text_field).to_pylist()):
+        if isinstance(text, str) and text.strip():
+            yield f"{name}#{n}", text
 
 
 def import_corpus_batches(
-    storage: Storage, files: list[str], seed: int, fractions: dict[str, float], max_chars: int, batch_rows: int = 256
+    storage: Storage,
+    files: list[str],
+    seed: int,
+    fractions: dict[str, float],
+    max_chars: int,
+    batch_rows: int = 256,
+    text_field: str = "text",
 ) -> Iterator[pa.RecordBatch]:
     """The documents of ``files`` (those with a known suffix) as text/v1 record batches, at most
     ``max_chars`` characters in all, ids unique (``file#n``, the path kept where names repeat)."""
@@ -97,7 +137,7 @@ def import_corpus_batches(
         total = 0
         for f in usable:
             prefix = "" if unique else posixpath.dirname(f).lstrip("/") + "/"
-            for doc_id, text in file_documents(storage, f):
+            for doc_id, text in file_documents(storage, f, text_field):
                 if total + len(text) > max_chars:
                     break  # the rest of this file; a later file's documents may still fit
                 total += len(text)

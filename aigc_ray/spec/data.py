@@ -134,9 +134,11 @@ class CorpusSpec(Section):
     """The user's own pretraining text."""
 
     uri: str = Field(
-        description="A file, folder or glob (local or s3://) of .txt (one document per file), .jsonl (a 'text' "
-        "field per line) or .parquet (a 'text' column) files."
+        description="A file, folder or glob (local or s3://) of .txt (one document per file), .jsonl or .json "
+        "(JSON lines: a 'text' field per line) or .parquet (a 'text' column) files; text files may be compressed "
+        "(.gz, .zst)."
     )
+    text_field: str = Field("text", min_length=1, description="The JSON field or Parquet column holding the text.")
 
     @field_validator("uri")
     @classmethod
