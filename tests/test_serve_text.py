@@ -202,3 +202,26 @@ def test_an_instruct_models_chat_prompt_has_one_start_token_and_its_end_of_turn_
     assert EOT not in done.text
     plain = lm.prompt_ids("Caption for a seven:")  # a completion prompt still gets the model's <s>
     assert plain[0] == tokenizer.bos_token_id and plain.count(tokenizer.bos_token_id) == 1
+
+
+def test_an_image_comes_as_png_jpeg_or_webp_bare_or_as_a_data_url():
+    """What clients send: a phone's JPEG, a browser's data: URL. A GIF, or a data URL that is
+    not base64, is refused naming what is taken."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def b64(fmt: str) -> str:
+        buf = io.BytesIO()
+        Image.fromarray(np.full((16, 16, 3), 200, np.uint8)).save(buf, format=fmt)
+        return base64.b64encode(buf.getvalue()).decode()
+
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        ClassifyRequest(image=b64(fmt), text="a seven")
+        ClassifyRequest(image=f"data:image/{fmt.lower()};base64,{b64(fmt)}", text="a seven")
+    with pytest.raises(ValidationError, match="image must be a PNG, JPEG or WEBP, got GIF"):
+        ClassifyRequest(image=b64("GIF"), text="a seven")
+    with pytest.raises(ValidationError, match="a data URL must be base64"):
+        ClassifyRequest(image="data:image/png,rawbytes", text="a seven")

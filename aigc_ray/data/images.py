@@ -52,24 +52,34 @@ def decode_png(data: bytes) -> np.ndarray:
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
+CLIENT_FORMATS = ("PNG", "JPEG", "WEBP")  # what the import reads too (a client's photo is a JPEG)
+
+
 def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256) -> np.ndarray:
-    """A client's base64 PNG (grey or colour, at most ``max_side`` square) as (channels, side,
-    side) float32 in [0, 1] (1 channel: grey, 3: RGB), area-resized; ValueError names what is wrong."""
+    """A client's base64 PNG, JPEG or WebP (bare, or a ``data:image/...;base64,`` URL as browsers
+    and OpenAI-style clients send; grey or colour, at most ``max_side`` square) as (channels,
+    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), area-resized; ValueError names what
+    is wrong."""
     from PIL import UnidentifiedImageError
 
+    if b64.startswith("data:"):
+        header, _, b64 = b64.partition(",")
+        if not header.endswith(";base64"):
+            raise ValueError("image: a data URL must be base64, e.g. data:image/png;base64,...")
     try:
         raw = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("image is not valid base64") from None
+    names = ", ".join(CLIENT_FORMATS[:-1]) + f" or {CLIENT_FORMATS[-1]}"
     try:
         with Image.open(io.BytesIO(raw)) as img:
-            if img.format != "PNG":
-                raise ValueError(f"image must be a PNG, got {img.format}")
+            if img.format not in CLIENT_FORMATS:
+                raise ValueError(f"image must be a {names}, got {img.format}")
             if img.width > max_side or img.height > max_side:
                 raise ValueError(f"image is {img.width}x{img.height}; at most {max_side}x{max_side}")
             return _model_pixels(img, side, channels)
     except (UnidentifiedImageError, OSError):
-        raise ValueError("image is not a decodable PNG") from None
+        raise ValueError(f"image is not a decodable {names}") from None
 
 
 def decode_image_file(raw: bytes, side: int, channels: int = 1) -> np.ndarray:
