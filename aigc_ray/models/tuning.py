@@ -46,6 +46,14 @@ def freeze_lower(model, n_layers: int) -> list[str]:
     return names
 
 
+def backbone_linears(model) -> list[str]:
+    """Every linear layer of the model's backbone, by full name — not its task head: a sequence
+    classifier's head trains whole (peft's modules_to_save), and an adapter inside it clashes
+    with that (DistilBERT's ``pre_classifier``, which peft's "all-linear" would adapt)."""
+    body = {id(m) for m in model.base_model.modules()}
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and id(m) in body]
+
+
 def add_lora(model, task: str, r: int, alpha: int, dropout: float):
     """Wrap ``model`` with LoRA adapters on the attention projections; only adapters (and a
     classification head) train."""
@@ -56,8 +64,8 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,
-        # our two families by name; any other model: every linear layer but the head (peft's choice)
-        target_modules=LORA_TARGETS.get(family, "all-linear"),
+        # our two families by name; any other model: every linear layer of its backbone
+        target_modules=LORA_TARGETS.get(family) or backbone_linears(model),
         fan_in_fan_out=family == "gpt2",  # GPT-2's projections are Conv1D (transposed weights)
         task_type=TaskType.CAUSAL_LM if task == "caption" else TaskType.SEQ_CLS,
     )

@@ -1,0 +1,78 @@
+"""A user's base model of another family than ours, through each fine-tuning mode (no Ray: the
+quick subset; ``test_finetune`` trains a Llama end to end on Ray Train)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from base_models import llama_folder
+
+from aigc_ray.models.tuning import prepare
+from aigc_ray.train.finetune import base_tokenizer, classify_examples
+
+ROWS = [{"text": "a handwritten seven", "label": 7}, {"text": "a picture", "label": 2}]
+
+
+def encoder_folder(folder, family: str) -> str:
+    """A tiny masked-LM encoder of ``family`` with the MiniLM's real WordPiece tokenizer."""
+    from transformers import (
+        AutoTokenizer,
+        DistilBertConfig,
+        DistilBertForMaskedLM,
+        RobertaConfig,
+        RobertaForMaskedLM,
+    )
+
+    from aigc_ray.data.tokenizer import minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    torch.manual_seed(0)
+    if family == "distilbert":  # its head has a Linear of its own (pre_classifier) before the classifier
+        model = DistilBertForMaskedLM(
+            DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64)
+        )
+    else:
+        model = RobertaForMaskedLM(
+            RobertaConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=2,
+                intermediate_size=64,
+            )
+        )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+TUNING = {"freeze_layers": 1, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "num_labels": 10}
+
+
+@pytest.mark.parametrize("family", ["distilbert", "roberta"])
+@pytest.mark.parametrize("mode", ["full", "freeze", "lora"])
+def test_other_encoders_classify_in_every_mode_and_lora_merges_to_a_plain_model(tmp_path, family, mode):
+    folder = encoder_folder(tmp_path / family, family)
+    batch = {k: torch.from_numpy(v) for k, v in classify_examples(ROWS, base_tokenizer(folder), 16).items()}
+    model = prepare(folder, "classify", {**TUNING, "mode": mode})
+    model(**batch).loss.backward()
+    trained = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
+    head = [n for n in trained if "classifier" in n]
+    assert head and all(p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in head)
+    if mode == "lora":
+        adapted = {n.split(".lora_A")[0] for n in trained if ".lora_A" in n}
+        assert adapted and not any("classifier" in n for n in adapted)  # adapters in the backbone only
+        body = [n for n in trained if "lora_" not in n and "classifier" not in n]
+        assert body == []  # the backbone's own weights stay as they were
+        merged = model.merge_and_unload()
+        assert not any("lora_" in k for k in merged.state_dict())
+        assert type(merged).__name__.endswith("ForSequenceClassification")
+    elif mode == "freeze":
+        assert not any(".0." in n for n in trained)  # the lower layer stays fixed
+
+
+def test_a_llama_gets_adapters_on_every_backbone_linear_and_none_on_its_head(tmp_path):
+    llama_folder(tmp_path)
+    model = prepare(str(tmp_path), "caption", {**TUNING, "mode": "lora"})
+    adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
