@@ -306,12 +306,17 @@ class Storage:
 
     def download(self, uri: str, local_dir: str | Path) -> Path:
         """Copy every file under ``uri`` into ``local_dir``, keeping relative paths; returns it."""
+        import shutil
+
         local = Path(local_dir)
         prefix = len(uri.rstrip("/")) + 1
         for file_uri in self.list_files(uri):
             target = local / file_uri[prefix:]
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_bytes(file_uri))
+            fs, path = self.filesystem(file_uri)
+            # streamed in pieces: a model's weight file may be larger than this machine's memory
+            with fs.open_input_stream(path, compression=None) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 16 << 20)
         local.mkdir(parents=True, exist_ok=True)
         return local
 

@@ -76,3 +76,37 @@ def test_a_llama_gets_adapters_on_every_backbone_linear_and_none_on_its_head(tmp
     model = prepare(str(tmp_path), "caption", {**TUNING, "mode": "lora"})
     adapted = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
     assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, monkeypatch):
+    """Every worker of every run reads the same local copy of an S3 base (a copy per call left
+    one in /tmp each time); a changed folder is a new copy; racing processes leave one copy and
+    no half-written one."""
+    import threading
+
+    from transformers import AutoModelForCausalLM
+
+    from aigc_ray.storage import S3Settings, Storage
+    from aigc_ray.train.loop import local_model_dir
+
+    monkeypatch.setenv("AIGC_MODEL_CACHE", str(tmp_path / "cache"))
+    storage = Storage(S3Settings(s3_server.endpoint, s3_server.region))
+    uri = f"s3://{s3_server.make_bucket('aigc-bases')}/llama"
+    llama_folder(tmp_path / "llama")
+    for f in sorted((tmp_path / "llama").iterdir()):
+        storage.write_bytes(f"{uri}/{f.name}", f.read_bytes())
+    init = {"uri": uri, "s3": storage.s3}
+
+    got: list[str] = []
+    threads = [threading.Thread(target=lambda: got.append(local_model_dir(init))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 1 and local_model_dir(init) == got[0]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [got[0].rsplit("/", 1)[-1]]  # no partial copy left
+    assert AutoModelForCausalLM.from_pretrained(got[0]).config.model_type == "llama"
+
+    storage.write_bytes(f"{uri}/README.md", b"a new file: the folder changed")
+    assert local_model_dir(init) != got[0]
+    assert local_model_dir({"path": str(tmp_path / "llama")}) == str(tmp_path / "llama")  # a local folder as is
