@@ -250,8 +250,9 @@ class Storage:
     def read_json(self, uri: str) -> Any:
         return json.loads(self.read_bytes(uri))
 
-    def list_files(self, uri: str, suffix: str = "") -> list[str]:
-        """URIs of the files under ``uri`` (recursive, sorted), skipping in-flight partial writes."""
+    def list_files(self, uri: str, suffix: str | tuple[str, ...] = "") -> list[str]:
+        """URIs of the files under ``uri`` (recursive, sorted) whose names end with ``suffix`` (or
+        one of several), skipping in-flight partial writes."""
         fs, path = self.filesystem(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:

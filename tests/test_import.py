@@ -500,6 +500,18 @@ def test_webdataset_class_indices_are_named_by_classes_txt(tmp_path, shape_rows)
     assert [label_index(s, classes) for s in scanned] == [r["label"] for r in rows]
     scanned[0]["label_int"] = 17  # an index past the names
     assert label_index(scanned[0], classes) is None
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tar:  # a gzipped shard, a TIFF sample in it
+        tiff = io.BytesIO()
+        Image.open(io.BytesIO(rows[0]["image"])).save(tiff, format="TIFF")
+        for name, data in {"t.tif": tiff.getvalue(), "t.txt": b"an item", "t.cls": b"0"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    both = list_webdataset(storage, str(tmp_path))
+    (gz,) = [u for u in both.units if u.uris[0].endswith("b.tar.gz")]
+    (tiff_example,) = read_webdataset(storage, gz)
+    assert scan_example(tiff_example)["problem"] == "" and tiff_example.label == 0
+    (tmp_path / "b.tar.gz").unlink()
     (tmp_path / "classes.txt").unlink()
     unnamed = list_webdataset(storage, str(tmp_path))
     assert decide_classes(unnamed, scanned[1:]) == [str(k) for k in range(max(r["label"] for r in rows[1:]) + 1)]

@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 
 from ..storage import Storage, join
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_MEMBERS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # a WebDataset sample's image: KEY.jpg, ...
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
 FILES_PER_UNIT = 64
 # What the data calls each part (``data.source.columns``): Parquet columns, the keys of a
@@ -153,7 +155,7 @@ def _classes_txt(storage: Storage, root: str) -> list[str] | None:
 
 def list_webdataset(storage: Storage, root: str, columns: dict | None = None) -> Listing:
     columns = columns or DEFAULT_COLUMNS
-    tars = storage.list_files(root, suffix=".tar")
+    tars = storage.list_files(root, suffix=TAR_SUFFIXES)  # read with tarfile's "r:*": gzip or not
     if not tars:
         raise SourceError(f"{root}: no .tar shards here (webdataset: KEY.png + KEY.txt + KEY.cls or KEY.json)")
     return Listing([Unit("webdataset", [t], columns=columns) for t in tars], _classes_txt(storage, root), len(tars))
@@ -182,7 +184,7 @@ def read_webdataset(storage: Storage, unit: Unit) -> Iterator[Example]:
     shard = posixpath.basename(uri)
     for key, parts in groups.items():
         origin = f"{uri}:{key}"
-        image = next((parts[ext] for ext in ("png", "jpg", "jpeg", "webp") if ext in parts), None)
+        image = next((parts[ext] for ext in IMAGE_MEMBERS if ext in parts), None)
         meta = _sample_json(parts.get("json"))
         text_key, label_key = unit.columns["text"], unit.columns["label"]
         text = None
