@@ -20,6 +20,15 @@ def test_a_caption_names_a_class_by_its_whole_name():
     assert named_classes("squares everywhere", SHAPES) == set()  # whole words only
     assert named_classes("a blue square", SHAPES) == {1}
     assert named_classes("a 1 and a 2", SHAPES) == set()  # numerals name only the digits
+    assert named_classes("a tired red carpet", SHAPES) == set()  # a run of whole words, not a substring
+
+
+def test_folder_style_and_non_ascii_class_names_are_named_in_plain_words():
+    pets = DatasetInfo(("golden_retriever", "Yorkshire-terrier", "café", "cat"), (32, 32, 3))
+    assert named_classes("a photo of a golden retriever", pets) == {0}
+    assert named_classes("a yorkshire terrier on grass", pets) == {1}
+    assert named_classes("le café du coin", pets) == {2}
+    assert named_classes("a wildcat", pets) == set() and named_classes("a cat_like cat", pets) == {3}
 
 
 def test_agreement_counts_captions_that_name_the_asked_class_and_no_other():

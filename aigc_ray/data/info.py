@@ -57,19 +57,26 @@ def dataset_info(spec: ExperimentSpec, storage: Storage) -> DatasetInfo:
     return DatasetInfo(tuple(meta["classes"]), tuple(int(x) for x in meta["image_shape"]))
 
 
-def named_classes(text: str, info: DatasetInfo) -> set[int]:
-    """The classes a caption names: each class's name as a whole word, case-insensitive (for the
-    digits also the numeral, as in "the digit 7")."""
+def _words(text: str) -> list[str]:
+    """Lower-cased words of any script; underscores, hyphens and punctuation separate them."""
     import re
 
-    words = set(re.findall(r"[a-z0-9]+(?:[ -][a-z0-9]+)*", text.lower()))
-    tokens = set(re.findall(r"[a-z0-9]+", text.lower()))
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def named_classes(text: str, info: DatasetInfo) -> set[int]:
+    """The classes a caption names: each class's name as a whole word or run of words,
+    case-insensitive, with a folder name's underscores or hyphens read as spaces ("golden_retriever"
+    is named by "a golden retriever"), in any script ("café"); for the digits also the numeral,
+    as in "the digit 7"."""
+    words = _words(text)
     named = set()
     for k, name in enumerate(info.classes):
-        name = name.lower()
-        if (" " in name and any(name in w for w in words)) or name in tokens:
+        want = _words(name)
+        n = len(want)
+        if n and any(words[i : i + n] == want for i in range(len(words) - n + 1)):
             named.add(k)
-        elif info.classes == DIGITS.classes and str(k) in tokens:
+        elif info.classes == DIGITS.classes and str(k) in words:
             named.add(k)
     return named
 
