@@ -161,7 +161,10 @@ def test_imagefolder_listing_reads_split_folders_and_captions(tmp_path, shape_ro
             for i, r in enumerate(_picked(shape_rows, 2))
         ]
         (tmp_path / split / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
-    listing = list_imagefolder(storage, str(tmp_path))
+    (tmp_path / "train" / "circle" / "._0.png").write_bytes(b"\x00\x05\x16\x07 mac resource fork")
+    (tmp_path / "__MACOSX" / "train" / "circle").mkdir(parents=True)  # copies a zip from a Mac holds
+    (tmp_path / "__MACOSX" / "train" / "circle" / "._0.png").write_bytes(b"\x00\x05\x16\x07")
+    listing = list_imagefolder(storage, str(tmp_path))  # hidden files skipped, as Hugging Face does
     assert listing.class_names == sorted(CLASSES) and listing.files == 24
     known = [k for u in listing.units for k in u.known]
     assert {k["split"] for k in known} == {"train", "val"} and all(k["text"].startswith("cap ") for k in known)
@@ -491,8 +494,9 @@ def test_webdataset_class_indices_are_named_by_classes_txt(tmp_path, shape_rows)
         members[f"sub/{i:03d}.seg.cls"] = str(r["label"]).encode()
     _tar(tmp_path / "a.tar", members)
     (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "._a.tar").write_bytes(b"\x00\x05\x16\x07")  # a Mac's resource fork: skipped
     listing = list_webdataset(storage, str(tmp_path))
-    assert listing.class_names == list(CLASSES)
+    assert listing.class_names == list(CLASSES) and listing.files == 1
     examples = list(read_webdataset(storage, listing.units[0]))
     assert [e.key for e in examples] == [f"a.tar/sub/{i:03d}" for i in range(len(rows))]
     scanned = [scan_example(e) for e in examples]

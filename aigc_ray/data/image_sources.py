@@ -101,9 +101,15 @@ def _read_metadata(storage: Storage, uri: str, text_column: str | None) -> dict[
     return out
 
 
+def _hidden(rel: str) -> bool:
+    """A path under a hidden folder or file, as Hugging Face's data files skip them: macOS's
+    ``._photo.jpg`` resource forks and ``__MACOSX/`` copies are named like images but are not."""
+    return any(part.startswith((".", "__")) for part in rel.split("/"))
+
+
 def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -> Listing:
     columns = columns or DEFAULT_COLUMNS
-    files = storage.list_files(root)
+    files = [f for f in storage.list_files(root) if not _hidden(_rel(f, root))]
     images = [f for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not images:
         raise SourceError(f"{root}: no images here ({', '.join(IMAGE_EXTENSIONS)} files under class folders)")
@@ -155,7 +161,8 @@ def _classes_txt(storage: Storage, root: str) -> list[str] | None:
 
 def list_webdataset(storage: Storage, root: str, columns: dict | None = None) -> Listing:
     columns = columns or DEFAULT_COLUMNS
-    tars = storage.list_files(root, suffix=TAR_SUFFIXES)  # read with tarfile's "r:*": gzip or not
+    # read with tarfile's "r:*": gzip or not
+    tars = [t for t in storage.list_files(root, suffix=TAR_SUFFIXES) if not _hidden(_rel(t, root))]
     if not tars:
         raise SourceError(f"{root}: no .tar shards here (webdataset: KEY.png + KEY.txt + KEY.cls or KEY.json)")
     return Listing([Unit("webdataset", [t], columns=columns) for t in tars], _classes_txt(storage, root), len(tars))
@@ -231,7 +238,7 @@ def list_parquet(storage: Storage, root: str, columns: dict | None = None) -> Li
 
     columns = columns or DEFAULT_COLUMNS
     wanted = [c for c in (columns["image"], columns["text"], columns["label"]) if c]
-    files = storage.list_files(root, suffix=".parquet")
+    files = [f for f in storage.list_files(root, suffix=".parquet") if not _hidden(_rel(f, root))]
     if not files:
         raise SourceError(f"{root}: no .parquet files here (columns {', '.join(wanted)})")
     names = None
