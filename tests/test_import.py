@@ -183,6 +183,7 @@ def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
     (tmp_path / "a" / "two.jsonl").write_text('{"text": "doc one"}\n\n{"text": "doc two"}\n')
     pq.write_table(pa.table({"text": ["p1", "p2", None]}), tmp_path / "a" / "three.parquet")
     (tmp_path / "a" / "skip.md").write_text("not matched")
+    (tmp_path / "a" / "._one.txt").write_bytes(b"\x00\x05\x16\x07\xff")  # a Mac's resource fork
     files = storage.glob(str(tmp_path / "a" / "*.*"))
     rows = [r for b in import_corpus_batches(storage, files, 0, FRACTIONS, 10_000) for r in b.to_pylist()]
     assert sorted(r["text"] for r in rows) == sorted(

@@ -127,7 +127,8 @@ def import_corpus_batches(
 ) -> Iterator[pa.RecordBatch]:
     """The documents of ``files`` (those with a known suffix) as text/v1 record batches, at most
     ``max_chars`` characters in all, ids unique (``file#n``, the path kept where names repeat)."""
-    usable = [f for f in files if f.endswith(TEXT_SUFFIXES)]
+    # hidden files skipped, as for images: a Mac's ._notes.txt is a resource fork, not text
+    usable = [f for f in files if f.endswith(TEXT_SUFFIXES) and not posixpath.basename(f).startswith((".", "__"))]
     if not usable:
         raise CorpusError(f"no {', '.join(TEXT_SUFFIXES)} files among the {len(files)} matched")
     names = [posixpath.basename(f) for f in usable]
