@@ -110,3 +110,30 @@ def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, m
     storage.write_bytes(f"{uri}/README.md", b"a new file: the folder changed")
     assert local_model_dir(init) != got[0]
     assert local_model_dir({"path": str(tmp_path / "llama")}) == str(tmp_path / "llama")  # a local folder as is
+
+
+def test_a_sequence_longer_than_the_bases_positions_is_refused_when_the_spec_loads(tmp_path, capsys):
+    """GPT-2's n_positions, Llama's max_position_embeddings: past them the first step would fail
+    as an index error deep in a worker; a local folder is checked with the spec, before Ray."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from aigc_ray.cli import main
+    from aigc_ray.models.tuning import check_fits_positions
+    from aigc_ray.spec import SpecError
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=1)).save_pretrained(
+        tmp_path / "gpt2"
+    )
+    llama_folder(tmp_path / "llama")  # 64 positions
+    quickstart = ["-c", "examples/quickstart.yaml", "--set", f"storage.root={tmp_path / 'runs'}"]
+    for argv, message in [
+        (["finetune", "--set", f"finetune.base={tmp_path / 'gpt2'}", "--set", "finetune.seq_len=24"], "16 positions"),
+        (["pretrain", "--set", f"pretrain.init={tmp_path / 'llama'}", "--set", "pretrain.seq_len=128"], "64 positions"),
+    ]:
+        assert main([argv[0], *quickstart, *argv[1:]]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "seq_len" in err and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()  # refused before anything was written
+    with pytest.raises(SpecError, match="finetune.seq_len 24 is longer than the 16 positions"):
+        check_fits_positions({"n_positions": 16}, 24, "finetune.seq_len", "s3://b/gpt2")  # an S3 base, at its stage
+    check_fits_positions({"max_position_embeddings": 64}, 64, "pretrain.seq_len", "s3://b/llama")

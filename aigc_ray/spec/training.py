@@ -97,14 +97,35 @@ def hf_folder(v: str, field: str) -> str:
     return path
 
 
-def local_architectures(path: str) -> list[str] | None:
-    """The ``architectures`` a local model folder's config.json names (None for S3 or none named)."""
+def local_config(path: str) -> dict:
+    """A local model folder's config.json ({} for S3: checked when its stage starts)."""
     import json
 
     if "://" in path:
-        return None
+        return {}
     with open(os.path.join(path, "config.json")) as f:
-        return json.load(f).get("architectures") or None
+        return json.load(f)
+
+
+def local_architectures(path: str) -> list[str] | None:
+    """The ``architectures`` a local model folder's config.json names (None for S3 or none named)."""
+    return local_config(path).get("architectures") or None
+
+
+def positions_problem(config: dict, seq_len: int, field: str, path: str) -> str | None:
+    """Why ``seq_len`` does not fit a model's learned positions (GPT-2's ``n_positions``, BERT's and
+    Llama's ``max_position_embeddings``), or None: past them, the first step fails as an index error."""
+    positions = config.get("n_positions") or config.get("max_position_embeddings")
+    if positions and seq_len > int(positions):
+        return f"{field} {seq_len} is longer than the {positions} positions of the model at {path}"
+    return None
+
+
+def fits_positions(path: str, seq_len: int, field: str) -> None:
+    """``positions_problem`` for a local folder, raised (S3 folders: when their stage starts)."""
+    problem = positions_problem(local_config(path), seq_len, field, path)
+    if problem:
+        raise ValueError(problem)
 
 
 class PretrainSpec(TrainingSpec):
@@ -171,6 +192,8 @@ class PretrainSpec(TrainingSpec):
                         f"an elastic run (min_workers {self.min_workers}) may run on {world}: {e}"
                     ) from None
         architectures = local_architectures(self.init) if self.init else None
+        if self.init:
+            fits_positions(self.init, self.seq_len, "seq_len")
         if architectures:
             causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
             masked = any(a.endswith("ForMaskedLM") for a in architectures)
@@ -228,4 +251,6 @@ class FinetuneSpec(TrainingSpec):
             raise ValueError("the MiniLM base is an encoder: it can classify, not generate captions")
         if self.mode == "freeze" and self.freeze_layers < 1:
             raise ValueError("mode 'freeze' needs freeze_layers >= 1")
+        if self.base not in ("pretrain", "minilm"):
+            fits_positions(self.base, self.seq_len, "seq_len")
         return self

@@ -197,6 +197,9 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     tokenizer = base_tokenizer(base_local)
     if task == "caption" and tokenizer.eos_token_id is None:  # before any Ray work
         raise StorageError(f"{f.base}: its tokenizer has no end-of-text (eos) token, which ends every caption")
+    from ..models.tuning import check_fits_positions
+
+    check_fits_positions(json.loads(Path(base_local, "config.json").read_text()), f.seq_len, "finetune.seq_len", f.base)
     build_data(spec, storage, log=log, say_up_to_date=False)
     train, val = examples(spec, storage, tokenizer, "train", task), examples(spec, storage, tokenizer, "val", task)
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})

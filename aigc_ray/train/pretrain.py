@@ -53,6 +53,9 @@ def loop_config(spec: ExperimentSpec) -> LoopConfig:
     special = {name: (tok.token_to_id(t) if t else None) for name, t in names.items()}
     if p.init:
         hf_config = storage.read_json(join(p.init, "config.json"))
+        from ..models.tuning import check_fits_positions
+
+        check_fits_positions(hf_config, p.seq_len, "pretrain.seq_len", p.init)
         init = {"uri": p.init, "s3": storage.s3}
     else:
         hf_config, init = lm_config(p, tok.get_vocab_size(), special).to_dict(), None
