@@ -520,3 +520,20 @@ def test_webdataset_class_indices_are_named_by_classes_txt(tmp_path, shape_rows)
     (tmp_path / "classes.txt").unlink()
     unnamed = list_webdataset(storage, str(tmp_path))
     assert decide_classes(unnamed, scanned[1:]) == [str(k) for k in range(max(r["label"] for r in rows[1:]) + 1)]
+
+
+def test_labels_pandas_wrote_as_floats_are_class_indices_and_others_are_named_problems(shape_rows):
+    """An int label column with one missing value comes back from pandas as floats (3.0, NaN)."""
+    from aigc_ray.data.image_import import scan_example
+    from aigc_ray.data.image_sources import Example
+
+    image = shape_rows[0]["image"]
+    scanned = [scan_example(Example(f"k{i}", f"row {i}", image, "an item", y)) for i, y in enumerate([3.0, 2, "ring"])]
+    assert [(s["label_int"], s["label_name"], s["problem"]) for s in scanned] == [
+        (3, "", ""),
+        (2, "", ""),
+        (-1, "ring", ""),
+    ]
+    assert scan_example(Example("n", "row n", image, "an item", float("nan")))["problem"] == "no label"
+    odd = scan_example(Example("h", "row h", image, "an item", 2.5))
+    assert odd["problem"] == "label 2.5 is neither a class index nor a class name"

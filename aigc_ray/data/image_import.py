@@ -78,9 +78,14 @@ def scan_example(ex: Example, needs_caption: bool = True) -> dict:
     mode, problem = _image_problem(ex)
     if problem is None and needs_caption and (ex.text is None or not str(ex.text).strip()):
         problem = "no caption"
-    if problem is None and ex.label is None:
+    label = ex.label
+    if isinstance(label, float):  # pandas writes an int column with a missing value as floats
+        label = None if label != label else int(label) if label.is_integer() else label  # NaN: missing
+    if problem is None and label is None:
         problem = "no label"
-    label = ex.label if isinstance(ex.label, (int, str)) else None
+    if problem is None and not isinstance(label, int | str):
+        problem = f"label {label!r} is neither a class index nor a class name"
+    label = label if isinstance(label, int | str) else None
     return {
         "key": ex.key,
         "origin": ex.origin,
