@@ -537,3 +537,31 @@ def test_labels_pandas_wrote_as_floats_are_class_indices_and_others_are_named_pr
     assert scan_example(Example("n", "row n", image, "an item", float("nan")))["problem"] == "no label"
     odd = scan_example(Example("h", "row h", image, "an item", 2.5))
     assert odd["problem"] == "label 2.5 is neither a class index nor a class name"
+
+
+def test_small_data_and_data_without_a_validation_folder_still_get_every_split():
+    """Per-class rounding gave 5 images a class no validation or test rows (0.5 rounds to 0 in
+    every class); data with train/ and test/ folders but no validation/ had no val rows at all."""
+    rows = [{"key": f"k{i}", "split": ""} for i in range(10)]
+    labels = [i % 2 for i in range(10)]
+    splits = decide_splits(rows, labels, 0, FRACTIONS)
+    assert sorted(splits) == ["test"] + ["train"] * 8 + ["val"]  # round(0.1 x 10) each, in all
+    assert all(any(s == "train" for s, y in zip(splits, labels, strict=True) if y == k) for k in (0, 1))
+
+    stated = [{"key": f"k{i}", "split": "test" if i < 20 else "train"} for i in range(120)]
+    labels = [i % 4 for i in range(120)]
+    splits = decide_splits(stated, labels, 0, FRACTIONS)
+    assert splits[:20] == ["test"] * 20  # the data's own test rows stay
+    assert splits.count("val") == 10 and splits.count("test") == 20  # val: 0.1 of the 100 training rows
+    per_class = [sum(s == "val" and y == k for s, y in zip(splits, labels, strict=True)) for k in range(4)]
+    assert sorted(per_class) == [2, 2, 3, 3]  # stratified
+
+
+@pytest.mark.slow
+def test_too_few_examples_for_a_split_is_a_one_line_error_before_anything_is_written(ray_local, tmp_path, shape_rows):
+    root = tmp_path / "imgs"
+    _imagefolder(root, _picked(shape_rows, 1)[:2])  # 2 images: no val or test row can be drawn
+    spec = load_spec(None, [f"storage.root={tmp_path / 'runs'}", f"data.source={{format: imagefolder, uri: '{root}'}}"])
+    with pytest.raises(SourceError, match=r"the 2 usable examples leave no val rows \(data.splits.val = 0.1\)"):
+        build_data(spec, Storage.from_spec(spec.storage), **QUIET)
+    assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").rglob("*.parquet")]

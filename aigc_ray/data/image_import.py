@@ -31,10 +31,10 @@ import pyarrow as pa
 from ..manifest import Manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage
-from .digits import assign_splits, baseline_caption
+from .digits import baseline_caption
 from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
 from .images import as_displayed, encode_png
-from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, record_batches
+from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, SPLITS, record_batches
 from .shards import write_shards
 
 DEFAULT_IMAGE_SIZE = 32
@@ -222,19 +222,49 @@ def label_index(row: dict, classes: list[str] | dict[str, int]) -> int | None:
     return row["label_int"] if 0 <= row["label_int"] < len(index) else None
 
 
+def split_counts(class_sizes: dict[int, int], fractions: dict[str, float]) -> dict[int, dict[str, int]]:
+    """How many rows of each class go to each held-out split: each split gets round(fraction x
+    all rows) in all, shared among the classes by their exact quotas (floors first, then the
+    largest remainders). Rounding class by class would give a small dataset no validation or
+    test rows at all (5 images a class x 0.1 rounds to 0 in every class)."""
+    counts = {y: {s: 0 for s in SPLITS[1:]} for y in class_sizes}
+    free = dict(class_sizes)  # rows of each class not yet held out
+    for s in SPLITS[1:]:
+        quotas = {y: fractions[s] * n for y, n in class_sizes.items()}
+        for y, q in quotas.items():
+            counts[y][s] = min(int(q), free[y])
+            free[y] -= counts[y][s]
+        missing = round(fractions[s] * sum(class_sizes.values())) - sum(counts[y][s] for y in counts)
+        by_remainder = sorted(quotas, key=lambda y: (-(quotas[y] - int(quotas[y])), y))
+        for y in by_remainder:
+            if missing <= 0:
+                break
+            if free[y] > 1:  # every class keeps at least one training row
+                counts[y][s] += 1
+                free[y] -= 1
+                missing -= 1
+    return counts
+
+
 def decide_splits(rows: list[dict], labels: list[int], seed: int, fractions: dict[str, float]) -> list[str]:
-    """Each row's split: the data's own where it states one, else seeded and stratified by class
-    (rows of a class in key order, ``assign_splits`` within it)."""
+    """Each row's split: the data's own where it states one; a held-out split the data does not
+    have (train/ and test/ folders, no validation/) is drawn from its training rows at the spec's
+    fraction, and all three when it states none — seeded and stratified by class (rows of a
+    class in key order, shuffled by a seed of the class; counts from ``split_counts``)."""
     out = [r["split"] for r in rows]
+    stated = {s for s in out if s}
+    drawn = {s: (0.0 if s in stated else fractions[s]) for s in SPLITS[1:]}
     by_class: dict[int, list[int]] = collections.defaultdict(list)
-    for i, (r, y) in enumerate(zip(rows, labels, strict=True)):
-        if not r["split"]:
+    for i, (split, y) in enumerate(zip(out, labels, strict=True)):
+        if split in ("", "train"):
             by_class[y].append(i)
+    counts = split_counts({y: len(m) for y, m in by_class.items()}, drawn)
     for y, members in sorted(by_class.items()):
         members.sort(key=lambda i: rows[i]["key"])
-        for i, split in zip(
-            members, assign_splits(len(members), fractions, np.random.default_rng([seed, 21, y])), strict=True
-        ):
+        held = [s for s in SPLITS[1:] for _ in range(counts[y][s])]
+        labels_y = np.array(["train"] * (len(members) - len(held)) + held)
+        shuffled = labels_y[np.random.default_rng([seed, 21, y]).permutation(len(members))]
+        for i, split in zip(members, shuffled, strict=True):
             out[i] = str(split)
     return out
 
@@ -279,6 +309,12 @@ def import_images(
         channels = 3 if any(r["mode"] in COLOUR_MODES for r in keep) else 1
         converted = sum(1 for r in keep if (r["mode"] in COLOUR_MODES) != (channels == 3))
         splits = decide_splits(keep, labels, d.seed, d.splits.model_dump())
+        for split in SPLITS:  # every later stage trains, selects and reports on its own split
+            if split not in splits:
+                raise SourceError(
+                    f"{src.uri}: the {len(keep)} usable examples leave no {split} rows "
+                    f"(data.splits.{split} = {getattr(d.splits, split)}): add examples or raise the fraction"
+                )
         plan = {r["key"]: (y, s) for r, y, s in zip(keep, labels, splits, strict=True)}
         late_bad: collections.Counter[str] = collections.Counter()
         captions = None if src.columns.text else CaptionWriter(spec, classes)
