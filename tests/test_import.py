@@ -565,3 +565,30 @@ def test_too_few_examples_for_a_split_is_a_one_line_error_before_anything_is_wri
     with pytest.raises(SourceError, match=r"the 2 usable examples leave no val rows \(data.splits.val = 0.1\)"):
         build_data(spec, Storage.from_spec(spec.storage), **QUIET)
     assert not (tmp_path / "runs").exists() or not [p for p in (tmp_path / "runs").rglob("*.parquet")]
+
+
+def test_shards_named_by_split_as_the_hub_lays_them_out_keep_their_split(tmp_path, shape_rows):
+    """A dataset downloaded from the Hugging Face Hub: train-00000-of-00001.parquet and
+    test-00000-of-00001.parquet. Its own test rows stay test rows (they were re-split by the
+    spec's fractions, mixing the published test set into training); a split column still wins."""
+    from aigc_ray.data.image_sources import list_parquet, read_parquet, split_of_path
+
+    assert [split_of_path(p) for p in ("validation/shard-0.tar", "data/test-00000-of-00001.parquet", "part-0.tar")] == [
+        "val",
+        "test",
+        None,
+    ]
+    rows = _picked(shape_rows, 2)
+    for split in ("train", "test"):
+        table = pa.table({"image": [r["image"] for r in rows], "text": ["x"] * len(rows), "label": [0] * len(rows)})
+        pq.write_table(table, tmp_path / f"{split}-00000-of-00001.parquet")
+    storage = Storage()
+    listing = list_parquet(storage, str(tmp_path))
+    got = {u.uris[0].rsplit("/", 1)[-1]: {e.split for e in read_parquet(storage, u)} for u in listing.units}
+    assert got == {"train-00000-of-00001.parquet": {"train"}, "test-00000-of-00001.parquet": {"test"}}
+    table = table.append_column("split", pa.array(["validation"] * len(rows)))
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
+    (unit,) = [
+        u for u in list_parquet(storage, str(tmp_path)).units if u.uris[0].endswith("/test-00000-of-00001.parquet")
+    ]
+    assert {e.split for e in read_parquet(storage, unit)} == {"val"}

@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import posixpath
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Unit:
     # imagefolder: per file, what the listing already knows (class, split, caption)
     known: list[dict] = field(default_factory=list)
     columns: dict = field(default_factory=lambda: dict(DEFAULT_COLUMNS))
+    split: str | None = None  # a shard's split from its path (train-00000-of-00001.parquet, test/x.tar)
 
 
 @dataclass
@@ -74,6 +76,15 @@ class Listing:
 
 def _rel(uri: str, root: str) -> str:
     return uri[len(root.rstrip("/")) + 1 :]
+
+
+def split_of_path(rel: str) -> str | None:
+    """The split a shard's path names, as the Hugging Face Hub lays out Parquet and WebDataset
+    files: a folder (``test/part-0.parquet``) or the file name's first word
+    (``train-00000-of-00004.parquet``, ``validation_0.tar``); None when it names none."""
+    *folders, name = rel.split("/")
+    words = [*folders, re.split(r"[-_.]", name, maxsplit=1)[0]]
+    return next((SPLIT_FOLDERS[w.lower()] for w in words if w.lower() in SPLIT_FOLDERS), None)
 
 
 # --------------------------------------------------------------------------- imagefolder
@@ -165,7 +176,8 @@ def list_webdataset(storage: Storage, root: str, columns: dict | None = None) ->
     tars = [t for t in storage.list_files(root, suffix=TAR_SUFFIXES) if not _hidden(_rel(t, root))]
     if not tars:
         raise SourceError(f"{root}: no .tar shards here (webdataset: KEY.png + KEY.txt + KEY.cls or KEY.json)")
-    return Listing([Unit("webdataset", [t], columns=columns) for t in tars], _classes_txt(storage, root), len(tars))
+    units = [Unit("webdataset", [t], columns=columns, split=split_of_path(_rel(t, root))) for t in tars]
+    return Listing(units, _classes_txt(storage, root), len(tars))
 
 
 def _member_key(name: str) -> tuple[str, str]:
@@ -205,7 +217,7 @@ def read_webdataset(storage: Storage, unit: Unit) -> Iterator[Example]:
             label = int(raw) if raw.lstrip("-").isdigit() else raw
         elif isinstance(meta.get(label_key), int | str):
             label = meta[label_key]
-        yield Example(f"{shard}/{key}", origin, image, text, label)
+        yield Example(f"{shard}/{key}", origin, image, text, label, unit.split)
 
 
 def _sample_json(raw: bytes | None) -> dict:
@@ -255,7 +267,8 @@ def list_parquet(storage: Storage, root: str, columns: dict | None = None) -> Li
                 "data.source.columns names the image, text and label columns)"
             )
         names = names or _classlabel_names(schema, columns["label"])
-    return Listing([Unit("parquet", [f], columns=columns) for f in files], names, len(files))
+    units = [Unit("parquet", [f], columns=columns, split=split_of_path(_rel(f, root))) for f in files]
+    return Listing(units, names, len(files))
 
 
 def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
@@ -278,8 +291,8 @@ def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
             image = item[image_col]
             if isinstance(image, dict):  # datasets' Image feature: {bytes, path}
                 image = image.get("bytes")
-            split = item.get("split")
-            split = SPLIT_FOLDERS.get(str(split)) if split is not None else None
+            split = item.get("split")  # a row's own split column wins over its file's name
+            split = SPLIT_FOLDERS.get(str(split)) if split is not None else unit.split
             text = item[text_col] if text_col else None
             yield Example(f"{name}/{row}", f"{uri} row {row}", image, text, item[label_col], split)
             row += 1
