@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sweep_efficiency.py
 	$(BIN)/python bench/augmentation.py
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/import_photos.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
