@@ -118,8 +118,8 @@ def test_a_sequence_longer_than_the_bases_positions_is_refused_when_the_spec_loa
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from aigc_ray.cli import main
-    from aigc_ray.models.tuning import check_fits_positions
     from aigc_ray.spec import SpecError
+    from aigc_ray.spec.load import check_fits_positions
 
     GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=8, n_layer=1, n_head=1)).save_pretrained(
         tmp_path / "gpt2"

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..spec.training import learned_positions
 from .combine import average_log_probs
 
 
@@ -35,9 +36,7 @@ class LMEnsemble:
         if len(vocab) != 1:
             raise ValueError(f"language models must share a tokenizer; vocabulary sizes differ: {sorted(vocab)}")
         self.weights = weights
-        self.context = min(
-            getattr(m.config, "n_positions", None) or m.config.max_position_embeddings for m in self.models
-        )
+        self.context = min(learned_positions(m.config.to_dict()) for m in self.models)
         self.stop_ids = end_of_text_ids(self.tokenizer, self.models)
 
     def prompt_ids(self, prompt: str) -> list[int]:

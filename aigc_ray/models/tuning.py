@@ -98,17 +98,6 @@ def is_causal_lm(path: str) -> bool:
     return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
 
 
-def check_fits_positions(config: dict, seq_len: int, field: str, where: str) -> None:
-    """The spec's position check for a base it could not read when it was loaded (on S3), at the
-    stage's start: SpecError names the field and the limit."""
-    from ..spec import SpecError
-    from ..spec.training import positions_problem
-
-    problem = positions_problem(config, seq_len, field, where)
-    if problem:
-        raise SpecError(where, [problem])
-
-
 def prepare(path: str, task: str, tuning: dict):
     """Load the base and apply the tuning mode (``tuning``: mode, freeze_layers, lora_*)."""
     model = load_base(path, task, int(tuning.get("num_labels", 10)))

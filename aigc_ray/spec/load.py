@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from .sections import ExperimentSpec
+from .training import positions_problem
 
 
 class SpecError(ValueError):
@@ -22,6 +23,14 @@ class SpecError(ValueError):
         self.problems = problems
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"{source}: {len(problems)} problem(s) in the experiment spec:\n{lines}")
+
+
+def check_fits_positions(config: dict, seq_len: int, field: str, where: str) -> None:
+    """``training.positions_problem`` for a base the spec could not read when it was loaded (on
+    S3), at the stage's start: SpecError names the field and the limit."""
+    problem = positions_problem(config, seq_len, field, where)
+    if problem:
+        raise SpecError(where, [problem])
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -112,11 +112,18 @@ def local_architectures(path: str) -> list[str] | None:
     return local_config(path).get("architectures") or None
 
 
-def positions_problem(config: dict, seq_len: int, field: str, path: str) -> str | None:
-    """Why ``seq_len`` does not fit a model's learned positions (GPT-2's ``n_positions``, BERT's and
-    Llama's ``max_position_embeddings``), or None: past them, the first step fails as an index error."""
+def learned_positions(config: dict) -> int | None:
+    """How many positions a model learned (GPT-2's ``n_positions``, BERT's and Llama's
+    ``max_position_embeddings``), from its config as a dict; None when it names neither."""
     positions = config.get("n_positions") or config.get("max_position_embeddings")
-    if positions and seq_len > int(positions):
+    return int(positions) if positions else None
+
+
+def positions_problem(config: dict, seq_len: int, field: str, path: str) -> str | None:
+    """Why ``seq_len`` does not fit a model's learned positions, or None: past them, the first
+    step fails as an index error."""
+    positions = learned_positions(config)
+    if positions and seq_len > positions:
         return f"{field} {seq_len} is longer than the {positions} positions of the model at {path}"
     return None
 

@@ -30,6 +30,7 @@ from ..layout import corpus_uri, pretrain_dir, pretrain_export, pretrain_tokeniz
 from ..manifest import folder_fingerprint, publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
+from ..spec.load import check_fits_positions
 from ..storage import Storage, StorageError, checkpoint_uri, join
 from ..tracking import log_plots, tracked_run
 from .feed import ordered_ingest_options
@@ -53,8 +54,6 @@ def loop_config(spec: ExperimentSpec) -> LoopConfig:
     special = {name: (tok.token_to_id(t) if t else None) for name, t in names.items()}
     if p.init:
         hf_config = storage.read_json(join(p.init, "config.json"))
-        from ..models.tuning import check_fits_positions
-
         check_fits_positions(hf_config, p.seq_len, "pretrain.seq_len", p.init)
         init = {"uri": p.init, "s3": storage.s3}
     else:
