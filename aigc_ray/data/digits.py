@@ -67,9 +67,13 @@ def caption(label: int, kind: str, rng: np.random.Generator) -> tuple[str, int]:
 
 def assign_splits(n: int, fractions: dict[str, float], rng: np.random.Generator) -> np.ndarray:
     """A seeded split label per row, with counts as close as possible to the fractions."""
-    counts = [int(round(fractions[s] * n)) for s in SPLITS[1:]]
-    train = n - sum(counts)
-    labels = np.array(["train"] * train + sum(([s] * c for s, c in zip(SPLITS[1:], counts, strict=True)), []))
+    return shuffled_splits(n, {s: int(round(fractions[s] * n)) for s in SPLITS[1:]}, rng)
+
+
+def shuffled_splits(n: int, held_out: dict[str, int], rng: np.random.Generator) -> np.ndarray:
+    """``n`` split labels, ``held_out[s]`` of each held-out split and train the rest, in a
+    seeded order."""
+    labels = np.array(["train"] * (n - sum(held_out.values())) + [s for s in SPLITS[1:] for _ in range(held_out[s])])
     return labels[rng.permutation(n)]
 
 

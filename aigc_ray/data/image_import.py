@@ -31,7 +31,7 @@ import pyarrow as pa
 from ..manifest import Manifest
 from ..spec import ExperimentSpec
 from ..storage import Storage
-from .digits import baseline_caption
+from .digits import baseline_caption, shuffled_splits
 from .image_sources import LISTERS, READERS, Example, Listing, SourceError, Unit
 from .images import as_displayed, encode_png
 from .schema import MULTIMODAL_SCHEMA, MULTIMODAL_V1, SPLITS, record_batches
@@ -267,9 +267,7 @@ def decide_splits(rows: list[dict], labels: list[int], seed: int, fractions: dic
     counts = split_counts({y: len(m) for y, m in by_class.items()}, drawn)
     for y, members in sorted(by_class.items()):
         members.sort(key=lambda i: rows[i]["key"])
-        held = [s for s in SPLITS[1:] for _ in range(counts[y][s])]
-        labels_y = np.array(["train"] * (len(members) - len(held)) + held)
-        shuffled = labels_y[np.random.default_rng([seed, 21, y]).permutation(len(members))]
+        shuffled = shuffled_splits(len(members), counts[y], np.random.default_rng([seed, 21, y]))
         for i, split in zip(members, shuffled, strict=True):
             out[i] = str(split)
     return out
