@@ -137,6 +137,23 @@ def test_images_are_read_as_a_viewer_shows_them_by_import_and_by_the_server():
         assert np.abs(served[0] * 255 - imported).max() <= 1  # what the members are sent
 
 
+def test_a_wide_or_tall_client_image_is_cropped_as_the_import_crops_not_squashed():
+    """A member was trained on squares cropped from the user's photos (``fit_square``); the
+    server reads a client's wide or tall image the same way, from its centred square, instead of
+    stretching the whole frame into the model's square."""
+    from aigc_ray.data.images import decode_image_b64, decode_image_file
+
+    wide = np.zeros((8, 24), np.uint8)
+    wide[:, 8:16] = 255  # a white square in the middle of a black strip three times as wide
+    for img in (wide, wide.T.copy()):
+        raw = _encoded(Image.fromarray(img))
+        served = decode_image_b64(base64.b64encode(raw).decode(), 8, 1)
+        assert served.shape == (1, 8, 8) and served.min() == 1.0  # squashed: two thirds black
+        assert np.array_equal(decode_image_file(raw, 8, 1), served)
+        imported = fit_square(raw, 8, 1, np.random.default_rng(0))[:, :, 0]
+        assert imported.shape == (8, 8)  # the import crops a square of the same size from it
+
+
 def test_splits_without_split_folders_are_stratified_and_seeded():
     rows = [{"key": f"k{i}", "split": ""} for i in range(300)]
     labels = [i % 3 for i in range(300)]
@@ -174,6 +191,32 @@ def test_imagefolder_listing_reads_split_folders_and_captions(tmp_path, shape_ro
         list_imagefolder(storage, str(tmp_path))
     with pytest.raises(SourceError, match="no images here"):
         list_imagefolder(storage, str(tmp_path / "nothing"))
+
+
+def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp_path, shape_rows):
+    """A flat folder of images (as Kaggle and many labelling tools export them) with a
+    metadata.csv naming each file's class; split folders may be called ``dev/`` too."""
+    storage = Storage()
+    for split in ("train", "dev"):
+        (tmp_path / split).mkdir()
+        lines = ["file_name,text,label"]
+        for i, r in enumerate(_picked(shape_rows, 2)):
+            (tmp_path / split / f"img_{i}.png").write_bytes(r["image"])
+            lines.append(f"img_{i}.png,cap {i},{CLASSES[r['label']]}")
+        (tmp_path / split / "metadata.csv").write_text("\n".join(lines))
+    listing = list_imagefolder(storage, str(tmp_path))
+    assert listing.class_names is None  # named by the rows: decided once every row is scanned
+    known = [k for u in listing.units for k in u.known]
+    assert len(known) == 24 and {k["split"] for k in known} == {"train", "val"}
+    assert sorted(k["label"] for k in known) == sorted(CLASSES * 4)
+    assert all(k["text"].startswith("cap ") for k in known)
+
+    (tmp_path / "train" / "metadata.csv").write_text("file_name,text\nimg_0.png,cap 0\n")  # no labels here
+    with pytest.raises(
+        SourceError,
+        match=r"train/img_0.png: every image must sit in a split folder's class folder .* or have a 'label'",
+    ):
+        list_imagefolder(storage, str(tmp_path))
 
 
 def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
@@ -444,6 +487,34 @@ def test_data_with_its_own_column_names_and_without_captions_imports(ray_local, 
         f"shard-0.tar/{i:03d}": (f"picture number {i}", classes.index(CLASSES[r["label"]]), "exact")
         for i, r in enumerate(rows[:12])
     }
+
+    flat = tmp_path / "flat"  # an ImageFolder without class folders: metadata.jsonl's "category" names each
+    flat.mkdir()
+    lines = []
+    for i, r in enumerate(rows[:12]):
+        (flat / f"{i:03d}.png").write_bytes(r["image"])
+        lines.append(
+            json.dumps({"file_name": f"{i:03d}.png", "text": f"picture number {i}", "category": CLASSES[r["label"]]})
+        )
+    (flat / "metadata.jsonl").write_text("\n".join(lines))
+    own = load_spec(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs-flat'}",
+            "data.image_size=16",
+            f"data.source={{format: imagefolder, uri: '{flat}', columns: {{label: category}}}}",
+        ],
+    )
+    storage = Storage.from_spec(own.storage)
+    built = build_data(own, storage, **QUIET)
+    classes = built.multimodal.meta["classes"]
+    assert classes == sorted({CLASSES[r["label"]] for r in rows[:12]})
+    labels = {
+        r["id"]: r["label"]
+        for split in ("train", "val", "test")
+        for r in split_table(storage, multimodal_uri(own), split, ["id", "label"]).to_pylist()
+    }
+    assert labels == {f"{i:03d}.png": classes.index(CLASSES[r["label"]]) for i, r in enumerate(rows[:12])}
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ image bytes with their caption, label and split as the data states them. Nothing
 pixels or decides class indices (``image_import`` does, once it knows every class).
 
 - ``imagefolder`` (Hugging Face's ImageFolder): ``[split/]class/file.png``; captions in a
-  ``metadata.jsonl`` or ``metadata.csv`` (``file_name`` + ``text``) in the split or root folder.
+  ``metadata.jsonl`` or ``metadata.csv`` (``file_name`` + ``text``) in the split or root folder,
+  whose ``label`` column, where a row has one, names the class instead of a class folder.
 - ``webdataset``: ``*.tar`` shards of ``KEY.<image>`` + ``KEY.txt`` + ``KEY.cls`` (class index;
   names from a ``classes.txt`` beside the shards) or ``KEY.json`` (``{"label": name}``).
 - ``parquet``: columns ``image`` (bytes, or ``{bytes, path}`` as ``datasets`` writes it), ``text``,
@@ -32,7 +33,7 @@ from ..storage import Storage, join
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_MEMBERS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # a WebDataset sample's image: KEY.jpg, ...
-SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "test": "test"}
+SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 FILES_PER_UNIT = 64
 # What the data calls each part (``data.source.columns``): Parquet columns, the keys of a
 # WebDataset sample's KEY.json, the caption column of an ImageFolder's metadata file. A text of
@@ -90,8 +91,10 @@ def split_of_path(rel: str) -> str | None:
 # --------------------------------------------------------------------------- imagefolder
 
 
-def _read_metadata(storage: Storage, uri: str, text_column: str | None) -> dict[str, str | None]:
-    """file_name -> caption (the ``text_column``) of one metadata.jsonl / metadata.csv."""
+def _read_metadata(storage: Storage, uri: str, columns: dict) -> dict[str, tuple[str | None, int | str | None]]:
+    """file_name -> (caption, label) of one metadata.jsonl / metadata.csv: the ``columns``' text
+    and label; a label left out or empty is None (the class folder names it then)."""
+    text_column, label_column = columns["text"], columns["label"]
     raw = storage.read_bytes(uri).decode("utf-8-sig")
     rows: list[dict] = []
     if uri.endswith(".jsonl"):
@@ -108,7 +111,10 @@ def _read_metadata(storage: Storage, uri: str, text_column: str | None) -> dict[
         if not isinstance(row, dict) or "file_name" not in row:
             raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and {text_column!r} for the caption)")
         text = row.get(text_column) if text_column else None
-        out[str(row["file_name"])] = None if text is None else str(text)
+        label = row.get(label_column) if label_column else None
+        if label is not None and not isinstance(label, int | str):
+            raise SourceError(f"{uri} row {n}: {label_column!r} must be a class name or index, got {label!r}")
+        out[str(row["file_name"])] = (None if text is None else str(text), label if label != "" else None)
     return out
 
 
@@ -126,33 +132,42 @@ def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -
         raise SourceError(f"{root}: no images here ({', '.join(IMAGE_EXTENSIONS)} files under class folders)")
     firsts = {_rel(f, root).split("/")[0] for f in images}
     split_layout = bool(firsts) and firsts <= set(SPLIT_FOLDERS)
-    # captions: metadata files in the root or a split folder, file_name relative to that folder
-    captions: dict[str, str | None] = {}
+    # captions (and labels, for data laid out without class folders): metadata files in the root
+    # or a split folder, file_name relative to that folder
+    described: dict[str, tuple[str | None, int | str | None]] = {}
     metadata_files = [f for f in files if posixpath.basename(f) in ("metadata.jsonl", "metadata.csv")]
     image_set = set(images)
     for meta in metadata_files:
         folder = posixpath.dirname(meta)
-        for name, text in _read_metadata(storage, meta, columns["text"]).items():
+        for name, row in _read_metadata(storage, meta, columns).items():
             target = join(folder, name)
             if target not in image_set:
                 raise SourceError(f"{meta}: names {name!r}, which is not an image under {folder}")
-            captions[target] = text
-    known, classes = [], set()
+            described[target] = row
+    known, folder_names, labelled_by_metadata = [], set(), False
     for f in images:
         parts = _rel(f, root).split("/")
         split = SPLIT_FOLDERS[parts[0]] if split_layout else None
         class_parts = parts[1:] if split_layout else parts
-        if len(class_parts) < 2:
+        text, label = described.get(f, (None, None))
+        if label is not None:  # the metadata's label column names the class: no class folder needed
+            labelled_by_metadata = True
+        elif len(class_parts) < 2:
             where = "a split folder's class folder" if split_layout else "a class folder"
-            raise SourceError(f"{f}: every image must sit in {where} (the folder name is its label)")
-        label = class_parts[0]
-        classes.add(label)
-        known.append({"label": label, "split": split, "text": captions.get(f), "key": _rel(f, root)})
+            raise SourceError(
+                f"{f}: every image must sit in {where} (the folder name is its label) "
+                f"or have a {columns['label']!r} in metadata.jsonl / metadata.csv"
+            )
+        else:
+            label = class_parts[0]
+            folder_names.add(label)
+        known.append({"label": label, "split": split, "text": text, "key": _rel(f, root)})
     units = [
         Unit("imagefolder", images[i : i + FILES_PER_UNIT], known[i : i + FILES_PER_UNIT], columns)
         for i in range(0, len(images), FILES_PER_UNIT)
     ]
-    return Listing(units, sorted(classes), len(images))
+    # labels from metadata: the class names are what the rows name (decided after the scan)
+    return Listing(units, None if labelled_by_metadata else sorted(folder_names), len(images))
 
 
 def read_imagefolder(storage: Storage, unit: Unit) -> Iterator[Example]:

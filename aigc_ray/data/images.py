@@ -58,8 +58,8 @@ CLIENT_FORMATS = ("PNG", "JPEG", "WEBP")  # what the import reads too (a client'
 def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256) -> np.ndarray:
     """A client's base64 PNG, JPEG or WebP (bare, or a ``data:image/...;base64,`` URL as browsers
     and OpenAI-style clients send; grey or colour, at most ``max_side`` square) as (channels,
-    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), area-resized; ValueError names what
-    is wrong."""
+    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), its centred square area-resized;
+    ValueError names what is wrong."""
     from PIL import UnidentifiedImageError
 
     if b64.startswith("data:"):
@@ -84,7 +84,7 @@ def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256
 
 def decode_image_file(raw: bytes, side: int, channels: int = 1) -> np.ndarray:
     """An image file's bytes (any format Pillow reads: PNG, JPEG, WebP, ...) as (channels, side,
-    side) float32 in [0, 1], area-resized; ValueError if it is not an image."""
+    side) float32 in [0, 1], its centred square area-resized; ValueError if it is not an image."""
     from PIL import UnidentifiedImageError
 
     try:
@@ -127,8 +127,20 @@ def _scaled_to_8bit(x: np.ndarray, mode: str) -> np.ndarray:
     return np.round((x - lo) / (hi - lo) * 255.0).clip(0, 255).astype(np.uint8)
 
 
+def centre_square(img: Image.Image) -> Image.Image:
+    """The centred square of ``img``'s shorter side: a wide or tall client image keeps its
+    proportions as the import keeps them (it crops a square too, never squashes), so a photo
+    is not stretched into a shape the members never saw in training."""
+    w, h = img.size
+    if w == h:
+        return img
+    s = min(w, h)
+    x, y = (w - s) // 2, (h - s) // 2
+    return img.crop((x, y, x + s, y + s))
+
+
 def _model_pixels(img: Image.Image, side: int, channels: int) -> np.ndarray:
-    converted = as_displayed(img, channels)
+    converted = centre_square(as_displayed(img, channels))
     if converted.size != (side, side):
         converted = converted.resize((side, side), Image.Resampling.BOX)
     pixels = np.asarray(converted, dtype=np.float32) / 255.0
