@@ -219,6 +219,45 @@ def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp
         list_imagefolder(storage, str(tmp_path))
 
 
+def test_a_parquet_index_of_image_files_reads_them_from_disk_or_s3(s3_server, tmp_path, shape_rows):
+    """A Parquet table whose image column holds paths (relative to the table, absolute, or a
+    ``datasets`` struct with only its path) rather than bytes: each image is read from where it
+    lies, on S3 beside the table too; a path naming no file is that row's problem, named."""
+    from aigc_ray.data.image_import import scan_example
+    from aigc_ray.data.image_sources import Unit, read_parquet
+    from aigc_ray.storage import S3Settings
+
+    rows = _picked(shape_rows, 1)
+    (tmp_path / "imgs").mkdir()
+    for i, r in enumerate(rows):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(r["image"])
+    cells = ["imgs/0.png", str(tmp_path / "imgs" / "1.png"), "imgs/2.png", "imgs/3.png", "imgs/4.png", "imgs/gone.png"]
+    path_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    local = Storage()
+    for name, column in [
+        ("paths", pa.array(cells)),
+        ("structs", pa.array([{"bytes": None, "path": c} for c in cells], path_type)),
+    ]:
+        table = pa.table({"image": column, "text": [f"t{i}" for i in range(6)], "label": [0, 1, 2, 3, 4, 5]})
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        examples = list(read_parquet(local, Unit("parquet", [str(tmp_path / f"{name}.parquet")])))
+        assert [e.image for e in examples[:5]] == [r["image"] for r in rows[:5]]
+        scanned = scan_example(examples[5])
+        assert (
+            scanned["problem"].startswith("unreadable image file (")
+            and "gone.png: no such object" in scanned["problem"]
+        )
+
+    s3 = Storage(S3Settings(s3_server.endpoint, s3_server.region))
+    bucket = f"s3://{s3_server.make_bucket('indexed-images')}"
+    for i, r in enumerate(rows[:2]):
+        s3.write_bytes(f"{bucket}/data/imgs/{i}.png", r["image"])
+    s3.write_bytes(f"{bucket}/data/train.parquet", (tmp_path / "paths.parquet").read_bytes())
+    examples = list(read_parquet(s3, Unit("parquet", [f"{bucket}/data/train.parquet"])))
+    assert examples[0].image == rows[0]["image"] and examples[0].problem is None  # beside the table on S3
+    assert examples[1].image == rows[1]["image"]  # the absolute local path as written
+
+
 def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
     storage = Storage()
     (tmp_path / "a").mkdir()

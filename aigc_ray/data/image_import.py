@@ -61,6 +61,8 @@ def _image_problem(ex: Example) -> tuple[str | None, str | None]:
     """(colour mode, problem): the mode from the image header, or why there is no usable image."""
     from PIL import Image
 
+    if ex.problem:
+        return None, ex.problem
     if not ex.image:
         return None, "no image"
     try:

@@ -10,7 +10,8 @@ pixels or decides class indices (``image_import`` does, once it knows every clas
   whose ``label`` column, where a row has one, names the class instead of a class folder.
 - ``webdataset``: ``*.tar`` shards of ``KEY.<image>`` + ``KEY.txt`` + ``KEY.cls`` (class index;
   names from a ``classes.txt`` beside the shards) or ``KEY.json`` (``{"label": name}``).
-- ``parquet``: columns ``image`` (bytes, or ``{bytes, path}`` as ``datasets`` writes it), ``text``,
+- ``parquet``: columns ``image`` (bytes, ``{bytes, path}`` as ``datasets`` writes it, or a path
+  or URI of the image file, relative to the Parquet file's folder), ``text``,
   ``label`` (int, named by a ``datasets`` ClassLabel in the file's metadata, or a class name).
 
 ``data.source.columns`` renames the three (CIFAR's ``img``, a LAION shard's ``caption`` key in
@@ -28,7 +29,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from ..storage import Storage, join
+from ..storage import Storage, StorageError, join
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -54,6 +55,7 @@ class Example:
     text: str | None
     label: int | str | None  # a class index or a class name, as the data gives it
     split: str | None = None  # from the data's own layout; None: the spec's fractions decide
+    problem: str | None = None  # why the image could not be had (a path naming no file)
 
 
 @dataclass
@@ -303,14 +305,27 @@ def read_parquet(storage: Storage, unit: Unit) -> Iterator[Example]:
     row = 0
     for batch in _parquet_batches(pf, uri, columns):
         for item in batch.to_pylist():
-            image = item[image_col]
-            if isinstance(image, dict):  # datasets' Image feature: {bytes, path}
-                image = image.get("bytes")
+            image, problem = _parquet_image(storage, uri, item[image_col])
             split = item.get("split")  # a row's own split column wins over its file's name
             split = SPLIT_FOLDERS.get(str(split)) if split is not None else unit.split
             text = item[text_col] if text_col else None
-            yield Example(f"{name}/{row}", f"{uri} row {row}", image, text, item[label_col], split)
+            yield Example(f"{name}/{row}", f"{uri} row {row}", image, text, item[label_col], split, problem)
             row += 1
+
+
+def _parquet_image(storage: Storage, uri: str, cell) -> tuple[bytes | None, str | None]:
+    """(image bytes, problem) of a Parquet cell: the bytes themselves, ``datasets``' ``{bytes,
+    path}`` struct, or a path alone (a table indexing images kept beside it or on S3: a URI, an
+    absolute path, or a path relative to the Parquet file's folder), read from storage."""
+    if isinstance(cell, dict):  # datasets' Image feature: bytes, else the path it was loaded from
+        cell = cell.get("bytes") or cell.get("path")
+    if not isinstance(cell, str):
+        return cell, None
+    ref = cell if "://" in cell or cell.startswith("/") else join(posixpath.dirname(uri), cell)
+    try:
+        return storage.read_bytes(ref), None
+    except StorageError as exc:
+        return None, f"unreadable image file ({exc})"  # counted by the words before the bracket
 
 
 def _parquet_batches(pf, uri: str, columns: list[str]):
