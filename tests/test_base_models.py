@@ -137,3 +137,29 @@ def test_a_sequence_longer_than_the_bases_positions_is_refused_when_the_spec_loa
     with pytest.raises(SpecError, match="finetune.seq_len 24 is longer than the 16 positions"):
         check_fits_positions({"n_positions": 16}, 24, "finetune.seq_len", "s3://b/gpt2")  # an S3 base, at its stage
     check_fits_positions({"max_position_embeddings": 64}, 64, "pretrain.seq_len", "s3://b/llama")
+
+
+def test_a_bf16_base_trains_in_float32_and_goes_back_to_bf16(tmp_path):
+    """Llama, Qwen and Mistral ship their weights in bf16, and transformers 5 loads them so:
+    trained as they load, every update below bf16's step (8 bits of mantissa) would vanish.
+    The base is trained in float32 (DeepSpeed casts under ``precision: bf16`` and keeps float32
+    master weights) and the export returns to the dtype the user brought."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from aigc_ray.models.tuning import in_saved_dtype
+    from aigc_ray.spec.training import saved_dtype
+
+    llama_folder(tmp_path)
+    AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).to(torch.bfloat16).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert AutoModelForCausalLM.from_pretrained(tmp_path).dtype == torch.bfloat16  # what transformers does
+    for mode in ("full", "lora"):
+        model = prepare(str(tmp_path), "caption", {**TUNING, "mode": mode})
+        assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert in_saved_dtype(model, config).dtype == torch.bfloat16
+    assert (
+        saved_dtype({"torch_dtype": "float16"}) == "float16"
+        and saved_dtype({}) == saved_dtype({"dtype": "int8"}) == "float32"
+    )

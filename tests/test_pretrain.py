@@ -377,21 +377,22 @@ def test_continued_pretraining_starts_from_the_init_folder_and_keeps_its_vocabul
         continued[0]["loss"],
     )
 
-    folder = tmp_path / "user-gpt2"  # a vocabulary of its own size, GPT-2's end-of-text, no pad
+    folder = tmp_path / "user-gpt2"  # a vocabulary of its own size, GPT-2's end-of-text, no pad, bf16 weights
     from tokenizers import AddedToken
 
     tokenizer = train_tokenizer(["a sentence about the standard library"] * 50, 350)
     tokenizer.add_special_tokens({"eos_token": AddedToken("<|endoftext|>", special=True)})
     tokenizer.pad_token = None
     torch.manual_seed(0)
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2)).to(
+        torch.bfloat16
     ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     user = pretrain(spec_for(base, "init-user", *short, f"pretrain.init={folder}"), storage, log=lambda *_: None)
     out = storage.download(user.export_uri, tmp_path / "user-export")
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size == len(tokenizer) and model.config.n_embd == 32
+    assert model.dtype == torch.bfloat16  # trained in float32, written back as the user's was
     assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(folder).get_vocab()
     losses = [h["loss"] for h in history(storage, user.export_uri)]
     assert losses[-1] < losses[0]

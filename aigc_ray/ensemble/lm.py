@@ -31,7 +31,10 @@ class LMEnsemble:
             raise ValueError("an LM ensemble needs at least one model")
         self.tokenizer = AutoTokenizer.from_pretrained(folders[0])
         self.device = torch.device(device)
-        self.models = [AutoModelForCausalLM.from_pretrained(f).eval().to(self.device) for f in folders]
+        # on a GPU in the dtype they were saved in (a bf16 export stays bf16); on a CPU in float32,
+        # where bf16 matmuls are slower on most CPUs and transformers 5 would keep a bf16 export bf16
+        dtype = "auto" if self.device.type == "cuda" else torch.float32
+        self.models = [AutoModelForCausalLM.from_pretrained(f, dtype=dtype).eval().to(self.device) for f in folders]
         vocab = {len(AutoTokenizer.from_pretrained(f)) for f in folders}
         if len(vocab) != 1:
             raise ValueError(f"language models must share a tokenizer; vocabulary sizes differ: {sorted(vocab)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..spec.training import saved_dtype
+
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "bert": ["query", "value"]}
 
 
@@ -75,18 +77,29 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
 def load_base(path: str, task: str, num_labels: int = 10):
     """A Hugging Face model from a local folder: causal LM for captioning, a sequence classifier
     (new head, seeded by the caller) for classification, its own LM for continued pretraining. A model without a pad token (GPT-2)
-    pads with its end-of-text token."""
+    pads with its end-of-text token.
+
+    Always in float32, whatever the base was saved in: transformers 5 loads a bf16 Llama or Qwen
+    as bf16, and training those weights directly would drop every update smaller than bf16's
+    step (8 bits of mantissa); DeepSpeed casts to bf16 itself under ``precision: bf16`` and
+    keeps float32 master weights. The export goes back to the base's dtype (``in_saved_dtype``)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     if task == "caption" or (task == "pretrain" and is_causal_lm(path)):
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     elif task == "pretrain":  # continued pretraining of an encoder: its masked-LM head
-        model = AutoModelForMaskedLM.from_pretrained(path)
+        model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def in_saved_dtype(model, config: dict):
+    """``model`` cast to the dtype its base (``config``: the base's config.json) was saved in:
+    a bf16 base comes back as bf16, the size the user brought, not twice it in float32."""
+    return model.to(getattr(torch, saved_dtype(config)))
 
 
 def is_causal_lm(path: str) -> bool:

@@ -119,6 +119,16 @@ def learned_positions(config: dict) -> int | None:
     return int(positions) if positions else None
 
 
+SAVED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def saved_dtype(config: dict) -> str:
+    """The dtype a model's weights were saved in (``dtype``, or ``torch_dtype`` before
+    transformers 5), one of SAVED_DTYPES; float32 when the config names none or another."""
+    name = str(config.get("dtype") or config.get("torch_dtype") or "float32").removeprefix("torch.")
+    return name if name in SAVED_DTYPES else "float32"
+
+
 def positions_problem(config: dict, seq_len: int, field: str, path: str) -> str | None:
     """Why ``seq_len`` does not fit a model's learned positions, or None: past them, the first
     step fails as an index error."""

@@ -254,12 +254,16 @@ def load_finetuned(ckpt: str, base_local: str, cfg: LoopConfig):
 def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print):
     import torch
 
+    from ..models.tuning import in_saved_dtype
     from .export import plain_eval_loss, read_state, write_run_artifacts
 
     uri = finetune_export(spec)
     state = read_state(ckpt)
     engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
-    model = load_finetuned(ckpt, base_local, cfg)
+    # evaluated and written in the base's own dtype: what is served is what was measured
+    model = in_saved_dtype(
+        load_finetuned(ckpt, base_local, cfg), json.loads(Path(base_local, "config.json").read_text())
+    )
     tokenizer = base_tokenizer(base_local)
     evaluation = {k: v for k, v in engine_eval.items() if k.startswith("eval_")}
     evaluation["export_eval_loss"] = plain_eval_loss(model, val, cfg)

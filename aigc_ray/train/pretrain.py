@@ -320,6 +320,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
     code of ours beyond loading, and write it with eval, samples and plots to storage."""
     from transformers import AutoTokenizer
 
+    from ..models.tuning import in_saved_dtype
     from .export import load_export_model, plain_eval_loss, read_state, samples, write_run_artifacts
 
     export_uri = pretrain_export(spec)
@@ -329,6 +330,8 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
     with tempfile.TemporaryDirectory(prefix="aigc-export-") as tmp:
         out = Path(tmp, "export")
         model = load_export_model(ckpt)
+        if spec.pretrain.init:  # continued pretraining: written in the init model's own dtype
+            model = in_saved_dtype(model, storage.read_json(join(spec.pretrain.init, "config.json")))
         model.save_pretrained(out, safe_serialization=True)
         if spec.pretrain.init:  # the continued model's own tokenizer files
             for f in storage.list_files(spec.pretrain.init):
