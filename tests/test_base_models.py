@@ -46,7 +46,7 @@ def encoder_folder(folder, family: str) -> str:
     return str(folder)
 
 
-TUNING = {"freeze_layers": 1, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "num_labels": 10}
+TUNING = {"freeze_layers": 1, "lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "classes": [str(k) for k in range(10)]}
 
 
 @pytest.mark.parametrize("family", ["distilbert", "roberta"])
@@ -162,4 +162,48 @@ def test_a_bf16_base_trains_in_float32_and_goes_back_to_bf16(tmp_path):
     assert (
         saved_dtype({"torch_dtype": "float16"}) == "float16"
         and saved_dtype({}) == saved_dtype({"dtype": "int8"}) == "float32"
+    )
+
+
+def test_a_classifier_trained_for_other_labels_gets_a_new_head_named_by_our_classes(tmp_path):
+    """A base that is already a classifier — a sentiment model's two labels (NEGATIVE, POSITIVE),
+    or as many labels as ours with other names — loaded for our classes: a head of our size,
+    initialised afresh, the encoder kept, and the config naming our classes (``pipeline()`` on
+    the export answers a class name). Loading it as it was failed on the head's size. A head for
+    exactly our classes (our own export, fine-tuned again) is kept as it was trained."""
+    from transformers import AutoModelForSequenceClassification, DistilBertConfig, DistilBertForSequenceClassification
+
+    classes = ["circle", "square", "triangle"]
+
+    def classifier(folder, labels: list[str]) -> dict:
+        torch.manual_seed(1)
+        config = DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=64, num_labels=len(labels))
+        config.id2label, config.label2id = dict(enumerate(labels)), {n: k for k, n in enumerate(labels)}
+        model = DistilBertForSequenceClassification(config)
+        model.save_pretrained(folder)
+        return model.state_dict()
+
+    tuning = {**TUNING, "mode": "full", "classes": classes}
+    for labels in (["NEGATIVE", "POSITIVE"], ["cat", "dog", "bird"]):
+        folder = tmp_path / "-".join(labels)
+        saved = classifier(folder, labels)
+        torch.manual_seed(0)
+        model = prepare(str(folder), "classify", tuning)
+        assert model.config.id2label == dict(enumerate(classes)) and model.config.label2id["triangle"] == 2
+        assert model.classifier.weight.shape == (3, 32)
+        state = model.state_dict()
+        assert torch.equal(
+            state["distilbert.transformer.layer.1.ffn.lin2.weight"],
+            saved["distilbert.transformer.layer.1.ffn.lin2.weight"],
+        )
+        assert not torch.equal(state["pre_classifier.weight"], saved["pre_classifier.weight"])  # another task's head
+        assert state["classifier.bias"].abs().sum() == 0 and 0.01 < state["classifier.weight"].std() < 0.03
+        model.save_pretrained(tmp_path / "export")
+        assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").config.id2label[1] == "square"
+
+    ours = tmp_path / "ours"
+    saved = classifier(ours, classes)
+    kept = prepare(str(ours), "classify", tuning).state_dict()
+    assert all(
+        torch.equal(kept[k], saved[k]) for k in ("pre_classifier.weight", "classifier.weight", "classifier.bias")
     )

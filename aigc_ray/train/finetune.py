@@ -202,7 +202,7 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     build_data(spec, storage, log=log, say_up_to_date=False)
     train, val = examples(spec, storage, tokenizer, "train", task), examples(spec, storage, tokenizer, "val", task)
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})
-    tuning["num_labels"] = dataset_info(spec, storage).num_classes
+    tuning["classes"] = list(dataset_info(spec, storage).classes)  # the classifier's labels, named
     cfg = LoopConfig(
         training=f,
         hf_config={},
