@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -305,13 +305,18 @@ class Storage:
         regex = _glob_regex(pattern)
         return [uri for uri in self.list_files("/".join(parts[:fixed])) if regex.fullmatch(uri)]
 
-    def download(self, uri: str, local_dir: str | Path) -> Path:
-        """Copy every file under ``uri`` into ``local_dir``, keeping relative paths; returns it."""
+    def download(self, uri: str, local_dir: str | Path, only: Callable[[list[str]], set[str]] | None = None) -> Path:
+        """Copy every file under ``uri`` into ``local_dir``, keeping relative paths; returns it.
+        ``only``: given every relative path, the ones to copy."""
         import shutil
 
         local = Path(local_dir)
         prefix = len(uri.rstrip("/")) + 1
-        for file_uri in self.list_files(uri):
+        files = self.list_files(uri)
+        wanted = only([f[prefix:] for f in files]) if only else None
+        for file_uri in files:
+            if wanted is not None and file_uri[prefix:] not in wanted:
+                continue
             target = local / file_uri[prefix:]
             target.parent.mkdir(parents=True, exist_ok=True)
             fs, path = self.filesystem(file_uri)

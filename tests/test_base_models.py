@@ -83,6 +83,7 @@ def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, m
     one in /tmp each time); a changed folder is a new copy; racing processes leave one copy and
     no half-written one."""
     import threading
+    from pathlib import Path
 
     from transformers import AutoModelForCausalLM
 
@@ -107,9 +108,24 @@ def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, m
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [got[0].rsplit("/", 1)[-1]]  # no partial copy left
     assert AutoModelForCausalLM.from_pretrained(got[0]).config.model_type == "llama"
 
+    # a Hub snapshot holds the model again in other formats and folders: none of them copied
+    for extra in ("original/consolidated.00.pth", "onnx/model.onnx", "pytorch_model.bin", "tf_model.h5"):
+        storage.write_bytes(f"{uri}/{extra}", b"the same weights again, many GB in a real snapshot")
+    copied = sorted(p.name for p in Path(local_model_dir(init)).rglob("*"))
+    assert copied == sorted(f.name for f in (tmp_path / "llama").iterdir())
+
     storage.write_bytes(f"{uri}/README.md", b"a new file: the folder changed")
     assert local_model_dir(init) != got[0]
     assert local_model_dir({"path": str(tmp_path / "llama")}) == str(tmp_path / "llama")  # a local folder as is
+
+
+def test_only_what_loading_reads_is_copied_from_a_model_folder():
+    from aigc_ray.models.tuning import model_files
+
+    snapshot = ["config.json", "model-00001-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.model"]
+    extra = ["pytorch_model.bin", "flax_model.msgpack", "model.ckpt.index", "original/params.json", "onnx/model.onnx"]
+    assert model_files(snapshot + extra) == set(snapshot)
+    assert model_files(["config.json", "pytorch_model.bin", "onnx/model.onnx"]) == {"config.json", "pytorch_model.bin"}
 
 
 def test_a_sequence_longer_than_the_bases_positions_is_refused_when_the_spec_loads(tmp_path, capsys):

@@ -149,6 +149,22 @@ def in_saved_dtype(model, config: dict):
     return model.to(getattr(torch, saved_dtype(config)))
 
 
+# Weights in formats transformers does not load when safetensors are there: a Hub snapshot often
+# holds the same model three or four times over (PyTorch, TensorFlow, Flax, ONNX, GGUF).
+OTHER_WEIGHTS = (".bin", ".h5", ".msgpack", ".onnx", ".pth", ".pt", ".gguf", ".ot", ".tflite", ".ckpt")
+
+
+def model_files(names: list[str]) -> set[str]:
+    """Which files of a Hugging Face model folder (relative paths) loading it reads: the top
+    level only (``original/`` holds Meta's own multi-GB checkpoint, ``onnx/`` an export) and,
+    when it has safetensors, no weights in other formats; every top-level file otherwise (an
+    older folder with only ``pytorch_model.bin``)."""
+    top = [n for n in names if "/" not in n]
+    if not any(n.endswith(".safetensors") for n in top):
+        return set(top)
+    return {n for n in top if not (n.endswith(OTHER_WEIGHTS) or ".ckpt." in n)}
+
+
 def is_causal_lm(path: str) -> bool:
     """Whether a Hugging Face model folder holds a causal (generating) language model."""
     import json

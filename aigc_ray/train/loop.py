@@ -177,6 +177,8 @@ def local_model_dir(init: dict) -> str:
         return init["path"]
     if parse_uri(init["uri"]).scheme == "file":
         return parse_uri(init["uri"]).path
+    from ..models.tuning import model_files
+
     storage = Storage(init["s3"])
     key = hashlib.sha256(f"{init['uri']}\n{folder_fingerprint(storage, init['uri'])}".encode()).hexdigest()[:24]
     root = Path(os.environ.get("AIGC_MODEL_CACHE") or Path(tempfile.gettempdir(), "aigc-models"))
@@ -186,7 +188,7 @@ def local_model_dir(init: dict) -> str:
     root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        storage.download(init["uri"], partial)
+        storage.download(init["uri"], partial, only=model_files)  # not the copies in other formats
         try:
             partial.rename(final)
         except OSError:  # another process on this node put its copy there first
