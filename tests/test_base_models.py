@@ -223,3 +223,26 @@ def test_a_classifier_trained_for_other_labels_gets_a_new_head_named_by_our_clas
     assert all(
         torch.equal(kept[k], saved[k]) for k in ("pre_classifier.weight", "classifier.weight", "classifier.bias")
     )
+
+
+def test_continued_pretraining_keeps_an_instruct_inits_chat_template_and_end_of_turn(tmp_path):
+    """The export of ``pretrain.init`` is written from the model's config; the init's chat
+    template and its generation config (the end-of-turn id an answer stops at) come along, or
+    a served continued instruct model would run past the end of its turn."""
+    from base_models import CHAT_TEMPLATE, EOT, instruct_llama_folder
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from aigc_ray.storage import Storage
+    from aigc_ray.train.pretrain import copy_init_side_files
+
+    init, out = tmp_path / "init", tmp_path / "export"
+    instruct_llama_folder(init)
+    (init / "original").mkdir()
+    (init / "original" / "tokenizer.model").write_bytes(b"Meta's own copy: not the export's")
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(init)).save_pretrained(out)  # as the export writes it
+    copy_init_side_files(Storage(), str(init), out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template == CHAT_TEMPLATE
+    eos = GenerationConfig.from_pretrained(out).eos_token_id
+    assert tokenizer.convert_tokens_to_ids(EOT) in (eos if isinstance(eos, list) else [eos])
+    assert not (out / "original").exists() and not (out / "tokenizer.model").exists()

@@ -315,6 +315,23 @@ def export_latest(spec: ExperimentSpec, storage: Storage, log=print) -> tuple[st
         return export(spec, storage, local, inputs | {uri: "ray-train-checkpoint"}, log)
 
 
+# What a continued model keeps of its init besides the weights: its tokenizer, an instruct
+# model's chat template, and its generation config (the end-of-turn ids an answer stops at).
+INIT_SIDE_FILES = ("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens", "chat_template")
+
+
+def copy_init_side_files(storage: Storage, init_uri: str, out: Path) -> None:
+    """Copy the init folder's tokenizer, chat template and generation config into the export
+    ``out`` (written after the model: the init's generation config replaces the one derived
+    from the model's config, which knows only the tokenizer's eos)."""
+    for f in storage.list_files(init_uri):
+        name = f.rsplit("/", 1)[-1]
+        if "/" not in f[len(init_uri.rstrip("/")) + 1 :] and (
+            name.startswith(INIT_SIDE_FILES) or name == "generation_config.json"
+        ):
+            Path(out, name).write_bytes(storage.read_bytes(f))
+
+
 def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=print) -> tuple[str, dict]:
     """Consolidate ``ckpt`` into a plain HF folder (safetensors + tokenizer), evaluate it with no
     code of ours beyond loading, and write it with eval, samples and plots to storage."""
@@ -333,11 +350,8 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         if spec.pretrain.init:  # continued pretraining: written in the init model's own dtype
             model = in_saved_dtype(model, storage.read_json(join(spec.pretrain.init, "config.json")))
         model.save_pretrained(out, safe_serialization=True)
-        if spec.pretrain.init:  # the continued model's own tokenizer files
-            for f in storage.list_files(spec.pretrain.init):
-                name = f.rsplit("/", 1)[-1]
-                if name.startswith(("tokenizer", "special_tokens_map", "vocab", "merges", "added_tokens")):
-                    Path(out, name).write_bytes(storage.read_bytes(f))
+        if spec.pretrain.init:
+            copy_init_side_files(storage, spec.pretrain.init, out)
         else:
             download_tokenizer(storage, tokenizer_uri(spec), out)
         tokenizer = AutoTokenizer.from_pretrained(out)
