@@ -316,6 +316,10 @@ def test_the_openai_client_talks_to_completions(served):
     assert first.choices[0].finish_reason in ("length", "stop")
     assert 0 < first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
     assert {m.id for m in client.models.list().data} == {"aigc-ensemble", "aigc-gan", "aigc-video-gan", "aigc-lm"}
+    card = client.models.retrieve("aigc-lm")  # what clients check before they call a model
+    assert card.id == "aigc-lm" and card.object == "model" and card.owned_by == "aigc-ray"
+    with pytest.raises(NotFoundError, match="not found"):
+        client.models.retrieve("gpt-4")
     with pytest.raises(NotFoundError, match="not found"):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
 

@@ -849,6 +849,22 @@ class EnsembleIngress:
 
     @api.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def models(self) -> ModelList:
+        return ModelList(data=self._model_cards())
+
+    @api.get(
+        "/v1/models/{model_id}",
+        response_model=ModelCard,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+        description="One model's card, as OpenAI's client.models.retrieve(id) asks for it.",
+    )
+    async def model(self, model_id: str) -> ModelCard:
+        cards = {card.id: card for card in self._model_cards()}
+        if model_id not in cards:
+            raise HTTPException(404, f"model {model_id!r} not found; this server has {', '.join(cards)}")
+        return cards[model_id]
+
+    def _model_cards(self) -> list[ModelCard]:
         created = int(time.time())
         weights = dict(zip(self.names, self.combiner.weights, strict=True))
         cards = [
@@ -889,7 +905,7 @@ class EnsembleIngress:
                     details={"members": self.doc["language_models"]},
                 )
             )
-        return ModelList(data=cards)
+        return cards
 
     @api.get("/v1/members/stats", responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def member_stats(self) -> dict:
