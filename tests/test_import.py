@@ -154,6 +154,23 @@ def test_a_wide_or_tall_client_image_is_cropped_as_the_import_crops_not_squashed
         assert imported.shape == (8, 8)  # the import crops a square of the same size from it
 
 
+def test_a_clients_photo_is_read_at_a_reduced_scale_and_a_decompression_bomb_is_refused():
+    """A phone photo sent to /v1/classify as it is (it was refused over 256x256, so every client
+    had to resize first) is read like the import reads it: decoded at a reduced scale, its centred
+    square; a file whose header claims more than 16 megapixels is refused before decoding."""
+    from aigc_ray.data.images import decode_image_b64
+
+    ramp = np.tile(np.linspace(0, 255, 3000), (2000, 1)).astype(np.uint8)  # 6 MP, dark left, bright right
+    photo = base64.b64encode(_encoded(Image.fromarray(ramp).convert("RGB"), "JPEG", quality=90)).decode()
+    served = decode_image_b64(photo, 16, 3)
+    assert served.shape == (3, 16, 16)
+    centre = np.linspace(500, 2500, 16) * 255 / 2999 / 255  # the centred 2000 px of the 3000-wide ramp
+    assert np.abs(served[0].mean(0) - centre).max() < 0.03
+    bomb = base64.b64encode(_encoded(Image.new("L", (4100, 4100)))).decode()  # 17 MP of zeros: a few KB
+    with pytest.raises(ValueError, match=r"image is 4100x4100; at most 16,777,216 pixels"):
+        decode_image_b64(bomb, 16, 1)
+
+
 def test_splits_without_split_folders_are_stratified_and_seeded():
     rows = [{"key": f"k{i}", "split": ""} for i in range(300)]
     labels = [i % 3 for i in range(300)]

@@ -53,12 +53,17 @@ def decode_png(data: bytes) -> np.ndarray:
 
 
 CLIENT_FORMATS = ("PNG", "JPEG", "WEBP")  # what the import reads too (a client's photo is a JPEG)
+# The most pixels a client's image may have: a phone's 12 MP photo fits; a small file claiming
+# more (a decompression bomb) is refused from its header, before anything is decoded. Bytes are
+# bounded by serve.max_request_bytes.
+MAX_CLIENT_PIXELS = 4096 * 4096
 
 
-def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256) -> np.ndarray:
+def decode_image_b64(b64: str, side: int, channels: int = 1, max_pixels: int = MAX_CLIENT_PIXELS) -> np.ndarray:
     """A client's base64 PNG, JPEG or WebP (bare, or a ``data:image/...;base64,`` URL as browsers
-    and OpenAI-style clients send; grey or colour, at most ``max_side`` square) as (channels,
-    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), its centred square area-resized;
+    and OpenAI-style clients send; grey or colour, any shape up to ``max_pixels``) as (channels,
+    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), its centred square area-resized
+    (a JPEG decoded at the smallest scale that covers ``side``, as the import does);
     ValueError names what is wrong."""
     from PIL import UnidentifiedImageError
 
@@ -75,8 +80,8 @@ def decode_image_b64(b64: str, side: int, channels: int = 1, max_side: int = 256
         with Image.open(io.BytesIO(raw)) as img:
             if img.format not in CLIENT_FORMATS:
                 raise ValueError(f"image must be a {names}, got {img.format}")
-            if img.width > max_side or img.height > max_side:
-                raise ValueError(f"image is {img.width}x{img.height}; at most {max_side}x{max_side}")
+            if img.width * img.height > max_pixels:
+                raise ValueError(f"image is {img.width}x{img.height}; at most {max_pixels:,} pixels")
             return _model_pixels(img, side, channels)
     except (UnidentifiedImageError, OSError):
         raise ValueError(f"image is not a decodable {names}") from None
@@ -140,6 +145,8 @@ def centre_square(img: Image.Image) -> Image.Image:
 
 
 def _model_pixels(img: Image.Image, side: int, channels: int) -> np.ndarray:
+    if img.format == "JPEG":  # libjpeg's DCT scaling: a 12 MP photo decodes at 1/8 of its size
+        img.draft(None, (side, side))
     converted = centre_square(as_displayed(img, channels))
     if converted.size != (side, side):
         converted = converted.resize((side, side), Image.Resampling.BOX)

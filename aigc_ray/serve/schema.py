@@ -58,9 +58,9 @@ class ImageAndCaption(Strict):
     """An (image, caption) pair as the fusion classifiers read it: /v1/classify's and /v1/explain's input."""
 
     image: Text = Field(
-        description="Base64 PNG, JPEG or WebP, bare or as a data: URL (grey or colour, any size up to 256x256), "
-        "resized to the data's image shape (see /v1/models; 8x8 grey for the digits).",
-        max_length=200_000,
+        description="Base64 PNG, JPEG or WebP, bare or as a data: URL (grey or colour, any shape up to 16 "
+        "megapixels; the body is bounded by serve.max_request_bytes): its centred square is resized to the "
+        "data's image shape (see /v1/models; 8x8 grey for the digits).",
     )
     text: Text = Field(description="The image's caption.", min_length=1, max_length=500)
 
