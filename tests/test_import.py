@@ -306,6 +306,17 @@ def test_corpus_files_by_glob_become_documents_split_by_seed(tmp_path):
     with pytest.raises(CorpusError, match=r"broken.jsonl.gz: not a readable gzip file"):
         list(import_corpus_batches(storage, storage.glob(str(tmp_path / "c4" / "*")), 0, FRACTIONS, 10_000))
 
+    (tmp_path / "export").mkdir()  # what Windows editors and many exporters write
+    (tmp_path / "export" / "notes.txt").write_bytes("\ufeffcafé notes".encode("utf-8"))  # a byte-order mark first
+    (tmp_path / "export" / "dump.json").write_text(
+        json.dumps([{"text": "first"}, {"text": "second", "id": 2}], indent=2)
+    )
+    docs = import_corpus_batches(storage, storage.glob(str(tmp_path / "export" / "*")), 0, FRACTIONS, 10_000)
+    assert sorted(r["text"] for b in docs for r in b.to_pylist()) == ["café notes", "first", "second"]
+    (tmp_path / "export" / "dump.json").write_text(json.dumps([{"text": "first"}, {"body": "x"}]))
+    with pytest.raises(CorpusError, match=r"dump.json item 1: expected a JSON object with a 'text' field"):
+        list(import_corpus_batches(storage, storage.glob(str(tmp_path / "export" / "*")), 0, FRACTIONS, 10_000))
+
     (tmp_path / "a" / "bad.jsonl").write_text('{"text": "ok"}\n{"no": 1}\n')
     with pytest.raises(CorpusError, match=r"bad.jsonl line 2: expected a JSON object with a 'text' field"):
         list(import_corpus_batches(storage, storage.glob(str(tmp_path / "a" / "*.jsonl")), 0, FRACTIONS, 10_000))

@@ -2,7 +2,8 @@
 
 Files by URI, folder or glob, local or S3: ``.txt`` (the file is the document; long files are
 cut at paragraph breaks into documents of at most ``MAX_DOC_CHARS``), ``.jsonl`` or ``.json``
-(JSON lines, as C4 and The Pile ship them: one document per line, its ``text`` field) and
+(JSON lines, as C4 and The Pile ship them: one document per line, its ``text`` field; or one
+JSON array of such objects, as many exports write a whole file) and
 ``.parquet`` (a ``text`` column); ``data.corpus.text_field`` renames the field. Text files may be
 compressed (``.gz``, ``.zst``: ``train.jsonl.zst``). Files are read one at a time
 and streamed to the shard writer, so a corpus larger than memory imports. Splits are seeded by
@@ -78,20 +79,19 @@ def file_documents(storage: Storage, uri: str, text_field: str = "text") -> Iter
         yield from _parquet_documents(storage, uri, name, text_field)
         return
     data, inner = _file_bytes(storage, uri)
+    try:
+        content = data.decode("utf-8-sig")  # a byte-order mark (Windows editors write one) is not text
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
     if inner.endswith(".txt"):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
-        for i, chunk in enumerate(_paragraph_chunks(text)):
+        for i, chunk in enumerate(_paragraph_chunks(content)):
             if chunk.strip():
                 yield f"{name}#{i}", chunk
         return
-    try:
-        lines = data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise CorpusError(f"{uri}: not UTF-8 text (byte {exc.start})") from None
-    for n, line in enumerate(lines, 1):  # JSON lines (.jsonl, or .json as C4 names them)
+    if content.lstrip().startswith("["):  # one JSON array of documents, not JSON lines
+        yield from _json_array_documents(uri, name, content, text_field)
+        return
+    for n, line in enumerate(content.splitlines(), 1):  # JSON lines (.jsonl, or .json as C4 names them)
         if not line.strip():
             continue
         try:
@@ -100,6 +100,21 @@ def file_documents(storage: Storage, uri: str, text_field: str = "text") -> Iter
             raise CorpusError(
                 f"{uri} line {n}: expected a JSON object with a {text_field!r} field (data.corpus.text_field)"
             ) from None
+        if isinstance(text, str) and text.strip():
+            yield f"{name}#{n}", text
+
+
+def _json_array_documents(uri: str, name: str, content: str, text_field: str) -> Iterator[tuple[str, str]]:
+    try:
+        items = json.loads(content)
+    except json.JSONDecodeError as exc:
+        raise CorpusError(f"{uri}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    for n, item in enumerate(items):
+        if not isinstance(item, dict) or text_field not in item:
+            raise CorpusError(
+                f"{uri} item {n}: expected a JSON object with a {text_field!r} field (data.corpus.text_field)"
+            )
+        text = item[text_field]
         if isinstance(text, str) and text.strip():
             yield f"{name}#{n}", text
 
