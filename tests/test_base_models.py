@@ -71,6 +71,16 @@ def test_other_encoders_classify_in_every_mode_and_lora_merges_to_a_plain_model(
         assert not any(".0." in n for n in trained)  # the lower layer stays fixed
 
 
+@pytest.mark.parametrize("task", ["caption", "classify"])
+def test_a_llama_freezes_its_token_embeddings_and_lower_layers(tmp_path, task):
+    """``finetune.mode: freeze`` on a Llama (it asked for BERT's ``embeddings`` and failed)."""
+    llama_folder(tmp_path)
+    model = prepare(str(tmp_path), task, {**TUNING, "mode": "freeze"})
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "model.embed_tokens.weight" in frozen and any(".layers.0." in n for n in frozen)
+    assert not any(".layers.1." in n for n in frozen) and len(frozen) < len(list(model.parameters()))
+
+
 def test_a_llama_gets_adapters_on_every_backbone_linear_and_none_on_its_head(tmp_path):
     llama_folder(tmp_path)
     model = prepare(str(tmp_path), "caption", {**TUNING, "mode": "lora"})

@@ -29,8 +29,15 @@ def transformer_layers(model) -> torch.nn.ModuleList:
 
 
 def embeddings(model) -> list[torch.nn.Module]:
+    """The embedding modules ``freeze`` fixes: GPT-2's token and position tables, BERT's (and
+    DistilBERT's, RoBERTa's) embeddings block, else the model's input embeddings (a Llama's
+    ``embed_tokens``; its rotary positions have no weights)."""
     base = model.base_model
-    return [base.wte, base.wpe] if hasattr(base, "wte") else [base.embeddings]
+    if hasattr(base, "wte"):
+        return [base.wte, base.wpe]
+    if isinstance(getattr(base, "embeddings", None), torch.nn.Module):
+        return [base.embeddings]
+    return [model.get_input_embeddings()]
 
 
 def freeze_lower(model, n_layers: int) -> list[str]:
