@@ -71,14 +71,30 @@ def test_other_encoders_classify_in_every_mode_and_lora_merges_to_a_plain_model(
         assert not any(".0." in n for n in trained)  # the lower layer stays fixed
 
 
+def gptj_folder(folder) -> None:
+    """A tiny GPT-J: GPT-2's ``wte`` but rotary positions, so no ``wpe``."""
+    from base_models import llama_style_tokenizer
+    from transformers import GPTJConfig, GPTJForCausalLM
+
+    tokenizer = llama_style_tokenizer()
+    torch.manual_seed(0)
+    config = GPTJConfig(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2, n_positions=64, rotary_dim=8)
+    GPTJForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 @pytest.mark.parametrize("task", ["caption", "classify"])
-def test_a_llama_freezes_its_token_embeddings_and_lower_layers(tmp_path, task):
-    """``finetune.mode: freeze`` on a Llama (it asked for BERT's ``embeddings`` and failed)."""
-    llama_folder(tmp_path)
+@pytest.mark.parametrize(
+    ("family", "embedding", "lower"), [("llama", "embed_tokens", ".layers.0."), ("gptj", "wte", ".h.0.")]
+)
+def test_freeze_fixes_the_token_embeddings_and_lower_layers_of_other_families(tmp_path, task, family, embedding, lower):
+    """``finetune.mode: freeze`` on a Llama (it asked for BERT's ``embeddings``) and a GPT-J
+    (for GPT-2's ``wpe``): both failed with AttributeError."""
+    (llama_folder if family == "llama" else gptj_folder)(tmp_path)
     model = prepare(str(tmp_path), task, {**TUNING, "mode": "freeze"})
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
-    assert "model.embed_tokens.weight" in frozen and any(".layers.0." in n for n in frozen)
-    assert not any(".layers.1." in n for n in frozen) and len(frozen) < len(list(model.parameters()))
+    assert any(f".{embedding}." in n for n in frozen) and any(lower in n for n in frozen)
+    assert not any(lower.replace("0", "1") in n for n in frozen) and len(frozen) < len(list(model.parameters()))
 
 
 def test_a_llama_gets_adapters_on_every_backbone_linear_and_none_on_its_head(tmp_path):

@@ -29,12 +29,12 @@ def transformer_layers(model) -> torch.nn.ModuleList:
 
 
 def embeddings(model) -> list[torch.nn.Module]:
-    """The embedding modules ``freeze`` fixes: GPT-2's token and position tables, BERT's (and
-    DistilBERT's, RoBERTa's) embeddings block, else the model's input embeddings (a Llama's
-    ``embed_tokens``; its rotary positions have no weights)."""
+    """The embedding modules ``freeze`` fixes: GPT-2's token and position tables (GPT-J's and
+    CodeGen's ``wte`` alone: rotary positions), BERT's (and DistilBERT's, RoBERTa's) embeddings
+    block, else the model's input embeddings (a Llama's ``embed_tokens``; rotary again)."""
     base = model.base_model
     if hasattr(base, "wte"):
-        return [base.wte, base.wpe]
+        return [base.wte, *([base.wpe] if hasattr(base, "wpe") else [])]
     if isinstance(getattr(base, "embeddings", None), torch.nn.Module):
         return [base.embeddings]
     return [model.get_input_embeddings()]
