@@ -272,3 +272,23 @@ def test_continued_pretraining_keeps_an_instruct_inits_chat_template_and_end_of_
     eos = GenerationConfig.from_pretrained(out).eos_token_id
     assert tokenizer.convert_tokens_to_ids(EOT) in (eos if isinstance(eos, list) else [eos])
     assert not (out / "original").exists() and not (out / "tokenizer.model").exists()
+
+
+def test_a_tokenizer_larger_than_the_models_embeddings_is_refused_before_training(tmp_path):
+    """A token added to the tokenizer without resizing the model (a pad token, a chat marker):
+    the first batch holding it would fail as an index error deep in a worker. Refused at the
+    stage's start, naming both sizes."""
+    from transformers import AutoTokenizer
+
+    from aigc_ray.spec import load_spec
+    from aigc_ray.storage import Storage, StorageError
+    from aigc_ray.train.finetune import finetune
+
+    llama_folder(tmp_path / "llama")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llama")
+    rows = len(tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    tokenizer.save_pretrained(tmp_path / "llama")
+    spec = load_spec(None, [f"storage.root={tmp_path / 'runs'}", f"finetune.base={tmp_path / 'llama'}"])
+    with pytest.raises(StorageError, match=rf"has {rows + 1} tokens but the model embeds {rows}: resize"):
+        finetune(spec, Storage(), log=lambda *_: None)

@@ -129,6 +129,19 @@ def saved_dtype(config: dict) -> str:
     return name if name in SAVED_DTYPES else "float32"
 
 
+def vocabulary_problem(config: dict, tokens: int, path: str) -> str | None:
+    """Why a tokenizer of ``tokens`` ids does not fit a model's embedding rows (``vocab_size``),
+    or None: a token added to the tokenizer without resizing the model fails as an index error
+    in the first step that meets it, deep in a worker."""
+    rows = config.get("vocab_size")
+    if rows and tokens > int(rows):
+        return (
+            f"the tokenizer at {path} has {tokens} tokens but the model embeds {rows}: "
+            "resize the model's embeddings after adding tokens (resize_token_embeddings)"
+        )
+    return None
+
+
 def positions_problem(config: dict, seq_len: int, field: str, path: str) -> str | None:
     """Why ``seq_len`` does not fit a model's learned positions, or None: past them, the first
     step fails as an index error."""

@@ -23,6 +23,7 @@ from ..manifest import folder_fingerprint, publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.load import check_fits_positions
+from ..spec.training import vocabulary_problem
 from ..storage import Storage, StorageError, join
 from ..tracking import log_plots, tracked_run
 from .loop import LoopConfig, local_model_dir, run_training
@@ -198,7 +199,10 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     tokenizer = base_tokenizer(base_local)
     if task == "caption" and tokenizer.eos_token_id is None:  # before any Ray work
         raise StorageError(f"{f.base}: its tokenizer has no end-of-text (eos) token, which ends every caption")
-    check_fits_positions(json.loads(Path(base_local, "config.json").read_text()), f.seq_len, "finetune.seq_len", f.base)
+    base_config = json.loads(Path(base_local, "config.json").read_text())
+    check_fits_positions(base_config, f.seq_len, "finetune.seq_len", f.base)
+    if problem := vocabulary_problem(base_config, len(tokenizer), f.base):
+        raise StorageError(problem)
     build_data(spec, storage, log=log, say_up_to_date=False)
     train, val = examples(spec, storage, tokenizer, "train", task), examples(spec, storage, tokenizer, "val", task)
     tuning = f.model_dump(include={"mode", "freeze_layers", "lora_r", "lora_alpha", "lora_dropout"})

@@ -31,6 +31,7 @@ from ..manifest import folder_fingerprint, publish_directory
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.load import check_fits_positions
+from ..spec.training import vocabulary_problem
 from ..storage import Storage, StorageError, checkpoint_uri, join
 from ..tracking import log_plots, tracked_run
 from .feed import ordered_ingest_options
@@ -55,6 +56,8 @@ def loop_config(spec: ExperimentSpec) -> LoopConfig:
     if p.init:
         hf_config = storage.read_json(join(p.init, "config.json"))
         check_fits_positions(hf_config, p.seq_len, "pretrain.seq_len", p.init)
+        if problem := vocabulary_problem(hf_config, tok.get_vocab_size(), p.init):
+            raise StorageError(problem)  # before any Ray work, as a base without eos
         init = {"uri": p.init, "s3": storage.s3}
     else:
         hf_config, init = lm_config(p, tok.get_vocab_size(), special).to_dict(), None
