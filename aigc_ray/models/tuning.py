@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec.training import saved_dtype
+from ..spec.training import local_architectures, saved_dtype
 
 LORA_TARGETS = {"gpt2": ["c_attn", "c_proj"], "bert": ["query", "value"]}
 
@@ -174,11 +174,7 @@ def model_files(names: list[str]) -> set[str]:
 
 def is_causal_lm(path: str) -> bool:
     """Whether a Hugging Face model folder holds a causal (generating) language model."""
-    import json
-    from pathlib import Path
-
-    config = json.loads(Path(path, "config.json").read_text())
-    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in config.get("architectures") or [])
+    return any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in local_architectures(path) or [])
 
 
 def prepare(path: str, task: str, tuning: dict):

@@ -23,7 +23,7 @@ from ..manifest import folder_fingerprint, publish_directory, read_manifest
 from ..runtime import cpus_per_train_worker
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.load import check_fits_positions
-from ..spec.training import vocabulary_problem
+from ..spec.training import local_config, vocabulary_problem
 from ..storage import Storage, StorageError, join
 from ..tracking import log_plots, tracked_run
 from .loop import LoopConfig, local_model_dir, run_training
@@ -199,7 +199,7 @@ def _finetune(spec: ExperimentSpec, storage: Storage, log, run):
     tokenizer = base_tokenizer(base_local)
     if task == "caption" and tokenizer.eos_token_id is None:  # before any Ray work
         raise StorageError(f"{f.base}: its tokenizer has no end-of-text (eos) token, which ends every caption")
-    base_config = json.loads(Path(base_local, "config.json").read_text())
+    base_config = local_config(base_local)
     check_fits_positions(base_config, f.seq_len, "finetune.seq_len", f.base)
     if problem := vocabulary_problem(base_config, len(tokenizer), f.base):
         raise StorageError(problem)
@@ -265,9 +265,7 @@ def export_finetuned(spec, storage, ckpt, base_local, cfg, val, init, log=print)
     state = read_state(ckpt)
     engine_eval = next((h for h in reversed(state["history"]) if "eval_loss" in h), {})
     # evaluated and written in the base's own dtype: what is served is what was measured
-    model = in_saved_dtype(
-        load_finetuned(ckpt, base_local, cfg), json.loads(Path(base_local, "config.json").read_text())
-    )
+    model = in_saved_dtype(load_finetuned(ckpt, base_local, cfg), local_config(base_local))
     tokenizer = base_tokenizer(base_local)
     evaluation = {k: v for k, v in engine_eval.items() if k.startswith("eval_")}
     evaluation["export_eval_loss"] = plain_eval_loss(model, val, cfg)

@@ -351,7 +351,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         out = Path(tmp, "export")
         model = load_export_model(ckpt)
         if spec.pretrain.init:  # continued pretraining: written in the init model's own dtype
-            model = in_saved_dtype(model, storage.read_json(join(spec.pretrain.init, "config.json")))
+            model = in_saved_dtype(model, cfg.hf_config)  # the init's config.json, read by loop_config
         model.save_pretrained(out, safe_serialization=True)
         if spec.pretrain.init:
             copy_init_side_files(storage, spec.pretrain.init, out)
