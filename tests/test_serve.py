@@ -653,6 +653,13 @@ def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
     row = [r for r in table.to_pylist() if r["response_id"] == answer["id"]][0]
     assert row["kind"] == "classify" and row["correct_label"] == label and row["rating"] == 2
     assert row["input_image"] == base64.b64decode(body["image"]) and row["input_text"] == body["text"]
+    # the same image as a browser's data: URL: the same answer, and feedback keeps the image itself
+    as_url = client.post("/v1/classify", json={**body, "image": f"data:image/png;base64,{body['image']}"})
+    assert as_url.status_code == 200 and as_url.json()["probabilities"] == answer["probabilities"], as_url.text
+    assert client.post("/v1/feedback", json={"response_id": as_url.json()["id"], "rating": 1}).status_code == 200
+    table = read_feedback(storage, f"{spec.storage.root}/serve/feedback")
+    kept = [r for r in table.to_pylist() if r["response_id"] == as_url.json()["id"]][0]
+    assert kept["input_image"] == base64.b64decode(body["image"])
     assert json.loads(row["answer"])["label"] == answer["label"] and row["model_version"]
     assert client.post("/v1/feedback", json={"response_id": "clf-nope", "rating": 1}).status_code == 404
     wrong = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_text": "x"})

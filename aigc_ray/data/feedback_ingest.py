@@ -10,7 +10,6 @@ are corrections whose inputs the server no longer held (``serve.feedback_memory_
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
 import pyarrow as pa
@@ -20,7 +19,7 @@ from ..manifest import Manifest
 from ..spec import ExperimentSpec, spec_hash
 from ..storage import Storage
 from .feedback import read_feedback
-from .images import decode_image_b64, encode_png
+from .images import decode_client_image, encode_png
 from .info import DatasetInfo, dataset_info
 from .schema import MULTIMODAL_V1, SCHEMAS
 from .shards import write_shards
@@ -67,7 +66,7 @@ def ingest_feedback(spec: ExperimentSpec, storage: Storage, log=print) -> Manife
 
 def _example(row: dict, info: DatasetInfo) -> dict:
     side, channels = info.side, info.channels
-    chw = decode_image_b64(base64.b64encode(row["input_image"]).decode(), side, channels)
+    chw = decode_client_image(row["input_image"], side, channels)
     pixels = (chw.transpose(1, 2, 0) * 255).round().astype("uint8")
     return {
         "id": f"feedback-{row['id']}",

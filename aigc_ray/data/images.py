@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
@@ -59,22 +61,27 @@ CLIENT_FORMATS = ("PNG", "JPEG", "WEBP")  # what the import reads too (a client'
 MAX_CLIENT_PIXELS = 4096 * 4096
 
 
-def decode_image_b64(b64: str, side: int, channels: int = 1, max_pixels: int = MAX_CLIENT_PIXELS) -> np.ndarray:
-    """A client's base64 PNG, JPEG or WebP (bare, or a ``data:image/...;base64,`` URL as browsers
-    and OpenAI-style clients send; grey or colour, any shape up to ``max_pixels``) as (channels,
-    side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), its centred square area-resized
-    (a JPEG decoded at the smallest scale that covers ``side``, as the import does);
-    ValueError names what is wrong."""
-    from PIL import UnidentifiedImageError
-
+def client_image_bytes(b64: str) -> bytes:
+    """The bytes of a client's base64 image, bare or as a ``data:image/...;base64,`` URL as
+    browsers and OpenAI-style clients send it; ValueError names what is wrong. Every reader of a
+    client's image (decoding, the feedback record) starts here."""
     if b64.startswith("data:"):
         header, _, b64 = b64.partition(",")
         if not header.endswith(";base64"):
             raise ValueError("image: a data URL must be base64, e.g. data:image/png;base64,...")
     try:
-        raw = base64.b64decode(b64, validate=True)
+        return base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("image is not valid base64") from None
+
+
+@contextlib.contextmanager
+def _client_image(raw: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The client's image opened, its header checked (a PNG, JPEG or WebP of at most
+    ``max_pixels``); nothing is decoded until the caller reads pixels. ValueError names what is
+    wrong, also for a file that breaks while the caller decodes it."""
+    from PIL import UnidentifiedImageError
+
     names = ", ".join(CLIENT_FORMATS[:-1]) + f" or {CLIENT_FORMATS[-1]}"
     try:
         with Image.open(io.BytesIO(raw)) as img:
@@ -82,9 +89,30 @@ def decode_image_b64(b64: str, side: int, channels: int = 1, max_pixels: int = M
                 raise ValueError(f"image must be a {names}, got {img.format}")
             if img.width * img.height > max_pixels:
                 raise ValueError(f"image is {img.width}x{img.height}; at most {max_pixels:,} pixels")
-            return _model_pixels(img, side, channels)
+            yield img
     except (UnidentifiedImageError, OSError):
         raise ValueError(f"image is not a decodable {names}") from None
+
+
+def check_client_image(b64: str, max_pixels: int = MAX_CLIENT_PIXELS) -> None:
+    """What a request's schema checks of a client's image: base64, format and size, from the
+    header alone (the handler decodes the pixels once; a photo is not decoded twice)."""
+    with _client_image(client_image_bytes(b64), max_pixels):
+        pass
+
+
+def decode_client_image(raw: bytes, side: int, channels: int = 1, max_pixels: int = MAX_CLIENT_PIXELS) -> np.ndarray:
+    """A client's PNG, JPEG or WebP bytes (grey or colour, any shape up to ``max_pixels``) as
+    (channels, side, side) float32 in [0, 1] (1 channel: grey, 3: RGB), its centred square
+    area-resized (a JPEG decoded at the smallest scale that covers ``side``, as the import
+    does); ValueError names what is wrong."""
+    with _client_image(raw, max_pixels) as img:
+        return _model_pixels(img, side, channels)
+
+
+def decode_image_b64(b64: str, side: int, channels: int = 1, max_pixels: int = MAX_CLIENT_PIXELS) -> np.ndarray:
+    """``decode_client_image`` of a client's base64 image, bare or a data: URL."""
+    return decode_client_image(client_image_bytes(b64), side, channels, max_pixels)
 
 
 def decode_image_file(raw: bytes, side: int, channels: int = 1) -> np.ndarray:

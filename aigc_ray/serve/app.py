@@ -27,7 +27,6 @@ filter fails, the request fails (503): nothing passes unchecked.
 """
 
 import asyncio
-import base64
 import contextlib
 import functools
 import hashlib
@@ -50,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.digits import IMAGE_SIDE, WORDS
 from ..data.feedback import feedback_row, write_feedback
-from ..data.images import decode_image_b64
+from ..data.images import client_image_bytes, decode_client_image
 from ..ensemble.build import ENSEMBLE_FILE
 from ..ensemble.combine import STRATEGIES, Combiner
 from ..ensemble.explain import resolve_target
@@ -494,12 +493,14 @@ class EnsembleIngress:
             return "", True
         return redact(text, verdict), False
 
-    def _model_image(self, b64: str) -> np.ndarray:
-        """A client's base64 PNG as the members read it (the data's shape), or 422 saying why not:
+    def _model_image(self, b64: str) -> tuple[bytes, np.ndarray]:
+        """A client's base64 image (bare or a data: URL): its file's bytes (what feedback keeps)
+        and its pixels as the members read them (the data's shape), or 422 saying why not:
         undecodable, or (``serve.refuse_out_of_range``) with pixels outside the trained range."""
         height, _, channels = self.image_shape
         try:
-            image = decode_image_b64(b64, height, channels)
+            raw = client_image_bytes(b64)
+            image = decode_client_image(raw, height, channels)
         except ValueError as e:
             raise HTTPException(422, f"image: {e}") from None
         if self.refuse_out_of_range and self.input_range is not None:
@@ -508,7 +509,7 @@ class EnsembleIngress:
                 raise HTTPException(
                     422, f"image: {problem}; this server refuses such inputs (serve.refuse_out_of_range)"
                 )
-        return image
+        return raw, image
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -521,7 +522,7 @@ class EnsembleIngress:
         dependencies=[Depends(require_token)],
     )
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        image = self._model_image(req.image)
+        raw, image = self._model_image(req.image)
         outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
@@ -531,9 +532,7 @@ class EnsembleIngress:
             "probabilities": [round(float(p), 6) for p in combined],
             "strategy": self.combiner.strategy,
         }
-        rid = self._remember(
-            new_id("clf"), "classify", answer, input_text=req.text, input_image=base64.b64decode(req.image)
-        )
+        rid = self._remember(new_id("clf"), "classify", answer, input_text=req.text, input_image=raw)
         members = {n: [round(float(p), 6) for p in o] for n, o in zip(self.names, outs, strict=True)}
         return ClassifyResponse(
             id=rid,
@@ -801,7 +800,7 @@ class EnsembleIngress:
         modality shares, for the ensemble's answer (or ``target``), from the explainer deployment."""
         if self.explainer is None:
             raise HTTPException(404, "this app serves no explainer")
-        image = self._model_image(req.image)
+        _, image = self._model_image(req.image)
         try:
             target = resolve_target(self.classes, req.target)
         except ValueError as e:

@@ -7,8 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from ..data.digits import IMAGE_SIDE
-from ..data.images import decode_image_b64
+from ..data.images import check_client_image
 
 NUL = "\x00"
 
@@ -67,7 +66,7 @@ class ImageAndCaption(Strict):
     @field_validator("image")
     @classmethod
     def _decodes(cls, v: str) -> str:
-        decode_image_b64(v, IMAGE_SIDE)  # raises ValueError with the reason
+        check_client_image(v)  # raises ValueError with the reason
         return v
 
 
