@@ -213,6 +213,9 @@ def test_imagefolder_listing_reads_split_folders_and_captions(tmp_path, shape_ro
 def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp_path, shape_rows):
     """A flat folder of images (as Kaggle and many labelling tools export them) with a
     metadata.csv naming each file's class; split folders may be called ``dev/`` too."""
+    from aigc_ray.data.image_import import scan_example
+    from aigc_ray.data.image_sources import Example
+
     storage = Storage()
     for split in ("train", "dev"):
         (tmp_path / split).mkdir()
@@ -227,6 +230,14 @@ def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp
     assert len(known) == 24 and {k["split"] for k in known} == {"train", "val"}
     assert sorted(k["label"] for k in known) == sorted(CLASSES * 4)
     assert all(k["text"].startswith("cap ") for k in known)
+
+    # labels as pandas writes an int column with a gap (3.0, null) are judged as in every format
+    (tmp_path / "dev" / "metadata.csv").unlink()
+    lines = [{"file_name": f"img_{i}.png", "text": "c", "label": float(i % 6)} for i in range(12)]
+    (tmp_path / "dev" / "metadata.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    dev = [k for u in list_imagefolder(storage, str(tmp_path)).units for k in u.known if k["split"] == "val"]
+    scanned = [scan_example(Example(k["key"], k["key"], b"", "c", k["label"])) for k in dev]
+    assert sorted(r["label_int"] for r in scanned) == sorted([0, 1, 2, 3, 4, 5] * 2)
 
     (tmp_path / "train" / "metadata.csv").write_text("file_name,text\nimg_0.png,cap 0\n")  # no labels here
     with pytest.raises(
