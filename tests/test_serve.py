@@ -411,12 +411,13 @@ def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(se
     for sampling in ({"temperature": 0}, {"temperature": 1.0, "seed": 5}):
         whole = oa.completions.create(model="aigc-lm", prompt=prompt, max_tokens=12, **sampling)
         chunks = list(oa.completions.create(model="aigc-lm", prompt=prompt, max_tokens=12, stream=True, **sampling))
-        assert len(chunks) > 2, chunks  # piece by piece, not one answer
+        pieces_sent = [c.choices[0].text for c in chunks]
+        assert len(chunks) > 2, (sampling, pieces_sent, whole.choices[0])  # piece by piece, not one answer
         assert {(c.object, c.id, c.model) for c in chunks} == {("text_completion", chunks[0].id, "aigc-lm")}
-        assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
+        assert "".join(pieces_sent) == whole.choices[0].text, (sampling, pieces_sent, whole.choices[0])
         assert [c.choices[0].finish_reason for c in chunks] == [None] * (len(chunks) - 1) + [
             whole.choices[0].finish_reason
-        ]
+        ], (sampling, pieces_sent, whole.choices[0])
         assert chunks[-1].usage == whole.usage and all(c.usage is None for c in chunks[:-1])
 
         chat = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=12, **sampling)
@@ -425,8 +426,9 @@ def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(se
         )
         assert {(c.object, c.id) for c in pieces} == {("chat.completion.chunk", pieces[0].id)}
         assert all(c.choices[0].delta.role == "assistant" for c in pieces)
-        assert "".join(c.choices[0].delta.content or "" for c in pieces) == chat.choices[0].message.content
-        assert pieces[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+        said = [c.choices[0].delta.content or "" for c in pieces]
+        assert "".join(said) == chat.choices[0].message.content, (sampling, said, chat.choices[0])
+        assert pieces[-1].choices[0].finish_reason == chat.choices[0].finish_reason, (sampling, said, chat.choices[0])
         assert pieces[-1].usage == chat.usage
 
     # stream_options.include_usage: OpenAI's last chunk, with usage and no choices
@@ -620,7 +622,10 @@ def test_hostile_text_in_any_field_of_any_route_gets_a_json_4xx_never_a_5xx(serv
             assert set(error) == {"detail", "error"}, (route, field, name, res.text[:300])
             assert set(error["error"]) == {"message", "type", "code"} and error["error"]["code"] == res.status_code
         elif res.headers["content-type"].startswith("text/event-stream"):
-            assert res.text.rstrip().endswith("data: [DONE]") and '"error"' not in res.text, (route, field, name)
+            # no event is an error: the model's own text may well be the word "error"
+            events = [json.loads(e[6:]) for e in res.text.split("\n\n") if e.startswith("data: {")]
+            assert res.text.rstrip().endswith("data: [DONE]"), (route, field, name)
+            assert events and not any("error" in e for e in events), (route, field, name, res.text[-300:])
         else:
             res.json()
     accepted_invalid = [

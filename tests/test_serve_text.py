@@ -151,6 +151,9 @@ def test_settled_holds_back_what_later_tokens_may_change():
     assert settled("seven.\nX", ["\nUser:"], False) == len("seven.\nX")
     assert settled("ab", ["b!", "ab?"], False) == 0  # the longest possible start of any stop
     assert settled("a handwritten", [], True) == len("a")  # " ." -> "." may still happen
+    assert settled("x '", [], True) == len("x")  # " ' " -> "'" once a space follows
+    # without a space the clean-up has nothing to remove: a word-less answer still streams
+    assert settled("7+7=14", [], True) == len("7+7=14")
 
 
 @pytest.mark.parametrize("temperature, seed", [(0.0, None), (1.0, 3), (0.8, 11)])

@@ -182,11 +182,14 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
         if not (donor_folders and taken):
             continue
         config = _meta(taken[0])["config"]  # the recipient's config after PBT's explore
-        # an exploit copies the donor's shapes; PBT's explore never changes them
-        assert any((config["width"], config["z_dim"]) == _shape(_meta(f)["config"]) for f in donor_folders)
+        # an exploit copies the donor's shapes; PBT's explore never changes them. The donor may
+        # hold iteration k twice, from two lineages of other shapes (it was itself restored):
+        # only a folder of the recipient's shapes can be what it took.
+        same_shape = [f for f in donor_folders if _shape(config) == _shape(_meta(f)["config"])]
+        assert same_shape, f"{recipient} took shapes {_shape(config)} that {donor} never had at {k}"
         # Independently of the trial's own restore and hashes: one iteration from the donor's
         # files gives exactly the recipient's next checkpoint (G and D both the donor's).
-        expected = [_replay_one_iteration(spec, storage, f, config, k) for f in donor_folders]
+        expected = [_replay_one_iteration(spec, storage, f, config, k) for f in same_shape]
         got = [torch.load(f / "gan_state.pt", weights_only=True) for f in taken]
         assert any(
             all(torch.equal(x[net][n], y[net][n]) for net in ("g", "d") for n in x[net]) for x in expected for y in got

@@ -73,6 +73,6 @@ def settled(text: str, stops: list[str], cleans_up_spaces: bool) -> int:
     for s in stops:
         held = next((k for k in range(min(len(s) - 1, len(whole)), 0, -1) if whole.endswith(s[:k])), 0)
         end = min(end, len(whole) - held)
-    if cleans_up_spaces:
-        end = min(end, max(text.rfind(" ", 0, end), 0))
+    if cleans_up_spaces and (space := text.rfind(" ", 0, end)) >= 0:  # no space: nothing to clean up
+        end = space
     return end
