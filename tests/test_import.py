@@ -239,6 +239,26 @@ def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp
     scanned = [scan_example(Example(k["key"], k["key"], b"", "c", k["label"])) for k in dev]
     assert sorted(r["label_int"] for r in scanned) == sorted([0, 1, 2, 3, 4, 5] * 2)
 
+    # metadata.parquet, as datasets writes it (to_parquet), naming images by image_file_name
+    (tmp_path / "dev" / "metadata.jsonl").unlink()
+    lines_labels = [CLASSES[(i * 5) % 6] for i in range(12)]
+    table = pa.table(
+        {"image_file_name": [f"img_{i}.png" for i in range(12)], "text": ["p"] * 12, "label": lines_labels}
+    )
+    pq.write_table(table, tmp_path / "dev" / "metadata.parquet")
+    dev = [k for u in list_imagefolder(storage, str(tmp_path)).units for k in u.known if k["split"] == "val"]
+    assert sorted((k["key"], k["text"], k["label"]) for k in dev) == sorted(
+        (f"dev/img_{i}.png", "p", lines_labels[i]) for i in range(12)
+    )
+    (tmp_path / "dev" / "metadata.csv").write_text("file_name,text\nimg_0.png,cap 0\n")
+    with pytest.raises(SourceError, match=r"dev: holds metadata.csv and metadata.parquet; keep one metadata file"):
+        list_imagefolder(storage, str(tmp_path))
+    (tmp_path / "dev" / "metadata.csv").unlink()
+    (tmp_path / "dev" / "metadata.parquet").write_bytes(b"PAR1 cut short")
+    with pytest.raises(SourceError, match=r"metadata.parquet: not a readable Parquet file"):
+        list_imagefolder(storage, str(tmp_path))
+    pq.write_table(table, tmp_path / "dev" / "metadata.parquet")
+
     (tmp_path / "train" / "metadata.csv").write_text("file_name,text\nimg_0.png,cap 0\n")  # no labels here
     with pytest.raises(
         SourceError,

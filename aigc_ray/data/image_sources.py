@@ -6,8 +6,9 @@ image bytes with their caption, label and split as the data states them. Nothing
 pixels or decides class indices (``image_import`` does, once it knows every class).
 
 - ``imagefolder`` (Hugging Face's ImageFolder): ``[split/]class/file.png``; captions in a
-  ``metadata.jsonl`` or ``metadata.csv`` (``file_name`` + ``text``) in the split or root folder,
-  whose ``label`` column, where a row has one, names the class instead of a class folder.
+  ``metadata.jsonl``, ``metadata.csv`` or ``metadata.parquet`` (``file_name`` + ``text``) in the
+  split or root folder, whose ``label`` column, where a row has one, names the class instead of a
+  class folder.
 - ``webdataset``: ``*.tar`` shards of ``KEY.<image>`` + ``KEY.txt`` + ``KEY.cls`` (class index;
   names from a ``classes.txt`` beside the shards) or ``KEY.json`` (``{"label": name}``).
 - ``parquet``: columns ``image`` (bytes, ``{bytes, path}`` as ``datasets`` writes it, or a path
@@ -36,6 +37,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_MEMBERS = tuple(e.lstrip(".") for e in IMAGE_EXTENSIONS)  # a WebDataset sample's image: KEY.jpg, ...
 SPLIT_FOLDERS = {"train": "train", "validation": "val", "val": "val", "valid": "val", "dev": "val", "test": "test"}
 FILES_PER_UNIT = 64
+METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")  # as datasets' ImageFolder reads
 # What the data calls each part (``data.source.columns``): Parquet columns, the keys of a
 # WebDataset sample's KEY.json, the caption column of an ImageFolder's metadata file. A text of
 # None: the data has no captions (the import writes them from the class names).
@@ -93,28 +95,47 @@ def split_of_path(rel: str) -> str | None:
 # --------------------------------------------------------------------------- imagefolder
 
 
-def _read_metadata(storage: Storage, uri: str, columns: dict) -> dict[str, tuple[str | None, int | str | None]]:
-    """file_name -> (caption, label) of one metadata.jsonl / metadata.csv: the ``columns``' text
-    and label; a label left out or empty is None (the class folder names it then)."""
-    text_column, label_column = columns["text"], columns["label"]
+def _metadata_rows(storage: Storage, uri: str) -> list:
+    """The rows of one metadata.jsonl / metadata.csv / metadata.parquet, as dicts."""
+    if uri.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(io.BytesIO(storage.read_bytes(uri))).to_pylist()
+        except pa.ArrowException as exc:
+            raise SourceError(f"{uri}: not a readable Parquet file ({exc})") from None
     raw = storage.read_bytes(uri).decode("utf-8-sig")
-    rows: list[dict] = []
-    if uri.endswith(".jsonl"):
-        for n, line in enumerate(raw.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise SourceError(f"{uri} line {n}: not JSON ({exc.msg})") from None
-    else:
-        rows = list(csv.DictReader(io.StringIO(raw)))
+    if uri.endswith(".csv"):
+        return list(csv.DictReader(io.StringIO(raw)))
+    rows = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise SourceError(f"{uri} line {n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _file_name_key(row: dict) -> str | None:
+    """The column naming the image: ``file_name``, or ``<feature>_file_name`` (``image_file_name``),
+    as ``datasets`` accepts."""
+    return "file_name" if "file_name" in row else next((k for k in row if str(k).endswith("_file_name")), None)
+
+
+def _read_metadata(storage: Storage, uri: str, columns: dict) -> dict[str, tuple[str | None, int | str | None]]:
+    """file_name -> (caption, label) of one metadata file: the ``columns``' text and label; a label
+    left out or empty is None (the class folder names it then)."""
+    text_column, label_column = columns["text"], columns["label"]
     out = {}
-    for n, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or "file_name" not in row:
+    for n, row in enumerate(_metadata_rows(storage, uri), 1):
+        key = _file_name_key(row) if isinstance(row, dict) else None
+        if key is None or row[key] is None:
             raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and {text_column!r} for the caption)")
         text = row.get(text_column) if text_column else None
         label = row.get(label_column) if label_column else None  # judged with every format's (scan_example)
-        out[str(row["file_name"])] = (None if text is None else str(text), label if label != "" else None)
+        out[str(row[key])] = (None if text is None else str(text), label if label != "" else None)
     return out
 
 
@@ -135,7 +156,13 @@ def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -
     # captions (and labels, for data laid out without class folders): metadata files in the root
     # or a split folder, file_name relative to that folder
     described: dict[str, tuple[str | None, int | str | None]] = {}
-    metadata_files = [f for f in files if posixpath.basename(f) in ("metadata.jsonl", "metadata.csv")]
+    metadata_files = [f for f in files if posixpath.basename(f) in METADATA_FILES]
+    by_folder: dict[str, list[str]] = {}
+    for meta in metadata_files:
+        by_folder.setdefault(posixpath.dirname(meta), []).append(posixpath.basename(meta))
+    for folder, names in by_folder.items():
+        if len(names) > 1:  # which one describes the images? datasets refuses this too
+            raise SourceError(f"{folder}: holds {' and '.join(sorted(names))}; keep one metadata file per folder")
     image_set = set(images)
     for meta in metadata_files:
         folder = posixpath.dirname(meta)
@@ -156,7 +183,7 @@ def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -
             where = "a split folder's class folder" if split_layout else "a class folder"
             raise SourceError(
                 f"{f}: every image must sit in {where} (the folder name is its label) "
-                f"or have a {columns['label']!r} in metadata.jsonl / metadata.csv"
+                f"or have a {columns['label']!r} in its metadata file ({' / '.join(METADATA_FILES)})"
             )
         else:
             label = class_parts[0]

@@ -115,7 +115,7 @@ class SourceSpec(Section):
     """The user's own image–caption–label data, imported into multimodal shards."""
 
     format: Literal["imagefolder", "webdataset", "parquet"] = Field(
-        description="imagefolder: class folders (+ metadata.jsonl/csv captions, optional train/validation/test "
+        description="imagefolder: class folders (+ metadata.jsonl/csv/parquet captions, optional train/validation/test "
         "folders); webdataset: tar shards of KEY.png|jpg|jpeg|webp + KEY.txt + KEY.cls|KEY.json; parquet: "
         "columns image (bytes or {bytes, path}), text, label (int or class name)."
     )
