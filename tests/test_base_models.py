@@ -114,7 +114,7 @@ def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, m
     from transformers import AutoModelForCausalLM
 
     from aigc_ray.storage import S3Settings, Storage
-    from aigc_ray.train.loop import local_model_dir
+    from aigc_ray.train.model_cache import local_model_dir
 
     monkeypatch.setenv("AIGC_MODEL_CACHE", str(tmp_path / "cache"))
     storage = Storage(S3Settings(s3_server.endpoint, s3_server.region))
@@ -143,6 +143,61 @@ def test_a_base_on_s3_is_copied_once_per_node_and_content(s3_server, tmp_path, m
     storage.write_bytes(f"{uri}/README.md", b"a new file: the folder changed")
     assert local_model_dir(init) != got[0]
     assert local_model_dir({"path": str(tmp_path / "llama")}) == str(tmp_path / "llama")  # a local folder as is
+
+
+def test_the_model_cache_stays_within_its_bound_dropping_the_least_recently_used(tmp_path):
+    """Copies used longest ago go first; one used within the hour stays whatever the budget (a
+    process may be loading it); a half-made copy is removed only once it is a day old."""
+    import os
+    import time
+
+    from aigc_ray.train.model_cache import prune
+
+    now = time.time()
+    for name, age_s in (("old", 3 * 3600), ("older", 5 * 3600), ("recent", 600), (".abc-half", 2 * 86400)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"w" * 1000)
+        os.utime(tmp_path / name, (now - age_s, now - age_s))
+    (tmp_path / ".def-copying").mkdir()  # another process copying right now
+    assert prune(tmp_path, room=1000, budget=3000, now=now) == [".abc-half", "older"]
+    assert prune(tmp_path, room=1000, budget=1000, now=now) == ["old"]  # "recent" is kept over budget
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".def-copying", "recent"]
+
+
+def test_a_new_base_makes_room_in_the_cache_by_dropping_one_unused_for_longest(s3_server, tmp_path, monkeypatch):
+    import os
+    import time
+    from pathlib import Path
+
+    from aigc_ray.storage import S3Settings, Storage
+    from aigc_ray.train.model_cache import local_model_dir
+
+    monkeypatch.setenv("AIGC_MODEL_CACHE", str(tmp_path / "cache"))
+    storage = Storage(S3Settings(s3_server.endpoint, s3_server.region))
+    bucket = s3_server.make_bucket("aigc-cached-bases")
+    llama_folder(tmp_path / "llama")
+    inits = []
+    for name in ("first", "second"):
+        for f in sorted((tmp_path / "llama").iterdir()):
+            storage.write_bytes(f"s3://{bucket}/{name}/{f.name}", f.read_bytes())
+        inits.append({"uri": f"s3://{bucket}/{name}", "s3": storage.s3})
+    one_copy = sum(f.stat().st_size for f in (tmp_path / "llama").iterdir())
+    monkeypatch.setenv("AIGC_MODEL_CACHE_GB", str(1.5 * one_copy / 2**30))  # room for one copy
+
+    first = Path(local_model_dir(inits[0]))
+    two_hours_ago = time.time() - 7200
+    os.utime(first, (two_hours_ago, two_hours_ago))
+    assert local_model_dir(inits[0]) == str(first) and time.time() - first.stat().st_mtime < 60  # a use marks it
+    os.utime(first, (two_hours_ago, two_hours_ago))
+    second = Path(local_model_dir(inits[1]))
+    assert not first.exists() and [p.name for p in (tmp_path / "cache").iterdir()] == [second.name]
+    again = Path(local_model_dir(inits[0]))  # copied again; the second is in use (this hour): kept
+    assert again == first and again.is_dir() and second.is_dir()
+
+    monkeypatch.setenv("AIGC_MODEL_CACHE_GB", "lots")
+    (tmp_path / "cache" / again.name).rename(tmp_path / "cache" / "moved")  # a miss, so the bound is read
+    with pytest.raises(ValueError, match="AIGC_MODEL_CACHE_GB='lots': expected a number of GB"):
+        local_model_dir(inits[0])
 
 
 def test_only_what_loading_reads_is_copied_from_a_model_folder():

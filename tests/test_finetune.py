@@ -43,7 +43,7 @@ def latest_checkpoint(spec) -> str:
 def test_lora_trains_only_adapters_and_the_merge_equals_the_adapted_model(ray_local, local_data):
     from aigc_ray.models.tuning import prepare
     from aigc_ray.train.export import consolidated_state_dict
-    from aigc_ray.train.loop import local_model_dir
+    from aigc_ray.train.model_cache import local_model_dir
 
     base, storage = local_data
     spec = ft_spec(base, "lora", "finetune.mode=lora", "finetune.task=caption", "finetune.lr=0.01")

@@ -26,7 +26,8 @@ from ..spec.load import check_fits_positions
 from ..spec.training import local_config, vocabulary_problem
 from ..storage import Storage, StorageError, join
 from ..tracking import log_plots, tracked_run
-from .loop import LoopConfig, local_model_dir, run_training
+from .loop import LoopConfig, run_training
+from .model_cache import local_model_dir
 from .pretrain import RayHooks, fit_and_tidy, ray_run_config, trajectory_key
 
 

@@ -146,6 +146,7 @@ def build_engine(cfg: LoopConfig, world: int):
     keep_alive = HfDeepSpeedConfig(ds_config) if cfg.training.zero_stage == 3 else None
     if cfg.init:
         from ..models.tuning import prepare
+        from .model_cache import local_model_dir
 
         model = prepare(local_model_dir(cfg.init), cfg.task, cfg.tuning)
     else:
@@ -158,45 +159,6 @@ def build_engine(cfg: LoopConfig, world: int):
 
 def num_samples(data) -> int:
     return len(next(iter(data.values()))) if isinstance(data, dict) else len(data)
-
-
-def local_model_dir(init: dict) -> str:
-    """A local folder holding the base model: a path as is; an S3 folder copied once per node and
-    content into the model cache (``$AIGC_MODEL_CACHE``, else ``<tmp>/aigc-models``), keyed by
-    its URI and fingerprint and shared by the driver and every worker there — a copy per call
-    would leave a multi-GB base in /tmp for every worker of every run. The copy is renamed into
-    place whole, so a process never reads a half-copied model."""
-    import os
-    import shutil
-    import tempfile
-
-    from ..manifest import folder_fingerprint
-    from ..storage import Storage, parse_uri
-
-    if init.get("path"):
-        return init["path"]
-    if parse_uri(init["uri"]).scheme == "file":
-        return parse_uri(init["uri"]).path
-    from ..models.tuning import model_files
-
-    storage = Storage(init["s3"])
-    key = hashlib.sha256(f"{init['uri']}\n{folder_fingerprint(storage, init['uri'])}".encode()).hexdigest()[:24]
-    root = Path(os.environ.get("AIGC_MODEL_CACHE") or Path(tempfile.gettempdir(), "aigc-models"))
-    final = root / key
-    if final.is_dir():
-        return str(final)
-    root.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
-    try:
-        storage.download(init["uri"], partial, only=model_files)  # not the copies in other formats
-        try:
-            partial.rename(final)
-        except OSError:  # another process on this node put its copy there first
-            shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return str(final)
 
 
 def eval_chunks(num_blocks: int, micro: int, batches: int) -> int:
