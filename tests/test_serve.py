@@ -315,6 +315,13 @@ def test_the_openai_client_talks_to_completions(served):
     assert first.choices[0].text == again.choices[0].text  # greedy decoding is deterministic
     assert first.choices[0].finish_reason in ("length", "stop")
     assert 0 < first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
+    # None passed on as JSON null (code that forwards an unset setting): OpenAI reads it as the default
+    unset = {"temperature": None, "top_p": None, "n": None, "stop": None, "seed": None, "stream": None}
+    nulls = client.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=None, **unset)
+    assert nulls.usage.completion_tokens == 16 or nulls.choices[0].finish_reason == "stop"  # max_tokens' default
+    chat = client.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=None, **unset)
+    assert chat.choices[0].message.role == "assistant"
+    assert client.images.generate(prompt="a handwritten seven", n=None, size=None, response_format=None).data
     assert {m.id for m in client.models.list().data} == {"aigc-ensemble", "aigc-gan", "aigc-video-gan", "aigc-lm"}
     card = client.models.retrieve("aigc-lm")  # what clients check before they call a model
     assert card.id == "aigc-lm" and card.object == "model" and card.owned_by == "aigc-ray"

@@ -94,6 +94,18 @@ def test_error_bodies_quote_any_input_as_valid_utf8():
     assert json.loads(encoded)["detail"][0]["input"] == "\\ud800"
 
 
+def test_null_is_the_default_as_openai_reads_it_and_still_refused_where_a_value_is_required():
+    unset = {"temperature": None, "top_p": None, "n": None, "stop": None, "seed": None, "stream": None}
+    req = CompletionRequest(model="aigc-lm", prompt="a", max_tokens=None, **unset)
+    assert (req.temperature, req.top_p, req.n, req.max_tokens, req.stream, req.stops) == (1.0, 1.0, 1, 16, False, [])
+    chat = ChatCompletionRequest(model="aigc-lm", messages=[{"role": "user", "content": "hi"}], **unset)
+    assert (chat.temperature, chat.max_completion_tokens, chat.stream) == (1.0, None, False)
+    with pytest.raises(ValidationError, match="prompt"):
+        CompletionRequest(model="aigc-lm", prompt=None)
+    with pytest.raises(ValidationError, match="messages"):
+        ChatCompletionRequest(model="aigc-lm", messages=None)
+
+
 def test_logprobs_are_refused_by_name_not_ignored():
     for model, extra in [
         (CompletionRequest, {"prompt": "hi", "logprobs": 0}),

@@ -34,7 +34,23 @@ Text = Annotated[str, BeforeValidator(check_text)]
 
 
 class Strict(BaseModel):
+    """A request body. ``null`` for a field that has a default means that default, as OpenAI's
+    API reads it (its fields are nullable: clients generated from its OpenAPI document, and many
+    written by hand, send ``"temperature": null`` for "not set")."""
+
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_the_default(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        defaulted = {
+            name
+            for name, f in cls.model_fields.items()
+            if not f.is_required() and (f.default_factory is not None or f.default is not None)
+        }
+        return {k: v for k, v in data.items() if not (v is None and k in defaulted)}
 
 
 class ErrorInfo(BaseModel):
