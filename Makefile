@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/augmentation.py
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/import_photos.py
+	$(BIN)/python bench/lm_decode.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -197,6 +197,46 @@ def test_a_streamed_decode_joins_to_what_complete_answers(lm, temperature, seed)
     assert stopped >= 2  # stop strings were met, mid-stream
 
 
+def test_decoding_reads_each_token_once_and_answers_what_reading_from_scratch_answers(lm, tmp_path):
+    """The members' key/value caches change nothing but the cost: at every step, with GPT-2's
+    learned positions and a Llama's rotary ones, alone and as a two-member ensemble, and past the
+    context, where the window slides, the log-probabilities are those of the whole text read again."""
+    import numpy as np
+    import torch
+    from base_models import llama_folder
+
+    from aigc_ray.ensemble.lm import LMEnsemble, _DecodeState
+
+    for seed in (0, 1):
+        llama_folder(tmp_path / f"llama{seed}", seed=seed)
+    llamas = LMEnsemble([str(tmp_path / "llama0"), str(tmp_path / "llama1")], weights=[0.7, 0.3])
+    for ensemble in (lm, LMEnsemble([str(tmp_path / "llama0")]), llamas):
+        ids, state = ensemble.prompt_ids("Caption for a seven: a handwritten"), _DecodeState()
+        reads: list[int] = []  # the tokens each member's forward pass reads in the cached decode
+        hooks = [m.register_forward_pre_hook(_count_tokens(reads), with_kwargs=True) for m in ensemble.models]
+        steps = []
+        for step in range(ensemble.context + 8 - len(ids)):
+            cached = ensemble._cached_log_probs(ids, state)
+            steps.append((len(ids), reads[:]))
+            reads.clear()
+            scratch = ensemble.next_log_probs(torch.tensor([ids[-ensemble.context :]]))
+            reads.clear()
+            np.testing.assert_allclose(cached, scratch, atol=1e-5, err_msg=f"step {step}")
+            ids.append(int(np.argsort(cached)[-1 - step % 3]))  # not only the arg-max: other paths too
+        for hook in hooks:
+            hook.remove()
+        members = len(ensemble.models)
+        assert steps[0][1] == [steps[0][0]] * members  # the prompt, read once
+        fits = [r for n, r in steps[1:] if n <= ensemble.context]
+        assert fits and all(r == [1] * members for r in fits)  # then one new token a step
+        assert [r for n, r in steps if n > ensemble.context] == [[ensemble.context] * members] * 7  # window slides
+        assert state.caches is None
+
+
+def _count_tokens(reads: list[int]):
+    return lambda _, args, kwargs: reads.append(kwargs["input_ids"].shape[1])
+
+
 def test_an_instruct_models_chat_prompt_has_one_start_token_and_its_end_of_turn_stops(tmp_path):
     """A user's instruct model (Llama-3-like): its chat template writes ``<s>`` itself, so the
     prompt is not given a second one, and a turn ends at the generation config's ``<|eot|>`` —

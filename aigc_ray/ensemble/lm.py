@@ -3,6 +3,7 @@ distribution is the mean of the members' log-probabilities (``combine.average_lo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +20,14 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (a stop string or end of text) | "length"
+
+
+@dataclass
+class _DecodeState:
+    """One decode's key/value caches (one per member) and how many of its tokens they hold."""
+
+    caches: list | None = None
+    held: int = 0
 
 
 class LMEnsemble:
@@ -51,11 +60,31 @@ class LMEnsemble:
         return list(self.tokenizer(prompt, add_special_tokens=not written)["input_ids"])
 
     def next_log_probs(self, ids: torch.Tensor) -> np.ndarray:
+        """The ensemble's next-token log-probabilities after ``ids`` (1, T), read from scratch."""
         with torch.no_grad():
             ids = ids.to(self.device)
             per_model = [
                 torch.log_softmax(m(input_ids=ids).logits[0, -1].double(), -1).cpu().numpy() for m in self.models
             ]
+        return average_log_probs(per_model, self.weights)
+
+    def _cached_log_probs(self, ids: list[int], state: _DecodeState) -> np.ndarray:
+        """``next_log_probs`` of ``ids`` reading only the tokens the members' key/value caches do
+        not hold yet: one token a step instead of the whole text again (a 500-token prompt was
+        re-read for every token of the answer). Past the learned positions the window slides, so
+        every step reads its window from scratch as before."""
+        if len(ids) > self.context:
+            state.caches, state.held = None, 0
+            return self.next_log_probs(torch.tensor([ids[-self.context :]]))
+        with torch.no_grad():
+            new = torch.tensor([ids[state.held :]], device=self.device)
+            caches = state.caches or [None] * len(self.models)
+            outs = [
+                m(input_ids=new, use_cache=True, **{_cache_kwarg(m): c})
+                for m, c in zip(self.models, caches, strict=True)
+            ]
+            per_model = [torch.log_softmax(o.logits[0, -1].double(), -1).cpu().numpy() for o in outs]
+        state.caches, state.held = [_returned_cache(o) for o in outs], len(ids)
         return average_log_probs(per_model, self.weights)
 
     def complete(
@@ -88,10 +117,9 @@ class LMEnsemble:
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id]
         ids, new = list(prompt_ids), []
-        finish = "length"
+        finish, state = "length", _DecodeState()
         for _ in range(max_tokens):
-            window = torch.tensor([ids[-self.context :]])
-            token = _choose(self.next_log_probs(window), temperature, top_p, rng)
+            token = _choose(self._cached_log_probs(ids, state), temperature, top_p, rng)
             if token in self.stop_ids:
                 finish = "stop"
                 break
@@ -104,6 +132,17 @@ class LMEnsemble:
                 return
             yield text
         yield Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
+
+
+def _cache_kwarg(model) -> str:
+    """transformers 5.25 renamed a model's ``past_key_values`` argument ``cache`` (the old name
+    goes in 5.40); earlier 5.x releases know only the old one."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(output):
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def end_of_text_ids(tokenizer, models) -> frozenset[int]:
