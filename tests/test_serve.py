@@ -408,6 +408,21 @@ def test_the_openai_client_chats_over_the_language_model(served):
         oa.chat.completions.create(model="aigc-lm", messages=[{"role": "tool", "content": "x", "tool_call_id": "1"}])
     with pytest.raises(UnprocessableEntityError, match="messages"):
         oa.chat.completions.create(model="aigc-lm", messages=[])
+    # what would change the answer but is not applied is refused by name, never ignored ...
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    for refused in (
+        {"tools": [tool]},
+        {"response_format": {"type": "json_object"}},
+        {"presence_penalty": 0.6},
+        {"logit_bias": {"7": -100}},
+    ):
+        field = next(iter(refused))
+        with pytest.raises(UnprocessableEntityError, match=f"{field}=.*does not apply {field}"):
+            oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, **refused)
+    # ... while the values that ask for nothing, as clients send them by default, pass
+    noop = {"tools": [], "tool_choice": "none", "presence_penalty": 0, "frequency_penalty": 0, "logit_bias": {}}
+    calm = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=8, temperature=0, **noop)
+    assert calm.choices[0].message.content == answer.message.content
 
 
 @pytest.mark.slow

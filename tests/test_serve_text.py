@@ -106,6 +106,35 @@ def test_null_is_the_default_as_openai_reads_it_and_still_refused_where_a_value_
         ChatCompletionRequest(model="aigc-lm", messages=None)
 
 
+def test_what_would_change_the_answer_unapplied_is_refused_by_name_and_no_op_values_pass():
+    chat = {"model": "aigc-lm", "messages": [{"role": "user", "content": "hi"}]}
+    for body in (
+        {**chat, "tools": [], "tool_choice": "auto", "response_format": {"type": "text"}, "modalities": ["text"]},
+        {**chat, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "parallel_tool_calls": True},
+        {**chat, "metadata": {"team": "x"}, "store": False, "service_tier": "auto", "reasoning_effort": "low"},
+    ):
+        ChatCompletionRequest(**body)
+    CompletionRequest(model="aigc-lm", prompt="a", echo=False, suffix="", best_of=1, presence_penalty=0)
+    for field, value in [
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {"big": "x" * 5000}}}]),
+        ("functions", [{"name": "f"}]),
+        ("tool_choice", "required"),
+        ("function_call", {"name": "f"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "s"}}),
+        ("modalities", ["text", "audio"]),
+        ("audio", {"voice": "alloy", "format": "wav"}),
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -1.0),
+        ("logit_bias", {"50256": -100}),
+    ]:
+        with pytest.raises(ValidationError, match=rf"{field}=.*does not apply {field}.*leave it out") as e:
+            ChatCompletionRequest(**chat, **{field: value})
+        assert len(str(e.value)) < 1000  # a tool's pages of JSON schema are not quoted back whole
+    for field, value in [("echo", True), ("suffix", "the end"), ("best_of", 4), ("logit_bias", {"1": 5})]:
+        with pytest.raises(ValidationError, match=rf"{field}=.*does not apply {field}"):
+            CompletionRequest(model="aigc-lm", prompt="a", **{field: value})
+
+
 def test_logprobs_are_refused_by_name_not_ignored():
     for model, extra in [
         (CompletionRequest, {"prompt": "hi", "logprobs": 0}),

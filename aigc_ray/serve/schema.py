@@ -3,6 +3,7 @@ every request, so a bad one gets a 422 that names the field and the rule it brok
 
 from __future__ import annotations
 
+import reprlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -235,10 +236,23 @@ class StreamOptions(BaseModel):
     )
 
 
+def only_no_op(field: str, v: Any, no_ops: tuple) -> Any:
+    """A field this server does not honour passes only with a value that asks for nothing
+    (clients send ``"presence_penalty": 0`` whatever they are told); any other is refused by name
+    rather than ignored."""
+    if v is not None and v not in no_ops:
+        shown = reprlib.repr(v)  # a tool list may hold pages of JSON schema
+        raise ValueError(
+            f"{field}={shown}: this server does not apply {field}, so the answer would not be what was asked for; leave it out"
+        )
+    return v
+
+
 class Decoding(Strict):
-    """What completions and chat completions share: the OpenAI fields this server honours. Other
-    extras (logit_bias, presence_penalty, ...) are accepted and ignored, as many clients send them
-    whatever they are told; log-probabilities, which the answer would lack, are refused."""
+    """What completions and chat completions share: the OpenAI fields this server honours. Fields
+    that would change the answer but are not applied (penalties, logit_bias, tools, JSON output,
+    log-probabilities) are refused by name unless they ask for nothing; the rest of OpenAI's
+    extras (metadata, store, service_tier, ...) change nothing here and are ignored."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -253,6 +267,19 @@ class Decoding(Strict):
     stream: bool = Field(False, description="Answer as server-sent events, chunk by chunk, then 'data: [DONE]'.")
     stream_options: StreamOptions | None = None
     user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
+    presence_penalty: float | None = Field(None, description="0 only: not applied (any other value is refused).")
+    frequency_penalty: float | None = Field(None, description="0 only: not applied (any other value is refused).")
+    logit_bias: dict[str, float] | None = Field(None, description="Empty only: not applied.")
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float | None, info) -> float | None:
+        return only_no_op(info.field_name, v, (0,))
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict | None) -> dict | None:
+        return only_no_op("logit_bias", v, ({},))
 
     @property
     def stops(self) -> list[str]:
@@ -272,6 +299,24 @@ class CompletionRequest(Decoding):
     prompt: Text | list[Text] = Field(description="A prompt (or a list holding one).")
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
+    echo: bool | None = Field(None, description="false only: the answer holds the completion, not the prompt.")
+    suffix: Text | None = Field(None, description="Empty only: no insertion.")
+    best_of: int | None = Field(None, description="1 only: one candidate per request.")
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, v: bool | None) -> bool | None:
+        return only_no_op("echo", v, (False,))
+
+    @field_validator("suffix")
+    @classmethod
+    def _no_suffix(cls, v: str | None) -> str | None:
+        return only_no_op("suffix", v, ("",))
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, v: int | None) -> int | None:
+        return only_no_op("best_of", v, (1,))
 
     @field_validator("prompt")
     @classmethod
@@ -322,6 +367,40 @@ class ChatCompletionRequest(Decoding):
     max_completion_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
     logprobs: bool | None = Field(None, description="true is refused (422): " + NO_LOGPROBS + ".")
     top_logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
+    tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
+    functions: list[Any] | None = Field(None, description="Empty only (tools' old name).")
+    tool_choice: Any = Field(None, description="none or auto only (the model calls no tools).")
+    function_call: Any = Field(None, description="none or auto only (tool_choice's old name).")
+    response_format: dict[str, Any] | None = Field(
+        None, description='{"type": "text"} only: the output is not constrained to JSON.'
+    )
+    modalities: list[str] | None = Field(None, description='["text"] only.')
+    audio: dict[str, Any] | None = Field(None, description="Refused: text only.")
+
+    @field_validator("tools", "functions")
+    @classmethod
+    def _no_tools(cls, v: list | None, info) -> list | None:
+        return only_no_op(info.field_name, v, ([],))
+
+    @field_validator("tool_choice", "function_call")
+    @classmethod
+    def _no_tool_choice(cls, v: Any, info) -> Any:
+        return only_no_op(info.field_name, v, ("none", "auto"))
+
+    @field_validator("response_format")
+    @classmethod
+    def _text_format(cls, v: dict | None) -> dict | None:
+        return only_no_op("response_format", v, ({"type": "text"},))
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, v: list | None) -> list | None:
+        return only_no_op("modalities", v, (["text"],))
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio(cls, v: dict | None) -> dict | None:
+        return only_no_op("audio", v, ())
 
     @field_validator("messages")
     @classmethod
