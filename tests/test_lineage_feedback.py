@@ -52,7 +52,35 @@ def _correction(storage, spec, response_id: str, label: int, pixels: np.ndarray 
     record = {"kind": "classify", "answer": json.dumps({"label": 0}), "inputs_evicted": True}
     if pixels is not None:
         record = {**record, "input_text": caption, "input_image": encode_png(pixels)}
-    write_feedback(storage, feedback_uri(spec), feedback_row(f"fb-{response_id}-{label}", request, record, "v1"))
+    write_feedback(
+        storage,
+        feedback_uri(spec),
+        feedback_row(f"fb-{response_id}-{label}", request, record, "v1", correct_label=label),
+    )
+
+
+def test_feedback_shards_written_with_int8_labels_read_beside_the_new_ones(tmp_path):
+    """correct_label widened from int8 (a user's data may have hundreds of classes): the shards
+    written before read as the schema is now."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from aigc_ray.data.feedback import FEEDBACK_SCHEMA, read_feedback
+    from aigc_ray.storage import Storage
+
+    storage = Storage()
+    record = {"kind": "classify", "answer": "{}", "input_text": "a", "input_image": b"png"}
+    new = feedback_row("new", FeedbackRequest(response_id="r1", correct_label=300), record, "v1", correct_label=300)
+    write_feedback(storage, str(tmp_path), new)
+    old_schema = pa.schema([f.with_type(pa.int8()) if f.name == "correct_label" else f for f in FEEDBACK_SCHEMA])
+    old = {**new, "id": "old", "correct_label": 7}
+    pq.write_table(pa.Table.from_pylist([old], schema=old_schema), tmp_path / "part-0-old.parquet")
+    table = read_feedback(storage, str(tmp_path))
+    assert table.schema == FEEDBACK_SCHEMA
+    assert sorted(zip(table["id"].to_pylist(), table["correct_label"].to_pylist(), strict=True)) == [
+        ("new", 300),
+        ("old", 7),
+    ]
 
 
 def test_feedback_ingest_keeps_the_latest_correction_of_an_answer(local_data, capsys):

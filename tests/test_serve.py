@@ -13,6 +13,7 @@ import time
 
 import httpx
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from aigc_ray.layout import data_root
@@ -688,6 +689,15 @@ def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
     kept = [r for r in table.to_pylist() if r["response_id"] == as_url.json()["id"]][0]
     assert kept["input_image"] == base64.b64decode(body["image"])
     assert json.loads(row["answer"])["label"] == answer["label"] and row["model_version"]
+    # the right class by name, as /v1/classify answers it (label_name) and /v1/models lists it
+    classes = client.get("/v1/models/aigc-ensemble").json()["details"]["classes"]
+    named = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": classes[3]})
+    assert named.status_code == 200, named.text
+    table = read_feedback(storage, f"{spec.storage.root}/serve/feedback")
+    assert table.filter(pc.equal(table["id"], named.json()["id"]))["correct_label"].to_pylist() == [3]
+    for wrong, said in ((len(classes), f"0 to {len(classes) - 1}"), ("a dog", "is not a class; the classes: zero")):
+        refused = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": wrong})
+        assert refused.status_code == 422 and said in refused.json()["error"]["message"], refused.text
     assert client.post("/v1/feedback", json={"response_id": "clf-nope", "rating": 1}).status_code == 404
     wrong = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_text": "x"})
     assert wrong.status_code == 422 and "completions only" in wrong.text

@@ -24,7 +24,7 @@ FEEDBACK_SCHEMA = pa.schema(
         ("model_version", pa.string()),  # the ensemble artifact's fingerprint that answered
         ("created_at", pa.string()),
         ("rating", pa.int8()),
-        ("correct_label", pa.int8()),
+        ("correct_label", pa.int32()),  # a class index: a user's data may have hundreds
         ("correct_text", pa.string()),
         ("comment", pa.string()),
         ("input_text", pa.string()),  # the caption or the prompt
@@ -34,7 +34,8 @@ FEEDBACK_SCHEMA = pa.schema(
 )
 
 
-def feedback_row(feedback_id: str, request, record: dict, model_version: str) -> dict:
+def feedback_row(feedback_id: str, request, record: dict, model_version: str, *, correct_label: int | None) -> dict:
+    """The stored row; ``correct_label``: the corrected class as an index (the request may name it)."""
     return {
         "id": feedback_id,
         "response_id": request.response_id,
@@ -43,7 +44,7 @@ def feedback_row(feedback_id: str, request, record: dict, model_version: str) ->
         # microseconds: two corrections of one answer within a second still have an order
         "created_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "rating": request.rating,
-        "correct_label": request.correct_label,
+        "correct_label": correct_label,
         "correct_text": request.correct_text,
         "comment": request.comment,
         "input_text": record.get("input_text"),
@@ -65,5 +66,9 @@ def write_feedback(storage: Storage, uri: str, row: dict) -> str:
 
 def read_feedback(storage: Storage, uri: str) -> pa.Table:
     """Every feedback shard under ``uri`` as one table (empty with the schema if none)."""
-    tables = [pq.read_table(io.BytesIO(storage.read_bytes(f))) for f in storage.list_files(uri, ".parquet")]
+    # shards written before correct_label widened from int8 read as the schema is now
+    tables = [
+        pq.read_table(io.BytesIO(storage.read_bytes(f))).cast(FEEDBACK_SCHEMA)
+        for f in storage.list_files(uri, ".parquet")
+    ]
     return pa.concat_tables(tables) if tables else FEEDBACK_SCHEMA.empty_table()

@@ -505,7 +505,10 @@ class ChatCompletionChunk(BaseModel):
 class FeedbackRequest(Strict):
     response_id: Text = Field(min_length=1, max_length=100, description="The id of an earlier answer.")
     rating: int | None = Field(None, ge=1, le=5, description="1 (bad) to 5 (good).")
-    correct_label: int | None = Field(None, ge=0, le=9, description="For a classification: the right digit.")
+    correct_label: Annotated[int, Field(ge=0)] | Text | None = Field(
+        None,
+        description="For a classification: the right class, by index or by name (GET /v1/models lists the classes).",
+    )
     correct_text: Text | None = Field(
         None, min_length=1, max_length=2000, description="For a completion: a better one."
     )
