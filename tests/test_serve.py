@@ -695,7 +695,7 @@ def test_feedback_lands_as_a_shard_that_reads_back_as_training_data(served):
     assert named.status_code == 200, named.text
     table = read_feedback(storage, f"{spec.storage.root}/serve/feedback")
     assert table.filter(pc.equal(table["id"], named.json()["id"]))["correct_label"].to_pylist() == [3]
-    for wrong, said in ((len(classes), f"0 to {len(classes) - 1}"), ("a dog", "is not a class; the classes: zero")):
+    for wrong, said in ((len(classes), f"an index in 0..{len(classes) - 1}"), ("a dog", "unknown class 'a dog'")):
         refused = client.post("/v1/feedback", json={"response_id": answer["id"], "correct_label": wrong})
         assert refused.status_code == 422 and said in refused.json()["error"]["message"], refused.text
     assert client.post("/v1/feedback", json={"response_id": "clf-nope", "rating": 1}).status_code == 404

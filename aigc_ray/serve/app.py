@@ -839,29 +839,16 @@ class EnsembleIngress:
             raise HTTPException(404, f"unknown response_id {req.response_id!r} (answers are remembered per replica)")
         if req.correct_label is not None and record["kind"] != "classify":
             raise HTTPException(422, "correct_label applies to classifications only")
-        label = None if req.correct_label is None else self._class_index(req.correct_label)
+        try:  # a class the members were not trained on would become a row no model can learn
+            label = resolve_target(self.classes, req.correct_label)
+        except ValueError as e:
+            raise HTTPException(422, f"correct_label: {e}") from None
         if req.correct_text is not None and record["kind"] != "completion":
             raise HTTPException(422, "correct_text applies to completions only")
         fid = uuid.uuid4().hex
         row = feedback_row(fid, req, record, self.version, correct_label=label)
         uri = await asyncio.to_thread(write_feedback, self.storage, self.feedback_uri, row)
         return FeedbackResponse(id=fid, stored=uri, note=INPUTS_EVICTED_NOTE if record.get("inputs_evicted") else None)
-
-    def _class_index(self, label: int | str) -> int:
-        """A corrected class, given by index or by name, as the members' index: 422 for one the
-        members were not trained on (it would become a training row no model can learn)."""
-        if isinstance(label, str):
-            if label not in self.classes:
-                raise HTTPException(
-                    422, f"correct_label {label!r} is not a class; the classes: {', '.join(self.classes)}"
-                )
-            return self.classes.index(label)
-        if label >= len(self.classes):
-            raise HTTPException(
-                422,
-                f"correct_label {label} is not a class index: 0 to {len(self.classes) - 1} ({', '.join(self.classes)})",
-            )
-        return label
 
     @api.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES, dependencies=[Depends(require_token)])
     async def models(self) -> ModelList:
