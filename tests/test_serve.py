@@ -316,6 +316,14 @@ def test_the_openai_client_talks_to_completions(served):
     assert first.choices[0].text == again.choices[0].text  # greedy decoding is deterministic
     assert first.choices[0].finish_reason in ("length", "stop")
     assert 0 < first.usage.completion_tokens <= 8 and first.usage.prompt_tokens > 0
+    # a list of prompts (LangChain's OpenAI LLM batches them): one choice each, in order
+    prompts = ["Caption for a seven:", "Caption for a three:", "Caption for a seven:"]
+    batch = client.completions.create(model="aigc-lm", prompt=prompts, max_tokens=8, temperature=0)
+    alone = [client.completions.create(model="aigc-lm", prompt=p, max_tokens=8, temperature=0) for p in prompts]
+    assert [c.index for c in batch.choices] == [0, 1, 2]
+    assert [c.text for c in batch.choices] == [a.choices[0].text for a in alone]
+    assert batch.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert batch.usage.total_tokens == sum(a.usage.total_tokens for a in alone)
     # None passed on as JSON null (code that forwards an unset setting): OpenAI reads it as the default
     unset = {"temperature": None, "top_p": None, "n": None, "stop": None, "seed": None, "stream": None}
     nulls = client.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=None, **unset)

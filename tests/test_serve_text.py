@@ -80,7 +80,7 @@ def test_text_that_is_merely_unusual_passes():
         "😀 \U0001f9d1\u200d\U0001f4bb",
         "\x1b[31m",
     ):
-        assert CompletionRequest(model="aigc-lm", prompt=text).prompt_text == text
+        assert CompletionRequest(model="aigc-lm", prompt=text).prompts == [text]
 
 
 def test_error_bodies_quote_any_input_as_valid_utf8():
@@ -133,6 +133,24 @@ def test_what_would_change_the_answer_unapplied_is_refused_by_name_and_no_op_val
     for field, value in [("echo", True), ("suffix", "the end"), ("best_of", 4), ("logit_bias", {"1": 5})]:
         with pytest.raises(ValidationError, match=rf"{field}=.*does not apply {field}"):
             CompletionRequest(model="aigc-lm", prompt="a", **{field: value})
+
+
+def test_a_list_of_prompts_is_a_batch_but_not_token_ids_nor_a_stream():
+    from aigc_ray.serve.schema import MAX_PROMPTS
+
+    assert CompletionRequest(model="aigc-lm", prompt=["a", "b", "c"]).prompts == ["a", "b", "c"]
+    for prompt, said in [
+        (["a"] * (MAX_PROMPTS + 1), f"{MAX_PROMPTS + 1} prompts; send 1 to {MAX_PROMPTS}"),
+        ([], "0 prompts"),
+        (["a", ""], "prompt 1 must be 1 to 2000 characters"),
+        ([464, 3290, 318], "token ids are not taken"),
+        ([[464, 3290], [318]], "token ids are not taken"),
+    ]:
+        with pytest.raises(ValidationError, match=said):
+            CompletionRequest(model="aigc-lm", prompt=prompt)
+    with pytest.raises(ValidationError, match="stream one prompt at a time"):
+        CompletionRequest(model="aigc-lm", prompt=["a", "b"], stream=True)
+    assert CompletionRequest(model="aigc-lm", prompt=["a"], stream=True).prompts == ["a"]
 
 
 def test_logprobs_are_refused_by_name_not_ignored():

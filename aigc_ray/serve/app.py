@@ -650,11 +650,11 @@ class EnsembleIngress:
     async def completions(self, req: CompletionRequest) -> CompletionResponse | StreamingResponse:
         limit = self._lm_limit(req.model, req.max_tokens)
         rid, created = new_id("cmpl"), int(time.time())
-        (prompt,) = await self._guard_prompts(rid, "/v1/completions", [req.prompt_text])
-        args = (prompt, limit, req.temperature, req.top_p, req.stops, req.seed)
+        prompts = await self._guard_prompts(rid, "/v1/completions", req.prompts)
+        decoding = (limit, req.temperature, req.top_p, req.stops, req.seed)
 
         def remember(text: str) -> None:
-            self._remember(rid, "completion", {"text": text}, input_text=req.prompt_text)
+            self._remember(rid, "completion", {"text": text}, input_text=req.prompts[0])
 
         def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> CompletionResponse:
             choice = CompletionChoice(text=text, index=0, finish_reason=finish)
@@ -662,13 +662,28 @@ class EnsembleIngress:
                 id=rid, created=created, model=LM_MODEL_ID, choices=[choice] if choices else [], usage=usage
             )
 
-        if req.stream:
-            call = partial(self.lm.options(stream=True).stream.remote, *args)
+        if req.stream:  # one prompt (the schema refuses streaming a list)
+            call = partial(self.lm.options(stream=True).stream.remote, prompts[0], *decoding)
             return await self._streamed(call, chunk, remember, req.usage_chunk, route="/v1/completions", rid=rid)
-        (done,) = await self._call(partial(self.lm.complete.remote, *args))
-        text, withheld = await self._guard_output(rid, "/v1/completions", done.text)
-        remember(text)
-        return chunk(text, "content_filter" if withheld else done.finish_reason, usage_of(vars(done)))
+        # a list of prompts: decoded concurrently (the replicas share them), one choice each
+        dones = await self._call(*(partial(self.lm.complete.remote, p, *decoding) for p in prompts))
+        choices = []
+        for i, done in enumerate(dones):
+            text, withheld = await self._guard_output(rid, "/v1/completions", done.text)
+            choices.append(
+                CompletionChoice(text=text, index=i, finish_reason="content_filter" if withheld else done.finish_reason)
+            )
+        if len(prompts) == 1:
+            remember(choices[0].text)
+        else:  # feedback on a batch refers to the whole batch
+            answer = {"texts": [c.text for c in choices]}
+            self._remember(rid, "completion", answer, input_text=json.dumps(req.prompts, ensure_ascii=False))
+        usage = Usage(
+            prompt_tokens=sum(d.prompt_tokens for d in dones),
+            completion_tokens=sum(d.completion_tokens for d in dones),
+            total_tokens=sum(d.prompt_tokens + d.completion_tokens for d in dones),
+        )
+        return CompletionResponse(id=rid, created=created, model=LM_MODEL_ID, choices=choices, usage=usage)
 
     @api.post(
         "/v1/chat/completions",

@@ -290,13 +290,17 @@ class Decoding(Strict):
         return bool(self.stream_options and self.stream_options.include_usage)
 
 
+MAX_PROMPTS = 16  # prompts of one completions request (LangChain's OpenAI LLM batches up to 20)
 NO_LOGPROBS = "this server does not return log-probabilities: leave it out"
 
 
 class CompletionRequest(Decoding):
     """OpenAI's completions request."""
 
-    prompt: Text | list[Text] = Field(description="A prompt (or a list holding one).")
+    prompt: Text | list[Text] = Field(
+        description=f"A prompt, or a list of up to {MAX_PROMPTS} answered as one choice each (index = the prompt's "
+        "place), as batching clients send them (not with stream)."
+    )
     max_tokens: int = Field(16, ge=1)
     logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
     echo: bool | None = Field(None, description="false only: the answer holds the completion, not the prompt.")
@@ -318,15 +322,33 @@ class CompletionRequest(Decoding):
     def _one_candidate(cls, v: int | None) -> int | None:
         return only_no_op("best_of", v, (1,))
 
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _text_not_token_ids(cls, v: Any) -> Any:
+        if isinstance(v, list) and v and all(isinstance(x, int) or (isinstance(x, list) and x) for x in v):
+            if all(isinstance(t, int) for x in v for t in (x if isinstance(x, list) else [x])):
+                raise ValueError("token ids are not taken (the tokenizer is this server's): send the prompt's text")
+        return v
+
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+    def _prompt_sizes(cls, v: str | list[str]) -> str | list[str]:
         prompts = [v] if isinstance(v, str) else v
-        if len(prompts) != 1:
-            raise ValueError("send one prompt per request")
-        if not 0 < len(prompts[0]) <= 2000:
-            raise ValueError("prompt must be 1 to 2000 characters")
+        if not 0 < len(prompts) <= MAX_PROMPTS:
+            raise ValueError(f"{len(prompts)} prompts; send 1 to {MAX_PROMPTS}")
+        for i, p in enumerate(prompts):
+            if not 0 < len(p) <= 2000:
+                where = "" if isinstance(v, str) else f" {i}"
+                raise ValueError(f"prompt{where} must be 1 to 2000 characters")
         return v
+
+    @model_validator(mode="after")
+    def _stream_one(self) -> CompletionRequest:
+        if self.stream and len(self.prompts) > 1:
+            raise ValueError(
+                f"stream one prompt at a time ({len(self.prompts)} prompts are answered whole, without stream)"
+            )
+        return self
 
     @field_validator("logprobs")
     @classmethod
@@ -335,8 +357,8 @@ class CompletionRequest(Decoding):
             raise ValueError(NO_LOGPROBS)
 
     @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class TextPart(Strict):
