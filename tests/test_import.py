@@ -250,6 +250,22 @@ def test_an_imagefolder_without_class_folders_takes_labels_from_its_metadata(tmp
     assert sorted((k["key"], k["text"], k["label"]) for k in dev) == sorted(
         (f"dev/img_{i}.png", "p", lines_labels[i]) for i in range(12)
     )
+    # a labelling tool's own column names, said in the spec's columns
+    tool = {"image": "filename", "text": "caption", "label": "category"}
+    renamed = table.rename_columns(["filename", "caption", "category"])
+    pq.write_table(renamed, tmp_path / "dev" / "metadata.parquet")
+    train_csv = (tmp_path / "train" / "metadata.csv").read_text()
+    (tmp_path / "train" / "metadata.csv").write_text(
+        train_csv.replace("file_name,text,label", "filename,caption,category")
+    )
+    dev = [k for u in list_imagefolder(storage, str(tmp_path), tool).units for k in u.known if k["split"] == "val"]
+    assert sorted((k["key"], k["label"]) for k in dev) == sorted(
+        (f"dev/img_{i}.png", lines_labels[i]) for i in range(12)
+    )
+    with pytest.raises(SourceError, match=r"metadata.parquet row 1: needs a 'file_name' column"):
+        list_imagefolder(storage, str(tmp_path))  # the default names: the file column is not there
+    pq.write_table(table, tmp_path / "dev" / "metadata.parquet")
+    (tmp_path / "train" / "metadata.csv").write_text(train_csv)
     (tmp_path / "dev" / "metadata.csv").write_text("file_name,text\nimg_0.png,cap 0\n")
     with pytest.raises(SourceError, match=r"dev: holds metadata.csv and metadata.parquet; keep one metadata file"):
         list_imagefolder(storage, str(tmp_path))

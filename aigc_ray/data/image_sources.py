@@ -118,9 +118,12 @@ def _metadata_rows(storage: Storage, uri: str) -> list:
     return rows
 
 
-def _file_name_key(row: dict) -> str | None:
-    """The column naming the image: ``file_name``, or ``<feature>_file_name`` (``image_file_name``),
-    as ``datasets`` accepts."""
+def _file_name_key(row: dict, image_column: str) -> str | None:
+    """The column naming the image: ``columns.image`` where the spec renames it (a labelling
+    tool's ``filename``), else ``file_name`` or ``<feature>_file_name`` (``image_file_name``), as
+    ``datasets`` accepts."""
+    if image_column != DEFAULT_COLUMNS["image"]:
+        return image_column if image_column in row else None
     return "file_name" if "file_name" in row else next((k for k in row if str(k).endswith("_file_name")), None)
 
 
@@ -130,9 +133,10 @@ def _read_metadata(storage: Storage, uri: str, columns: dict) -> dict[str, tuple
     text_column, label_column = columns["text"], columns["label"]
     out = {}
     for n, row in enumerate(_metadata_rows(storage, uri), 1):
-        key = _file_name_key(row) if isinstance(row, dict) else None
+        key = _file_name_key(row, columns["image"]) if isinstance(row, dict) else None
         if key is None or row[key] is None:
-            raise SourceError(f"{uri} row {n}: needs a 'file_name' column (and {text_column!r} for the caption)")
+            named = "file_name" if columns["image"] == DEFAULT_COLUMNS["image"] else columns["image"]
+            raise SourceError(f"{uri} row {n}: needs a {named!r} column (and {text_column!r} for the caption)")
         text = row.get(text_column) if text_column else None
         label = row.get(label_column) if label_column else None  # judged with every format's (scan_example)
         out[str(row[key])] = (None if text is None else str(text), label if label != "" else None)

@@ -102,7 +102,12 @@ class SourceColumns(Section):
     of a WebDataset sample's KEY.json (KEY.txt and KEY.cls still win), the caption column of an
     ImageFolder's metadata file."""
 
-    image: str = Field("image", min_length=1, description="The image column (Parquet).")
+    image: str = Field(
+        "image",
+        min_length=1,
+        description="The image column (Parquet); for an ImageFolder, the metadata column naming each file "
+        "(default: file_name).",
+    )
     text: str | None = Field(
         "text",
         description="The caption column or key; null when the data has no captions: each is then written from "
