@@ -435,6 +435,54 @@ def test_the_openai_client_chats_over_the_language_model(served):
 
 
 @pytest.mark.slow
+def test_the_openai_client_talks_to_the_responses_api(served):
+    """client.responses.create, as new OpenAI code and the Agents SDK call a model: the same
+    answer as the chat route gives the same conversation."""
+    from openai import UnprocessableEntityError
+
+    spec, _, client = served
+    oa = openai_client(spec)
+    user = [{"role": "user", "content": "Caption for a seven:"}]
+    chat = oa.chat.completions.create(model="aigc-lm", messages=user, max_tokens=8, temperature=0)
+    answer = oa.responses.create(model="aigc-lm", input="Caption for a seven:", max_output_tokens=8, temperature=0)
+    assert answer.object == "response" and answer.id.startswith("resp-") and answer.model == "aigc-lm"
+    assert answer.output_text == chat.choices[0].message.content
+    assert (answer.usage.input_tokens, answer.usage.output_tokens) == (
+        chat.usage.prompt_tokens,
+        chat.usage.completion_tokens,
+    )
+    cut = chat.choices[0].finish_reason == "length"
+    assert answer.status == ("incomplete" if cut else "completed")
+    assert (answer.incomplete_details.reason if cut else answer.incomplete_details) == (
+        "max_output_tokens" if cut else None
+    )
+    # instructions are the system's turn; message items (an earlier answer sent back) as in chat
+    system, said = CHAT
+    items = [
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": said["content"]}]},
+    ]
+    with_items = oa.responses.create(
+        model="aigc-lm", instructions=system["content"], input=items, max_output_tokens=8, temperature=0
+    )
+    in_chat = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=8, temperature=0)
+    assert with_items.output_text == in_chat.choices[0].message.content
+    # the answer can be corrected like any completion
+    fb = client.post("/v1/feedback", json={"response_id": answer.id, "correct_text": "a handwritten seven."})
+    assert fb.status_code == 200, fb.text
+    for refused, said in (
+        ({"stream": True}, "streams over /v1/chat/completions"),
+        ({"previous_response_id": "resp-1"}, "keeps no conversations"),
+        ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "does not apply tools"),
+        ({"text": {"format": {"type": "json_object"}}}, "does not apply text.format"),
+    ):
+        with pytest.raises(UnprocessableEntityError, match=said):
+            oa.responses.create(model="aigc-lm", input="Caption for a seven:", max_output_tokens=2, **refused)
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}
+    with pytest.raises(UnprocessableEntityError, match="input"):
+        oa.responses.create(model="aigc-lm", input=[{"role": "user", "content": [image]}])
+
+
+@pytest.mark.slow
 def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(served):
     spec, _, client = served
     oa = openai_client(spec)
@@ -550,7 +598,14 @@ def test_the_openapi_document_shows_the_openai_routes_and_their_error_shape(serv
     schemas = doc["components"]["schemas"]
     assert set(schemas["ErrorBody"]["properties"]) == {"detail", "error"}
     assert set(schemas["ErrorInfo"]["properties"]) == {"message", "type", "code"}
-    for path in ("/v1/images/generations", "/v1/images", "/v1/completions", "/v1/chat/completions", "/v1/feedback"):
+    for path in (
+        "/v1/images/generations",
+        "/v1/images",
+        "/v1/completions",
+        "/v1/chat/completions",
+        "/v1/responses",
+        "/v1/feedback",
+    ):
         responses = doc["paths"][path]["post"]["responses"]
         for status in ("400", "401", "404", "413", "422", "503", "504"):
             shape = responses[status]["content"]["application/json"]["schema"]
@@ -606,6 +661,12 @@ def hostile_bodies(storage, spec, response_id):
         ("/v1/feedback", {"response_id": response_id, "rating": 3, "correct_text": "x", "comment": "c"}, []),
     ]
     bases[-1][2].extend(["response_id", "correct_text", "comment"])
+    items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Caption"}]}]
+    responses = {"model": "aigc-lm", "input": "Caption for a seven:", "instructions": "i", "max_output_tokens": 2}
+    bases += [
+        ("/v1/responses", {**responses, "user": "u"}, ["model", "input", "instructions", "user"]),
+        ("/v1/responses", {**responses, "input": items}, ["input.0.role", "input.0.content.0.text"]),
+    ]
     for stream in (False, True):
         bases += [
             ("/v1/completions", {**completion, "stream": stream}, ["model", "prompt", "stop", "stop.0", "user"]),

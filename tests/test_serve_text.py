@@ -327,3 +327,43 @@ def test_an_image_comes_as_png_jpeg_or_webp_bare_or_as_a_data_url():
         ClassifyRequest(image=b64("GIF"), text="a seven")
     with pytest.raises(ValidationError, match="a data URL must be base64"):
         ClassifyRequest(image="data:image/png,rawbytes", text="a seven")
+
+
+def test_a_responses_request_is_the_conversation_the_chat_route_renders():
+    from aigc_ray.serve.responses import ResponsesRequest, response_object
+
+    req = ResponsesRequest(
+        model="aigc-lm",
+        instructions="Describe digits.",
+        input=[
+            {"role": "developer", "content": "Be brief."},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Caption for a seven:"}]},
+            {
+                "id": "msg-1",
+                "status": "completed",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "a seven", "annotations": []}],
+            },
+        ],
+        store=True,
+        metadata={"team": "x"},
+        truncation="disabled",
+    )
+    assert req.messages() == [
+        {"role": "system", "content": "Describe digits."},
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Caption for a seven:"},
+        {"role": "assistant", "content": "a seven"},
+    ]
+    assert ResponsesRequest(model="aigc-lm", input="hi").messages() == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValidationError, match="the input holds 9000 characters"):
+        ResponsesRequest(model="aigc-lm", input="x" * 9000)
+    cut = response_object("resp-1", "msg-1", 0, req, "a sev", "length", {"prompt_tokens": 9, "completion_tokens": 2})
+    assert (cut.status, cut.incomplete_details, cut.usage.total_tokens) == (
+        "incomplete",
+        {"reason": "max_output_tokens"},
+        11,
+    )
+    whole = response_object("resp-1", "msg-1", 0, req, "a seven", "stop", {"prompt_tokens": 9, "completion_tokens": 3})
+    assert (whole.status, whole.incomplete_details, whole.output[0].content[0].text) == ("completed", None, "a seven")

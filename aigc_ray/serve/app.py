@@ -6,6 +6,7 @@
     POST /v1/videos        short clips from the video GAN as animated GIF or APNG
     POST /v1/completions   OpenAI-compatible completions from the language-model ensemble
     POST /v1/chat/completions  OpenAI-compatible chat over the same models (both stream on request)
+    POST /v1/responses     OpenAI's Responses API over the same models (client.responses.create)
     POST /v1/feedback      a rating or correction for an earlier answer -> a feedback shard
     POST /v1/moderations   OpenAI's moderation: the safety filter's verdict on texts
     POST /v1/explain       why the ensemble answered as it did: IG attributions, modality shares
@@ -68,6 +69,7 @@ from .members import (
     VideoGeneratorDeployment,
 )
 from .recent import INPUTS_EVICTED_NOTE, RecentAnswers
+from .responses import ResponseObject, ResponsesRequest, response_object
 from .schema import (
     AssistantMessage,
     ChatChoice,
@@ -685,6 +687,19 @@ class EnsembleIngress:
         )
         return CompletionResponse(id=rid, created=created, model=LM_MODEL_ID, choices=choices, usage=usage)
 
+    async def _conversation(self, rid: str, route: str, messages: list[dict], field: str) -> tuple[str, list[str]]:
+        """A conversation as the prompt the model continues and the stops that end its turn: the
+        users' turns through the safety filter, then the model's chat template (422 naming
+        ``field`` when the template refuses the conversation)."""
+        said = [i for i, m in enumerate(messages) if m["role"] == "user"]
+        guarded = await self._guard_prompts(rid, route, [messages[i]["content"] for i in said])
+        for i, text in zip(said, guarded, strict=True):
+            messages[i]["content"] = text
+        (rendered,) = await self._call(partial(self.lm.render.remote, messages))
+        if "refused" in rendered:
+            raise HTTPException(422, f"{field}: {rendered['refused']}")
+        return rendered["prompt"], rendered["stop"]
+
     @api.post(
         "/v1/chat/completions",
         response_model=ChatCompletionResponse,
@@ -694,16 +709,8 @@ class EnsembleIngress:
     async def chat_completions(self, req: ChatCompletionRequest) -> ChatCompletionResponse | StreamingResponse:
         limit = self._lm_limit(req.model, req.limit or self.max_tokens)
         rid, created = new_id("chatcmpl"), int(time.time())
-        messages = chat_messages(req)
-        said = [i for i, m in enumerate(messages) if m["role"] == "user"]
-        guarded = await self._guard_prompts(rid, "/v1/chat/completions", [messages[i]["content"] for i in said])
-        for i, text in zip(said, guarded, strict=True):
-            messages[i]["content"] = text
-        (rendered,) = await self._call(partial(self.lm.render.remote, messages))
-        if "refused" in rendered:
-            raise HTTPException(422, f"messages: {rendered['refused']}")
-        prompt = rendered["prompt"]
-        args = (prompt, limit, req.temperature, req.top_p, req.stops + rendered["stop"], req.seed)
+        prompt, stops = await self._conversation(rid, "/v1/chat/completions", chat_messages(req), "messages")
+        args = (prompt, limit, req.temperature, req.top_p, req.stops + stops, req.seed)
 
         def remember(text: str) -> None:
             self._remember(rid, "completion", {"text": text}, input_text=prompt)
@@ -803,6 +810,25 @@ class EnsembleIngress:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @api.post(
+        "/v1/responses",
+        response_model=ResponseObject,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(require_token)],
+        description="OpenAI's Responses API (client.responses.create): the conversation in input, answered by the "
+        "language model as one assistant message (response.output_text).",
+    )
+    async def responses(self, req: ResponsesRequest) -> ResponseObject:
+        limit = self._lm_limit(req.model, req.max_output_tokens or self.max_tokens)
+        rid, created = new_id("resp"), int(time.time())
+        prompt, stops = await self._conversation(rid, "/v1/responses", req.messages(), "input")
+        args = (prompt, limit, req.temperature, req.top_p, stops, None)
+        (done,) = await self._call(partial(self.lm.complete.remote, *args))
+        text, withheld = await self._guard_output(rid, "/v1/responses", done.text.lstrip())
+        self._remember(rid, "completion", {"text": text}, input_text=prompt)
+        finish = "content_filter" if withheld else done.finish_reason
+        return response_object(rid, new_id("msg"), created, req, text, finish, vars(done))
 
     @api.post(
         "/v1/explain",

@@ -1,0 +1,207 @@
+"""OpenAI's Responses API (``POST /v1/responses``) over the served language model: what
+``client.responses.create(...)`` sends and what it reads back (``response.output_text``).
+
+A request is a conversation like a chat completion's (``input``: a text or message items, with
+``instructions`` as the system's turn first), answered as one assistant message. The server keeps
+no conversations and calls no tools, so ``previous_response_id``, ``conversation``, ``tools`` and
+JSON output are refused by name, as on the chat route; streaming is served by
+``/v1/chat/completions`` (``stream: true`` is refused here, saying so).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .schema import Strict, Text, only_no_op
+
+ROLES = Literal["system", "developer", "user", "assistant"]
+
+
+class ContentPart(BaseModel):
+    """A text part of a message item: ``input_text`` (what the user said) or ``output_text`` (an
+    earlier answer sent back with its ``annotations``). Images and files are refused by type."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_text", "output_text"]
+    text: Text
+
+
+class MessageItem(BaseModel):
+    """One turn of ``input``; an earlier answer comes back with its ``id`` and ``status``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["message"] = "message"
+    role: ROLES
+    content: Text | list[ContentPart]
+
+    @property
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ResponsesRequest(Strict):
+    """OpenAI's Responses request, text in and text out. Fields that change nothing here
+    (``store``, ``metadata``, ``truncation``, ...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Text = Field(description="aigc-lm (GET /v1/models lists this server's).")
+    input: Text | Annotated[list[MessageItem], Field(min_length=1, max_length=64)] = Field(
+        description="The user's text, or the conversation as message items."
+    )
+    instructions: Text | None = Field(None, description="The system's turn, put first.")
+    max_output_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stream: bool = Field(False, description="false only here: /v1/chat/completions streams.")
+    user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
+    tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
+    tool_choice: Any = Field(None, description="none or auto only.")
+    text: dict[str, Any] | None = Field(None, description='format {"type": "text"} only: no JSON output.')
+    previous_response_id: Text | None = Field(None, description="Refused: send the whole conversation as input.")
+    conversation: Any = Field(None, description="Refused: send the whole conversation as input.")
+    include: list[Any] | None = Field(None, description="Empty only (no log-probabilities, no tool outputs).")
+    reasoning: dict[str, Any] | None = Field(None, description="Empty only: the model does not reason apart.")
+    background: bool | None = Field(None, description="false only: answered in the request.")
+    prompt: Any = Field(None, description="Refused: no stored prompt templates here.")
+
+    @field_validator("stream")
+    @classmethod
+    def _not_streamed(cls, v: bool) -> bool:
+        if v:
+            raise ValueError("this server streams over /v1/chat/completions (stream: true there); leave it out here")
+        return v
+
+    @field_validator("tools")
+    @classmethod
+    def _no_tools(cls, v: list | None) -> list | None:
+        return only_no_op("tools", v, ([],))
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _no_tool_choice(cls, v: Any) -> Any:
+        return only_no_op("tool_choice", v, ("none", "auto"))
+
+    @field_validator("text")
+    @classmethod
+    def _text_format(cls, v: dict | None) -> dict | None:
+        if v is not None and v.get("format") not in (None, {"type": "text"}):
+            only_no_op("text.format", v.get("format"), ())
+        return v
+
+    @field_validator("previous_response_id", "conversation", "prompt")
+    @classmethod
+    def _no_stored_state(cls, v: Any, info) -> Any:
+        if v is not None:
+            raise ValueError(
+                f"{info.field_name}: this server keeps no conversations or prompts; send the whole conversation as input"
+            )
+        return v
+
+    @field_validator("include")
+    @classmethod
+    def _nothing_included(cls, v: list | None) -> list | None:
+        return only_no_op("include", v, ([],))
+
+    @field_validator("reasoning")
+    @classmethod
+    def _no_reasoning(cls, v: dict | None) -> dict | None:
+        return only_no_op("reasoning", v, ({},))
+
+    @field_validator("background")
+    @classmethod
+    def _in_the_request(cls, v: bool | None) -> bool | None:
+        return only_no_op("background", v, (False,))
+
+    @field_validator("input")
+    @classmethod
+    def _not_too_long(cls, v: str | list[MessageItem]) -> str | list[MessageItem]:
+        chars = len(v) if isinstance(v, str) else sum(len(m.text) for m in v)
+        if not 0 < chars <= 8000:
+            raise ValueError(f"the input holds {chars} characters; 1 to 8000")
+        return v
+
+    def messages(self) -> list[dict]:
+        """The conversation as chat templates take it: the instructions as the system's turn first
+        (OpenAI's developer role is the system's)."""
+        items = [MessageItem(role="user", content=self.input)] if isinstance(self.input, str) else self.input
+        turns = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        return turns + [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in items]
+
+
+class OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list = Field(default_factory=list)
+
+
+class OutputMessage(BaseModel):
+    type: Literal["message"] = "message"
+    id: str
+    status: Literal["completed", "incomplete"]
+    role: Literal["assistant"] = "assistant"
+    content: list[OutputText]
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: dict = Field(default_factory=lambda: {"cached_tokens": 0})
+    output_tokens: int
+    output_tokens_details: dict = Field(default_factory=lambda: {"reasoning_tokens": 0})
+    total_tokens: int
+
+
+class ResponseObject(BaseModel):
+    """The answer, in the shape the openai client's ``Response`` reads (``output_text`` joins
+    the message's text). ``status`` is ``incomplete`` when ``max_output_tokens`` cut it
+    (``incomplete_details.reason``) or the safety filter withheld it (``content_filter``)."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    status: Literal["completed", "incomplete"]
+    incomplete_details: dict | None = None
+    error: dict | None = None
+    model: str
+    output: list[OutputMessage]
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float
+    top_p: float
+    parallel_tool_calls: bool = False
+    tool_choice: str = "none"
+    tools: list = Field(default_factory=list)
+    text: dict = Field(default_factory=lambda: {"format": {"type": "text"}})
+    metadata: dict = Field(default_factory=dict)
+    usage: ResponseUsage
+
+
+INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def response_object(
+    rid: str, message_id: str, created: int, req: ResponsesRequest, text: str, finish: str, usage: dict
+) -> ResponseObject:
+    """``text`` (the answer, filtered) ended by ``finish`` (stop | length | content_filter) as a
+    Response; ``usage``: prompt_tokens and completion_tokens."""
+    reason = INCOMPLETE.get(finish)
+    status = "incomplete" if reason else "completed"
+    return ResponseObject(
+        id=rid,
+        created_at=created,
+        status=status,
+        incomplete_details={"reason": reason} if reason else None,
+        model=req.model,
+        output=[OutputMessage(id=message_id, status=status, content=[OutputText(text=text)])],
+        instructions=req.instructions,
+        max_output_tokens=req.max_output_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        usage=ResponseUsage(
+            input_tokens=usage["prompt_tokens"],
+            output_tokens=usage["completion_tokens"],
+            total_tokens=usage["prompt_tokens"] + usage["completion_tokens"],
+        ),
+    )
