@@ -469,8 +469,26 @@ def test_the_openai_client_talks_to_the_responses_api(served):
     # the answer can be corrected like any completion
     fb = client.post("/v1/feedback", json={"response_id": answer.id, "correct_text": "a handwritten seven."})
     assert fb.status_code == 200, fb.text
+    # streamed: the Responses API's events, the same text, numbered in order
+    events = list(
+        oa.responses.create(
+            model="aigc-lm", input="Caption for a seven:", max_output_tokens=8, temperature=0, stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:4] == [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
+    ]
+    last = "response.incomplete" if cut else "response.completed"
+    assert kinds[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", last]
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == answer.output_text
+    assert events[-1].response.output_text == answer.output_text and events[-1].response.id == events[0].response.id
+    assert events[-1].response.usage.output_tokens == answer.usage.output_tokens
+    assert [e.sequence_number for e in events] == list(range(len(events)))
     for refused, said in (
-        ({"stream": True}, "streams over /v1/chat/completions"),
         ({"previous_response_id": "resp-1"}, "keeps no conversations"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "does not apply tools"),
         ({"text": {"format": {"type": "json_object"}}}, "does not apply text.format"),

@@ -69,7 +69,7 @@ from .members import (
     VideoGeneratorDeployment,
 )
 from .recent import INPUTS_EVICTED_NOTE, RecentAnswers
-from .responses import ResponseObject, ResponsesRequest, response_object
+from .responses import ResponseObject, ResponsesRequest, response_events, response_object
 from .schema import (
     AssistantMessage,
     ChatChoice,
@@ -275,6 +275,19 @@ def chat_messages(req: ChatCompletionRequest) -> list[dict]:
         }
         for m in req.messages
     ]
+
+
+def chat_chunker(rid: str, created: int):
+    """The chunks of a streamed chat answer: ``chunk(text, finish_reason, usage, choices=True)``."""
+
+    def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> ChatCompletionChunk:
+        delta = ChatDelta(role="assistant", content=text)  # every chunk says whose turn it is
+        choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
+        return ChatCompletionChunk(
+            id=rid, created=created, model=LM_MODEL_ID, choices=[choice] if choices else [], usage=usage
+        )
+
+    return chunk
 
 
 def read_token(env_name: str, file: str | None) -> str | None:
@@ -716,17 +729,15 @@ class EnsembleIngress:
             self._remember(rid, "completion", {"text": text}, input_text=prompt)
 
         if req.stream:
-
-            def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> ChatCompletionChunk:
-                delta = ChatDelta(role="assistant", content=text)  # every chunk says whose turn it is
-                choice = ChatChunkChoice(index=0, delta=delta, finish_reason=finish)
-                return ChatCompletionChunk(
-                    id=rid, created=created, model=LM_MODEL_ID, choices=[choice] if choices else [], usage=usage
-                )
-
             call = partial(self.lm.options(stream=True).stream.remote, *args)
             return await self._streamed(
-                call, chunk, remember, req.usage_chunk, lstrip=True, route="/v1/chat/completions", rid=rid
+                call,
+                chat_chunker(rid, created),
+                remember,
+                req.usage_chunk,
+                lstrip=True,
+                route="/v1/chat/completions",
+                rid=rid,
             )
         (done,) = await self._call(partial(self.lm.complete.remote, *args))
         text = done.text.lstrip()  # the template ends "Assistant:", the model goes on " ..."
@@ -814,19 +825,30 @@ class EnsembleIngress:
     @api.post(
         "/v1/responses",
         response_model=ResponseObject,
-        responses=ERROR_RESPONSES,
+        responses={**ERROR_RESPONSES, 200: streamed(ResponseObject)},
         dependencies=[Depends(require_token)],
         description="OpenAI's Responses API (client.responses.create): the conversation in input, answered by the "
         "language model as one assistant message (response.output_text).",
     )
-    async def responses(self, req: ResponsesRequest) -> ResponseObject:
+    async def responses(self, req: ResponsesRequest) -> ResponseObject | StreamingResponse:
         limit = self._lm_limit(req.model, req.max_output_tokens or self.max_tokens)
         rid, created = new_id("resp"), int(time.time())
         prompt, stops = await self._conversation(rid, "/v1/responses", req.messages(), "input")
         args = (prompt, limit, req.temperature, req.top_p, stops, None)
+
+        def remember(text: str) -> None:
+            self._remember(rid, "completion", {"text": text}, input_text=prompt)
+
+        if req.stream:  # the chat route's guarded stream, told as the Responses API's events
+            call = partial(self.lm.options(stream=True).stream.remote, *args)
+            chat = await self._streamed(
+                call, chat_chunker(rid, created), remember, False, lstrip=True, route="/v1/responses", rid=rid
+            )
+            events = response_events(chat.body_iterator, rid, new_id("msg"), created, req)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         (done,) = await self._call(partial(self.lm.complete.remote, *args))
         text, withheld = await self._guard_output(rid, "/v1/responses", done.text.lstrip())
-        self._remember(rid, "completion", {"text": text}, input_text=prompt)
+        remember(text)
         finish = "content_filter" if withheld else done.finish_reason
         return response_object(rid, new_id("msg"), created, req, text, finish, vars(done))
 

@@ -4,12 +4,15 @@
 A request is a conversation like a chat completion's (``input``: a text or message items, with
 ``instructions`` as the system's turn first), answered as one assistant message. The server keeps
 no conversations and calls no tools, so ``previous_response_id``, ``conversation``, ``tools`` and
-JSON output are refused by name, as on the chat route; streaming is served by
-``/v1/chat/completions`` (``stream: true`` is refused here, saying so).
+JSON output are refused by name, as on the chat route. ``stream: true`` answers the Responses
+API's events (response.created ... response.output_text.delta ... response.completed), told from
+the chat route's guarded stream (``response_events``).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -55,7 +58,7 @@ class ResponsesRequest(Strict):
     max_output_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    stream: bool = Field(False, description="false only here: /v1/chat/completions streams.")
+    stream: bool = Field(False, description="Answer as server-sent events (OpenAI's response.* events).")
     user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
     tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
     tool_choice: Any = Field(None, description="none or auto only.")
@@ -66,13 +69,6 @@ class ResponsesRequest(Strict):
     reasoning: dict[str, Any] | None = Field(None, description="Empty only: the model does not reason apart.")
     background: bool | None = Field(None, description="false only: answered in the request.")
     prompt: Any = Field(None, description="Refused: no stored prompt templates here.")
-
-    @field_validator("stream")
-    @classmethod
-    def _not_streamed(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("this server streams over /v1/chat/completions (stream: true there); leave it out here")
-        return v
 
     @field_validator("tools")
     @classmethod
@@ -140,7 +136,7 @@ class OutputText(BaseModel):
 class OutputMessage(BaseModel):
     type: Literal["message"] = "message"
     id: str
-    status: Literal["completed", "incomplete"]
+    status: Literal["in_progress", "completed", "incomplete"]
     role: Literal["assistant"] = "assistant"
     content: list[OutputText]
 
@@ -161,7 +157,7 @@ class ResponseObject(BaseModel):
     id: str
     object: Literal["response"] = "response"
     created_at: int
-    status: Literal["completed", "incomplete"]
+    status: Literal["in_progress", "completed", "incomplete"]
     incomplete_details: dict | None = None
     error: dict | None = None
     model: str
@@ -175,33 +171,89 @@ class ResponseObject(BaseModel):
     tools: list = Field(default_factory=list)
     text: dict = Field(default_factory=lambda: {"format": {"type": "text"}})
     metadata: dict = Field(default_factory=dict)
-    usage: ResponseUsage
+    usage: ResponseUsage | None = None
 
 
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
 def response_object(
-    rid: str, message_id: str, created: int, req: ResponsesRequest, text: str, finish: str, usage: dict
+    rid: str, message_id: str, created: int, req: ResponsesRequest, text: str, finish: str | None, usage: dict | None
 ) -> ResponseObject:
-    """``text`` (the answer, filtered) ended by ``finish`` (stop | length | content_filter) as a
-    Response; ``usage``: prompt_tokens and completion_tokens."""
-    reason = INCOMPLETE.get(finish)
-    status = "incomplete" if reason else "completed"
+    """``text`` (the answer, filtered) ended by ``finish`` (stop | length | content_filter; None:
+    still being written) as a Response; ``usage``: prompt_tokens and completion_tokens."""
+    reason = INCOMPLETE.get(finish or "")
+    status = "in_progress" if finish is None else "incomplete" if reason else "completed"
     return ResponseObject(
         id=rid,
         created_at=created,
         status=status,
         incomplete_details={"reason": reason} if reason else None,
         model=req.model,
-        output=[OutputMessage(id=message_id, status=status, content=[OutputText(text=text)])],
+        output=[] if finish is None else [OutputMessage(id=message_id, status=status, content=[OutputText(text=text)])],
         instructions=req.instructions,
         max_output_tokens=req.max_output_tokens,
         temperature=req.temperature,
         top_p=req.top_p,
-        usage=ResponseUsage(
+        usage=None
+        if usage is None
+        else ResponseUsage(
             input_tokens=usage["prompt_tokens"],
             output_tokens=usage["completion_tokens"],
             total_tokens=usage["prompt_tokens"] + usage["completion_tokens"],
         ),
     )
+
+
+async def response_events(
+    chat_events: AsyncIterator[str], rid: str, message_id: str, created: int, req: ResponsesRequest
+) -> AsyncIterator[str]:
+    """A streamed chat answer (``data: <chat.completion.chunk>`` events, then ``data: [DONE]``)
+    as the Responses API streams one: the response created, its message and text part added, a
+    ``response.output_text.delta`` per piece, the text, part and message done, then
+    ``response.completed`` (or ``response.incomplete``, with the reason) holding the whole
+    response; an error event for a failure mid-stream. Each event numbered in order."""
+    sequence = 0
+
+    def event(kind: str, **fields) -> str:
+        nonlocal sequence
+        body = json.dumps({"type": kind, "sequence_number": sequence, **fields})
+        sequence += 1
+        return f"event: {kind}\ndata: {body}\n\n"
+
+    def message(status: str, text: str | None) -> dict:
+        content = [] if text is None else [OutputText(text=text).model_dump()]
+        return {"type": "message", "id": message_id, "status": status, "role": "assistant", "content": content}
+
+    where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+    started = response_object(rid, message_id, created, req, "", None, None).model_dump()
+    yield event("response.created", response=started)
+    yield event("response.in_progress", response=started)
+    yield event("response.output_item.added", output_index=0, item=message("in_progress", None))
+    yield event("response.content_part.added", **where, part=OutputText(text="").model_dump())
+    text, finish, usage = "", None, None
+    try:
+        async for raw in chat_events:
+            for line in raw.splitlines():
+                if not line.startswith("data: {"):
+                    continue  # "data: [DONE]" ends the chat stream; this one ends with its last event
+                data = json.loads(line[6:])
+                if "error" in data:
+                    error = data["error"]
+                    yield event("error", code=str(error.get("code")), message=error.get("message"), param=None)
+                    return
+                for choice in data.get("choices") or []:
+                    delta = choice["delta"].get("content") or ""
+                    if delta:
+                        text += delta
+                        yield event("response.output_text.delta", **where, delta=delta, logprobs=[])
+                    finish = choice.get("finish_reason") or finish
+                usage = data.get("usage") or usage
+    finally:  # a client that hangs up here stops the decode there, as on the chat route
+        await chat_events.aclose()
+    done = response_object(rid, message_id, created, req, text, finish or "stop", usage).model_dump()
+    status = done["status"]
+    yield event("response.output_text.done", **where, text=text, logprobs=[])
+    yield event("response.content_part.done", **where, part=OutputText(text=text).model_dump())
+    yield event("response.output_item.done", output_index=0, item=message(status, text))
+    yield event("response.completed" if status == "completed" else "response.incomplete", response=done)
