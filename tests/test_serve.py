@@ -541,6 +541,7 @@ def test_the_openai_client_streams_completions_and_chat_as_server_sent_events(se
     body = {"model": "aigc-lm", "prompt": prompt, "max_tokens": 6, "stream": True}
     with client.stream("POST", "/v1/completions", json=body) as res:
         assert res.status_code == 200 and res.headers["content-type"].startswith("text/event-stream")
+        assert res.headers["x-accel-buffering"] == "no"  # nginx (the load balancer) passes each event on at once
         events = [line for line in res.iter_lines() if line]
     assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
     streamed_id = json.loads(events[0][6:])["id"]

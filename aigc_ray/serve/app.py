@@ -251,6 +251,11 @@ def usage_of(done: dict) -> Usage:
     )
 
 
+# A stream's events go out as they are made: not cached, and not collected by a reverse proxy
+# (nginx, the committed load balancer, buffers a response until it ends unless told so).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 def sse(event) -> str:
     """One server-sent event: a chunk (a pydantic model) or an error body."""
     data = event.model_dump_json() if hasattr(event, "model_dump_json") else json.dumps(event)
@@ -820,7 +825,7 @@ class EnsembleIngress:
                     pieces.cancel()  # the client hung up or the stream failed: stop the decode
             yield "data: [DONE]\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @api.post(
         "/v1/responses",
@@ -845,7 +850,7 @@ class EnsembleIngress:
                 call, chat_chunker(rid, created), remember, False, lstrip=True, route="/v1/responses", rid=rid
             )
             events = response_events(chat.body_iterator, rid, new_id("msg"), created, req)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         (done,) = await self._call(partial(self.lm.complete.remote, *args))
         text, withheld = await self._guard_output(rid, "/v1/responses", done.text.lstrip())
         remember(text)
