@@ -51,6 +51,22 @@ def end(processes: list[psutil.Process]) -> None:
             pass
 
 
+def below(processes: list[psutil.Process]) -> dict[tuple[int, float], psutil.Process]:
+    """Every process below ``processes``, keyed as ``ray_descendants`` keys them."""
+    out = {}
+    for parent in processes:
+        try:
+            children = parent.children(recursive=True)
+        except psutil.Error:
+            continue
+        for p in children:
+            try:
+                out[(p.pid, p.create_time())] = p
+            except psutil.Error:
+                pass
+    return out
+
+
 def watch(driver_pid: int, pipe=sys.stdin) -> None:
     known: dict[tuple[int, float], psutil.Process] = {}
     while True:
@@ -58,6 +74,10 @@ def watch(driver_pid: int, pipe=sys.stdin) -> None:
         ready, _, _ = select.select([pipe], [], [], 1.0)
         if ready and not pipe.buffer.read1(4096):  # end of file: the driver has gone
             break
+    # A worker the raylet started since the last look is no longer below the driver (its parents
+    # were re-parented when it died) but still below the raylet: look below what we know, now,
+    # before the raylet exits and its children are re-parented too.
+    known.update(below([p for p in known.values() if p.is_running()]))
     time.sleep(0.5)  # let processes that exit on their own go first
     end([p for p in known.values() if p.is_running()])
 

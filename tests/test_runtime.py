@@ -63,3 +63,52 @@ def _kill_and_watch(env: dict) -> None:
     while _alive(cluster) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _alive(cluster), "still running after the driver was killed:\n" + "\n".join(_alive(cluster))
+
+
+RAYLET = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    # a stand-in raylet (its command line names ray): starts a worker when the file appears
+    while not os.path.exists(sys.argv[1]):
+        time.sleep(0.01)
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)  # ray worker"])
+    open(sys.argv[1] + ".pid", "w").write(str(worker.pid))
+    time.sleep(120)
+    """
+)
+
+
+def test_the_reaper_ends_a_worker_started_just_before_the_driver_died(tmp_path):
+    """The reaper looks below the driver once a second; a worker the raylet starts in between
+    (the one that outlived a killed driver in CI) is found below the processes it knows."""
+    import threading
+
+    from aigc_ray.reaper import watch
+
+    go = tmp_path / "go"
+    raylet = subprocess.Popen([sys.executable, "-c", RAYLET + "# ray", str(go)])
+    read_end, write_end = os.pipe()
+    pipe = os.fdopen(read_end, "r")
+    watcher = threading.Thread(target=watch, args=(os.getpid(), pipe))
+    watcher.start()
+    try:
+        time.sleep(1.5)  # the reaper has seen the raylet
+        go.touch()
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "go.pid").exists() or not (tmp_path / "go.pid").read_text():
+            assert time.monotonic() < deadline, "the stand-in raylet started no worker"
+            time.sleep(0.01)
+        worker = psutil.Process(int((tmp_path / "go.pid").read_text()))
+        os.close(write_end)  # the driver is gone, right after the worker started
+        watcher.join(timeout=30)
+        assert not watcher.is_alive()
+        assert raylet.wait(timeout=10) is not None
+        assert not _alive([worker]), "the worker started since the reaper's last look outlived the driver"
+    finally:
+        for p in (raylet,):
+            p.kill()
+        if (tmp_path / "go.pid").exists() and (tmp_path / "go.pid").read_text():
+            try:
+                psutil.Process(int((tmp_path / "go.pid").read_text())).kill()
+            except psutil.NoSuchProcess:
+                pass
