@@ -86,10 +86,18 @@ def test_the_reaper_ends_a_worker_started_just_before_the_driver_died(tmp_path):
     from aigc_ray.reaper import watch
 
     go = tmp_path / "go"
-    raylet = subprocess.Popen([sys.executable, "-c", RAYLET + "# ray", str(go)])
+    # a stand-in driver holding the stand-in raylet: never this pytest process, whose Ray
+    # descendants (the session's cluster, other tests') the reaper would end with them
+    spawn = "import subprocess, sys, time; subprocess.Popen(sys.argv[1:]); time.sleep(120)"
+    driver = subprocess.Popen([sys.executable, "-c", spawn, sys.executable, "-c", RAYLET + "# ray", str(go)])
+    deadline = time.monotonic() + 20
+    while not psutil.Process(driver.pid).children():
+        assert time.monotonic() < deadline, "the stand-in driver started no raylet"
+        time.sleep(0.01)
+    (raylet,) = psutil.Process(driver.pid).children()
     read_end, write_end = os.pipe()
     pipe = os.fdopen(read_end, "r")
-    watcher = threading.Thread(target=watch, args=(os.getpid(), pipe))
+    watcher = threading.Thread(target=watch, args=(driver.pid, pipe))
     watcher.start()
     try:
         time.sleep(1.5)  # the reaper has seen the raylet
@@ -102,11 +110,15 @@ def test_the_reaper_ends_a_worker_started_just_before_the_driver_died(tmp_path):
         os.close(write_end)  # the driver is gone, right after the worker started
         watcher.join(timeout=30)
         assert not watcher.is_alive()
-        assert raylet.wait(timeout=10) is not None
-        assert not _alive([worker]), "the worker started since the reaper's last look outlived the driver"
+        assert not _alive([raylet]) and not _alive([worker]), "the worker started since the last look outlived it"
     finally:
+        driver.kill()
+        driver.wait()
         for p in (raylet,):
-            p.kill()
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
         if (tmp_path / "go.pid").exists() and (tmp_path / "go.pid").read_text():
             try:
                 psutil.Process(int((tmp_path / "go.pid").read_text())).kill()
