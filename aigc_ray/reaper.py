@@ -22,16 +22,16 @@ GRACE_S = 3.0  # between SIGTERM and SIGKILL
 
 
 def ray_descendants(pid: int) -> dict[tuple[int, float], psutil.Process]:
-    """The Ray processes below ``pid``, keyed by (pid, start time) so a reused pid is never hit."""
+    """The Ray processes below ``pid``, keyed as ``below`` keys them."""
     try:
-        children = psutil.Process(pid).children(recursive=True)
+        driver = psutil.Process(pid)
     except psutil.NoSuchProcess:
         return {}
     out = {}
-    for p in children:
+    for key, p in below([driver]).items():
         try:
             if p.pid != os.getpid() and "ray" in " ".join(p.cmdline()):
-                out[(p.pid, p.create_time())] = p
+                out[key] = p
         except psutil.Error:
             pass
     return out
@@ -52,7 +52,7 @@ def end(processes: list[psutil.Process]) -> None:
 
 
 def below(processes: list[psutil.Process]) -> dict[tuple[int, float], psutil.Process]:
-    """Every process below ``processes``, keyed as ``ray_descendants`` keys them."""
+    """Every process below ``processes``, keyed by (pid, start time) so a reused pid is never hit."""
     out = {}
     for parent in processes:
         try:

@@ -50,6 +50,7 @@ class LMEnsemble:
         self.weights = weights
         self.context = min(learned_positions(m.config.to_dict()) for m in self.models)
         self.stop_ids = end_of_text_ids(self.tokenizer, self.models)
+        self._cache_kwargs = [_cache_kwarg(m) for m in self.models]  # read once, not every token
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """The prompt's token ids as the model reads them: framed by its tokenizer (Llama's
@@ -80,8 +81,8 @@ class LMEnsemble:
             new = torch.tensor([ids[state.held :]], device=self.device)
             caches = state.caches or [None] * len(self.models)
             outs = [
-                m(input_ids=new, use_cache=True, **{_cache_kwarg(m): c})
-                for m, c in zip(self.models, caches, strict=True)
+                m(input_ids=new, use_cache=True, **{kwarg: c})
+                for m, kwarg, c in zip(self.models, self._cache_kwargs, caches, strict=True)
             ]
             per_model = [torch.log_softmax(o.logits[0, -1].double(), -1).cpu().numpy() for o in outs]
         state.caches, state.held = [_returned_cache(o) for o in outs], len(ids)

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .schema import Strict, Text, only_no_op
+from .schema import CallsNoTools, Strict, Text, only_no_op
 
 ROLES = Literal["system", "developer", "user", "assistant"]
 
@@ -44,7 +44,7 @@ class MessageItem(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ResponsesRequest(Strict):
+class ResponsesRequest(Strict, CallsNoTools):
     """OpenAI's Responses request, text in and text out. Fields that change nothing here
     (``store``, ``metadata``, ``truncation``, ...) are ignored."""
 
@@ -60,8 +60,6 @@ class ResponsesRequest(Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     stream: bool = Field(False, description="Answer as server-sent events (OpenAI's response.* events).")
     user: Text | None = Field(None, max_length=200, description="Accepted for OpenAI compatibility; unused.")
-    tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
-    tool_choice: Any = Field(None, description="none or auto only.")
     text: dict[str, Any] | None = Field(None, description='format {"type": "text"} only: no JSON output.')
     previous_response_id: Text | None = Field(None, description="Refused: send the whole conversation as input.")
     conversation: Any = Field(None, description="Refused: send the whole conversation as input.")
@@ -69,16 +67,6 @@ class ResponsesRequest(Strict):
     reasoning: dict[str, Any] | None = Field(None, description="Empty only: the model does not reason apart.")
     background: bool | None = Field(None, description="false only: answered in the request.")
     prompt: Any = Field(None, description="Refused: no stored prompt templates here.")
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list | None) -> list | None:
-        return only_no_op("tools", v, ([],))
-
-    @field_validator("tool_choice")
-    @classmethod
-    def _no_tool_choice(cls, v: Any) -> Any:
-        return only_no_op("tool_choice", v, ("none", "auto"))
 
     @field_validator("text")
     @classmethod

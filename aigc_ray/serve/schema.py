@@ -379,7 +379,26 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(Decoding):
+class CallsNoTools(BaseModel):
+    """The tool fields of OpenAI's chat and Responses requests. The models here call no tools, so
+    only the values that ask for none pass (clients send ``tools: []`` and ``tool_choice: auto``
+    by default); the chat route's old names (``functions``, ``function_call``) follow the same rule."""
+
+    tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
+    tool_choice: Any = Field(None, description="none or auto only (the model calls no tools).")
+
+    @field_validator("tools", "functions", check_fields=False)
+    @classmethod
+    def _no_tools(cls, v: list | None, info) -> list | None:
+        return only_no_op(info.field_name, v, ([],))
+
+    @field_validator("tool_choice", "function_call", check_fields=False)
+    @classmethod
+    def _no_tool_choice(cls, v: Any, info) -> Any:
+        return only_no_op(info.field_name, v, ("none", "auto"))
+
+
+class ChatCompletionRequest(Decoding, CallsNoTools):
     """OpenAI's chat-completions request. The conversation is rendered to a prompt with the
     model's chat template, or, for a model without one, as 'User: ...' / 'Assistant: ...' lines
     ending in 'Assistant:'."""
@@ -389,25 +408,13 @@ class ChatCompletionRequest(Decoding):
     max_completion_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
     logprobs: bool | None = Field(None, description="true is refused (422): " + NO_LOGPROBS + ".")
     top_logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
-    tools: list[Any] | None = Field(None, description="Empty only: the model calls no tools.")
     functions: list[Any] | None = Field(None, description="Empty only (tools' old name).")
-    tool_choice: Any = Field(None, description="none or auto only (the model calls no tools).")
     function_call: Any = Field(None, description="none or auto only (tool_choice's old name).")
     response_format: dict[str, Any] | None = Field(
         None, description='{"type": "text"} only: the output is not constrained to JSON.'
     )
     modalities: list[str] | None = Field(None, description='["text"] only.')
     audio: dict[str, Any] | None = Field(None, description="Refused: text only.")
-
-    @field_validator("tools", "functions")
-    @classmethod
-    def _no_tools(cls, v: list | None, info) -> list | None:
-        return only_no_op(info.field_name, v, ([],))
-
-    @field_validator("tool_choice", "function_call")
-    @classmethod
-    def _no_tool_choice(cls, v: Any, info) -> Any:
-        return only_no_op(info.field_name, v, ("none", "auto"))
 
     @field_validator("response_format")
     @classmethod

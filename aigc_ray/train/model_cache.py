@@ -52,13 +52,13 @@ def prune(root: Path, room: int, budget: int, now: float | None = None) -> list[
     for entry in root.iterdir() if root.is_dir() else []:
         if not entry.is_dir():
             continue
-        age = now - entry.stat().st_mtime
+        mtime = entry.stat().st_mtime
         if entry.name.startswith("."):  # a copy being made (mkdtemp), or abandoned
-            if age > ABANDONED_S:
+            if now - mtime > ABANDONED_S:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
             continue
-        copies.append((entry.stat().st_mtime, entry, _bytes(entry)))
+        copies.append((mtime, entry, _bytes(entry)))
     held = sum(size for _, _, size in copies)
     for mtime, entry, size in sorted(copies, key=lambda c: c[0]):
         if held + room <= budget:
@@ -78,7 +78,7 @@ def local_model_dir(init: dict) -> str:
     a process never reads a half-copied model; each use marks it recently used."""
     from ..manifest import folder_fingerprint
     from ..models.tuning import model_files
-    from ..storage import Storage, join, parse_uri
+    from ..storage import Storage, parse_uri
 
     if init.get("path"):
         return init["path"]
@@ -95,8 +95,9 @@ def local_model_dir(init: dict) -> str:
         return str(final)
     budget = cache_budget()
     root.mkdir(parents=True, exist_ok=True)
-    names = [f[len(uri.rstrip("/")) + 1 :] for f in storage.list_files(uri)]
-    incoming = sum(max(storage.size(join(uri, n)), 0) for n in model_files(names))
+    prefix = len(uri.rstrip("/")) + 1
+    sizes = {f[prefix:]: size for f, size, _ in storage.file_stats(uri)}  # one listing, no request per file
+    incoming = sum(sizes[n] for n in model_files(list(sizes)))
     prune(root, incoming, budget)  # room first: a full disk would fail the copy half-way
     partial = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
