@@ -8,6 +8,8 @@ import base64
 import concurrent.futures
 import io
 import json
+import os
+import re
 import threading
 import time
 
@@ -593,21 +595,147 @@ def test_a_client_that_hangs_up_on_a_stream_stops_its_decode(served):
 
 
 @pytest.mark.slow
-def test_logprobs_are_refused_naming_the_field_never_ignored(served):
+def test_log_probabilities_score_text_as_an_evaluation_harness_and_the_openai_client_ask(served):
+    """lm-evaluation-harness's ``local-completions`` scores a continuation with exactly this body
+    (context + continuation as the model's token ids, echo, logprobs 1, max_tokens 1) and reads
+    ``sum(token_logprobs[len(context):-1])``: it must be the continuation's log-likelihood under
+    the served model, as the export read locally gives it."""
+    import tempfile
+
+    import torch
     from openai import UnprocessableEntityError
 
-    spec, _, _ = served
+    from aigc_ray.ensemble.lm import LMEnsemble
+
+    spec, storage, client = served
+    with tempfile.TemporaryDirectory() as tmp:
+        lm = LMEnsemble([str(storage.download(f"{spec.storage.root}/serve/lm-export", tmp))])
+    context = lm.prompt_ids("Caption for a seven:")
+    continuation = lm.tokenizer(" a handwritten seven", add_special_tokens=False)["input_ids"]
+    body = {"model": "aigc-lm", "prompt": [context + continuation], "temperature": 0, "max_tokens": 1}
+    res = client.post("/v1/completions", json={**body, "logprobs": 1, "seed": 1234, "echo": True})
+    assert res.status_code == 200, res.text
+    (choice,) = res.json()["choices"]
+    harness = sum(choice["logprobs"]["token_logprobs"][len(context) : -1])
+    ids, expected = list(context), 0.0
+    for token in continuation:
+        expected += lm.next_log_probs(torch.tensor([ids]))[token]
+        ids.append(token)
+    assert harness == pytest.approx(expected, abs=1e-4)
+    assert choice["text"].startswith(lm.tokenizer.decode(context + continuation, skip_special_tokens=True))
+    # the openai client: a completion's tokens with their two likeliest alternatives, and chat's
     oa = openai_client(spec)
-    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
-        oa.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=2, logprobs=2)
-    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
-        oa.completions.create(model="aigc-lm", prompt="Caption for a seven:", max_tokens=2, logprobs=0, stream=True)
-    with pytest.raises(UnprocessableEntityError, match="logprobs.*log-probabilities"):
-        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=True)
-    with pytest.raises(UnprocessableEntityError, match="top_logprobs.*log-probabilities"):
-        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, top_logprobs=3)
-    ok = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=False)
-    assert ok.choices[0].logprobs is None  # false asks for none: honoured
+    done = oa.completions.create(
+        model="aigc-lm", prompt="Caption for a seven:", max_tokens=6, temperature=0, logprobs=2
+    )
+    lp = done.choices[0].logprobs
+    assert "".join(lp.tokens[: done.usage.completion_tokens]) == done.choices[0].text
+    for _token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert len(top) == 2 and max(top.values()) == pytest.approx(value)  # greedy: each the likeliest
+    chat = oa.chat.completions.create(
+        model="aigc-lm", messages=CHAT, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert "".join(t.token for t in content).lstrip() == chat.choices[0].message.content
+    assert all(t.top_logprobs[0].logprob == pytest.approx(t.logprob) for t in content)
+    plain = oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=False)
+    assert plain.choices[0].logprobs is None  # false asks for none
+    # what cannot be answered is refused by what is wrong with it
+    for extra, said in [
+        ({"prompt": [[1, 10**6]]}, "token id 1000000 .* not in this model's vocabulary"),
+        ({"prompt": [context * 40], "echo": True, "logprobs": 0}, "scores at most"),
+        ({"prompt": "Caption", "logprobs": 1, "stream": True}, "without stream"),
+    ]:
+        res = client.post("/v1/completions", json={**body, **extra})
+        assert res.status_code == 422 and re.search(said, res.json()["error"]["message"]), res.text
+    with pytest.raises(UnprocessableEntityError, match="without stream"):
+        oa.chat.completions.create(model="aigc-lm", messages=CHAT, max_tokens=2, logprobs=True, stream=True)
+
+
+HARNESS_TASKS = {
+    # a multiple-choice task (the harness asks each choice's log-likelihood: echo + logprobs) and a
+    # generation task (the harness sends token ids and stop strings); local files, no hub
+    "digits_mc.yaml": """task: digits_mc
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {docs}}}}}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "Caption for a {{{{digit}}}}:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list: [{{metric: acc}}]
+""",
+    "digits_gen.yaml": """task: digits_gen
+dataset_path: json
+dataset_kwargs: {{data_files: {{test: {docs}}}}}
+test_split: test
+output_type: generate_until
+doc_to_text: "Caption for a {{{{digit}}}}:"
+doc_to_target: " a handwritten {{{{digit}}}}"
+generation_kwargs: {{until: ["."], max_gen_toks: 8}}
+metric_list: [{{metric: exact_match}}]
+""",
+}
+
+
+@pytest.mark.slow
+def test_the_lm_evaluation_harness_scores_and_generates_against_the_served_model(served, tmp_path):
+    """EleutherAI's lm-evaluation-harness (``local-completions``, the model's own tokenizer from its
+    export folder) runs a multiple-choice task and a generation task against the served language
+    model; its accuracy and its generations are the ones the export read locally gives."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from aigc_ray.ensemble.lm import LMEnsemble
+    from aigc_ray.serve.deploy import base_url
+
+    spec, storage, _ = served
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    docs = [
+        {"digit": w, "choices": [f" a handwritten {c}." for c in words[:4]], "label": i % 4}
+        for i, w in enumerate(words)
+    ]
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    for name, text in HARNESS_TASKS.items():
+        (tasks / name).write_text(text.format(docs=tmp_path / "docs.jsonl"))
+    folder = storage.download(f"{spec.storage.root}/serve/lm-export", tmp_path / "export")
+    model_args = f"model=aigc-lm,base_url={base_url(spec)}/v1/completions,tokenizer={folder}," + (
+        "tokenizer_backend=huggingface,num_concurrent=1,max_retries=1,max_length=64"
+    )
+    cmd = [sys.executable, "-m", "lm_eval", "--model", "local-completions", "--model_args", model_args]
+    cmd += ["--tasks", "digits_mc,digits_gen", "--include_path", str(tasks), "--output_path", str(tmp_path / "out")]
+    env = {**os.environ, "OPENAI_API_KEY": TOKEN, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([*cmd, "--log_samples"], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (results,) = (tmp_path / "out").rglob("results_*.json")
+    accuracy = json.loads(results.read_text())["results"]["digits_mc"]["acc,none"]
+    (generated,) = (tmp_path / "out").rglob("samples_digits_gen_*.jsonl")
+    answers = {
+        json.loads(line)["doc"]["digit"]: json.loads(line)["resps"][0][0] for line in generated.read_text().splitlines()
+    }
+
+    lm = LMEnsemble([str(folder)])
+
+    def log_likelihood(context: str, continuation: str) -> float:
+        ids, total = lm.prompt_ids(context), 0.0
+        for token in lm.tokenizer(continuation, add_special_tokens=False)["input_ids"]:
+            total += lm.next_log_probs(torch.tensor([ids]))[token]
+            ids.append(token)
+        return total
+
+    right = 0
+    for d in docs:  # the harness joins context and choice with a space (its target delimiter)
+        scores = [log_likelihood(f"Caption for a {d['digit']}:", " " + c) for c in d["choices"]]
+        right += int(np.argmax(scores)) == d["label"]
+    assert accuracy == pytest.approx(right / len(docs))
+    for w in words:
+        local = lm.complete(f"Caption for a {w}:", 8, temperature=0, stop=["."]).text
+        assert answers[w] == local, (w, answers[w], local)
 
 
 @pytest.mark.slow

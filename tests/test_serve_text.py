@@ -130,21 +130,25 @@ def test_what_would_change_the_answer_unapplied_is_refused_by_name_and_no_op_val
         with pytest.raises(ValidationError, match=rf"{field}=.*does not apply {field}.*leave it out") as e:
             ChatCompletionRequest(**chat, **{field: value})
         assert len(str(e.value)) < 1000  # a tool's pages of JSON schema are not quoted back whole
-    for field, value in [("echo", True), ("suffix", "the end"), ("best_of", 4), ("logit_bias", {"1": 5})]:
+    for field, value in [("suffix", "the end"), ("best_of", 4), ("logit_bias", {"1": 5})]:
         with pytest.raises(ValidationError, match=rf"{field}=.*does not apply {field}"):
             CompletionRequest(model="aigc-lm", prompt="a", **{field: value})
 
 
-def test_a_list_of_prompts_is_a_batch_but_not_token_ids_nor_a_stream():
+def test_a_list_of_prompts_is_a_batch_and_a_prompt_may_be_token_ids():
     from aigc_ray.serve.schema import MAX_PROMPTS
 
     assert CompletionRequest(model="aigc-lm", prompt=["a", "b", "c"]).prompts == ["a", "b", "c"]
+    # token ids, as evaluation harnesses send them: one prompt, or a batch of them
+    assert CompletionRequest(model="aigc-lm", prompt=[464, 3290, 318]).prompts == [[464, 3290, 318]]
+    assert CompletionRequest(model="aigc-lm", prompt=[[464, 3290], [318]]).prompts == [[464, 3290], [318]]
     for prompt, said in [
         (["a"] * (MAX_PROMPTS + 1), f"{MAX_PROMPTS + 1} prompts; send 1 to {MAX_PROMPTS}"),
+        ([[1]] * (MAX_PROMPTS + 1), f"{MAX_PROMPTS + 1} prompts; send 1 to {MAX_PROMPTS}"),
         ([], "0 prompts"),
         (["a", ""], "prompt 1 must be 1 to 2000 characters"),
-        ([464, 3290, 318], "token ids are not taken"),
-        ([[464, 3290], [318]], "token ids are not taken"),
+        ([[464], []], "at least 1 item"),
+        ([5, -1], "greater than or equal to 0"),
     ]:
         with pytest.raises(ValidationError, match=said):
             CompletionRequest(model="aigc-lm", prompt=prompt)
@@ -153,17 +157,123 @@ def test_a_list_of_prompts_is_a_batch_but_not_token_ids_nor_a_stream():
     assert CompletionRequest(model="aigc-lm", prompt=["a"], stream=True).prompts == ["a"]
 
 
-def test_logprobs_are_refused_by_name_not_ignored():
-    for model, extra in [
-        (CompletionRequest, {"prompt": "hi", "logprobs": 0}),
-        (ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}], "logprobs": True}),
-        (ChatCompletionRequest, {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}),
+def test_log_probabilities_are_asked_for_within_limits_and_never_on_a_stream():
+    chat = {"model": "aigc-lm", "messages": [{"role": "user", "content": "hi"}]}
+    assert CompletionRequest(model="aigc-lm", prompt="hi", logprobs=5, echo=True, max_tokens=0).scored
+    assert not CompletionRequest(model="aigc-lm", prompt="hi", logprobs=None, echo=None).scored  # nulls: defaults
+    assert ChatCompletionRequest(**chat, logprobs=True, top_logprobs=3).logprobs_top == 3
+    assert ChatCompletionRequest(**chat, logprobs=True).logprobs_top == 0
+    assert ChatCompletionRequest(**chat, logprobs=False).logprobs_top is None
+    for model, extra, said in [
+        (CompletionRequest, {"prompt": "hi", "logprobs": 21}, "less than or equal to 20"),
+        (CompletionRequest, {"prompt": "hi", "logprobs": 1, "stream": True}, "without stream"),
+        (CompletionRequest, {"prompt": "hi", "echo": True, "stream": True}, "without stream"),
+        (CompletionRequest, {"prompt": "hi", "max_tokens": 0}, "max_tokens 0 answers nothing"),
+        (ChatCompletionRequest, {"top_logprobs": 2}, "top_logprobs needs logprobs"),
+        (ChatCompletionRequest, {"logprobs": True, "stream": True}, "without stream"),
+        (ChatCompletionRequest, {"logprobs": True, "top_logprobs": 21}, "less than or equal to 20"),
     ]:
-        with pytest.raises(ValidationError, match="log-probabilities") as caught:
-            model(model="aigc-lm", **extra)
-        assert {e["loc"][0] for e in caught.value.errors()} <= {"logprobs", "top_logprobs"}
-    ok = ChatCompletionRequest(model="aigc-lm", messages=[{"role": "user", "content": "hi"}], logprobs=False)
-    assert ok.logprobs is False
+        body = {"model": "aigc-lm", "prompt": "hi"} if model is CompletionRequest else chat
+        with pytest.raises(ValidationError, match=said):
+            model(**{**body, **extra})
+
+
+def test_a_scored_prompt_holds_what_reading_each_prefix_from_scratch_gives(lm):
+    """``score``: token t's log-probability given the tokens before it, in one pass, for a
+    client that scores a text (``echo`` with ``logprobs``); the first token has none."""
+    import numpy as np
+    import torch
+
+    ids = lm.prompt_ids("Caption for a seven: a handwritten seven.")
+    scores = lm.score(ids, top=3)
+    assert scores.ids == ids and scores.logprobs[0] is None and scores.top[0] is None
+    for t in range(1, len(ids)):
+        scratch = lm.next_log_probs(torch.tensor([ids[:t]]))
+        assert scores.logprobs[t] == pytest.approx(scratch[ids[t]], abs=1e-6)
+        best = np.argsort(-scratch)[:3]
+        assert [i for i, _ in scores.top[t]] == best.tolist()
+        assert [v for _, v in scores.top[t]] == pytest.approx(scratch[best].tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match=f"scores at most {lm.context}"):
+        lm.score(ids * (lm.context // len(ids) + 1))
+    with pytest.raises(ValueError, match="token id 100000 .* not in this model's vocabulary"):
+        lm.prompt_ids([1, 100000])
+
+
+def test_a_greedy_answers_tokens_are_each_the_likeliest_and_the_end_of_text_is_listed(lm):
+    done = lm.complete("Caption for a seven:", 12, temperature=0, logprobs=2)
+    s = done.scores
+    assert len(s.ids) in (done.completion_tokens, done.completion_tokens + 1)
+    for token, lp, top in zip(s.ids, s.logprobs, s.top, strict=True):
+        assert top[0] == (token, pytest.approx(lp)) and len(top) == 2 and top[0][1] >= top[1][1]
+    if len(s.ids) > done.completion_tokens:  # ended by end of text: listed last, not in the text
+        assert done.finish_reason == "stop" and s.ids[-1] in lm.stop_ids
+    assert lm.tokenizer.decode(s.ids[: done.completion_tokens], skip_special_tokens=True) == done.text
+    # a stop string cuts the text: the tokens are those of the text kept (and the one it starts in)
+    sampled = lm.complete("Caption for a seven:", 24, temperature=1.0, seed=5)
+    at = next(i for i in range(2, len(sampled.text) - 1) if sampled.text.find(sampled.text[i : i + 2]) == i)
+    cut = lm.complete("Caption for a seven:", 24, temperature=1.0, seed=5, logprobs=0, stop=[sampled.text[at : at + 2]])
+    assert cut.text == sampled.text[:at]
+    kept = cut.scores.ids
+    assert lm.tokenizer.decode(kept, skip_special_tokens=True).startswith(cut.text)
+    assert not lm.tokenizer.decode(kept[:-1], skip_special_tokens=True).startswith(cut.text) or not cut.text
+
+
+def test_an_evaluation_harness_reads_a_continuations_log_likelihood_from_echo(lm):
+    """lm-evaluation-harness's ``local-completions`` scores a continuation by sending
+    context + continuation as token ids with echo, logprobs 1 and max_tokens 1, then summing
+    ``token_logprobs[len(context):-1]`` and checking each against its place's best alternative:
+    that must be the continuation's log-likelihood, and greedy exactly when it is the arg-max path."""
+    import numpy as np
+    import torch
+
+    from aigc_ray.serve.generation import scored_completion
+
+    context = lm.prompt_ids("Caption for a seven:")
+    continuation = lm.tokenizer(" a handwritten seven", add_special_tokens=False)["input_ids"]
+    out = scored_completion(lm, context + continuation, 1, 0.0, 1.0, None, 1234, 1, True)
+    lp = out["logprobs"]
+    assert len(lp["tokens"]) == len(context) + len(continuation) + 1  # + the one token asked for
+    assert out["prompt_text"] == lm.tokenizer.decode(context + continuation, skip_special_tokens=True)
+    harness = sum(lp["token_logprobs"][len(context) : -1])  # lm-eval's parse_logprobs
+    is_greedy = all(
+        t == max(top.values())
+        for t, top in zip(lp["token_logprobs"][len(context) : -1], lp["top_logprobs"][len(context) : -1], strict=True)
+    )
+    ids, expected, greedy = list(context), 0.0, True
+    for token in continuation:
+        scratch = lm.next_log_probs(torch.tensor([ids]))
+        expected += scratch[token]
+        greedy &= int(np.argmax(scratch)) == token
+        ids.append(token)
+    assert harness == pytest.approx(expected, abs=1e-6) and is_greedy == greedy
+    # the offsets place each token's text in the echoed prompt + completion
+    text = out["prompt_text"] + out["completion"].text
+    for k, (token, offset) in enumerate(zip(lp["tokens"], lp["text_offset"], strict=True)):
+        if k < len(context) + len(continuation) + out["completion"].completion_tokens:
+            assert text[offset : offset + len(token)] == token
+    # greedy continuations are told apart from others
+    greedy_ids = list(context)
+    for _ in range(3):
+        greedy_ids.append(int(np.argmax(lm.next_log_probs(torch.tensor([greedy_ids])))))
+    out = scored_completion(lm, greedy_ids, 1, 0.0, 1.0, None, 0, 1, True)["logprobs"]
+    assert all(
+        t == max(top.values())
+        for t, top in zip(out["token_logprobs"][len(context) : -1], out["top_logprobs"][len(context) : -1], strict=True)
+    )
+
+
+def test_chat_log_probabilities_list_the_answers_tokens_likeliest_alternatives_first(lm):
+    from aigc_ray.serve.generation import chat_logprobs, scored_completion
+
+    out = scored_completion(lm, "User: hi\nAssistant:", 6, 0.0, 1.0, None, None, 3, False)
+    done = out["completion"]
+    chat = chat_logprobs(out["logprobs"], done.completion_tokens)
+    assert len(chat["content"]) == done.completion_tokens
+    assert "".join(c["token"] for c in chat["content"]) == done.text
+    for c in chat["content"]:
+        assert bytes(c["bytes"]) == c["token"].encode()
+        values = [t["logprob"] for t in c["top_logprobs"]]
+        assert values == sorted(values, reverse=True) and c["logprob"] == pytest.approx(values[0])
 
 
 def test_a_conversation_renders_as_plain_lines_without_a_chat_template():

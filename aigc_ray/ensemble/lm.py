@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,11 +15,35 @@ from .combine import average_log_probs
 
 
 @dataclass
+class TokenScores:
+    """Tokens with the ensemble's log-probability of each (before temperature and top_p) and,
+    when asked for, the ``top`` most likely tokens at its place as (id, log-probability) pairs.
+    A text's first token has none (``None``): nothing came before it."""
+
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float | None] = field(default_factory=list)
+    top: list[list[tuple[int, float]] | None] = field(default_factory=list)
+
+    def add(self, token: int, log_probs: np.ndarray | None, top: int) -> None:
+        self.ids.append(token)
+        if log_probs is None:
+            self.logprobs.append(None)
+            self.top.append(None)
+            return
+        self.logprobs.append(float(log_probs[token]))
+        best = np.argsort(-log_probs)[:top] if top else []
+        self.top.append([(int(i), float(log_probs[i])) for i in best])
+
+
+@dataclass
 class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (a stop string or end of text) | "length"
+    # with ``logprobs``: the answer's tokens, and the end-of-text token that ended it (not in
+    # ``text``, as OpenAI lists it: a scoring client reads the last token's place as the answer's)
+    scores: TokenScores | None = None
 
 
 @dataclass
@@ -52,13 +76,42 @@ class LMEnsemble:
         self.stop_ids = end_of_text_ids(self.tokenizer, self.models)
         self._cache_kwargs = [_cache_kwarg(m) for m in self.models]  # read once, not every token
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str | list[int]) -> list[int]:
         """The prompt's token ids as the model reads them: framed by its tokenizer (Llama's
         ``<s>`` first), unless the text already starts with that token — a chat template that
-        writes it itself (Llama 3's) would otherwise give the model two."""
+        writes it itself (Llama 3's) would otherwise give the model two. Token ids (a client that
+        tokenized with this model's tokenizer, as evaluation harnesses do) are read as sent."""
+        if not isinstance(prompt, str):
+            return self.checked_ids(prompt)
         bos = self.tokenizer.bos_token
         written = bool(bos) and prompt.startswith(bos)
         return list(self.tokenizer(prompt, add_special_tokens=not written)["input_ids"])
+
+    def checked_ids(self, ids: list[int]) -> list[int]:
+        """``ids`` if every one is a token of this vocabulary, else a ValueError naming the first that is not."""
+        vocab = len(self.tokenizer)
+        for i, t in enumerate(ids):
+            if not 0 <= t < vocab:
+                raise ValueError(f"token id {t} (at {i}) is not in this model's vocabulary of {vocab}")
+        return list(ids)
+
+    def score(self, ids: list[int], top: int = 0) -> TokenScores:
+        """The ensemble's log-probability of each token of ``ids`` given those before it (the
+        first has none), read in one pass: what a client asks for with ``echo`` to score a text."""
+        if len(ids) > self.context:
+            raise ValueError(
+                f"the prompt is {len(ids)} tokens; this model scores at most {self.context} (its learned positions)"
+            )
+        with torch.no_grad():
+            batch = torch.tensor([ids], device=self.device)
+            per_model = [
+                torch.log_softmax(m(input_ids=batch).logits[0].double(), -1).cpu().numpy() for m in self.models
+            ]
+        mixed = average_log_probs(per_model, self.weights)  # (T, V): row t predicts token t + 1
+        scores = TokenScores()
+        for t, token in enumerate(ids):
+            scores.add(token, mixed[t - 1] if t else None, top)
+        return scores
 
     def next_log_probs(self, ids: torch.Tensor) -> np.ndarray:
         """The ensemble's next-token log-probabilities after ``ids`` (1, T), read from scratch."""
@@ -96,10 +149,12 @@ class LMEnsemble:
         top_p: float = 1.0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        logprobs: int | None = None,
     ) -> Completion:
         """Sample (or, at temperature 0, take the arg-max) token by token until ``max_tokens``,
-        the end-of-text token or a ``stop`` string (which is not returned)."""
-        *_, done = self.decode(prompt, max_tokens, temperature, top_p, stop, seed)
+        the end-of-text token or a ``stop`` string (which is not returned). With ``logprobs``
+        (0 or more alternatives per place) the answer's tokens come scored."""
+        *_, done = self.decode(prompt, max_tokens, temperature, top_p, stop, seed, logprobs)
         return done
 
     def decode(
@@ -110,6 +165,7 @@ class LMEnsemble:
         top_p: float = 1.0,
         stop: list[str] | None = None,
         seed: int | None = None,
+        logprobs: int | None = None,
     ) -> Iterator[str | Completion]:
         """``complete`` step by step: the text decoded so far after each token that did not end
         the answer, then the ``Completion`` (what a streaming server sends piece by piece)."""
@@ -118,9 +174,13 @@ class LMEnsemble:
         if not prompt_ids:
             prompt_ids = [self.tokenizer.bos_token_id or self.tokenizer.eos_token_id]
         ids, new = list(prompt_ids), []
+        scores = TokenScores() if logprobs is not None else None
         finish, state = "length", _DecodeState()
         for _ in range(max_tokens):
-            token = _choose(self._cached_log_probs(ids, state), temperature, top_p, rng)
+            log_probs = self._cached_log_probs(ids, state)
+            token = _choose(log_probs, temperature, top_p, rng)
+            if scores is not None:
+                scores.add(token, log_probs, logprobs)
             if token in self.stop_ids:
                 finish = "stop"
                 break
@@ -129,10 +189,22 @@ class LMEnsemble:
             text = self.tokenizer.decode(new, skip_special_tokens=True)
             cut = _first_stop(text, stop or [])
             if cut is not None:
-                yield Completion(text[:cut], len(prompt_ids), len(new), "stop")
+                yield Completion(text[:cut], len(prompt_ids), len(new), "stop", _within(scores, self.tokenizer, cut))
                 return
             yield text
-        yield Completion(self.tokenizer.decode(new, skip_special_tokens=True), len(prompt_ids), len(new), finish)
+        answer = self.tokenizer.decode(new, skip_special_tokens=True)
+        yield Completion(answer, len(prompt_ids), len(new), finish, scores)
+
+
+def _within(scores: TokenScores | None, tokenizer, chars: int) -> TokenScores | None:
+    """The scored tokens that make up the first ``chars`` characters of the answer (the text a
+    stop string cut), and the one the stop string begins in."""
+    if scores is None:
+        return None
+    keep = 0
+    while keep < len(scores.ids) and len(tokenizer.decode(scores.ids[:keep], skip_special_tokens=True)) < chars:
+        keep += 1
+    return TokenScores(scores.ids[:keep], scores.logprobs[:keep], scores.top[:keep])
 
 
 def _cache_kwarg(model) -> str:

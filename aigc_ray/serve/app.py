@@ -61,6 +61,7 @@ from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
 from ..spec.sections import SafetySpec, ServeSpec
 from ..storage import Storage, join
+from .generation import chat_logprobs
 from .members import (
     ClassifierMember,
     ExplainerDeployment,
@@ -670,11 +671,15 @@ class EnsembleIngress:
     async def completions(self, req: CompletionRequest) -> CompletionResponse | StreamingResponse:
         limit = self._lm_limit(req.model, req.max_tokens)
         rid, created = new_id("cmpl"), int(time.time())
-        prompts = await self._guard_prompts(rid, "/v1/completions", req.prompts)
+        route = "/v1/completions"
+        texts = await self._prompt_texts(req.prompts)
+        guarded = await self._guard_prompts(rid, route, texts)
+        # a prompt the filter masked is read as its masked text; the rest as sent (text or ids)
+        prompts = [p if g == t else g for p, t, g in zip(req.prompts, texts, guarded, strict=True)]
         decoding = (limit, req.temperature, req.top_p, req.stops, req.seed)
 
         def remember(text: str) -> None:
-            self._remember(rid, "completion", {"text": text}, input_text=req.prompts[0])
+            self._remember(rid, "completion", {"text": text}, input_text=texts[0])
 
         def chunk(text: str, finish: str | None, usage: Usage | None, choices: bool = True) -> CompletionResponse:
             choice = CompletionChoice(text=text, index=0, finish_reason=finish)
@@ -684,26 +689,51 @@ class EnsembleIngress:
 
         if req.stream:  # one prompt (the schema refuses streaming a list)
             call = partial(self.lm.options(stream=True).stream.remote, prompts[0], *decoding)
-            return await self._streamed(call, chunk, remember, req.usage_chunk, route="/v1/completions", rid=rid)
+            return await self._streamed(call, chunk, remember, req.usage_chunk, route=route, rid=rid)
         # a list of prompts: decoded concurrently (the replicas share them), one choice each
-        dones = await self._call(*(partial(self.lm.complete.remote, p, *decoding) for p in prompts))
-        choices = []
-        for i, done in enumerate(dones):
-            text, withheld = await self._guard_output(rid, "/v1/completions", done.text)
-            choices.append(
-                CompletionChoice(text=text, index=i, finish_reason="content_filter" if withheld else done.finish_reason)
+        if req.scored:
+            scored = await self._call(
+                *(partial(self.lm.complete_scored.remote, p, *decoding, req.logprobs, req.echo) for p in prompts)
             )
+            if refused := next((o["refused"] for o in scored if "refused" in o), None):
+                raise HTTPException(422, f"prompt: {refused}")
+        else:
+            dones = await self._call(*(partial(self.lm.complete.remote, p, *decoding) for p in prompts))
+            scored = [{"completion": d, "prompt_text": "", "logprobs": None} for d in dones]
+        choices = []
+        for i, out in enumerate(scored):
+            done = out["completion"]
+            text, withheld = await self._guard_output(rid, route, done.text)
+            # the tokens' log-probabilities would show what the filter took out of the text
+            logprobs = out["logprobs"] if text == done.text else None
+            finish = "content_filter" if withheld else done.finish_reason
+            choices.append(
+                CompletionChoice(text=out["prompt_text"] + text, index=i, logprobs=logprobs, finish_reason=finish)
+            )
+        dones = [o["completion"] for o in scored]
         if len(prompts) == 1:
             remember(choices[0].text)
         else:  # feedback on a batch refers to the whole batch
             answer = {"texts": [c.text for c in choices]}
-            self._remember(rid, "completion", answer, input_text=json.dumps(req.prompts, ensure_ascii=False))
+            self._remember(rid, "completion", answer, input_text=json.dumps(texts, ensure_ascii=False))
         usage = Usage(
             prompt_tokens=sum(d.prompt_tokens for d in dones),
             completion_tokens=sum(d.completion_tokens for d in dones),
             total_tokens=sum(d.prompt_tokens + d.completion_tokens for d in dones),
         )
         return CompletionResponse(id=rid, created=created, model=LM_MODEL_ID, choices=choices, usage=usage)
+
+    async def _prompt_texts(self, prompts: list[str | list[int]]) -> list[str]:
+        """Each prompt's text: token ids as the model's tokenizer reads them (422 naming an id
+        outside its vocabulary), text as sent."""
+        ids = [p for p in prompts if not isinstance(p, str)]
+        if not ids:
+            return list(prompts)
+        (read,) = await self._call(partial(self.lm.detokenize.remote, ids))
+        if "refused" in read:
+            raise HTTPException(422, f"prompt: {read['refused']}")
+        texts = iter(read["texts"])
+        return [p if isinstance(p, str) else next(texts) for p in prompts]
 
     async def _conversation(self, rid: str, route: str, messages: list[dict], field: str) -> tuple[str, list[str]]:
         """A conversation as the prompt the model continues and the stops that end its turn: the
@@ -744,9 +774,17 @@ class EnsembleIngress:
                 route="/v1/chat/completions",
                 rid=rid,
             )
-        (done,) = await self._call(partial(self.lm.complete.remote, *args))
+        logprobs = None
+        if req.logprobs_top is None:
+            (done,) = await self._call(partial(self.lm.complete.remote, *args))
+        else:
+            (scored,) = await self._call(partial(self.lm.complete_scored.remote, *args, req.logprobs_top, False))
+            done = scored["completion"]
+            logprobs = chat_logprobs(scored["logprobs"], done.completion_tokens)
         text = done.text.lstrip()  # the template ends "Assistant:", the model goes on " ..."
-        text, withheld = await self._guard_output(rid, "/v1/chat/completions", text)
+        guarded, withheld = await self._guard_output(rid, "/v1/chat/completions", text)
+        if guarded != text:  # the tokens' log-probabilities would show what the filter took out
+            text, logprobs = guarded, None
         remember(text)
         return ChatCompletionResponse(
             id=rid,
@@ -756,6 +794,7 @@ class EnsembleIngress:
                 ChatChoice(
                     index=0,
                     message=AssistantMessage(content=text),
+                    logprobs=logprobs,
                     finish_reason="content_filter" if withheld else done.finish_reason,
                 )
             ],

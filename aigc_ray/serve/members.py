@@ -187,6 +187,25 @@ class LanguageModelDeployment:
         async with self.lock:
             return await asyncio.to_thread(self.lm.complete, prompt, max_tokens, temperature, top_p, stop, seed)
 
+    async def complete_scored(
+        self, prompt, max_tokens: int, temperature: float, top_p: float, stop, seed, logprobs: int | None, echo: bool
+    ) -> dict:
+        """``complete`` with log-probabilities and the echoed prompt (``scored_completion``)."""
+        from .generation import scored_completion
+
+        args = (prompt, max_tokens, temperature, top_p, stop, seed, logprobs, echo)
+        async with self.lock:
+            return await asyncio.to_thread(scored_completion, self.lm, *args)
+
+    def detokenize(self, prompts: list[list[int]]) -> dict:
+        """Token-id prompts as text (what the safety filter and the feedback store read), or
+        {"refused": why} for an id outside the vocabulary."""
+        try:
+            ids = [self.lm.checked_ids(p) for p in prompts]
+        except ValueError as e:
+            return {"refused": str(e)}
+        return {"texts": [self.lm.tokenizer.decode(i, skip_special_tokens=True) for i in ids]}
+
     def render(self, messages: list[dict]) -> dict:
         """A conversation as {"prompt", "stop"} (see ``render_chat``), or {"refused": why} when
         the model's chat template refuses it (a client error, answered 422)."""

@@ -250,8 +250,8 @@ def only_no_op(field: str, v: Any, no_ops: tuple) -> Any:
 
 class Decoding(Strict):
     """What completions and chat completions share: the OpenAI fields this server honours. Fields
-    that would change the answer but are not applied (penalties, logit_bias, tools, JSON output,
-    log-probabilities) are refused by name unless they ask for nothing; the rest of OpenAI's
+    that would change the answer but are not applied (penalties, logit_bias, tools, JSON output)
+    are refused by name unless they ask for nothing; the rest of OpenAI's
     extras (metadata, store, service_tier, ...) change nothing here and are ignored."""
 
     model_config = ConfigDict(extra="ignore")
@@ -291,26 +291,30 @@ class Decoding(Strict):
 
 
 MAX_PROMPTS = 16  # prompts of one completions request (LangChain's OpenAI LLM batches up to 20)
-NO_LOGPROBS = "this server does not return log-probabilities: leave it out"
+MAX_PROMPT_IDS = 4096  # token ids of one prompt sent as ids (the model's own positions bound it further)
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's legacy completions allow 5, vLLM 20)
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=MAX_PROMPT_IDS)]
 
 
 class CompletionRequest(Decoding):
     """OpenAI's completions request."""
 
-    prompt: Text | list[Text] = Field(
+    prompt: Text | list[Text] | TokenIds | list[TokenIds] = Field(
         description=f"A prompt, or a list of up to {MAX_PROMPTS} answered as one choice each (index = the prompt's "
-        "place), as batching clients send them (not with stream)."
+        "place), as batching clients send them (not with stream). A prompt may be token ids of this model's "
+        "tokenizer (GET /v1/models names it), as evaluation harnesses send them: read as sent, no token added."
     )
-    max_tokens: int = Field(16, ge=1)
-    logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
-    echo: bool | None = Field(None, description="false only: the answer holds the completion, not the prompt.")
+    max_tokens: int = Field(16, ge=0, description="0 only with echo: score the prompt, answer nothing.")
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Return each token's log-probability under the ensemble (before temperature and top_p) and "
+        "this many most likely alternatives at its place; not with stream.",
+    )
+    echo: bool = Field(False, description="Answer the prompt followed by its completion (with logprobs: scored too).")
     suffix: Text | None = Field(None, description="Empty only: no insertion.")
     best_of: int | None = Field(None, description="1 only: one candidate per request.")
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, v: bool | None) -> bool | None:
-        return only_no_op("echo", v, (False,))
 
     @field_validator("suffix")
     @classmethod
@@ -322,43 +326,41 @@ class CompletionRequest(Decoding):
     def _one_candidate(cls, v: int | None) -> int | None:
         return only_no_op("best_of", v, (1,))
 
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _text_not_token_ids(cls, v: Any) -> Any:
-        if isinstance(v, list) and v and all(isinstance(x, int) or (isinstance(x, list) and x) for x in v):
-            if all(isinstance(t, int) for x in v for t in (x if isinstance(x, list) else [x])):
-                raise ValueError("token ids are not taken (the tokenizer is this server's): send the prompt's text")
-        return v
-
     @field_validator("prompt")
     @classmethod
-    def _prompt_sizes(cls, v: str | list[str]) -> str | list[str]:
-        prompts = [v] if isinstance(v, str) else v
+    def _prompt_sizes(cls, v: Any) -> Any:
+        prompts = [v] if isinstance(v, str) or (v and isinstance(v[0], int)) else v
         if not 0 < len(prompts) <= MAX_PROMPTS:
             raise ValueError(f"{len(prompts)} prompts; send 1 to {MAX_PROMPTS}")
         for i, p in enumerate(prompts):
-            if not 0 < len(p) <= 2000:
-                where = "" if isinstance(v, str) else f" {i}"
+            if isinstance(p, str) and not 0 < len(p) <= 2000:
+                where = "" if prompts is not v else f" {i}"
                 raise ValueError(f"prompt{where} must be 1 to 2000 characters")
         return v
 
     @model_validator(mode="after")
-    def _stream_one(self) -> CompletionRequest:
+    def _whole_answers(self) -> CompletionRequest:
         if self.stream and len(self.prompts) > 1:
             raise ValueError(
                 f"stream one prompt at a time ({len(self.prompts)} prompts are answered whole, without stream)"
             )
+        if self.stream and (self.logprobs is not None or self.echo):
+            raise ValueError("logprobs and echo are answered whole: send them without stream")
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens 0 answers nothing: ask for at least 1 token, or echo the prompt to score it")
         return self
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: int | None) -> None:
-        if v is not None:
-            raise ValueError(NO_LOGPROBS)
+    @property
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: its text, or its token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return list(self.prompt)
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def scored(self) -> bool:
+        """Whether the answer carries more than the completion's text (log-probabilities, the prompt)."""
+        return self.logprobs is not None or self.echo
 
 
 class TextPart(Strict):
@@ -406,8 +408,14 @@ class ChatCompletionRequest(Decoding, CallsNoTools):
     messages: list[ChatMessage] = Field(min_length=1, max_length=64)
     max_tokens: int | None = Field(None, ge=1, description="Deprecated by OpenAI: max_completion_tokens.")
     max_completion_tokens: int | None = Field(None, ge=1, description="Default: the server's serve.max_tokens.")
-    logprobs: bool | None = Field(None, description="true is refused (422): " + NO_LOGPROBS + ".")
-    top_logprobs: int | None = Field(None, description="Refused (422): " + NO_LOGPROBS + ".")
+    logprobs: bool = Field(
+        False,
+        description="Return each answer token's log-probability under the ensemble (before temperature and "
+        "top_p); not with stream.",
+    )
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="With logprobs: this many most likely alternatives per token."
+    )
     functions: list[Any] | None = Field(None, description="Empty only (tools' old name).")
     function_call: Any = Field(None, description="none or auto only (tool_choice's old name).")
     response_format: dict[str, Any] | None = Field(
@@ -439,34 +447,43 @@ class ChatCompletionRequest(Decoding, CallsNoTools):
             raise ValueError(f"the conversation holds {chars} characters; at most 8000")
         return v
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError(NO_LOGPROBS)
-        return v
-
-    @field_validator("top_logprobs")
-    @classmethod
-    def _no_top_logprobs(cls, v: int | None) -> None:
-        if v is not None:
-            raise ValueError(NO_LOGPROBS)
-
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
         if None not in (self.max_tokens, self.max_completion_tokens) and self.max_tokens != self.max_completion_tokens:
             raise ValueError("max_tokens and max_completion_tokens disagree: send one")
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true (as OpenAI asks)")
+        if self.stream and self.logprobs:
+            raise ValueError("logprobs are answered whole: send them without stream")
         return self
+
+    @property
+    def logprobs_top(self) -> int | None:
+        """How many alternatives per token, or None for no log-probabilities."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
 
+class CompletionLogprobs(BaseModel):
+    """OpenAI's completions log-probabilities, one entry per token of the choice's text (with echo,
+    the prompt's first: its first token has none), plus the end-of-text token that ended the
+    answer, which the text does not hold."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int] = Field(description="Where each token starts in the choice's text.")
+
+
 class CompletionChoice(BaseModel):
     text: str
     index: int
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = Field(
+        None, description="With logprobs in the request; null if the safety filter changed the answer."
+    )
     finish_reason: str | None = Field(description="stop | length; null on a streamed chunk before the last.")
 
 
@@ -492,10 +509,27 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] = Field(description="The token's text as UTF-8 bytes.")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="The likeliest tokens at this place, likeliest first.")
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob]
+    refusal: None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = Field(
+        None, description="With logprobs in the request; null if the safety filter changed the answer."
+    )
     finish_reason: str
 
 
