@@ -1,7 +1,8 @@
 """What training budget the style-based text-to-image generator needs to match the DCGAN.
 
 Both generators are trained side by side with the quickstart's GAN settings (its trial config,
-lr 1e-3, TTUR ratio 1) on the same caption rows, with direct ``train_step`` calls (no Tune: the
+lr 1e-3, TTUR ratio 1, the auxiliary class loss at the spec's ``class_weight`` unless
+``--class-weight`` says otherwise) on the same caption rows, with direct ``train_step`` calls (no Tune: the
 sweep's budget is steps), and scored every few hundred steps by ``cond_accuracy`` — how often the
 dataset's classifier reads the class the prompt asked for — on both embedded datasets. One line
 per dataset and budget: ``style/dcgan cond_accuracy ratio``; the quickstart's sweep gives a trial
@@ -27,7 +28,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def curves(spec, storage, budgets: list[int], seed: int, kinds=("dcgan", "style")) -> dict[str, list[float]]:
+def curves(
+    spec, storage, budgets: list[int], seed: int, kinds=("dcgan", "style"), class_weight: float | None = None
+) -> dict[str, list[float]]:
     import torch
 
     from aigc_ray.data.info import dataset_info, prompt_template
@@ -45,6 +48,8 @@ def curves(spec, storage, budgets: list[int], seed: int, kinds=("dcgan", "style"
     out = {}
     for kind in kinds:
         config = {**spec.gan.trial_config(), "generator": kind, "g_lr": 1e-3, "seed": seed}
+        if class_weight is not None:
+            config["class_weight"] = class_weight
         config |= {"image_size": size, "channels": info.channels, "num_classes": info.num_classes}
         torch.manual_seed(seed)
         g, d, opt_g, opt_d = build_gan(config)
@@ -66,6 +71,12 @@ def main() -> int:
     parser.add_argument(
         "--kinds", default="dcgan,style", help="generators to train (one per process: run two to use two cores)"
     )
+    parser.add_argument(
+        "--class-weight",
+        type=float,
+        default=None,
+        help="gan.class_weight (default: the spec's; 0 turns AC-GAN's loss off)",
+    )
     args = parser.parse_args()
     budgets = sorted(int(b) for b in args.budgets.split(","))
     logging.disable(logging.WARNING)
@@ -85,7 +96,7 @@ def main() -> int:
             storage = Storage.from_spec(spec.storage)
             build_data(spec, storage, log=lambda *_: None)
             kinds = args.kinds.split(",")
-            runs = [curves(spec, storage, budgets, seed, kinds) for seed in range(args.seeds)]
+            runs = [curves(spec, storage, budgets, seed, kinds, args.class_weight) for seed in range(args.seeds)]
             for i, budget in enumerate(budgets):
                 score = {k: float(np.mean([r[k][i] for r in runs])) for k in kinds}
                 line = f"{dataset:<7} {budget:>5} steps: cond_accuracy " + " ".join(

@@ -147,6 +147,48 @@ def test_projection_discriminator_depends_on_the_condition():
         d(x)
 
 
+def test_the_class_head_is_there_only_for_a_conditional_gan_with_a_class_weight():
+    from aigc_ray.models.generators import build_discriminator
+
+    base = {"condition": "caption", "width": 4, "num_classes": 6, "image_size": 32, "channels": 3}
+    d = build_discriminator({**base, "class_weight": 1.0})
+    logit, classes = d(torch.rand(2, 3, 32, 32), torch.randn(2, 384), classes=True)
+    assert logit.shape == (2,) and classes.shape == (2, 6)
+    # off, or a config written before it existed: D as it was (its checkpoints load)
+    for config in ({**base, "class_weight": 0.0}, base, {**base, "condition": "none", "class_weight": 1.0}):
+        assert not any(k.startswith("class_head") for k in build_discriminator(config).state_dict())
+    with pytest.raises(ValueError, match="no class head"):
+        build_discriminator(base)(torch.rand(2, 3, 32, 32), torch.randn(2, 384), classes=True)
+    with pytest.raises(ValueError, match="needs a conditional discriminator"):
+        Discriminator(4, num_classes=3)
+
+
+def test_with_a_class_weight_d_learns_to_name_the_class_of_real_images():
+    """The auxiliary classifier's half in D: trained through ``train_step`` on two classes that
+    differ in brightness, D names the class of real images it never saw; without the weight D has
+    no class head to train."""
+    from aigc_ray.models.gan_training import TrainData, build_gan, train_step
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(64) % 2
+    images = (np.where(labels[:, None, None, None] == 1, 0.6, -0.6) + rng.normal(0, 0.2, (64, 1, 16, 16))).astype(
+        np.float32
+    )
+    captions = {"embedding": rng.normal(size=(64, 384)).astype(np.float32), "label": labels, "named": labels}
+    config = {"seed": 0, "generator": "dcgan", "condition": "caption", "z_dim": 8, "width": 4, "cond_dim": 8}
+    config |= {"g_lr": 1e-3, "d_lr": 1e-3, "lr_ratio": None, "beta1": 0.5, "batch_size": 16, "num_classes": 2}
+    config |= {"class_weight": 1.0, "mismatch_weight": 1.0}
+    g, d, opt_g, opt_d = build_gan(config)
+    data = TrainData.make(images, captions, 2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        train_step(g, d, opt_g, opt_d, data, config, gen)
+    fresh = np.where(np.arange(20) % 2 == 1, 0.6, -0.6)[:, None, None, None] + rng.normal(0, 0.2, (20, 1, 16, 16))
+    with torch.no_grad():
+        _, classes = d.eval()(torch.tensor(fresh, dtype=torch.float32), torch.randn(20, 384), classes=True)
+    assert (classes.argmax(1).numpy() == np.arange(20) % 2).mean() >= 0.9
+
+
 def test_unconditional_networks_keep_their_old_state_dict_keys():
     assert set(Generator(16, 8).state_dict()) == OLD_G_KEYS
     assert set(Discriminator(8).state_dict()) == OLD_D_KEYS

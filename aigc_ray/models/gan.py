@@ -107,12 +107,22 @@ class Discriminator(nn.Module):
     features before the last linear layer, logit = linear(φ(x)) + <embed(c), φ(x)>, where embed
     maps the raw caption embedding (N, ``embed_dim``) through ``cond_dim`` to φ's width. With
     ``cond_dim`` = 0 the module (and its state-dict keys) are the plain unconditional one.
+    With ``num_classes`` > 0 (conditional only) it also has a class head on φ (AC-GAN, Odena et
+    al. 2017), read with ``classes=True``.
     """
 
     def __init__(
-        self, width: int = 64, channels: int = 1, cond_dim: int = 0, embed_dim: int = 384, size: int = IMAGE_SIZE
+        self,
+        width: int = 64,
+        channels: int = 1,
+        cond_dim: int = 0,
+        embed_dim: int = 384,
+        size: int = IMAGE_SIZE,
+        num_classes: int = 0,
     ):
         super().__init__()
+        if num_classes and not cond_dim:
+            raise ValueError("a class head needs a conditional discriminator (cond_dim > 0)")
         self.cond_dim = cond_dim
         layers = up_layers(size)
         blocks: list[nn.Module] = [nn.Conv2d(channels, width, 4, 2, 1), nn.LeakyReLU(0.2, True)]  # (N, w, size/2)
@@ -124,8 +134,11 @@ class Discriminator(nn.Module):
         if cond_dim:
             self.cond_proj = nn.Linear(embed_dim, cond_dim)
             self.cond_embed = nn.Linear(cond_dim, top * 4 * 4, bias=False)
+        if num_classes:
+            self.class_head = nn.Linear(top * 4 * 4, num_classes)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None, classes: bool = False):
+        """The real/fake logit (N,); with ``classes``, also the class logits (N, num_classes)."""
         if not self.cond_dim:
             if cond is not None:
                 raise ValueError("this discriminator is unconditional: it takes no cond")
@@ -134,7 +147,12 @@ class Discriminator(nn.Module):
             raise ValueError("this discriminator is conditional: pass the caption embeddings as cond")
         phi = self.net[:-1](x)  # (N, top·16)
         projection = (self.cond_embed(self.cond_proj(cond)) * phi).sum(1)
-        return self.net[-1](phi).squeeze(1) + projection
+        logit = self.net[-1](phi).squeeze(1) + projection
+        if not classes:
+            return logit
+        if not hasattr(self, "class_head"):
+            raise ValueError("this discriminator has no class head (class_weight 0)")
+        return logit, self.class_head(phi)
 
 
 def d_lr_of(config: dict) -> float:

@@ -5,7 +5,9 @@ evaluation scores. Tune's trial (``tune.gan_trainable``) drives these.
 G and D come from the factory (``models.generators``): DCGAN or style-based G, unconditional or
 conditioned on the caption's MiniLM embedding (text-to-image). A conditional step trains on
 (image, caption embedding) rows and its D also learns to reject real images paired with a
-caption naming another digit (GAN-INT-CLS's matching-aware loss, Reed et al. 2016).
+caption naming another digit (GAN-INT-CLS's matching-aware loss, Reed et al. 2016); with
+``class_weight`` > 0 D also names each real image's class and G is trained so that D names the
+class its caption asks for (AC-GAN's auxiliary classifier, Odena et al. 2017).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..data.digits import NUM_CLASSES
 from .classifier import ImageClassifier
 from .device import module_device, on
 from .gan import EVAL_SEED, d_lr_of, descend, discriminator_loss, generator_loss
-from .generators import build_discriminator, build_generator, generate, generate_for_embeddings
+from .generators import build_discriminator, build_generator, class_weight, generate, generate_for_embeddings
 from .metrics import class_accuracy
 from .style_gan import StyleGenerator
 
@@ -63,6 +65,7 @@ class TrainData:
     label: torch.Tensor | None = None
     pool: torch.Tensor | None = None
     pool_len: torch.Tensor | None = None
+    named: torch.Tensor | None = None  # the class each row's caption names, -1 for a vague one
 
     @classmethod
     def make(cls, real: np.ndarray, captions: dict | None = None, num_classes: int = NUM_CLASSES) -> TrainData:
@@ -82,6 +85,7 @@ class TrainData:
             torch.from_numpy(np.array(captions["label"], dtype=np.int64)),
             torch.from_numpy(pool),
             torch.tensor([len(r) for r in rows]),
+            torch.from_numpy(named.astype(np.int64)),
         )
 
     def mismatched(self, label: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,11 +121,16 @@ def train_step(g, d, opt_g, opt_d, data: TrainData, config: dict, gen: torch.Gen
         fake = g(z, c, z2=z2, crossover=crossover, noise_gen=gen)
     else:
         fake = g(z) if c is None else g(z, c)
+    aux = class_weight(config) if c is not None else 0.0
     if c is None:
         real_logits, fake_logits = d(x), d(fake.detach())
         loss_d = discriminator_loss(real_logits, fake_logits)
     else:
-        real_logits, fake_logits = d(x, c), d(fake.detach(), c)
+        if aux:
+            real_logits, real_classes = d(x, c, classes=True)
+        else:
+            real_logits = d(x, c)
+        fake_logits = d(fake.detach(), c)
         loss_d = discriminator_loss(real_logits, fake_logits)
         weight = float(config.get("mismatch_weight", 1.0))
         if weight > 0:
@@ -131,8 +140,19 @@ def train_step(g, d, opt_g, opt_d, data: TrainData, config: dict, gen: torch.Gen
                 mismatch_logits, torch.zeros_like(mismatch_logits), reduction="none"
             )
             loss_d = loss_d + weight * (per_row * ok).sum() / ok.sum().clamp(min=1)
+        if aux:  # D learns the class of the real image (whatever its caption says)
+            loss_d = loss_d + aux * F.cross_entropy(real_classes, on(device, data.label[idx]))
     descend(opt_d, loss_d)
-    loss_g = generator_loss(d(fake) if c is None else d(fake, c))
+    if c is None:
+        loss_g = generator_loss(d(fake))
+    elif not aux:
+        loss_g = generator_loss(d(fake, c))
+    else:  # G: D should name the class the caption asked for (a vague caption asks for none)
+        g_logits, fake_classes = d(fake, c, classes=True)
+        asked = on(device, data.named[idx])
+        per_row = F.cross_entropy(fake_classes, asked.clamp(min=0), reduction="none")
+        named = (asked >= 0).float()
+        loss_g = generator_loss(g_logits) + aux * (per_row * named).sum() / named.sum().clamp(min=1)
     descend(opt_g, loss_g)
     return {
         "loss_d": loss_d.detach(),

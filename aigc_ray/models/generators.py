@@ -80,7 +80,15 @@ def build_discriminator(config: dict) -> Discriminator:
         cond_dim=_cond_dim(config),
         embed_dim=EMBED_DIM,
         size=int(_get(config, "image_size")),
+        # configs written before the class count was recorded are the digits'
+        num_classes=int(config.get("num_classes") or 10) if class_weight(config) > 0 else 0,
     )
+
+
+def class_weight(config: dict) -> float:
+    """The auxiliary classification loss's weight: 0 for an unconditional GAN, and for configs
+    written before it existed (their D has no class head)."""
+    return float(config.get("class_weight") or 0.0) if is_conditional(config) else 0.0
 
 
 def _as_cond(cond, n: int, conditional: bool) -> torch.Tensor | None:

@@ -88,6 +88,7 @@ GAN_SEARCHABLE = {
     "style_dim",
     "mixing_prob",
     "mismatch_weight",
+    "class_weight",
 }
 FUSION_SEARCHABLE = {
     "operator",
@@ -105,7 +106,8 @@ VIDEO_SEARCHABLE = {"g_lr", "d_lr", "lr_ratio", "z_dim", "width", "batch_size", 
 FUSION_OPERATORS = ("weighted_sum", "concat", "gated", "cross_attention")
 GENERATORS = ("dcgan", "style")
 # Dimensions that shape the network: a trial samples them once; PBT never mutates them.
-GAN_STRUCTURAL = frozenset({"z_dim", "width", "generator", "style_dim"})
+# (class_weight: D has a class head only when it is above 0)
+GAN_STRUCTURAL = frozenset({"z_dim", "width", "generator", "style_dim", "class_weight"})
 FUSION_STRUCTURAL = frozenset({"operator", "dim"})
 VIDEO_STRUCTURAL = frozenset({"z_dim", "width"})
 
@@ -184,6 +186,13 @@ class GanSpec(SweptSection):
     cond_dim: int = Field(32, ge=1, description="Width the caption embedding is projected to (condition: caption).")
     mismatch_weight: float = Field(
         1.0, ge=0, description="Weight of D's loss on real images paired with a wrong caption (condition: caption)."
+    )
+    class_weight: float = Field(
+        1.0,
+        ge=0,
+        description="condition: caption: weight of an auxiliary classification loss (AC-GAN): D also names the "
+        "class of each real image, and G is trained so that D names the class its caption asks for. It teaches "
+        "the generators to draw the named class sooner (the style generator most). 0: off.",
     )
     style_dim: int = Field(64, ge=4, description="Style generator: width of the mapping network's style vector w.")
     mapping_layers: int = Field(3, ge=1, le=8, description="Style generator: layers of the mapping network z -> w.")
