@@ -30,6 +30,7 @@ from .spec.tracking import absolute_sqlite
 DEFAULT_STORE = "runs/mlflow.db"  # beside the command's directory, like storage.root's ./runs
 _KEY_UNSAFE = re.compile(r"[^\w\-. /]")  # what MLflow refuses in a metric's name
 PARAM_CHARS = 500  # MLflow refuses longer values (6000 at most); configs hold a few long strings
+METRICS_PER_BATCH = 1000  # the most metrics MLflow takes in one log_batch
 
 
 def tracking_uri(spec: ExperimentSpec) -> str | None:
@@ -93,16 +94,21 @@ class RunRef:
     name: str
 
     def log_metrics(self, metrics: Mapping, step: int = 0) -> None:
-        """Log the numbers of ``metrics`` at ``step``. A tracking store that fails here warns
-        once and training goes on: hours of training are not lost to a tracking outage."""
+        """Log the numbers of ``metrics`` at ``step``."""
+        self.log_steps([(metrics, step)])
+
+    def log_steps(self, steps: list[tuple[Mapping, int]]) -> None:
+        """Log several steps' metrics in one write (a training loop buffers its steps: one store
+        commit per step cost rank 0 — and so every rank, at the next all-reduce — about 5 % of a
+        small model's step). A tracking store that fails here warns once and training goes on:
+        hours of training are not lost to a tracking outage."""
         from mlflow.entities import Metric
 
-        values = metric_values(metrics)
-        if not values:
-            return
         now = int(time.time() * 1000)
+        rows = [Metric(k, v, now, step) for metrics, step in steps for k, v in metric_values(metrics).items()]
         try:
-            _client(self.uri).log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+            for i in range(0, len(rows), METRICS_PER_BATCH):
+                _client(self.uri).log_batch(self.run_id, metrics=rows[i : i + METRICS_PER_BATCH])
         except Exception as exc:  # noqa: BLE001 - see the docstring
             _warn_once(f"MLflow: could not log metrics to run {self.run_id} at {self.uri}: {exc}")
 

@@ -59,6 +59,29 @@ def _style(cond_dim: int = 0) -> StyleGenerator:
     return g
 
 
+@pytest.mark.parametrize("demodulate", [True, False])
+def test_a_modulated_convolution_is_each_samples_own_modulated_kernel(demodulate):
+    """StyleGAN2's definition, written out per sample: the kernel scaled by the sample's style on
+    its input channels, each output filter renormalised to unit norm. The layer computes it as one
+    shared convolution; the images must be the same ones (old exports load and draw the same)."""
+    import torch.nn.functional as F
+
+    from aigc_ray.models.style_gan import ModulatedConv2d
+
+    torch.manual_seed(0)
+    conv = ModulatedConv2d(in_ch=5, out_ch=7, kernel=3, style_dim=6, demodulate=demodulate)
+    x, w = torch.randn(4, 5, 8, 8), torch.randn(4, 6)
+    style = conv.affine(w)
+    expected = []
+    for i in range(4):
+        kernel = conv.scale * conv.weight * style[i][None, :, None, None]
+        if demodulate:
+            kernel = kernel / kernel.pow(2).sum(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt()
+        expected.append(F.conv2d(x[i : i + 1], kernel, padding=1))
+    torch.testing.assert_close(conv(x, w), torch.cat(expected), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(conv(x, w)[0], conv(x, w.roll(1, dims=0))[0])  # the style matters
+
+
 def test_style_mixing_changes_the_output_and_the_crossover_selects_the_styles():
     g = _style()
     z1, z2 = torch.randn(4, 8, generator=torch.Generator().manual_seed(1)), torch.randn(4, 8)

@@ -51,6 +51,19 @@ def test_a_run_with_stages_is_a_parent_with_children_and_a_failed_stage_is_faile
     assert len(tags["aigc.spec_hash"]) == 64 and tags["aigc.code_version"] and tags["aigc.storage_root"]
 
 
+def test_buffered_steps_are_written_each_at_its_own_step_even_past_one_batchs_limit(tmp_path):
+    """A training loop writes its steps in one call per log_every: every step keeps its own point,
+    in order, and more metrics than MLflow takes in one batch (1,000) all arrive."""
+    uri, client = _store(tmp_path)
+    spec = load_spec(None, ["name=buffered", f"tracking.mlflow_uri={uri}"])
+    with tracked_run(spec, "pretrain") as stage:
+        stage.log_steps([({"loss": 1.0 / s, "lr": 0.1, "tokens_per_s": 100.0 * s}, s) for s in range(1, 401)])
+    loss = client.get_metric_history(stage.run_id, "loss")
+    assert [m.step for m in loss] == list(range(1, 401))
+    assert [m.value for m in loss] == pytest.approx([1.0 / s for s in range(1, 401)])
+    assert len(client.get_metric_history(stage.run_id, "tokens_per_s")) == 400  # 1,200 metrics in all
+
+
 def test_a_stage_alone_is_a_top_level_run_and_tracking_off_writes_nothing(tmp_path):
     uri, client = _store(tmp_path)
     spec = load_spec(None, ["name=alone", f"tracking.mlflow_uri={uri}"])

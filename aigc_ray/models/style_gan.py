@@ -78,18 +78,17 @@ class ModulatedConv2d(nn.Module):
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)  # styles start around 1
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        n, _, h, wd = x.shape
+        # The same arithmetic as modulating each sample's kernel (a grouped convolution, one group
+        # per sample), done as StyleGAN2's "non-fused" path: scale the input channels by the style,
+        # one shared convolution, then scale each output filter by its demodulation factor. On
+        # CPU the grouped form ran the generator's forward and backward 2.4x slower.
         style = self.affine(w)  # (N, in)
-        weight = self.scale * self.weight.unsqueeze(0) * style[:, None, :, None, None]  # (N, out, in, k, k)
-        if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
-        out = F.conv2d(
-            x.reshape(1, n * self.in_ch, h, wd),
-            weight.reshape(n * self.out_ch, self.in_ch, self.kernel, self.kernel),
-            padding=self.kernel // 2,
-            groups=n,
-        )
-        return out.view(n, self.out_ch, h, wd)
+        weight = self.scale * self.weight  # (out, in, k, k)
+        out = F.conv2d(x * style[:, :, None, None], weight, padding=self.kernel // 2)
+        if self.demodulate:  # 1 / ||kernel x style|| per sample and output filter: (N, out)
+            demod = torch.rsqrt(style.pow(2) @ weight.pow(2).sum(dim=(2, 3)).t() + 1e-8)
+            out = out * demod[:, :, None, None]
+        return out
 
 
 class StyledConv(nn.Module):

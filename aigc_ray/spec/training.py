@@ -65,7 +65,9 @@ class TrainingSpec(Section):
     warmup_steps: int = Field(10, ge=0)
     max_steps: int = Field(100, ge=1)
     seq_len: int = Field(64, ge=8, description="Tokens per training sample.")
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(
+        10, ge=1, description="Every N steps: a step line in the log and the steps since written to MLflow."
+    )
     checkpoint_every: int = Field(50, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(1, ge=0, description="Worker failures survived by restarting from the last checkpoint.")
