@@ -10,6 +10,9 @@ same data (the embedded corpus). Prints, side by side:
   data_wait: the share of each Ray step spent getting its batches ready (median after the first 10
              steps, from the run's history; target < 5 %), and the read of the worker's blocks
              from Ray Data before the first step
+  log_steps: the median time of the steps right after a log_every boundary (where the loop prints,
+             writes its buffered steps to MLflow and, before 2026-12-05, reported to Ray Train)
+             against the other steps' (ratio, target ≈ 1: logging costs the loop nothing)
 
 The plain loop uses as many threads as the 2 workers together (one each), so both use the same
 cores. Use --preset/--steps for bigger runs on bigger machines.
@@ -18,6 +21,7 @@ cores. Use --preset/--steps for bigger runs on bigger machines.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -28,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 T0 = time.time()  # "the command": as early as this process can see
+LOG_EVERY = 5
 
 
 def plain_loop(spec, storage, steps: int, threads: int) -> tuple[list[float], float]:
@@ -126,7 +131,7 @@ def main() -> None:
                 f"pretrain.global_batch_size={8 * args.workers * 2}",
                 f"pretrain.max_steps={args.steps}",
                 f"pretrain.checkpoint_every={args.steps}",
-                f"pretrain.log_every={args.steps}",
+                f"pretrain.log_every={LOG_EVERY}",
                 f"ray.num_cpus={os.cpu_count()}",
             ],
         )
@@ -151,6 +156,7 @@ def main() -> None:
             "first_step": history[0]["time"] - marks["engine_built"],
         }
         wait_share = statistics.median(h["data_wait_share"] for h in history[10:])
+        logged, other = log_step_times(history[10:])
         plain_rates, plain_first = plain_loop(spec, storage, args.steps, threads=args.workers)
         floor_init, floor_fit = ray_train_floor(spec, args.workers)
     ray_steady, plain_steady = statistics.median(ray_rates), statistics.median(plain_rates[10:])
@@ -174,6 +180,19 @@ def main() -> None:
         f"data_wait ray_deepspeed share {100 * wait_share:.2f} % of each step; "
         f"blocks read from Ray Data before step 1 in {history[0]['data_load_s']:.2f} s"
     )
+    print(
+        f"log_steps ray_deepspeed after each log_every ({LOG_EVERY}) {1000 * logged:.0f} ms  "
+        f"other steps {1000 * other:.0f} ms  ratio {logged / other:.2f}"
+    )
+
+
+def log_step_times(history: list[dict]) -> tuple[float, float]:
+    """(median seconds of the steps that follow a log_every boundary, median of the others): what
+    the loop does after step k (print, MLflow write) lands in the interval up to step k + 1."""
+    logged, other = [], []
+    for before, after in itertools.pairwise(history):
+        (logged if before["step"] % LOG_EVERY == 0 else other).append(after["time"] - before["time"])
+    return statistics.median(logged), statistics.median(other)
 
 
 if __name__ == "__main__":
