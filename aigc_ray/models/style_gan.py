@@ -72,7 +72,7 @@ class ModulatedConv2d(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, kernel: int, style_dim: int, demodulate: bool = True):
         super().__init__()
-        self.in_ch, self.out_ch, self.kernel, self.demodulate = in_ch, out_ch, kernel, demodulate
+        self.kernel, self.demodulate = kernel, demodulate
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel, kernel))
         self.scale = 1.0 / math.sqrt(in_ch * kernel * kernel)  # equalised learning rate
         self.affine = EqualLinear(style_dim, in_ch, bias_init=1.0)  # styles start around 1

@@ -109,8 +109,7 @@ class RayHooks(Hooks):
     def report(self, metrics, checkpoint_dir):
         import ray.train
 
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
 
 
 def train_loop_per_worker(config: dict) -> None:

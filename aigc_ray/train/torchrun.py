@@ -37,12 +37,11 @@ class LocalHooks(Hooks):
         yield str(self.out) if (self.out / STATE_FILE).exists() else None
 
     def report(self, metrics, checkpoint_dir):
-        if checkpoint_dir and torch.distributed.get_rank() == 0:
-            print(json.dumps(metrics), flush=True)
-        if checkpoint_dir:
-            import shutil
+        import shutil
 
-            shutil.copytree(checkpoint_dir, self.out, dirs_exist_ok=True)
+        if torch.distributed.get_rank() == 0:
+            print(json.dumps(metrics), flush=True)
+        shutil.copytree(checkpoint_dir, self.out, dirs_exist_ok=True)
 
 
 def main() -> None:
