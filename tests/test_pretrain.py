@@ -60,7 +60,7 @@ def test_a_small_and_a_large_corpus_give_the_workers_the_same_blocks(ray_local, 
 
 
 @pytest.mark.parametrize(("stage", "objective"), [(0, "clm"), (1, "mlm"), (2, "clm"), (3, "clm")])
-def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data, tmp_path, stage, objective):
+def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data, tmp_path, stage, objective, capfd):
     base, storage = s3_data
     spec = spec_for(
         base,
@@ -77,6 +77,7 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
     result = pretrain(spec, storage, log=lambda *_: None)
     assert result.export_uri.startswith("s3://")
     _assert_one_tracked_run(spec, storage, result)
+    _assert_workers_lines_arrive_once(capfd, "[pretrain] step 12/12 ")
     kept = {
         f.split("/checkpoint_2")[1].split("/")[0]
         for f in storage.list_files(join(pretrain_dir(spec), "ray"))
@@ -116,6 +117,18 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         uri, again = export_latest(spec, storage, log=lambda *_: None)
         assert uri == result.export_uri and again["eval_loss"] == result.eval["eval_loss"]
         assert storage.read_bytes(join(uri, "model.safetensors")) == before
+
+
+def _assert_workers_lines_arrive_once(capfd, line: str) -> None:
+    """What a worker prints reaches the driver (so a stage's log) once: Ray Train's print patch
+    sends it to its logger as well as to stdout, and both reach the driver."""
+    seen, deadline = "", time.monotonic() + 20
+    while line not in seen and time.monotonic() < deadline:  # Ray relays worker output asynchronously
+        time.sleep(0.5)
+        seen += "".join(capfd.readouterr())
+    time.sleep(2)  # a second copy would follow within Ray's log relay interval
+    seen += "".join(capfd.readouterr())
+    assert seen.count(line) == 1, [x for x in seen.splitlines() if line in x]
 
 
 def _assert_one_tracked_run(spec, storage, result) -> None:
@@ -174,6 +187,27 @@ def test_bf16_and_optimizer_offload_train_and_export(ray_local, local_data, tmp_
     # (measured: 7.69271 by the bf16 engine, 7.69231 by the fp32 export).
     rel = 1e-3 if spec.pretrain.precision == "bf16" else 1e-5
     assert math.isclose(plain, result.eval["eval_loss"], rel_tol=rel), (plain, result.eval["eval_loss"])
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_model_dropout_is_the_specs_and_zero_makes_training_passes_deterministic(objective):
+    from aigc_ray.models.lm import build_lm, lm_config
+    from aigc_ray.spec import SpecError
+
+    ids = {"pad": 0, "bos": 1, "eos": 2}
+    x = torch.randint(3, 64, (2, 16))
+
+    def two_training_passes(*overrides):
+        model = build_lm(lm_config(load_spec(None, [f"pretrain.objective={objective}", *overrides]).pretrain, 64, ids))
+        model.train()  # dropout is on in training mode, when there is any
+        return model(input_ids=x).logits, model(input_ids=x).logits
+
+    a, b = two_training_passes()  # unset: the family's own dropout (0.1)
+    assert not torch.equal(a, b)
+    a, b = two_training_passes("pretrain.model.dropout=0")
+    assert torch.equal(a, b)
+    with pytest.raises(SpecError, match="pretrain.model.dropout"):
+        load_spec(None, ["pretrain.model.dropout=1"])
 
 
 def test_mlm_masks_are_a_function_of_step_and_position_in_the_batch():

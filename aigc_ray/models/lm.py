@@ -17,6 +17,7 @@ def lm_config(p: PretrainSpec, vocab_size: int, special_ids: dict[str, int]):
     from transformers import BertConfig, GPT2Config
 
     n_layer, n_head, n_embd = p.model.dims
+    drop = p.model.dropout
     if p.model_family == "gpt2":
         return GPT2Config(
             vocab_size=vocab_size,
@@ -32,6 +33,7 @@ def lm_config(p: PretrainSpec, vocab_size: int, special_ids: dict[str, int]):
             # elementwise ones): the same function, 21 % more tokens/s and 23 % less peak
             # memory for GPT-2-XL on an H200 (bench/gpu_mfu.py, BENCHMARKS.md).
             activation_function="gelu_pytorch_tanh",
+            **({} if drop is None else {"embd_pdrop": drop, "attn_pdrop": drop, "resid_pdrop": drop}),
         )
     return BertConfig(
         vocab_size=vocab_size,
@@ -42,6 +44,7 @@ def lm_config(p: PretrainSpec, vocab_size: int, special_ids: dict[str, int]):
         intermediate_size=4 * n_embd,
         pad_token_id=special_ids["pad"],
         type_vocab_size=1,
+        **({} if drop is None else {"hidden_dropout_prob": drop, "attention_probs_dropout_prob": drop}),
     )
 
 

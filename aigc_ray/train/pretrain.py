@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -187,11 +188,18 @@ def remove_uncommitted_checkpoints(storage: Storage, run_root: str) -> list[str]
     return sorted(removed)
 
 
+# Ray Train v2 sends each worker's print() to its logger as well as to stdout, so every line
+# a worker prints reached the stage's log twice; off unless the user set it (the driver's value
+# travels to the controller and its workers).
+PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
+
+
 def fit_and_tidy(trainer, storage: Storage, run_root: str, log=print):
     """``trainer.fit()`` with the run's uncommitted checkpoint folders removed before (what a
     killed earlier run left) and after (what this one's failures left)."""
     for stale in remove_uncommitted_checkpoints(storage, run_root):
         log(f"  removed an uncommitted checkpoint an earlier run left: {stale}")
+    os.environ.setdefault(PRINT_PATCH_ENV, "0")
     try:
         return trainer.fit()
     finally:
