@@ -1131,7 +1131,16 @@ def test_serve_build_writes_a_config_that_serve_accepts(served, tmp_path):
     assert config["http_options"]["host"] == "0.0.0.0" and app["deployments"][0]["name"] == "ingress"
     assert set(app["deployments"][0]["user_config"]["weights"]) == {"sweep-1", "sweep-2"}
     module, attr = app["import_path"].split(":")
-    assert isinstance(getattr(importlib.import_module(module), attr)(app["args"]), Application)
+    built = getattr(importlib.import_module(module), attr)(app["args"])
+    assert isinstance(built, Application)
+    # every deployment a stopping replica of which waits the spec's drain check (the quickstart's 0.2 s)
+    deployments, todo = {}, [built]
+    while todo:
+        d = todo.pop()._bound_deployment
+        deployments[d.name] = d._deployment_config.graceful_shutdown_wait_loop_s
+        args = [v for a in d.init_args for v in (a.values() if isinstance(a, dict) else [a])]  # members: a dict
+        todo += [a for a in args if isinstance(a, Application)]
+    assert len(deployments) == 7 and set(deployments.values()) == {0.2}, deployments
 
 
 @pytest.mark.slow

@@ -1079,6 +1079,7 @@ def build_app(args: dict):
         "ray_actor_options": {"num_cpus": s.cpus_per_replica, "num_gpus": s.gpus_per_replica},
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
+        "graceful_shutdown_wait_loop_s": s.drain_check_s,
     }
     scaling = (
         {"autoscaling_config": {"min_replicas": s.replicas, "max_replicas": s.autoscale_max_replicas}}
@@ -1143,6 +1144,7 @@ def build_app(args: dict):
         # (its router also queues requests for a moment while it picks a replica: room for that too)
         max_ongoing_requests=ingress_capacity(s, len(members)) + REJECTION_HEADROOM,
         max_queued_requests=REJECTION_HEADROOM,
+        graceful_shutdown_wait_loop_s=s.drain_check_s,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},
     )
     return ingress.bind(placed, s, members, generator, lm, video, spec.safety, explainer)

@@ -83,6 +83,13 @@ class ServeSpec(Section):
     max_batch_size: int = Field(16, ge=1, description="Dynamic batching in the members (@serve.batch).")
     batch_wait_ms: float = Field(5.0, ge=0, description="How long a member waits to fill a batch.")
     request_timeout_s: float = Field(30.0, gt=0, description="Per request, end to end.")
+    drain_check_s: float = Field(
+        2.0,
+        gt=0,
+        description="A replica being stopped (scale-down, redeploy, shutdown) waits this long, then again until its "
+        "requests in flight are done (Serve's graceful_shutdown_wait_loop_s): time for the routers to stop sending "
+        "it work. A shutdown stops the ingress, then the members: two waits.",
+    )
     max_request_bytes: int = Field(256 * 1024, ge=1024, description="Larger bodies get 413.")
     max_tokens: int = Field(128, ge=1, description="Upper bound on a completion's max_tokens.")
     max_images: int = Field(16, ge=1, description="Upper bound on images (or clips) per generation request.")
