@@ -178,7 +178,7 @@ def main() -> None:
     )
     print(
         f"data_wait ray_deepspeed share {100 * wait_share:.2f} % of each step; "
-        f"blocks read from Ray Data before step 1 in {history[0]['data_load_s']:.2f} s"
+        f"blocks in the worker (from the object store) before step 1 in {history[0]['data_load_s']:.2f} s"
     )
     print(
         f"log_steps ray_deepspeed after each log_every ({LOG_EVERY}) {1000 * logged:.0f} ms  "

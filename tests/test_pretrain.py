@@ -37,11 +37,14 @@ def history(storage: Storage, export_uri: str) -> list[dict]:
 
 
 def test_a_small_and_a_large_corpus_give_the_workers_the_same_blocks(ray_local, s3_data):
-    """A corpus up to pretrain.tokenize_in_driver_mb is tokenized in the driver, a larger one on
-    Ray Data (forced here with 0): what the workers pack is the same, and what torchrun reads."""
+    """A corpus up to pretrain.tokenize_in_driver_mb is tokenized and packed in the driver (its
+    blocks go to the object store: no Ray Data), a larger one on Ray Data (forced here with 0):
+    the blocks the workers train on are the same, and what torchrun reads."""
+    import ray
+
     from aigc_ray.data.build import build_data
     from aigc_ray.data.lm_blocks import blocks_from_dataset_iterator
-    from aigc_ray.train.pretrain import token_datasets
+    from aigc_ray.train.pretrain import token_inputs
 
     base, storage = s3_data
     packed = {}
@@ -49,9 +52,14 @@ def test_a_small_and_a_large_corpus_give_the_workers_the_same_blocks(ray_local, 
         spec = spec_for(base, "tokenize", f"pretrain.tokenize_in_driver_mb={limit}")
         build_data(spec, storage, log=lambda *_: None)
         said = []
-        datasets = token_datasets(spec, storage, log=said.append)
+        tokens = token_inputs(spec, storage, log=said.append)
         assert f"tokenized {where}" in said[0], said
-        packed[where] = {split: blocks_from_dataset_iterator(ds, 64) for split, ds in datasets.items()}
+        if limit:
+            assert tokens.datasets is None
+            packed[where] = {split: ray.get(ref) for split, ref in tokens.blocks.items()}
+        else:
+            assert tokens.blocks is None
+            packed[where] = {split: blocks_from_dataset_iterator(ds, 64) for split, ds in tokens.datasets.items()}
     for split in ("train", "val"):
         expected = local_blocks(spec, storage, split, 64)
         assert len(expected) > 10

@@ -1,7 +1,7 @@
 """Language-model samples: the corpus tokenized and packed into fixed-length blocks.
 
 Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved (a small
-corpus is tokenized in one process instead: ``driver_token_dataset``, the same tokens); the
+corpus is tokenized and packed in one process instead: ``local_blocks``, the same blocks); the
 documents are joined with ``</s>`` and cut into ``seq_len``-token blocks, dropping the tail.
 The same packing runs without Ray (``local_blocks``) for torchrun and for evaluation.
 """
@@ -74,18 +74,6 @@ def corpus_bytes(storage: Storage, uri: str) -> int:
     if manifest is None:
         raise StorageError(f"{uri}: no corpus shard set here (no manifest)")
     return sum(entry.bytes for entry in manifest.files.values())
-
-
-def driver_token_dataset(spec: ExperimentSpec, storage: Storage, split: str):
-    """The same token arrays as ``corpus_token_dataset``, tokenized in this process and put into
-    Ray's object store as one dataset (for corpora too small to repay Ray Data's passes)."""
-    import pyarrow as pa
-    import ray.data
-
-    tokens = split_tokens(spec, storage, split)
-    ds = ray.data.from_arrow(pa.table({"tokens": pa.array(list(tokens), type=pa.list_(pa.int32()))}))
-    ds.context.enable_progress_bars = False
-    return ds
 
 
 def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """``aigc pretrain``: launch the training loop on Ray Train, then export and evaluate.
 
 The corpus is tokenized once per run (on Ray Data, or in the driver when it is small:
-``token_datasets``) into Ray's object store; every worker receives the whole (unsplit) token
+``token_inputs``) into Ray's object store; every worker receives the whole (unsplit) token
 stream and takes its micro-batches of each deterministic global batch (``sampler.py``). Ray Train runs the loop
 with ``FailureConfig`` restarts from the latest checkpoint, keeps the last K checkpoints, and
 resumes a re-run with the same run name from the run's storage.
@@ -23,7 +23,6 @@ from ..data.lm_blocks import (
     blocks_from_dataset_iterator,
     corpus_bytes,
     corpus_token_dataset,
-    driver_token_dataset,
     local_blocks,
 )
 from ..data.tokenizer import SPECIAL_TOKENS, download_tokenizer, special_tokens
@@ -83,18 +82,22 @@ def run_key(spec: ExperimentSpec, storage: Storage) -> str:
 class RayHooks(Hooks):
     """Inside a Ray Train worker: data from Ray Data, checkpoints and metrics via ray.train."""
 
-    def __init__(self, seq_len: int):
+    def __init__(self, seq_len: int, blocks: dict | None = None):
         self.seq_len = seq_len
+        self.blocks = blocks  # split -> ObjectRef of blocks packed by the driver; None: the Ray Data shards
 
     def train_blocks(self):
-        import ray.train
-
-        return blocks_from_dataset_iterator(ray.train.get_dataset_shard("train"), self.seq_len)
+        return self._blocks("train")
 
     def eval_blocks(self):
+        return self._blocks("val")
+
+    def _blocks(self, split: str):
         import ray.train
 
-        return blocks_from_dataset_iterator(ray.train.get_dataset_shard("val"), self.seq_len)
+        if self.blocks is not None:
+            return ray.get(self.blocks[split])  # zero-copy from this node's object store
+        return blocks_from_dataset_iterator(ray.train.get_dataset_shard(split), self.seq_len)
 
     @contextlib.contextmanager
     def latest_checkpoint(self):
@@ -115,7 +118,7 @@ class RayHooks(Hooks):
 
 def train_loop_per_worker(config: dict) -> None:
     cfg: LoopConfig = config["loop"]
-    run_training(cfg, RayHooks(cfg.training.seq_len))
+    run_training(cfg, RayHooks(cfg.training.seq_len, config.get("blocks")))
 
 
 @dataclass
@@ -219,30 +222,46 @@ def pretrain(spec: ExperimentSpec, storage: Storage, log=print) -> PretrainResul
         return result
 
 
-def token_datasets(spec: ExperimentSpec, storage: Storage, log=print) -> dict:
-    """The corpus splits tokenized once, here, and held in Ray's object store.
+@dataclass
+class TokenInputs:
+    """How the workers get the corpus's tokens: Ray Datasets of token arrays, which each worker
+    packs (a large corpus, tokenized on Ray Data), or blocks packed here and put into Ray's
+    object store (a small one)."""
+
+    datasets: dict | None = None
+    blocks: dict | None = None  # split -> ObjectRef
+
+
+def token_inputs(spec: ExperimentSpec, storage: Storage, log=print) -> TokenInputs:
+    """The corpus splits tokenized once, here or on Ray Data, and held in Ray's object store.
 
     Every worker takes the whole (unsplit) token stream. Handed lazy datasets, each worker ran
     its own read-and-tokenize pass before step 1 (measured: 12-15 s each on 2 cores, the two
     competing for the same CPUs); materialized, the pass runs once and each worker copies the
     blocks from the object store (0.4 s). A corpus up to ``pretrain.tokenize_in_driver_mb`` is
-    tokenized in this process (the embedded one: 0.2 s, where Ray Data's two passes took 4-9 s
-    of task start-up); a larger one on Ray Data, in parallel across the cluster, the two splits
-    at once."""
+    tokenized and packed in this process (the embedded one: 0.2 s, where Ray Data's two passes
+    took 4-9 s of task start-up) and its blocks put into the object store as they are: no Ray Data
+    at all (its dataset, executor and coordinator actor cost ~1.5 s of the start); a larger one
+    on Ray Data, in parallel across the cluster, the two splits at once."""
+    import ray
+
     t = time.perf_counter()
     size = corpus_bytes(storage, corpus_uri(spec))
-    in_driver = size <= spec.pretrain.tokenize_in_driver_mb * 1e6
-    if in_driver:
-        datasets = {split: driver_token_dataset(spec, storage, split) for split in ("train", "val")}
-    else:
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aigc-tokenize") as pool:
-            passes = {s: pool.submit(corpus_token_dataset(spec, storage, s).materialize) for s in ("train", "val")}
-            datasets = {split: done.result() for split, done in passes.items()}
+    if size <= spec.pretrain.tokenize_in_driver_mb * 1e6:
+        blocks = {split: local_blocks(spec, storage, split, spec.pretrain.seq_len) for split in ("train", "val")}
+        log(
+            f"[pretrain] corpus ({size / 1e6:.1f} MB) tokenized in the driver: {len(blocks['train']):,} "
+            f"training blocks of {spec.pretrain.seq_len} tokens in {time.perf_counter() - t:.1f} s"
+        )
+        return TokenInputs(blocks={split: ray.put(b) for split, b in blocks.items()})
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aigc-tokenize") as pool:
+        passes = {s: pool.submit(corpus_token_dataset(spec, storage, s).materialize) for s in ("train", "val")}
+        datasets = {split: done.result() for split, done in passes.items()}
     log(
-        f"[pretrain] corpus ({size / 1e6:.1f} MB) tokenized {'in the driver' if in_driver else 'on Ray Data'}: "
+        f"[pretrain] corpus ({size / 1e6:.1f} MB) tokenized on Ray Data: "
         f"{datasets['train'].count():,} training documents in {time.perf_counter() - t:.1f} s"
     )
-    return datasets
+    return TokenInputs(datasets=datasets)
 
 
 def _pretrain(spec: ExperimentSpec, storage: Storage, log, run) -> PretrainResult:
@@ -255,9 +274,10 @@ def _pretrain(spec: ExperimentSpec, storage: Storage, log, run) -> PretrainResul
     cpus = p.cpus_per_worker or cpus_per_train_worker(
         p.num_workers, ray.cluster_resources().get("CPU", 1), spec.ray.data_cpus
     )
+    tokens = token_inputs(spec, storage, log)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"loop": replace(loop_config(spec), tracking=run)},
+        train_loop_config={"loop": replace(loop_config(spec), tracking=run), "blocks": tokens.blocks},
         scaling_config=ScalingConfig(
             # Elastic: Train restarts on whatever number of workers in [min, max] the cluster fits now.
             num_workers=(p.min_workers, p.num_workers) if p.min_workers else p.num_workers,
@@ -266,7 +286,7 @@ def _pretrain(spec: ExperimentSpec, storage: Storage, log, run) -> PretrainResul
             resources_per_worker={"CPU": cpus, **p.worker_resources},
         ),
         torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
-        datasets=token_datasets(spec, storage, log),
+        datasets=tokens.datasets,
         # Every worker gets the whole token stream, in order; the sampler picks its rows.
         dataset_config=DataConfig(datasets_to_split=[], execution_options=ordered_ingest_options()),
         run_config=ray_run_config(
