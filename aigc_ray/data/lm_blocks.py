@@ -1,9 +1,9 @@
 """Language-model samples: the corpus tokenized and packed into fixed-length blocks.
 
-Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved (a small
-corpus is tokenized and packed in one process instead: ``local_blocks``, the same blocks); the
+Ray Data tokenizes the corpus shards in parallel (``map_batches``) with order preserved; the
 documents are joined with ``</s>`` and cut into ``seq_len``-token blocks, dropping the tail.
-The same packing runs without Ray (``local_blocks``) for torchrun and for evaluation.
+The same packing runs in one process without Ray (``local_blocks``, the same blocks): for a
+corpus small enough to tokenize in the driver, for torchrun and for evaluation.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def run_key(spec: ExperimentSpec, storage: Storage) -> str:
 
 
 class RayHooks(Hooks):
-    """Inside a Ray Train worker: data from Ray Data, checkpoints and metrics via ray.train."""
+    """Inside a Ray Train worker: the blocks from the object store (a small corpus) or the Ray Data
+    shards (a large one), checkpoints and metrics via ray.train."""
 
     def __init__(self, seq_len: int, blocks: dict | None = None):
         self.seq_len = seq_len
