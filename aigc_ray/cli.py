@@ -46,6 +46,20 @@ def _stage(spec: ExperimentSpec, name: str):
     return CONSOLE.stage(spec, name)
 
 
+@contextlib.contextmanager
+def _ray_stage(spec: ExperimentSpec, name: str, address: str | None, ray: bool = True, tracked: bool = True):
+    """``_stage`` around a Ray session (started or joined; none when ``ray`` is false). A
+    ``tracked`` command's MLflow store opens on a thread meanwhile, while Ray starts."""
+    from .runtime import ray_session
+    from .tracking import open_store_early
+
+    with _stage(spec, name):
+        if tracked:
+            open_store_early(spec)
+        with ray_session(spec, address) if ray else contextlib.nullcontext():
+            yield
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides)
     if args.print:
@@ -104,12 +118,11 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stream(args: argparse.Namespace) -> int:
-    from .runtime import ray_session
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     print(f"streaming split '{args.split}' of {layout.multimodal_uri(spec)} through Ray Data")
-    with _stage(spec, "stream"), ray_session(spec, args.address):
+    with _ray_stage(spec, "stream", args.address, tracked=False):
         from .train.feed import stream_epoch
 
         stream_epoch(spec, storage, args.split, args.workers, log=CONSOLE.say)
@@ -120,7 +133,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The pipeline: every stage that is not up to date, then the run report."""
     from .pipeline import RunOptions, format_plan, plan_run, run_pipeline
     from .report import write_report
-    from .runtime import ray_session
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
@@ -128,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"what `aigc run` would do for {spec.name} (read from the manifests; nothing started):")
         print(format_plan(plan_run(spec, storage, RunOptions(tuple(args.force), args.no_serve))))
         return 0
-    with _stage(spec, "run"), ray_session(spec, args.address):
+    with _ray_stage(spec, "run", args.address):
         options = RunOptions(tuple(args.force), args.no_serve, args.keep_serving, args.workers)
         results = run_pipeline(spec, storage, options, log=CONSOLE.say, stage_log=partial(CONSOLE.stage, spec))
     report = write_report(spec, storage, results)
@@ -148,7 +160,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from .runtime import ray_session
     from .train.pretrain import pretrain
 
     spec = _load(args)
@@ -160,7 +171,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         f"pretraining {model} ({p.objective}), "
         f"ZeRO-{p.zero_stage} {p.precision}, {p.num_workers} worker(s), {p.max_steps} steps"
     )
-    with _stage(spec, "pretrain"), ray_session(spec, args.address):
+    with _ray_stage(spec, "pretrain", args.address):
         result = pretrain(spec, storage, log=CONSOLE.say)
     print(f"export: {result.export_uri}")
     return 0
@@ -176,7 +187,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from .runtime import ray_session
     from .train.finetune import finetune
 
     spec = _load(args)
@@ -185,14 +195,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(
         f"fine-tuning the {f.base} model ({f.task or 'task from the base'}, {f.mode}), {f.num_workers} worker(s), {f.max_steps} steps"
     )
-    with _stage(spec, "finetune"), ray_session(spec, args.address):
+    with _ray_stage(spec, "finetune", args.address):
         uri, _ = finetune(spec, storage, log=CONSOLE.say)
     print(f"export: {uri}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .runtime import ray_session
     from .tune.sweep import run_sweep
 
     spec = _load(args)
@@ -202,7 +211,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         f"sweeping the {args.family} model: {sweep.num_samples} sample(s), {sweep.scheduler}, {sweep.search_alg} "
         f"search over {', '.join(sweep.search_space) or 'nothing'}; metric {sweep.metric} ({sweep.mode})"
     )
-    with _stage(spec, f"sweep_{args.family}"), ray_session(spec, args.address):
+    with _ray_stage(spec, f"sweep_{args.family}", args.address):
         result = run_sweep(args.family, spec, storage, resume=args.resume, log=CONSOLE.say)
     print(f"results: {result.uri}")
     return 0
@@ -210,7 +219,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from .ensemble.build import build_ensemble, evaluate_ensemble
-    from .runtime import ray_session
 
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
@@ -224,8 +232,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
         f"{len(e.members)} listed"
     )
     # Ray only trains bagged and boosted members
-    ray = ray_session(spec, args.address) if e.bagging or e.boosting else contextlib.nullcontext()
-    with _stage(spec, "ensemble"), ray:
+    with _ray_stage(spec, "ensemble", args.address, ray=bool(e.bagging or e.boosting)):
         report = build_ensemble(spec, storage, log=CONSOLE.say)
     print(f"ensemble: {report.uri}")
     return 0
@@ -305,9 +312,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 0
     import time
 
-    from .runtime import ray_session
-
-    with _stage(spec, "serve"), ray_session(spec, args.address):
+    with _ray_stage(spec, "serve", args.address, tracked=False):
         start_local(spec)
         CONSOLE.say(
             f"serving {base_url(spec)}  (/v1/classify /v1/images /v1/completions /v1/feedback /v1/models); Ctrl-C stops"

@@ -116,6 +116,7 @@ def main() -> None:
     from aigc_ray.runtime import ray_session
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage, join
+    from aigc_ray.tracking import open_store_early
     from aigc_ray.train.pretrain import pretrain
 
     with tempfile.TemporaryDirectory() as root:
@@ -138,6 +139,7 @@ def main() -> None:
         storage = Storage.from_spec(spec.storage)
         build_data(spec, storage, log=lambda *_: None)
         t_cmd = time.time()
+        open_store_early(spec)  # as `aigc pretrain` does: MLflow opens while Ray starts
         with ray_session(spec):
             t_ray = time.time()
             result = pretrain(spec, storage, log=lambda *_: None)

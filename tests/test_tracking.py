@@ -143,3 +143,50 @@ def test_every_stage_that_runs_leaves_tensorboard_events_of_its_numbers_beside_t
     events = tensorboard_scalars_in(Path(stage_events_uri(spec, "stream")))
     assert events == {"rows": 1437.0, "rows_per_s": 188.5, "nested.batches": 23.0}
     assert _runs(client, "events")["stream"].data.metrics == events  # the same numbers in MLflow
+
+
+def test_the_store_opens_on_a_thread_and_the_stages_run_goes_into_it(tmp_path):
+    """A command opens its MLflow store on a thread while Ray starts: the thread leaves the store
+    ready (MLflow's schema in the SQLite file) and the client it made is the one the stage's
+    run uses; with tracking off it starts nothing."""
+    from aigc_ray import tracking
+
+    uri, client = f"sqlite:///{tmp_path}/early/mlflow.db", None
+    spec = load_spec(None, ["name=early", f"tracking.mlflow_uri={uri}"])
+    thread = tracking.open_store_early(spec)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    assert (tmp_path / "early" / "mlflow.db").stat().st_size > 0  # the schema, written by the thread
+    made = tracking._client(uri)
+    with tracked_run(spec, "pretrain") as run:
+        assert tracking._client(run.uri) is made
+    _, client = _store(tmp_path / "early")
+    assert set(_runs(client, "early")) == {"pretrain"}
+    assert tracking.open_store_early(load_spec(None, ["tracking.enabled=false"])) is None
+
+
+def test_a_store_that_cannot_open_fails_the_stage_by_name_not_the_thread(tmp_path):
+    """The thread keeps quiet about a store it cannot open (here a text file where the SQLite
+    database would be); the stage's own call names it, with what the thread met. (A store MLflow
+    retries, such as a folder in the file's place, ~100 s, is not waited for a second time.)"""
+    import threading
+
+    from aigc_ray import tracking
+
+    (tmp_path / "store.db").write_text("notes, not a database " * 20)
+    uri = f"sqlite:///{tmp_path}/store.db"
+    spec = load_spec(None, ["name=broken", f"tracking.mlflow_uri={uri}"])
+    raised = []
+    previous, threading.excepthook = threading.excepthook, raised.append
+    try:
+        thread = tracking.open_store_early(spec)
+        thread.join(timeout=120)
+    finally:
+        threading.excepthook = previous
+    assert not thread.is_alive() and raised == []
+    assert uri in tracking._OPEN_ERRORS  # kept for the stage's first call
+    with (
+        pytest.raises(RuntimeError, match=r"MLflow at sqlite:///.*store\.db refused to open a run \(DatabaseError"),
+        tracked_run(spec, "pretrain"),
+    ):
+        pass

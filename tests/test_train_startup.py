@@ -34,3 +34,49 @@ def test_cpu_training_compiles_no_deepspeed_op_and_its_collectives_work(tmp_path
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
     assert not extensions.exists() or not any(extensions.rglob("*.so")), list(extensions.rglob("*"))
+
+
+COORDINATOR = ("AutoscalingCoordinator", "AutoscalingCoordinator")  # Ray's name and namespace for it
+
+
+def _coordinator_alive(ray) -> bool:
+    try:
+        ray.get_actor(COORDINATOR[0], namespace=COORDINATOR[1])
+        return True
+    except ValueError:
+        return False
+
+
+def test_a_training_stage_asks_for_rays_autoscaling_coordinator_before_it_opens_its_run(ray_local):
+    """Ray Train's controller waits on the cluster's autoscaling coordinator (one detached actor
+    per cluster); a stage asks for it first thing, so its process starts while the driver opens
+    its MLflow run. Checked on a cluster where it was ended first: the call brings it back, the
+    one Ray Train finds (same name and namespace), and it answers."""
+    import time
+
+    import ray
+
+    from aigc_ray.train.pretrain import start_train_coordinator
+
+    if _coordinator_alive(ray):  # an earlier test's training made it
+        ray.kill(ray.get_actor(COORDINATOR[0], namespace=COORDINATOR[1]), no_restart=True)
+        deadline = time.monotonic() + 60
+        while _coordinator_alive(ray):
+            assert time.monotonic() < deadline, "the killed coordinator kept its name"
+            time.sleep(0.2)
+    start_train_coordinator()
+    handle = ray.get_actor(COORDINATOR[0], namespace=COORDINATOR[1])
+    ray.get(handle.__ray_ready__.remote(), timeout=60)
+
+
+def test_asking_for_the_coordinator_without_ray_starts_no_ray():
+    """Outside a Ray session (torchrun, a notebook before ray.init) the call does nothing: Ray's
+    own function would have started a local Ray to create the actor in."""
+    script = (
+        "from aigc_ray.train.pretrain import start_train_coordinator\n"
+        "import ray\n"
+        "start_train_coordinator()\n"
+        "print('ray started' if ray.is_initialized() else 'no ray')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "no ray", done.stderr[-3000:]

@@ -28,7 +28,7 @@ from ..storage import Storage, StorageError, join
 from ..tracking import log_plots, tracked_run
 from .loop import LoopConfig, run_training
 from .model_cache import local_model_dir
-from .pretrain import RayHooks, fit_and_tidy, ray_run_config, trajectory_key
+from .pretrain import RayHooks, fit_and_tidy, ray_run_config, start_train_coordinator, trajectory_key
 
 
 def resolve_task(spec: ExperimentSpec, base_local: str | None = None) -> str:
@@ -177,6 +177,7 @@ def finetune_loop_per_worker(config: dict) -> None:
 def finetune(spec: ExperimentSpec, storage: Storage, log=print):
     """Fine-tune, export the (merged) model as a plain HF folder and evaluate it; returns (uri, eval).
     Tracked as one MLflow run (rank 0 logs the steps), like pretraining."""
+    start_train_coordinator()
     with tracked_run(spec, "finetune", params=spec.finetune.model_dump()) as run:
         uri, evaluation = _finetune(spec, storage, log, run)
         if run is not None:
