@@ -12,6 +12,7 @@ enough rows to time), starts a local Ray, and times, side by side in this proces
   fixed      : what a Ray Data read pass costs however little it reads (one shard): the floor
                under any pass; marginal: the rate of each further shard once that is paid
 
+Ray Data reads with the spec's ``data.parquet_reader`` (``--reader v2`` for Ray 2.60's default).
 Ray's start-up and one warm-up pass are excluded; each figure is the median of ``--runs`` runs.
 Prints one line per comparison with the word ``ratio`` (Ray Data rows/s ÷ pyarrow rows/s).
 """
@@ -106,6 +107,7 @@ def main() -> None:
     parser.add_argument("--rows-per-shard", type=int, default=8192)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--reader", choices=["v1", "v2"], help="data.parquet_reader (default: the spec's)")
     args = parser.parse_args()
 
     bench_env()
@@ -113,7 +115,7 @@ def main() -> None:
 
     from aigc_ray.data.build import build_data
     from aigc_ray.data.shards import shard_files
-    from aigc_ray.data.stream import parquet_read_knobs, preprocess_multimodal
+    from aigc_ray.data.stream import parquet_dataset, preprocess_multimodal
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage, join
 
@@ -131,13 +133,12 @@ def main() -> None:
                 f"data.rows_per_shard={args.rows_per_shard}",
                 "data.corpus_max_chars=20000",
                 "data.shuffle=none",
+                *([f"data.parquet_reader={args.reader}"] if args.reader else []),
             ],
         )
         storage = Storage.from_spec(spec.storage)
         build_data(spec, storage, log=lambda *_: None)
         files = shard_files(storage, join(data_root(spec), "multimodal"))
-        fs, _ = storage.filesystem(files[0])
-        paths = [storage.filesystem(f)[1] for f in files]
         tok_kwargs = {
             "s3": storage.s3,
             "tokenizer_uri": join(data_root(spec), "tokenizer"),
@@ -154,9 +155,10 @@ def main() -> None:
 
         DataContext.get_current().enable_progress_bars = False
 
-        def ray_read():
-            with parquet_read_knobs(spec.data.read_unit_mb, spec.data.footer_readers):
-                return ray.data.read_parquet(paths, filesystem=fs).select_columns(COLUMNS)
+        shard_set = join(data_root(spec), "multimodal")
+
+        def ray_read():  # the project's reader (data.parquet_reader), as read_split uses it
+            return parquet_dataset(storage, shard_set, files, spec.data).select_columns(COLUMNS)
 
         def ray_pipeline():
             return ray_read().map_batches(
@@ -186,6 +188,7 @@ def main() -> None:
         ]
         print(
             f"{len(files)} shards, {args.repeat * 1797} rows on S3 at {endpoint}; {os.cpu_count()} CPUs; "
+            f"Ray Data's {spec.data.parquet_reader} Parquet reader; "
             f"median of {args.runs} runs after a warm-up"
         )
         seconds = {}
@@ -203,8 +206,7 @@ def main() -> None:
         # tasks, each in a worker) run over a single shard. Then the marginal rate: each further
         # shard once that fixed cost is paid, against pyarrow's whole-read rate.
         def ray_read_one():
-            with parquet_read_knobs(spec.data.read_unit_mb, spec.data.footer_readers):
-                return ray.data.read_parquet(paths[:1], filesystem=fs).select_columns(COLUMNS)
+            return parquet_dataset(storage, shard_set, files[:1], spec.data).select_columns(COLUMNS)
 
         t_one, n_one = timed(lambda: ray_pass(ray_read_one(), args.batch_size, "pyarrow"), args.runs)
         t_ray, t_base, rows = seconds["read"]

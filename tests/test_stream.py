@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aigc_ray.data.stream import multimodal_dataset, read_split, summarize
+from aigc_ray.data.stream import multimodal_dataset, read_split, summarize, v1_read_tasks
 from aigc_ray.layout import data_root
 from aigc_ray.runtime import cpus_per_train_worker
 from aigc_ray.storage import S3Settings, Storage, StorageError
@@ -48,6 +48,32 @@ def test_only_projected_columns_are_read_and_shuffle_is_seeded(ray_local, s3_dat
     assert order == again  # same seed, same order
     assert order != other_epoch and sorted(order) == sorted(other_epoch)  # a new order each epoch
     assert order != sorted(order)
+
+
+def _with_data(spec, **fields):
+    return spec.model_copy(update={"data": spec.data.model_copy(update=fields)})
+
+
+@pytest.mark.parametrize("shuffle", ["none", "files"])
+def test_both_parquet_readers_give_the_same_rows_in_the_same_seeded_order(ray_local, s3_data, shuffle):
+    """Ray Data's v1 reader (the default: no footer actors per pass) and its v2 reader read the
+    same split of the same shards in the same order, unshuffled or in the seeded file order."""
+    spec, storage = s3_data
+    orders = {}
+    for reader in ("v1", "v2"):
+        chosen = _with_data(spec, parquet_reader=reader, shuffle=shuffle)
+        orders[reader] = [r["id"] for r in read_split(chosen, storage, "train", columns=["id", "label"]).take_all()]
+    assert orders["v1"] == orders["v2"]
+    assert sorted(orders["v1"]) == sorted(split_ids(storage, spec, "train"))
+
+
+def test_v1_read_tasks_one_per_read_unit_at_least_one_per_cpu_at_most_one_per_file():
+    mib = 2**20
+    assert v1_read_tasks([mib] * 40, read_unit_mb=4, cpus=2) == 10  # 40 MiB in 4 MiB units
+    assert v1_read_tasks([mib // 10] * 22, read_unit_mb=4, cpus=4) == 4  # small: every CPU reads
+    assert v1_read_tasks([mib // 10] * 3, read_unit_mb=4, cpus=8) == 3  # never more than the files
+    assert v1_read_tasks([100 * mib], read_unit_mb=4, cpus=2) == 1  # one file is one task
+    assert v1_read_tasks([], read_unit_mb=4, cpus=2) == 1
 
 
 @pytest.mark.slow
