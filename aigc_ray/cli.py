@@ -118,7 +118,6 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stream(args: argparse.Namespace) -> int:
-
     spec = _load(args)
     storage = Storage.from_spec(spec.storage)
     print(f"streaming split '{args.split}' of {layout.multimodal_uri(spec)} through Ray Data")
