@@ -4,7 +4,8 @@ The ensemble: 3 fusion classifiers (bagged members, MiniLM text encoder by defau
 forward pass costs what a real model's does). Three servers answer the same POST /v1/classify
 requests (a real digit and its caption), one after the other:
 
-  serve batched    Ray Serve: ingress + one deployment per member, dynamic batching (@serve.batch)
+  serve batched    Ray Serve: ingress + one deployment per member, the ingress batching requests
+                   dynamically (one call per member per batch)
   serve unbatched  the same with max_batch_size 1
   plain            one uvicorn process holding the same 3 members, called in turn per request
 

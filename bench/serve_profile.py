@@ -4,8 +4,8 @@
 Builds the same 3-member ensemble as ``serve_load.py`` (MiniLM text encoder), starts it with
 ``--batch`` as max_batch_size, puts 16 clients on /v1/classify and, for 12 s of that load,
 records the CPU seconds of every Ray process and samples each Serve process with py-spy. Prints
-throughput, CPU seconds per process, CPU milliseconds per request, and per process the frames
-that hold the most samples (self and inclusive). Needs py-spy (``pip install py-spy``).
+throughput, CPU seconds per process, CPU milliseconds per request, the sizes of the batches each
+member ran, and per process the frames that hold the most samples (self and inclusive). Needs py-spy (``pip install py-spy``).
 
     python bench/serve_profile.py [--batch 16] [--seconds 12]
 """
@@ -112,6 +112,14 @@ def main() -> None:
                 for seconds, name in used:
                     if seconds >= 0.05:
                         print(f"  {seconds:6.2f} s  {1000 * seconds / requests:6.1f} ms per request  {name}")
+                import httpx
+
+                for member, stats in httpx.get(base_url(spec) + "/v1/members/stats", timeout=30).json().items():
+                    sizes = {int(k): v for k, v in stats["batches"].items()}
+                    mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+                    print(
+                        f"  {member}: {sum(sizes.values())} calls, mean batch {mean:.1f}, sizes {dict(sorted(sizes.items()))}"
+                    )
                 for name, raw, _ in spies:
                     if raw.exists():
                         summarise(raw, name)

@@ -150,6 +150,15 @@ def test_generation_settings_are_checked():
     assert spec.fusion.sweep.search_space["augment_ratio"].values == [0, 0.5]
 
 
+def test_a_batch_the_ingress_can_never_fill_is_refused():
+    # The ingress forms the batches: it holds max_ongoing_requests x replicas + max_queued_requests.
+    assert load_spec(None, ["serve.max_batch_size=32", "serve.max_ongoing_requests=16"]).serve.max_batch_size == 32
+    (problem,) = problems(
+        None, ["serve.max_batch_size=32", "serve.max_ongoing_requests=4", "serve.max_queued_requests=8"]
+    )
+    assert "max_batch_size (32) cannot exceed max_ongoing_requests x replicas + max_queued_requests (12)" in problem
+
+
 def test_spec_hash_is_stable_and_sensitive():
     a, b = load_spec(None), load_spec(None)
     assert spec_hash(a) == spec_hash(b)

@@ -61,6 +61,7 @@ from ..safety.moderator import Moderator, Verdict, openai_result, redact
 from ..spec import ExperimentSpec
 from ..spec.sections import SafetySpec, ServeSpec
 from ..storage import Storage, join
+from .batcher import MicroBatcher
 from .generation import chat_logprobs
 from .members import (
     ClassifierMember,
@@ -201,15 +202,9 @@ ERROR_RESPONSES = {status: {"model": ErrorBody, "description": why} for status, 
 REJECTION_HEADROOM = 1000
 
 
-def ingress_capacity(settings: ServeSpec, members: int) -> int:
-    """Requests one ingress replica holds before it answers 503: what its members serve at once
-    (each request waits on every member) plus the spec's queue."""
-    return settings.max_ongoing_requests * settings.replicas * max(1, members) + settings.max_queued_requests
-
-
 @api.middleware("http")
 async def admit(request: Request, call_next):
-    """A JSON 503 with Retry-After once the replica holds its capacity (``ingress_capacity``).
+    """A JSON 503 with Retry-After once the replica holds its capacity (``ServeSpec.ingress_capacity``).
     Serve's own limit on the ingress is set above it, so overload is answered here, in the app's
     error shape, and not by the Serve proxy's plain-text backpressure reply."""
     state = request.app.state
@@ -395,9 +390,21 @@ class EnsembleIngress:
         self.audit_uri = placed.get("audit_uri")
         self.responses = RecentAnswers(int(settings.feedback_memory_mb * 2**20), settings.feedback_answers)
         self.combiner = self._combiner(self.doc["strategy"], self.doc["weights"])
+        # Dynamic batching happens here, not in each member: a batch of requests costs one call
+        # per member (Serve's router and each member replica pay per call, ~4 ms of CPU each on 2
+        # cores), and every member sees the same batch. Two batches in flight per member replica:
+        # one running, the next formed and waiting, so no replica idles between batches
+        # (``MicroBatcher``). A batch of one is no batching: calls go as they come.
+        replicas = settings.autoscale_max_replicas or settings.replicas
+        self.member_batches = MicroBatcher(
+            self._members_answer,
+            settings.max_batch_size,
+            settings.batch_wait_ms / 1000,
+            concurrency=replicas * (2 if settings.max_batch_size > 1 else settings.max_ongoing_requests),
+        )
         api.state.token = read_token(settings.auth_token_env, settings.auth_token_file)
         api.state.max_request_bytes = settings.max_request_bytes
-        api.state.capacity, api.state.in_flight = ingress_capacity(settings, len(self.names)), 0
+        api.state.capacity, api.state.in_flight = settings.ingress_capacity(len(self.names)), 0
 
     def _combiner(self, strategy: str, weights: dict) -> Combiner:
         if strategy not in STRATEGIES:
@@ -456,6 +463,11 @@ class EnsembleIngress:
                 if attempt == attempts - 1:
                     raise
                 await asyncio.sleep(0.05 * 2**attempt)  # the router learns of the death meanwhile
+
+    async def _members_answer(self, images: list[np.ndarray], texts: list[str]) -> list[list[list[float]]]:
+        """Each member's probabilities for each request of a batch, as [request][member][class]."""
+        outs = await self._call(*(partial(self.members[n].classify.remote, images, texts) for n in self.names))
+        return [list(answers) for answers in zip(*outs, strict=True)]
 
     async def _verdicts(self, texts: list[str]) -> list[Verdict]:
         """The filter's verdicts. A filter that fails fails the request (503): nothing passes unchecked."""
@@ -544,7 +556,7 @@ class EnsembleIngress:
     )
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         raw, image = self._model_image(req.image)
-        outs = await self._call(*(partial(self.members[n].classify.remote, image, req.text) for n in self.names))
+        outs = await self.member_batches.submit(image, req.text)
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
         answer = {
@@ -1086,10 +1098,7 @@ def build_app(args: dict):
         if s.autoscale_max_replicas
         else {"num_replicas": s.replicas}
     )
-    member_args = {
-        m["name"]: (uri, m["name"], storage.s3, s.max_batch_size, s.batch_wait_ms / 1000, version)
-        for m in doc["members"]
-    }
+    member_args = {m["name"]: (uri, m["name"], storage.s3, version) for m in doc["members"]}
     members = {
         name: _versioned(ClassifierMember, *a).options(name=f"member-{name}", **common, **scaling).bind(*a)
         for name, a in member_args.items()
@@ -1142,7 +1151,7 @@ def build_app(args: dict):
         # Serve's limit sits above the replica's own (``admit``), so excess requests reach the app
         # and get its JSON 503; the proxy's plain-text one is only a last resort
         # (its router also queues requests for a moment while it picks a replica: room for that too)
-        max_ongoing_requests=ingress_capacity(s, len(members)) + REJECTION_HEADROOM,
+        max_ongoing_requests=s.ingress_capacity(len(members)) + REJECTION_HEADROOM,
         max_queued_requests=REJECTION_HEADROOM,
         graceful_shutdown_wait_loop_s=s.drain_check_s,
         user_config=args.get("user_config") or {"strategy": doc["strategy"], "weights": doc["weights"]},

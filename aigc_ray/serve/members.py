@@ -1,6 +1,7 @@
-"""The deployments behind the ingress: one per ensemble member (a fusion classifier, batched),
-the GAN generator, and the language-model ensemble. Each loads its weights from the committed
-ensemble artifact, so every replica serves exactly what ``aigc ensemble build`` wrote."""
+"""The deployments behind the ingress: one per ensemble member (a fusion classifier, fed the
+batches the ingress forms), the GAN generator, and the language-model ensemble. Each loads its
+weights from the committed ensemble artifact, so every replica serves exactly what
+``aigc ensemble build`` wrote."""
 
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ def _single_thread() -> None:
 
 @serve.deployment
 class ClassifierMember:
-    """One fusion classifier. ``classify`` takes (image, caption) and is batched: concurrent
-    requests are stacked into one forward pass (``@serve.batch``)."""
+    """One fusion classifier. ``classify`` takes a batch of (image, caption) pairs and runs them
+    as one forward pass; the ingress forms the batches (``EnsembleIngress``: one call per member
+    per batch of requests, not per request)."""
 
-    def __init__(
-        self, ensemble_uri: str, name: str, s3: S3Settings, max_batch_size: int, batch_wait_s: float, version: str = ""
-    ):
+    def __init__(self, ensemble_uri: str, name: str, s3: S3Settings, version: str = ""):
         # ``version`` (the artifact's fingerprint) is unused here: a new one makes Serve redeploy
         # this member when a refreshed ensemble is served, so replicas load the new weights.
         from safetensors.torch import load
@@ -48,11 +48,9 @@ class ClassifierMember:
         self.model.load_state_dict(load(self.storage.read_bytes(join(folder, "model.safetensors"))))
         self.model.eval()
         self.batch_sizes: Counter[int] = Counter()
-        self.classify.set_max_batch_size(max_batch_size)
-        self.classify.set_batch_wait_timeout_s(batch_wait_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
     async def classify(self, images: list[np.ndarray], texts: list[str]) -> list[list[float]]:
+        """Class probabilities of each (image, caption) pair, in order."""
         from ..data.captions import encode_captions
         from ..models.fusion_training import predict
 

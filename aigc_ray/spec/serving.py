@@ -80,8 +80,10 @@ class ServeSpec(Section):
     )
     max_ongoing_requests: int = Field(16, ge=1, description="Per replica: requests in flight at once.")
     max_queued_requests: int = Field(64, ge=1, description="Per deployment: waiting requests beyond this get 503.")
-    max_batch_size: int = Field(16, ge=1, description="Dynamic batching in the members (@serve.batch).")
-    batch_wait_ms: float = Field(5.0, ge=0, description="How long a member waits to fill a batch.")
+    max_batch_size: int = Field(
+        16, ge=1, description="Dynamic batching of /v1/classify: requests the ingress sends each member as one call."
+    )
+    batch_wait_ms: float = Field(5.0, ge=0, description="How long the ingress waits to fill a batch.")
     request_timeout_s: float = Field(30.0, gt=0, description="Per request, end to end.")
     drain_check_s: float = Field(
         2.0,
@@ -123,12 +125,18 @@ class ServeSpec(Section):
     def _abs(cls, v: str | None) -> str | None:
         return absolute_local(v) if v else v
 
+    def ingress_capacity(self, members: int) -> int:
+        """Requests one ingress replica holds before it answers 503: what its members serve at once
+        (each request waits on every member) plus the queue."""
+        return self.max_ongoing_requests * self.replicas * max(1, members) + self.max_queued_requests
+
     @model_validator(mode="after")
     def _batch_fits(self) -> ServeSpec:
-        if self.max_batch_size > self.max_ongoing_requests:
+        if self.max_batch_size > self.ingress_capacity(1):
             raise ValueError(
-                f"max_batch_size ({self.max_batch_size}) cannot exceed max_ongoing_requests "
-                f"({self.max_ongoing_requests}): a replica never holds enough requests to fill the batch"
+                f"max_batch_size ({self.max_batch_size}) cannot exceed max_ongoing_requests x replicas + "
+                f"max_queued_requests ({self.ingress_capacity(1)}): the ingress never holds enough requests "
+                "to fill the batch"
             )
         if self.autoscale_max_replicas is not None and self.autoscale_max_replicas < self.replicas:
             raise ValueError(f"autoscale_max_replicas ({self.autoscale_max_replicas}) < replicas ({self.replicas})")
