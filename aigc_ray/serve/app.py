@@ -556,7 +556,8 @@ class EnsembleIngress:
     )
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
         raw, image = self._model_image(req.image)
-        outs = await self.member_batches.submit(image, req.text)
+        with self._service_errors():  # end to end: a request waiting for its batch counts too
+            outs = await asyncio.wait_for(self.member_batches.submit(image, req.text), self.timeout)
         probs = np.asarray(outs)[:, None, :]  # (M, 1, C)
         combined = self.combiner(probs)[0]
         answer = {
