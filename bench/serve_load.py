@@ -75,6 +75,17 @@ def wait_up(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def mean_member_batch(url: str) -> float:
+    """Requests per member call since the server started (``/v1/members/stats``), over all members."""
+    import httpx
+
+    calls = requests = 0
+    for stats in httpx.get(url + "/v1/members/stats", timeout=30).json().values():
+        calls += sum(stats["batches"].values())
+        requests += sum(int(size) * n for size, n in stats["batches"].items())
+    return requests / max(1, calls)
+
+
 def free_port() -> int:
     import socket
 
@@ -172,7 +183,7 @@ def main() -> None:
         overrides = bench_overrides(root, cpus, args.text_encoder)
         spec = load_spec(None, overrides)
         storage = Storage.from_spec(spec.storage)
-        results = {}
+        results, batch_means = {}, {}
         with ray_session(spec):
             build_ensemble(spec, storage, log=lambda *_: None)
             test = digit_arrays(spec, storage, "test")
@@ -182,6 +193,7 @@ def main() -> None:
                 start_local(variant)
                 wait_up(base_url(variant))
                 results[name] = measure(base_url(variant), body, args.clients, args.seconds)
+                batch_means[name] = mean_member_batch(base_url(variant))
                 serve.shutdown()
         port = free_port()
         server = subprocess.Popen([sys.executable, __file__, "--plain-server", root, str(port)])
@@ -196,7 +208,8 @@ def main() -> None:
         f"{args.seconds:g} s per server, {cpus} CPUs"
     )
     for name, (rps, p50, p99) in results.items():
-        print(f"{name:16} {rps:8.1f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms")
+        batches = f"   members' mean batch {batch_means[name]:.1f}" if name in batch_means else ""
+        print(f"{name:16} {rps:8.1f} req/s   p50 {p50:7.1f} ms   p99 {p99:7.1f} ms{batches}")
     b, u, p = results["serve batched"][0], results["serve unbatched"][0], results["plain uvicorn"][0]
     print(f"throughput  serve_batched {b:8.1f} req/s  plain     {p:8.1f} req/s  ratio {b / p:.2f}")
     print(f"batching    serve_batched {b:8.1f} req/s  unbatched {u:8.1f} req/s  ratio {b / u:.2f}")
