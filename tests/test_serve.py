@@ -1437,7 +1437,10 @@ def test_the_safety_filter_moderates_like_openai_refuses_flagged_prompts_and_aud
     refused.append(caught.value)
     for error in refused:
         assert error.code == "content_policy_violation" and "harassment, profanity" in error.message, error.body
-    ok = client.post("/v1/completions", json={"model": "aigc-lm", "prompt": "Caption for a two:", "max_tokens": 2})
+    # greedy: the untrained tiny LM samples any token of its vocabulary at temperature 1, and two
+    # sampled at random can hold a word the filter flags (seen once in CI: an output-stage block)
+    asked = {"model": "aigc-lm", "prompt": "Caption for a two:", "max_tokens": 2, "temperature": 0}
+    ok = client.post("/v1/completions", json=asked)
     assert ok.status_code == 200
 
     records = [r for r in read_audit(storage, safety_audit_uri(spec)) if json.dumps(r, sort_keys=True) not in earlier]
