@@ -14,6 +14,7 @@ plain; batched ≥ 3× unbatched). Every server gets the whole machine while it 
 """
 
 import argparse
+import collections
 import concurrent.futures
 import os
 import statistics
@@ -75,15 +76,17 @@ def wait_up(url: str, timeout: float = 120) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def mean_member_batch(url: str) -> float:
-    """Requests per member call since the server started (``/v1/members/stats``), over all members."""
+def member_batch_sizes(url: str) -> dict[str, dict[int, int]]:
+    """Per member, how many batches of each size it ran since the server started (``/v1/members/stats``)."""
     import httpx
 
-    calls = requests = 0
-    for stats in httpx.get(url + "/v1/members/stats", timeout=30).json().values():
-        calls += sum(stats["batches"].values())
-        requests += sum(int(size) * n for size, n in stats["batches"].items())
-    return requests / max(1, calls)
+    stats = httpx.get(url + "/v1/members/stats", timeout=30).json()
+    return {member: {int(size): n for size, n in s["batches"].items()} for member, s in stats.items()}
+
+
+def mean_batch(sizes: dict[int, int]) -> float:
+    """Requests per call of a {batch size: calls} count."""
+    return sum(size * n for size, n in sizes.items()) / max(1, sum(sizes.values()))
 
 
 def free_port() -> int:
@@ -193,7 +196,10 @@ def main() -> None:
                 start_local(variant)
                 wait_up(base_url(variant))
                 results[name] = measure(base_url(variant), body, args.clients, args.seconds)
-                batch_means[name] = mean_member_batch(base_url(variant))
+                everyone = collections.Counter()
+                for sizes in member_batch_sizes(base_url(variant)).values():
+                    everyone.update(sizes)
+                batch_means[name] = mean_batch(everyone)
                 serve.shutdown()
         port = free_port()
         server = subprocess.Popen([sys.executable, __file__, "--plain-server", root, str(port)])

@@ -5,7 +5,8 @@ Builds the same 3-member ensemble as ``serve_load.py`` (MiniLM text encoder), st
 ``--batch`` as max_batch_size, puts 16 clients on /v1/classify and, for 12 s of that load,
 records the CPU seconds of every Ray process and samples each Serve process with py-spy. Prints
 throughput, CPU seconds per process, CPU milliseconds per request, the sizes of the batches each
-member ran, and per process the frames that hold the most samples (self and inclusive). Needs py-spy (``pip install py-spy``).
+member ran, and per process the frames that hold the most samples (self and inclusive). Needs
+py-spy (``pip install py-spy``).
 
     python bench/serve_profile.py [--batch 16] [--seconds 12]
 """
@@ -57,7 +58,7 @@ def main() -> None:
 
     import psutil
     from ray import serve
-    from serve_load import bench_overrides, measure, wait_up
+    from serve_load import bench_overrides, mean_batch, measure, member_batch_sizes, wait_up
 
     from aigc_ray.data.arrays import digit_arrays
     from aigc_ray.data.images import png_b64
@@ -112,13 +113,10 @@ def main() -> None:
                 for seconds, name in used:
                     if seconds >= 0.05:
                         print(f"  {seconds:6.2f} s  {1000 * seconds / requests:6.1f} ms per request  {name}")
-                import httpx
-
-                for member, stats in httpx.get(base_url(spec) + "/v1/members/stats", timeout=30).json().items():
-                    sizes = {int(k): v for k, v in stats["batches"].items()}
-                    mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+                for member, sizes in member_batch_sizes(base_url(spec)).items():
                     print(
-                        f"  {member}: {sum(sizes.values())} calls, mean batch {mean:.1f}, sizes {dict(sorted(sizes.items()))}"
+                        f"  {member}: {sum(sizes.values())} calls, mean batch {mean_batch(sizes):.1f}, "
+                        f"sizes {dict(sorted(sizes.items()))}"
                     )
                 for name, raw, _ in spies:
                     if raw.exists():

@@ -1042,7 +1042,7 @@ def test_members_batch_concurrent_requests(served):
         assert max(seen[name]) > 1, f"{name} never batched: {new}"
     # The ingress forms the batches and sends each whole to every member: one call per member per
     # batch, so every member ran the same batches (fewer calls than requests).
-    assert len({str(sorted(s.items())) for s in seen.values()}) == 1, seen
+    assert len({tuple(sorted(s.items())) for s in seen.values()}) == 1, seen
 
 
 @pytest.mark.slow
