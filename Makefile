@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/import_photos.py
 	$(BIN)/python bench/lm_decode.py
+	$(BIN)/python bench/precision.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

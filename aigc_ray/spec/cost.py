@@ -25,7 +25,7 @@ def _training(name: str, section, extra: str) -> tuple[str, int]:
     sequences = section.max_steps * section.global_batch_size
     line = (
         f"{name:<13}{section.num_workers} Ray Train workers ({cpus}{gpus}), ZeRO-{section.zero_stage}, "
-        f"{section.precision}, {section.max_steps:,} steps x {section.global_batch_size} sequences "
+        f"{'bf16 where native' if section.precision == 'auto' else section.precision}, {section.max_steps:,} steps x {section.global_batch_size} sequences "
         f"({sequences:,} of {section.seq_len} tokens){extra}"
     )
     return line, section.max_steps

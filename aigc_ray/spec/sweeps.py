@@ -151,6 +151,11 @@ class SweptSection(Section):
     ``_sweep_family``: (name, sweep defaults, searchable, structural)."""
 
     _sweep_family: ClassVar = ("", {}, set(), frozenset())
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="The trials' training steps: bf16 under torch.autocast (weights and optimizer stay float32; "
+        "evaluation runs in float32). auto: bf16 where the trial's GPU or CPU computes it natively, else fp32.",
+    )
     # Settings of the section that are not a trial's (data building, stopping rules, lineage).
     _not_trial_settings: ClassVar[frozenset[str]] = frozenset()
 

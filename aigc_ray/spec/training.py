@@ -64,7 +64,11 @@ class TrainingSpec(Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = Field(False, description="ZeRO-Offload: optimizer state in CPU memory (GPU runs).")
     offload_params: bool = Field(False, description="ZeRO-3 only: parameters in CPU memory.")
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32",
+        description="bf16: mixed precision (float32 master weights, bf16 matmuls). auto: bf16 where each worker's "
+        "GPU or CPU computes it natively (Ampere and later; AVX512-BF16 or AMX), else fp32.",
+    )
     micro_batch_size: int = Field(8, ge=1)
     global_batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)

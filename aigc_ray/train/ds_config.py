@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import torch
+
+from ..models.precision import resolve_precision
 from ..spec.sections import TrainingSpec, check_batch
+
+
+def training_precision(p: TrainingSpec) -> str:
+    """``fp32`` or ``bf16`` for this worker: ``auto`` resolved for the device it trains on (call it
+    in the worker, where that device is)."""
+    return resolve_precision(p.precision, torch.device("cuda" if p.use_gpu else "cpu"))
 
 
 def deepspeed_config(p: TrainingSpec, world_size: int) -> dict:
@@ -31,7 +40,8 @@ def deepspeed_config(p: TrainingSpec, world_size: int) -> dict:
         "gradient_accumulation_steps": p.global_batch_size // per_step,
         "gradient_clipping": p.grad_clip,
         "zero_optimization": zero,
-        "bf16": {"enabled": p.precision == "bf16"},
+        # bf16 with float32 master weights and optimizer state (DeepSpeed's BF16 optimizer / ZeRO)
+        "bf16": {"enabled": training_precision(p) == "bf16"},
         "optimizer": {
             "type": "AdamW",
             "params": {

@@ -25,7 +25,7 @@ import torch
 
 from .. import progress
 from ..spec.sections import TrainingSpec
-from .ds_config import deepspeed_config
+from .ds_config import deepspeed_config, training_precision
 from .sampler import GlobalBatchOrder
 
 CKPT_TAG = "ckpt"  # one fixed DeepSpeed tag: each reported checkpoint folder holds one state
@@ -285,6 +285,7 @@ def run_training(cfg: LoopConfig, hooks: Hooks) -> None:
             "time": time.time(),  # wall clock: lets a launcher measure start-up to first step
         }
         if step == start:
+            record["precision"] = training_precision(p)  # what ``auto`` became on this worker
             record["data_load_s"] = data_load_s
             record["startup_marks"] = marks
         t_last = now

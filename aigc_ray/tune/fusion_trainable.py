@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..models.device import module_device
 from ..models.fusion_training import (
     FIELDS,
     STATE_FILE,
@@ -20,6 +21,7 @@ from ..models.fusion_training import (
     predict,
     train_iteration,
 )
+from ..models.precision import autocast
 from ..runtime import worker_device
 from .trial import run_trial
 
@@ -49,7 +51,8 @@ class FusionTrial:
         ratio = float(config.get("augment_ratio") or 0.0)
         if ratio > 0 and self.pool is None:
             raise ValueError(f"augment_ratio {ratio:g} needs the synthetic pool from the driver (fusion_sweep)")
-        train_loss = train_iteration(self.model, self.optimizer, self.x, config, iteration, self.pool)
+        with autocast(config.get("precision", "fp32"), module_device(self.model)):
+            train_loss = train_iteration(self.model, self.optimizer, self.x, config, iteration, self.pool)
         scores = classification_metrics(predict(self.model, self.val), self.val["label"])
         metrics = {
             "accuracy": scores["accuracy"],

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from ..models.classifier import ImageClassifier
+from ..models.device import module_device
 from ..models.gan_training import TrainData, build_gan, class_spread, eval_images, spread, train_step
 from ..models.generators import build_generator, is_conditional
 from ..models.metrics import class_accuracy, frechet_distance, inception_score
+from ..models.precision import autocast
 from .gan_pair import PairTrial
 from .trial import run_trial
 
@@ -55,10 +57,11 @@ class GanTrial(PairTrial):
         if self.gen is None:  # one stream of draws from here on, seeded by where the trial (re)starts
             self.gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
         d_correct = d_total = 0.0
-        for _ in range(config["steps_per_iteration"]):
-            out = train_step(self.g, self.d, self.opt_g, self.opt_d, self.data, config, self.gen)
-            d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
-            d_total += 2 * len(out["real_logits"])
+        with autocast(config.get("precision", "fp32"), module_device(self.g)):
+            for _ in range(config["steps_per_iteration"]):
+                out = train_step(self.g, self.d, self.opt_g, self.opt_d, self.data, config, self.gen)
+                d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
+                d_total += 2 * len(out["real_logits"])
         images, digits = eval_images(self.g, config["eval_samples"], self.prompt_embeddings)
         with torch.no_grad():
             feats = self.classifier.features(images)

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 
 from ..models.classifier import ImageClassifier
+from ..models.device import module_device
 from ..models.gan import EVAL_SEED
+from ..models.precision import autocast
 from ..models.video_gan import build_video_gan, from_video_space, sample_clips, video_train_step
 from ..models.video_metrics import clip_metrics
 from .gan_pair import PairTrial
@@ -32,10 +34,11 @@ class VideoTrial(PairTrial):
             self.gen = torch.Generator().manual_seed(config["seed"] * 1000 + iteration)
         batch = int(config["batch_size"])
         d_correct = d_total = 0.0
-        for _ in range(config["steps_per_iteration"]):
-            out = video_train_step(g, self.d, self.opt_g, self.opt_d, self.real, batch, self.gen)
-            d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
-            d_total += 2 * batch
+        with autocast(config.get("precision", "fp32"), module_device(g)):
+            for _ in range(config["steps_per_iteration"]):
+                out = video_train_step(g, self.d, self.opt_g, self.opt_d, self.real, batch, self.gen)
+                d_correct += float((out["real_logits"] > 0).sum() + (out["fake_logits"] < 0).sum())
+                d_total += 2 * batch
         clips = from_video_space(sample_clips(g, int(config["eval_samples"]), EVAL_SEED))  # same noise each time
         real = self.real_stats
         scores = clip_metrics(self.classifier, (real["mu"], real["sigma"]), clips)
