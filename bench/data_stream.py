@@ -20,6 +20,7 @@ Prints one line per comparison with the word ``ratio`` (Ray Data rows/s ÷ pyarr
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import statistics
 import subprocess
@@ -154,6 +155,7 @@ def main() -> None:
         from ray.data import DataContext
 
         DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its per-pass INFO lines: noise here
 
         shard_set = join(data_root(spec), "multimodal")
 
