@@ -380,10 +380,11 @@ def test_resume_on_fewer_workers_continues_from_the_checkpoint(ray_local, local_
 def test_bad_pretrain_specs_are_refused_before_ray_starts(tmp_path, capsys):
     cases = {
         "pretrain.zero_stage=4": "pretrain.zero_stage = 4: Input should be 0, 1, 2 or 3",
-        "pretrain.global_batch_size=20": "global_batch_size (20) must be divisible by micro_batch_size × num_workers = 8 × 2 = 16",
+        # micro-batches named here, not the quickstart's (which may change)
+        "pretrain.micro_batch_size=8;pretrain.global_batch_size=20": "global_batch_size (20) must be divisible by micro_batch_size × num_workers = 8 × 2 = 16",
         "pretrain.family=llama": "pretrain.family = \"llama\": Input should be 'gpt2' or 'bert'",
         "pretrain.min_workers=3": "min_workers (3) > num_workers (2)",
-        "pretrain.num_workers=4;pretrain.min_workers=2": "an elastic run (min_workers 2) may run on 3: global_batch_size "
+        "pretrain.micro_batch_size=8;pretrain.num_workers=4;pretrain.min_workers=2": "an elastic run (min_workers 2) may run on 3: global_batch_size "
         "(32) must be divisible by micro_batch_size × num_workers = 8 × 3 = 24",
         "pretrain.worker_resources={CPU: 2}": "worker_resources cannot set CPU",
     }
