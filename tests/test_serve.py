@@ -944,7 +944,8 @@ def _replica_process(deployment: str):
 
     titles = {p.pid: (" ".join(p.info["cmdline"] or []), p) for p in psutil.process_iter(["cmdline"])}
     replicas = {pid: t for pid, (t, _) in titles.items() if "ServeReplica" in t}
-    found = [pid for pid, t in replicas.items() if t.rstrip().endswith(f":{deployment}")]
+    # "ray::ServeReplica:APP:DEPLOYMENT", with ".METHOD" appended while the replica runs a call
+    found = [pid for pid, t in replicas.items() if t.rstrip().rsplit(":", 1)[-1].split(".")[0] == deployment]
     assert len(found) == 1, f"expected one {deployment} replica process among {sorted(replicas.values())}"
     return titles[found[0]][1]
 
