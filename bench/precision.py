@@ -20,8 +20,8 @@ below 1, which is why ``auto`` keeps float32 there.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
-import socket
 import statistics
 import sys
 import time
@@ -64,8 +64,8 @@ def lm_step(spec):
     hf_config = lm_config(p, spec.data.vocab_size, special).to_dict()
 
     def make(precision: str):
-        training = p.model_copy(update={"precision": precision, "num_workers": 1})
-        training = training.model_copy(update={"global_batch_size": p.micro_batch_size})
+        one_micro_batch = {"precision": precision, "num_workers": 1, "global_batch_size": p.micro_batch_size}
+        training = p.model_copy(update=one_micro_batch)
         engine = build_engine(LoopConfig(training=training, hf_config=hf_config, seed=0, special_ids=special), 1)
         gen = torch.Generator().manual_seed(0)
 
@@ -155,7 +155,7 @@ def fusion_step(spec):
     def make(precision: str):
         model = build_model(config, vocab)
         optimizer = build_optimizer(model, config)
-        counter = iter(range(10**9))
+        counter = itertools.count()
 
         def step():
             with autocast(precision, torch.device("cpu")):
@@ -179,10 +179,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from serve_load import free_port
+
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
 
     from aigc_ray.models.precision import native_bf16, resolve_precision
     from aigc_ray.spec import load_spec
