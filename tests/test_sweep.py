@@ -77,6 +77,84 @@ def test_asha_sweep_runs_and_publishes_results(ray_local, local_data, tmp_path):
     _assert_trials_tracked(spec, store, result)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_sweeps_last_trial_takes_the_threads_its_ended_trials_ran_on(ray_local, tmp_path):
+    """Two trials at once on one node, one of a single iteration and one of sixteen: once the
+    short one has ended nothing is left to start, and the long one runs its later iterations on
+    its own thread plus the ended trial's (torch's thread count inside the iteration says so)."""
+    from aigc_ray.spec import load_spec
+    from aigc_ray.spec.sweeps import SweepSpec
+    from aigc_ray.storage import Storage
+    from aigc_ray.tune.tuner import run_tuner
+
+    def trainable(config):  # defined here: the trial processes cannot import a test module
+        import time
+
+        import torch
+
+        from aigc_ray.tune.trial import run_trial
+
+        class Waits:
+            def restore(self, folder, trial_id):
+                return 0, 0, {}
+
+            def iterate(self, iteration):
+                time.sleep(0.25)  # long enough for the driver to see the short trial end
+                return {"score": float(iteration), "torch_threads": torch.get_num_threads()}, 1
+
+            def save(self, folder, step, iteration, metrics):
+                pass
+
+        run_trial(config, Waits())
+
+    from ray import tune
+
+    sweep = SweepSpec(
+        scheduler="fifo",
+        num_samples=1,
+        max_concurrent_trials=2,
+        metric="score",
+        search_space={"max_iterations": {"type": "grid", "values": [1, 16]}},
+    )
+    storage = Storage.from_spec(load_spec(None, [f"storage.root={tmp_path}"]).storage)
+    grid = run_tuner(
+        sweep,
+        tune.with_resources(trainable, {"cpu": 0.5}),
+        {},
+        str(tmp_path / "share"),
+        storage,
+        progress=False,
+        log=lambda *_: None,
+    )
+    runs = {r.config["max_iterations"]: r.metrics_dataframe for r in grid}
+    short, long = runs[1], runs[16]
+    assert list(short["threads"]) == [1] == list(short["torch_threads"])
+    assert long["threads"].iloc[-1] == 2 and long["torch_threads"].iloc[-1] == 2, long[["threads", "torch_threads"]]
+    assert (long["threads"] == long["torch_threads"]).all() and long["threads"].max() == 2
+
+
+def test_threads_are_shared_on_a_node_only_when_nothing_is_left_to_start():
+    from aigc_ray.tune.cpu_share import thread_shares
+
+    peak: dict[str, int] = {}
+    # four one-thread trials over two nodes, a fifth still to come: nothing shared
+    four = {"a": ("n1", 1), "b": ("n1", 1), "c": ("n1", 1), "d": ("n2", 1)}
+    assert thread_shares(four, peak, more_to_come=True) == {}
+    assert peak == {"n1": 3, "n2": 1}
+    # nothing left to start; b and c ended: a takes their two threads, d (alone all along) none
+    assert thread_shares({"a": ("n1", 1), "d": ("n2", 1)}, peak, more_to_come=False) == {"a": 2}
+    # three free threads over two trials: an even split, the remainder to the first by id
+    peak = {"n1": 5}
+    assert thread_shares({"y": ("n1", 1), "x": ("n1", 1)}, peak, more_to_come=False) == {"x": 2, "y": 1}
+    # a trial whose node is not known yet neither takes nor counts
+    assert thread_shares({"x": ("n1", 1), "z": (None, 1)}, peak, more_to_come=False) == {"x": 4}
+    # a trial of two CPUs runs two threads of its own: the peak is in threads
+    peak = {}
+    assert thread_shares({"p": ("n1", 2), "q": ("n1", 1)}, peak, more_to_come=False) == {}
+    assert thread_shares({"q": ("n1", 1)}, peak, more_to_come=False) == {"q": 2}
+
+
 def _assert_trials_tracked(spec, store: str, result) -> None:
     """Read back with MLflow's own client: one run for the sweep, one child run per trial whose
     params are the trial's config and whose final metrics are Tune's last result of the trial."""
@@ -196,6 +274,7 @@ def test_pbt_exploits_copy_generator_and_discriminator_from_one_donor(ray_local,
         ), f"{recipient}'s checkpoint after the exploit is not one iteration from {donor}'s (G, D) at {k}"
         replayed += 1
     assert replayed, "no exploit could be replayed from the donor's checkpoint files"
+    assert {row["threads"] for trial_rows in rows.values() for row in trial_rows} == {1}  # PBT shares none
     for trial, trial_rows in rows.items():  # within one lineage, a trial keeps its shapes
         for prev, row in zip(trial_rows, trial_rows[1:], strict=False):
             lineage = ("restored_from", "restored_at_iteration")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,38 @@ def test_asking_for_the_coordinator_without_ray_starts_no_ray():
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "no ray", done.stderr[-3000:]
+
+
+def test_a_training_run_polls_its_workers_often_and_keeps_a_value_the_user_exported(ray_local, monkeypatch, tmp_path):
+    """Ray Train's controller polls its workers every 2 s by default, so a finished run waited up
+    to 2 s more for fit() to return; a stage's fit() sets a shorter interval, which Ray Train
+    carries from the driver to its controller and workers. A value the user exported wins."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from aigc_ray.runtime import TRAIN_DRIVER_ENV
+    from aigc_ray.spec import load_spec
+    from aigc_ray.storage import Storage
+    from aigc_ray.train.pretrain import fit_and_tidy
+
+    def write_train_env(config) -> None:  # defined here: the workers cannot import a test module
+        import json
+        import os
+
+        with open(config["out"], "w") as f:
+            json.dump({name: os.environ.get(name, "unset") for name in config["names"]}, f)
+
+    names = sorted(TRAIN_DRIVER_ENV)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)  # restored after the test, like any the run sets
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PRINT_PATCH", "1")
+    trainer = TorchTrainer(
+        write_train_env,
+        train_loop_config={"names": names, "out": str(tmp_path / "env.json")},
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(name="env", storage_path=str(tmp_path / "ray")),
+    )
+    storage = Storage.from_spec(load_spec(None, [f"storage.root={tmp_path}"]).storage)
+    fit_and_tidy(trainer, storage, str(tmp_path / "ray" / "env"), log=lambda *_: None)
+    seen = json.loads((tmp_path / "env.json").read_text())  # in the worker
+    assert seen == {"RAY_TRAIN_ENABLE_PRINT_PATCH": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}

@@ -37,7 +37,12 @@ class SweepSpec(Section):
     search_alg: Literal["random", "optuna"] = "random"
     num_samples: int = Field(4, ge=1, description="Trials (times the grid, if the space has grid dimensions).")
     max_concurrent_trials: int = Field(2, ge=1)
-    cpus_per_trial: float = Field(0.5, gt=0)
+    cpus_per_trial: float = Field(
+        0.5,
+        gt=0,
+        description="CPUs Ray reserves per trial; a trial runs one torch thread per whole CPU (at least one), "
+        "and at the sweep's end also the threads of its trials that ended (not under PBT).",
+    )
     gpus_per_trial: float = Field(
         0.0, ge=0, description="GPUs per trial (fractions share one); 0: the CPU. Bagging tasks take the fusion's."
     )

@@ -18,7 +18,7 @@ from ray.train import DataConfig
 from .. import progress
 from ..data.stream import EpochSummary, multimodal_dataset, summarize
 from ..layout import stream_check_uri
-from ..runtime import cpus_per_train_worker
+from ..runtime import cpus_per_train_worker, set_train_driver_env
 from ..spec import ExperimentSpec
 from ..storage import Storage, join
 
@@ -100,6 +100,7 @@ def stream_to_workers(
             dataset_config=ShardingConfig(equal=spec.data.equal_shards if equal is None else equal),
             run_config=RunConfig(name=f"stream-{uuid.uuid4().hex[:8]}", storage_path=run_dir),
         )
+        set_train_driver_env()
         trainer.fit()
     summaries = []
     for rank in range(num_workers):

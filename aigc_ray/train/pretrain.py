@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,7 @@ from ..data.lm_blocks import (
 from ..data.tokenizer import SPECIAL_TOKENS, download_tokenizer, special_tokens
 from ..layout import corpus_uri, pretrain_dir, pretrain_export, pretrain_tokenizer_uri, ray_runs, tokenizer_uri
 from ..manifest import folder_fingerprint, publish_directory
-from ..runtime import cpus_per_train_worker
+from ..runtime import cpus_per_train_worker, set_train_driver_env
 from ..spec import ExperimentSpec, spec_hash
 from ..spec.load import check_fits_positions
 from ..spec.training import vocabulary_problem
@@ -192,18 +191,12 @@ def remove_uncommitted_checkpoints(storage: Storage, run_root: str) -> list[str]
     return sorted(removed)
 
 
-# Ray Train v2 sends each worker's print() to its logger as well as to stdout, so every line
-# a worker prints reached the stage's log twice; off unless the user set it (the driver's value
-# travels to the controller and its workers).
-PRINT_PATCH_ENV = "RAY_TRAIN_ENABLE_PRINT_PATCH"
-
-
 def fit_and_tidy(trainer, storage: Storage, run_root: str, log=print):
     """``trainer.fit()`` with the run's uncommitted checkpoint folders removed before (what a
     killed earlier run left) and after (what this one's failures left)."""
     for stale in remove_uncommitted_checkpoints(storage, run_root):
         log(f"  removed an uncommitted checkpoint an earlier run left: {stale}")
-    os.environ.setdefault(PRINT_PATCH_ENV, "0")
+    set_train_driver_env()
     try:
         return trainer.fit()
     finally:

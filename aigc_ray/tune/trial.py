@@ -1,6 +1,8 @@
 """One trial skeleton for every sweep family: restore from Tune's checkpoint, iterate, and report
 each iteration's metrics with a checkpoint. A family supplies a ``Trial``: how to restore, run one
-iteration and save; the loop, the bookkeeping (``step``, ``trial_id``) and Tune's calls live here.
+iteration and save; the loop, the bookkeeping (``step``, ``trial_id``, ``threads``) and Tune's
+calls live here. Each iteration runs on one torch thread per whole CPU of the trial (at least
+one), plus those ``cpu_share`` hands it once the sweep's other trials have ended.
 """
 
 from __future__ import annotations
@@ -24,19 +26,28 @@ def run_trial(config: dict, trial: Trial) -> None:
     """Drive ``trial`` from Tune's latest checkpoint (a restart or a PBT exploit) to
     ``config["max_iterations"]``, reporting after every iteration with a checkpoint; a trial whose
     metrics say ``stop_trial`` ends after that report."""
+    import torch
     from ray import tune
 
-    trial_id = tune.get_context().get_trial_id()
+    from .cpu_share import extra_threads, own_threads, share_handle
+
+    context = tune.get_context()
+    trial_id = context.get_trial_id()
+    own = own_threads(context.get_trial_resources().required_resources.get("CPU", 1))
+    share = share_handle()
     step, iteration, restored = 0, 0, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             step, iteration, restored = trial.restore(folder, trial_id)
     while iteration < config["max_iterations"]:
+        threads = own + extra_threads(share, trial_id)  # more once the sweep's other trials ended
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
         metrics, steps = trial.iterate(iteration)
         step += steps
         iteration += 1
-        metrics = {**metrics, "step": step, "trial_id": trial_id, **restored}
+        metrics = {**metrics, "step": step, "trial_id": trial_id, "threads": threads, **restored}
         with tempfile.TemporaryDirectory() as folder:
             trial.save(folder, step, iteration, metrics)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

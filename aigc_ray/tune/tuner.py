@@ -23,6 +23,7 @@ from ..spec import ExperimentSpec, spec_hash
 from ..spec.cost import sweep_trials
 from ..spec.sections import SweepSpec
 from ..storage import Storage, checkpoint_uri, join
+from .cpu_share import CpuShareCallback
 from .space import param_space, scheduler, search_alg
 from .sweep_progress import SweepProgress
 from .trial_runs import trial_run_callbacks
@@ -100,6 +101,8 @@ def run_tuner(
                         sweep_trials(sweep),
                     ),
                     *trial_run_callbacks(),
+                    # the sweep's tail: trials still running take the CPUs of those that ended
+                    *([CpuShareCallback(sweep_trials(sweep))] if sweep.scheduler != "pbt" else []),
                 ],
                 # Every checkpoint is kept while the sweep runs and pruned once it ends (below): with
                 # num_to_keep, Tune snapshots and uploads the whole experiment state each time a trial
