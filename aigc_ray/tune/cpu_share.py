@@ -12,7 +12,7 @@ Only threads this sweep ran are handed out, never more (``max_concurrent_trials`
 under PBT none are (trials pause and resume, and an exploit is replayed exactly from the donor's
 checkpoint, which the same thread count guarantees). The driver's
 ``CpuShareCallback`` decides; each trial asks the job's ``CpuShare`` actor before each iteration
-(``extra_threads``), keyed by trial id, so sweeps side by side in one job share one actor.
+(``ShareClient``), keyed by trial id, so sweeps side by side in one job share one actor.
 """
 
 from __future__ import annotations
@@ -42,22 +42,24 @@ class CpuShare:
         return self.extra.get(trial_id, 0)
 
 
-def share_handle():
-    """The job's ``CpuShare`` if a sweep made one, else None (a trainable run without it)."""
-    try:
-        return ray.get_actor(SHARE_ACTOR)
-    except ValueError:
-        return None
+class ShareClient:
+    """A trial's side: asks the job's ``CpuShare`` for its extra threads, finding the actor on the
+    first ask that it exists (none exists in a job that ran no sweep with the callback)."""
 
+    def __init__(self) -> None:
+        self.handle = None
 
-def extra_threads(share, trial_id: str) -> int:
-    """The threads ``trial_id`` may run beyond its own now; 0 when the answer cannot be had."""
-    if share is None:
-        return 0
-    try:
-        return int(ray.get(share.extra_for.remote(trial_id), timeout=10))
-    except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
-        return 0
+    def extra_threads(self, trial_id: str) -> int:
+        """The threads ``trial_id`` may run beyond its own now; 0 when the answer cannot be had."""
+        if self.handle is None:
+            try:
+                self.handle = ray.get_actor(SHARE_ACTOR)
+            except ValueError:
+                return 0
+        try:
+            return int(ray.get(self.handle.extra_for.remote(trial_id), timeout=10))
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return 0
 
 
 def own_threads(cpus: float) -> int:

@@ -29,19 +29,19 @@ def run_trial(config: dict, trial: Trial) -> None:
     import torch
     from ray import tune
 
-    from .cpu_share import extra_threads, own_threads, share_handle
+    from .cpu_share import ShareClient, own_threads
 
     context = tune.get_context()
     trial_id = context.get_trial_id()
     own = own_threads(context.get_trial_resources().required_resources.get("CPU", 1))
-    share = share_handle()
+    share = ShareClient()
     step, iteration, restored = 0, 0, {}
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             step, iteration, restored = trial.restore(folder, trial_id)
     while iteration < config["max_iterations"]:
-        threads = own + extra_threads(share, trial_id)  # more once the sweep's other trials ended
+        threads = own + share.extra_threads(trial_id)  # more once the sweep's other trials ended
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
         metrics, steps = trial.iterate(iteration)
