@@ -44,10 +44,12 @@ def test_pretraining_survives_losing_a_node_and_grows_back_when_one_joins(local_
     assert got["removed"] and got["second_node"] in got["train_nodes"], got
     assert got["added_node"] in got["train_nodes"] and len(got["train_nodes"]) == 3, got
     assert got["alive_nodes"] == 2
-    # Train restarted on the one node left from a checkpoint (the first one, unless the node's death
-    # was noticed after the second), then on two again from a later one, with the same global batch.
+    # Train restarted on the one node left from a committed checkpoint (every 10 steps; which one
+    # depends on how soon the node's death was noticed), then on two again from a later one, with
+    # the same global batch.
     shrink, grow = got["resumes"]
-    assert shrink["from_world_size"] == 2 and shrink["world_size"] == 1 and shrink["at_step"] in (10, 20)
+    assert shrink["from_world_size"] == 2 and shrink["world_size"] == 1
+    assert shrink["at_step"] >= 10 and shrink["at_step"] % 10 == 0, shrink
     assert grow["from_world_size"] == 1 and grow["world_size"] == 2 and shrink["at_step"] < grow["at_step"] < STEPS
     assert got["steps"] == list(range(1, STEPS + 1))
     losses = got["losses"]
