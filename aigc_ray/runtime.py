@@ -18,11 +18,12 @@ def resolve_address(spec: ExperimentSpec, address: str | None = None) -> str | N
 
 
 @contextlib.contextmanager
-def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[None]:
+def ray_session(spec: ExperimentSpec, address: str | None = None, log_to_driver: bool = True) -> Iterator[None]:
     """Connect to the named cluster or start an embedded local Ray; shut down only what we started.
 
     Every worker gets the spec's ``ray.env_vars`` (threads pinned) through the job's runtime_env.
     If Ray is already initialised in this process (tests, notebooks), it is reused as is.
+    ``log_to_driver=False`` leaves the workers' output in Ray's log files (benchmarks' terminals).
     """
     import ray
 
@@ -32,7 +33,7 @@ def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[No
     runtime_env = {"env_vars": dict(spec.ray.env_vars)}
     target = resolve_address(spec, address)
     if target:
-        ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING)
+        ray.init(address=target, runtime_env=runtime_env, logging_level=logging.WARNING, log_to_driver=log_to_driver)
     else:
         ray.init(
             # "local": always start a new cluster, even when a stale /tmp/ray/ray_current_cluster
@@ -42,6 +43,7 @@ def ray_session(spec: ExperimentSpec, address: str | None = None) -> Iterator[No
             include_dashboard=False,
             runtime_env=runtime_env,
             logging_level=logging.WARNING,
+            log_to_driver=log_to_driver,
         )
     reaper = None if target else start_reaper()
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -37,9 +36,8 @@ def main() -> None:
     parser.add_argument("--reduction-factor", type=float, default=4)
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import ray
-
     from aigc_ray.data.build import build_data
+    from aigc_ray.runtime import ray_session
     from aigc_ray.spec import load_spec
     from aigc_ray.storage import Storage
     from aigc_ray.tune.fusion_sweep import run_fusion_sweep
@@ -72,19 +70,10 @@ def main() -> None:
         results = {}
         # The trials' own log lines (Tune's "Checkpoint successfully created ...", one per
         # iteration) stay in Ray's log files: the terminal shows the comparison.
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            runtime_env={"env_vars": dict(grid_spec.ray.env_vars)},
-            logging_level=logging.WARNING,
-        )
-        try:
+        with ray_session(grid_spec, log_to_driver=False):
             for name, spec in (("asha", asha_spec), ("grid", grid_spec)):
                 t = time.time()
                 results[name] = (run_fusion_sweep(spec, storage, progress=False, log=lambda *_: None), time.time() - t)
-        finally:
-            ray.shutdown()
     (asha, asha_s), (grid, grid_s) = results["asha"], results["grid"]
     dims = " x ".join(f"{len(d['values'])} {name}" for name, d in SPACE.items())
     print(

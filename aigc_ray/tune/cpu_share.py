@@ -79,7 +79,7 @@ class CpuShareCallback(tune.Callback):
         self.total_trials = total_trials
         self.nodes: dict[str, str] = {}  # trial id -> the node its results come from
         self.only_node: str | None = None  # the cluster's node while it has one: where every trial is
-        self.peak: dict[str, int] = defaultdict(int)  # node -> most threads its trials ran at once
+        self.peak: dict[str, int] = {}  # node -> most threads its trials ran at once (thread_shares keeps it)
         self.published: dict[str, int] = {}
         self.share = None
 
