@@ -8,11 +8,21 @@ Runs the same model builder and DeepSpeed config as ``aigc pretrain`` without Ra
 MFU = tokens/s × (6N + 12·L·H·Q·T) / (peak FLOP/s × GPUs), with the H200's dense bf16 peak
 (989 TFLOP/s) by default. One line per stage with ``ratio`` (the MFU) and, on rank 0, a JSON
 summary in --out for BENCHMARKS.md. ``--device cpu --preset tiny`` smoke-tests it anywhere.
+
+The ways past the step's fixed cost (BENCHMARKS.md: DeepSpeed's per-tensor bookkeeping, CPU-bound,
+0.10 s of a 0.48 s step on an H200) are measured one flag at a time, each against the same
+stages without it: ``--accum N`` (N micro-batches per optimizer step: the bookkeeping is paid
+once per N), ``--no-overflow-check`` (bf16 has float32's range, so DeepSpeed's per-tensor
+inf/NaN scan guards against far less than under fp16 — but without it a NaN gradient is applied
+instead of skipped, so it is measured here, not made a default), ``--compile``
+(``engine.compile()``: torch.compile of the model under DeepSpeed's hooks).
+``bench/gpu_session.sh`` runs the prepared set on one GPU within the device machine's limits.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -38,30 +48,42 @@ def run_stage(stage: int, args, world: int, device) -> dict:
         zero_stage=stage,
         precision=args.precision,
         micro_batch_size=args.micro,
-        global_batch_size=args.micro * world,
+        global_batch_size=args.micro * world * args.accum,
         use_gpu=device.type == "cuda",
         max_steps=args.steps + args.warmup,
         warmup_steps=1,
     )
     ds_config = deepspeed_config(spec, world)
+    if not args.overflow_check:  # DeepSpeed reads it for bf16 only
+        ds_config["bf16"]["check_grad_overflow"] = False
     config = lm_config(spec, 50304, {"bos": 0, "eos": 0, "pad": 0})
     if args.activation:  # to measure an alternative against the project's default
         config.activation_function = args.activation
     keep_alive = HfDeepSpeedConfig(ds_config) if stage == 3 else None
-    model = build_lm(config)
+    # Below ZeRO-3 the weights are built where they train: a 1.5 B model's float32 init on the
+    # host takes longer than the measurement (ZeRO-3 partitions them as they are built instead).
+    with torch.device(device) if stage < 3 else contextlib.nullcontext():
+        model = build_lm(config)
     n_params = count_params(model)
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
     del keep_alive
+    compile_s = None
+    if args.compile:
+        started = time.perf_counter()
+        engine.compile()
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 50304, (args.micro, args.seq), generator=gen).to(engine.device)
 
-    def step():
-        loss = engine(input_ids=x, labels=x).loss
-        engine.backward(loss)
-        engine.step()
+    def step():  # one optimizer step: --accum micro-batches, DeepSpeed steps on the last
+        for _ in range(args.accum):
+            loss = engine(input_ids=x, labels=x).loss
+            engine.backward(loss)
+            engine.step()
 
-    for _ in range(args.warmup):
+    for i in range(args.warmup):
         step()
+        if i == 0 and args.compile:  # the first step traces and compiles
+            compile_s = time.perf_counter() - started
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -70,6 +92,7 @@ def run_stage(stage: int, args, world: int, device) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
+    optimizer_steps = engine.global_steps
     phases = breakdown(engine, x, device) if args.breakdown else {}
     if args.profile and device.type == "cuda":
         print_profile(step, args.profile)
@@ -77,15 +100,23 @@ def run_stage(stage: int, args, world: int, device) -> dict:
         engine.backward(engine(input_ids=x, labels=x).loss)
         print_profile(engine.step, 1)
     layers, _, width = spec.model.dims
-    tokens_per_s = args.steps * args.micro * args.seq * world / seconds
+    tokens_per_s = args.steps * args.accum * args.micro * args.seq * world / seconds
     mfu = tokens_per_s * flops_per_token(n_params, layers, width, args.seq) / (args.peak_tflops * 1e12 * world)
     memory = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    checked = getattr(engine.optimizer, "check_grad_overflow", None)  # what DeepSpeed took from the config
     engine.destroy()
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     result = {"zero": stage, "params": n_params, "tokens_per_s": tokens_per_s, "mfu": mfu, "max_mem_gib": memory}
-    return result | {"phases_s": phases, "activation": config.activation_function}
+    return result | {
+        "phases_s": phases,
+        "activation": config.activation_function,
+        "accum": args.accum,
+        "compile_s": compile_s,
+        "overflow_check": checked,
+        "optimizer_steps": optimizer_steps,
+    }
 
 
 def breakdown(engine, x, device, steps: int = 3) -> dict:
@@ -127,6 +158,14 @@ def print_profile(step, steps: int) -> None:
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70), flush=True)
 
 
+def variant(args) -> str:
+    """The flags that set this run apart from the defaults, for its line."""
+    parts = [f"accum {args.accum}"] if args.accum > 1 else []
+    parts += ["no overflow check"] if not args.overflow_check else []
+    parts += ["compiled"] if args.compile else []
+    return "".join(f", {p}" for p in parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="gpt2-xl")
@@ -139,11 +178,21 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak per device (H200: 989)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--activation", default=None, help="override the model's activation_function")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    parser.add_argument("--compile", action="store_true", help="engine.compile() (torch.compile) before the steps")
+    parser.add_argument(
+        "--no-overflow-check",
+        dest="overflow_check",
+        action="store_false",
+        help="bf16 without DeepSpeed's per-tensor inf/NaN scan (bf16.check_grad_overflow: false)",
+    )
     parser.add_argument("--breakdown", action="store_true", help="also time forward, backward and step apart")
     parser.add_argument("--profile", type=int, default=0, help="print a torch.profiler table over N steps")
     parser.add_argument("--profile-step", action="store_true", help="print one for the optimizer step alone")
     parser.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for gpu_mfu.json")
     args = parser.parse_args()
+    if args.accum > 1 and (args.breakdown or args.profile_step):
+        parser.error("--breakdown and --profile-step time one micro-batch per optimizer step: use --accum 1")
 
     import deepspeed
     import torch
@@ -162,10 +211,12 @@ def main() -> None:
         if rank == 0:
             print(
                 f"zero-{stage} {args.preset} ({r['params'] / 1e9:.2f} B params) {args.precision} "
-                f"micro {args.micro}x{args.seq} x{world}: {r['tokens_per_s']:,.0f} tok/s, "
+                f"micro {args.micro}x{args.seq} x{world}{variant(args)}: {r['tokens_per_s']:,.0f} tok/s, "
                 f"peak mem {r['max_mem_gib']:.1f} GiB, {r['activation']}, mfu ratio {r['mfu']:.3f}",
                 flush=True,
             )
+            if r["compile_s"] is not None:
+                print(f"  compile and first step: {r['compile_s']:.1f} s", flush=True)
             if r["phases_s"]:
                 print("  seconds per step: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases_s"].items()), flush=True)
     if rank == 0:

@@ -6,6 +6,12 @@ and that nothing assumes a GPU."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +136,55 @@ def test_training_on_gpus_asks_for_torchs_fused_adamw_and_only_there():
     params = {k: v for k, v in adam(use_gpu=device == "cuda").items() if k != "torch_adam"}
     optimizer = torch.optim.AdamW([torch.zeros(4, device=device, requires_grad=True)], **params)
     assert optimizer.defaults["fused"] is (True if device == "cuda" else None)
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _gpu_mfu_on_cpu(out: Path, *flags: str) -> subprocess.CompletedProcess:
+    args = ["--device", "cpu", "--preset", "tiny", "--zero", "2", "--micro", "2", "--seq", "16"]
+    args += ["--steps", "2", "--warmup", "1", "--out", str(out), *flags]
+    env = os.environ | {"MASTER_PORT": "29531", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(BENCH / "gpu_mfu.py"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_the_mfu_benchmark_accumulates_and_drops_the_overflow_scan_when_asked(tmp_path):
+    """bench/gpu_mfu.py's flags for the GPU lease (here on the CPU, tiny model): ``--accum 3``
+    makes each optimizer step three micro-batches (tokens/s counts all of them),
+    ``--no-overflow-check`` reaches DeepSpeed's ZeRO optimizer, and the line names both."""
+    done = _gpu_mfu_on_cpu(tmp_path, "--accum", "3", "--no-overflow-check")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "micro 2x16 x1, accum 3, no overflow check:" in done.stdout and "mfu ratio" in done.stdout
+    (result,) = json.loads((tmp_path / "gpu_mfu.json").read_text())["results"]
+    assert result["accum"] == 3 and result["overflow_check"] is False
+    assert result["optimizer_steps"] == 3  # one warm-up and two timed steps, of three micro-batches each
+    assert result["tokens_per_s"] > 0
+
+    default = _gpu_mfu_on_cpu(tmp_path)
+    assert default.returncode == 0, default.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "gpu_mfu.json").read_text())["results"]
+    assert result["accum"] == 1 and result["overflow_check"] is True and result["optimizer_steps"] == 3
+
+    refused = _gpu_mfu_on_cpu(tmp_path, "--accum", "2", "--breakdown")
+    assert refused.returncode == 2 and "--breakdown and --profile-step" in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_prepared_gpu_session_runs_every_variant_and_compares_it_with_the_baseline(tmp_path):
+    """bench/gpu_session.sh is what a short device lease runs in one call: here with the tiny model
+    on the CPU, each variant (accumulation, no overflow scan, compiled) writes its figures and the
+    summary prints its tokens/s against the same run's baseline with ``ratio``."""
+    env = os.environ | {
+        "OUT": str(tmp_path),
+        "PYTHON": sys.executable,
+        "GPU_MFU_ARGS": "--device cpu --preset tiny --zero 2 --micro 2 --seq 16 --warmup 1",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(["bash", str(BENCH / "gpu_session.sh")], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("accum4", "accum4_nocheck", "accum4_nocheck_compiled"):
+        (line,) = [x for x in done.stdout.splitlines() if x.startswith(f"{name} vs baseline:")]
+        assert float(line.split("ratio ")[1].split()[0]) > 0
+    compiled = json.loads((tmp_path / "accum4_nocheck_compiled" / "gpu_mfu.json").read_text())["results"][0]
+    assert compiled["compile_s"] > 0 and compiled["accum"] == 4 and compiled["overflow_check"] is False
