@@ -529,6 +529,45 @@ def test_a_datasets_style_parquet_with_class_label_names_imports(ray_local, tmp_
 
 
 @pytest.mark.slow
+def test_a_plain_class_folder_imagefolder_imports_with_captions_from_its_class_names(ray_local, tmp_path, shape_rows):
+    """The layout most image data comes in, class folders of images and no metadata file, needs
+    no ``columns.text: null``: nothing in it could hold a caption, so the import writes them from
+    the class names and says so. With a metadata file, a row it gives no caption is still refused,
+    naming the setting that would write them."""
+    rows = _picked(shape_rows, 4)
+    _imagefolder(tmp_path / "imgs", rows, with_metadata=False)
+    assert not list_imagefolder(Storage(), str(tmp_path / "imgs")).captioned
+    spec = load_spec(
+        None,
+        [
+            f"storage.root={tmp_path / 'runs'}",
+            "data.image_size=16",
+            f"data.source={{format: imagefolder, uri: '{tmp_path / 'imgs'}'}}",
+            "data.prompt_template='a photo of a {name}'",
+            "data.caption_noise={vague: 0, wrong: 0}",
+        ],
+    )
+    said = []
+    storage = Storage.from_spec(spec.storage)
+    built = build_data(spec, storage, log=said.append)
+    assert any("no metadata file holds captions: writing them from the class names" in line for line in said), said
+    written = [
+        r
+        for split in ("train", "val", "test")
+        for r in split_table(storage, multimodal_uri(spec), split, ["text", "label", "caption_kind"]).to_pylist()
+    ]
+    assert len(written) == built.multimodal.meta["rows"] == len(rows)
+    classes = built.multimodal.meta["classes"]  # the folders' names, sorted
+    assert sorted(classes) == sorted(CLASSES)
+    assert all(r["text"] == f"a photo of a {classes[r['label']]}" and r["caption_kind"] == "exact" for r in written)
+
+    (tmp_path / "imgs" / "metadata.jsonl").write_text(json.dumps({"file_name": "circle/0000.jpg", "text": ""}))
+    assert list_imagefolder(Storage(), str(tmp_path / "imgs")).captioned
+    with pytest.raises(SourceError, match=r"no caption \(data.source.columns.text: null writes every row's"):
+        build_data(spec, storage, force=True, **QUIET)
+
+
+@pytest.mark.slow
 def test_data_with_its_own_column_names_and_without_captions_imports(ray_local, tmp_path, shape_rows):
     """A CIFAR-style Parquet (``img``, ``fine_label`` named by a ClassLabel, no captions at all)
     and a LAION-style WebDataset (the caption and the class name in KEY.json under keys of its

@@ -79,7 +79,7 @@ def scan_example(ex: Example, needs_caption: bool = True) -> dict:
     it has one (``needs_caption`` false: the data has none, the import writes them)."""
     mode, problem = _image_problem(ex)
     if problem is None and needs_caption and (ex.text is None or not str(ex.text).strip()):
-        problem = "no caption"
+        problem = "no caption (data.source.columns.text: null writes every row's from its class name)"
     label = ex.label
     if isinstance(label, float):  # pandas writes an int column with a missing value as floats
         label = None if label != label else int(label) if label.is_integer() else label  # NaN: missing
@@ -177,9 +177,15 @@ def _ray_rows(listing: Listing, fn: Callable[[dict], Iterator[dict]]) -> Iterato
         yield from batch.to_pylist()
 
 
+def writes_captions(spec: ExperimentSpec, listing: Listing) -> bool:
+    """Whether the import writes the captions: the spec says the data has none
+    (``columns.text: null``), or nothing in it could hold one (an ImageFolder without metadata)."""
+    return spec.data.source.columns.text is None or not listing.captioned
+
+
 def _scan(spec: ExperimentSpec, listing: Listing) -> list[dict]:
     storage_spec, fmt = spec.storage, spec.data.source.format
-    needs_caption = spec.data.source.columns.text is not None
+    needs_caption = not writes_captions(spec, listing)
 
     def scan_unit(item: dict) -> Iterator[dict]:
         try:
@@ -289,6 +295,8 @@ def import_images(
     listing = LISTERS[src.format](storage, src.uri, src.columns.model_dump())
     size = image_size(spec)
     log(f"  importing {listing.files} {src.format} files from {src.uri} (images {size}x{size})")
+    if src.columns.text is not None and not listing.captioned:
+        log("  no metadata file holds captions: writing them from the class names (data.prompt_template)")
     with ray_session(spec):
         scanned = _scan(spec, listing)
         classes = decide_classes(listing, scanned)
@@ -323,7 +331,7 @@ def import_images(
                 )
         plan = {r["key"]: (y, s) for r, y, s in zip(keep, labels, splits, strict=True)}
         late_bad: collections.Counter[str] = collections.Counter()
-        captions = None if src.columns.text else CaptionWriter(spec, classes)
+        captions = CaptionWriter(spec, classes) if writes_captions(spec, listing) else None
         batches = _converted_batches(spec, listing, plan, size, channels, late_bad, captions)
         manifest = write_shards(
             storage,

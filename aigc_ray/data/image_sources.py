@@ -16,7 +16,8 @@ pixels or decides class indices (``image_import`` does, once it knows every clas
   ``label`` (int, named by a ``datasets`` ClassLabel in the file's metadata, or a class name).
 
 ``data.source.columns`` renames the three (CIFAR's ``img``, a LAION shard's ``caption`` key in
-KEY.json) or says the data has no captions at all (``text: null``).
+KEY.json) or says the data has no captions at all (``text: null``; an ImageFolder without any
+metadata file is taken as such).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ class Listing:
     units: list[Unit]
     class_names: list[str] | None  # known from the layout (imagefolder folders, classes.txt, ClassLabel)
     files: int  # data files found
+    # False where nothing in the data could hold a caption (an ImageFolder with no metadata file):
+    # the import then writes them from the class names, as with ``data.source.columns.text: null``
+    captioned: bool = True
 
 
 def _rel(uri: str, root: str) -> str:
@@ -198,7 +202,8 @@ def list_imagefolder(storage: Storage, root: str, columns: dict | None = None) -
         for i in range(0, len(images), FILES_PER_UNIT)
     ]
     # labels from metadata: the class names are what the rows name (decided after the scan)
-    return Listing(units, None if labelled_by_metadata else sorted(folder_names), len(images))
+    classes = None if labelled_by_metadata else sorted(folder_names)
+    return Listing(units, classes, len(images), captioned=bool(metadata_files))
 
 
 def read_imagefolder(storage: Storage, unit: Unit) -> Iterator[Example]:

@@ -111,7 +111,8 @@ class SourceColumns(Section):
     text: str | None = Field(
         "text",
         description="The caption column or key; null when the data has no captions: each is then written from "
-        "data.prompt_template with the row's class name, vague and wrong in data.caption_noise's fractions.",
+        "data.prompt_template with the row's class name, vague and wrong in data.caption_noise's fractions "
+        "(an ImageFolder without any metadata file is read so without it).",
     )
     label: str = Field("label", min_length=1, description="The label column or key (an index or a class name).")
 
