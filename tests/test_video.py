@@ -109,6 +109,33 @@ def test_truncated_clip_is_an_error_naming_the_row(local_data):
 # ------------------------------------------------------------------------------ shards
 
 
+def test_clips_sample_imported_data_across_its_splits_and_classes(tmp_path):
+    """Imported data comes in id order, which is its folders' order: ``test/`` before ``train/``,
+    one class folder after another. 64 clips from 300 such rows (200 of them test) still get
+    training clips of every class, and the same ones every time."""
+    ids = [
+        f"{split}/class{c}/{i:03d}.png"
+        for split, n in (("test", 200), ("train", 100))
+        for c in range(4)
+        for i in range(n // 4)
+    ]
+    splits = [i.split("/")[0] for i in ids]
+    labels = np.array([int(i.split("/")[1][5:]) for i in ids], dtype=np.int32)
+    pixels = np.random.default_rng(0).integers(0, 17, (len(ids), 8, 8)).astype(np.uint8)
+    source = video.SourceDigits(ids, pixels, labels, splits)
+    table = pa.Table.from_batches(list(video_batches(video_spec(tmp_path), source)))
+    rows = table.to_pylist()
+    train = [r for r in rows if r["split"] == "train"]
+    assert len(rows) == 64 and 10 <= len(train) <= 40, len(train)  # a third of the source is train
+    assert {r["label"] for r in train} == {0, 1, 2, 3}
+    assert len({r["source_id"] for r in rows}) == 64  # 64 of the 300, none twice
+    for r in rows:  # each clip keeps its source row's split and label
+        k = ids.index(r["source_id"])
+        assert (r["split"], r["label"]) == (splits[k], labels[k])
+    again = pa.Table.from_batches(list(video_batches(video_spec(tmp_path), source)))
+    assert again.equals(table)
+
+
 def test_video_shards_round_trip(local_data, capsys):
     base, storage = local_data
     spec = video_spec(base.storage.root)

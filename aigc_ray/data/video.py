@@ -167,14 +167,18 @@ def sprite(image: np.ndarray) -> np.ndarray:
 
 def video_batches(spec, source: SourceDigits | None = None, batch_rows: int = 256) -> Iterator[pa.RecordBatch]:
     """The clips as ``video/v1`` record batches, deterministic in ``spec.video.seed``. Clip ``i``
-    moves source image ``i mod N`` (default source: the embedded digits) and takes its split."""
+    moves source image ``order[i mod N]`` (default source: the embedded digits) and takes its
+    split, where ``order`` is a seeded shuffle of the source: imported data comes in id order,
+    which is its folders' (``test/`` before ``train/``, one class folder after another), so a
+    prefix of it could leave the clips without a training split or with a few classes only."""
     v = spec.video
     src = source if source is not None else embedded_digits(spec)
     if not len(src.ids):
         raise ValueError("no source digits to make clips from")
+    order = np.random.default_rng([v.seed, 2]).permutation(len(src.ids))
     rows: dict[str, list] = {name: [] for name in VIDEO_COLUMNS}
     for i in range(v.clips):
-        j = i % len(src.ids)
+        j = int(order[i % len(src.ids)])
         clip = moving_digit_clip(src.pixels[j], v.frames, v.frame_size, v.max_speed, clip_rng(v.seed, i))
         rows["id"].append(f"video-{i:05d}")
         rows["split"].append(src.splits[j])
