@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -15,7 +16,8 @@ import torch
 
 from aigc_ray.cli import main
 from aigc_ray.data.lm_blocks import local_blocks
-from aigc_ray.layout import pretrain_dir
+from aigc_ray.data.shards import split_table
+from aigc_ray.layout import corpus_uri, pretrain_dir
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import Storage, join
 from aigc_ray.train.pretrain import pretrain
@@ -82,7 +84,8 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
         "pretrain.keep_checkpoints=2",
         f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
     )
-    result = pretrain(spec, storage, log=lambda *_: None)
+    said: list[str] = []
+    result = pretrain(spec, storage, log=said.append)
     assert result.export_uri.startswith("s3://")
     _assert_one_tracked_run(spec, storage, result)
     _assert_workers_lines_arrive_once(capfd, "[pretrain] step 12/12 ")
@@ -112,6 +115,15 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
 
     val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
     assert math.isclose(plain_eval_loss(model, val, loop_config(spec)), result.eval["eval_loss"], rel_tol=1e-5)
+    # the samples beside the export continue the first words of held-out documents of this corpus
+    from aigc_ray.train.export import sample_prompts
+
+    held_out = split_table(storage, corpus_uri(spec), "val", ["text"])["text"].to_pylist()
+    prompts = sample_prompts(held_out)
+    written = [ast.literal_eval(x.split("sample: ", 1)[1]) for x in said if x.startswith("[pretrain] sample: ")]
+    assert len(written) == len(prompts) == 3
+    for prompt, line in zip(prompts, written, strict=True):
+        assert line.startswith(prompt) and len(line) > len(prompt), (prompt, line)
     if objective == "clm":
         out = model.generate(**tok("a handwritten", return_tensors="pt"), max_new_tokens=5, do_sample=False)
         assert out.shape[1] > 2
@@ -375,6 +387,16 @@ def test_resume_on_fewer_workers_continues_from_the_checkpoint(ray_local, local_
     at = resume["at_step"]
     before, after = steps[at - 1]["loss"], steps[at]["loss"]
     assert abs(after - before) < 0.3 < steps[0]["loss"] - after  # continued, not restarted from scratch
+
+
+def test_sample_prompts_are_the_first_words_of_documents_spread_over_the_held_out_split():
+    from aigc_ray.train.export import sample_prompts
+
+    docs = [f"doc{i} opens with these words here" for i in range(10)]
+    assert sample_prompts(docs) == ["doc0 opens with", "doc4 opens with", "doc9 opens with"]
+    assert sample_prompts(["", "  ", "une phrase en français", "x"], words=2) == ["une phrase", "x"]
+    assert sample_prompts(["\n\n  def  f(x):\n  return x"], words=3) == ["def f(x): return"]
+    assert sample_prompts([]) == []
 
 
 def test_bad_pretrain_specs_are_refused_before_ray_starts(tmp_path, capsys):

@@ -12,7 +12,18 @@ import torch
 from ..tracking import tensorboard_scalars
 from .loop import CKPT_TAG, HF_CONFIG_FILE, STATE_FILE
 
-SAMPLE_PROMPTS = ("a handwritten", "Return the", "The default value is")
+SAMPLE_PROMPTS = 3  # generations shown per export
+PROMPT_WORDS = 3  # each prompt: the first words of a held-out document
+
+
+def sample_prompts(documents: list[str], n: int = SAMPLE_PROMPTS, words: int = PROMPT_WORDS) -> list[str]:
+    """The first ``words`` words of ``n`` documents spread evenly over ``documents`` (the corpus's
+    held-out split): prompts in the language and register of whatever corpus was trained on,
+    the same ones for the same corpus. Empty when no document has a word."""
+    texts = [" ".join(d.split()[:words]) for d in documents if d and d.split()]
+    if len(texts) <= n:
+        return texts
+    return [texts[round(i * (len(texts) - 1) / (n - 1))] for i in range(n)] if n > 1 else texts[:1]
 
 
 def consolidated_state_dict(ckpt_dir: str) -> dict[str, torch.Tensor]:
@@ -59,10 +70,11 @@ def plain_eval_loss(model, blocks, loop_cfg) -> float:
     return sum(losses) / max(len(losses), 1)
 
 
-def samples(model, tokenizer, objective: str) -> list[str]:
-    """A few generations (CLM, greedy) or fill-mask predictions (MLM) a person can read."""
+def samples(model, tokenizer, objective: str, prompts: list[str]) -> list[str]:
+    """A generation (CLM, sampled with a fixed seed) or a fill-mask prediction of the word after it
+    (MLM) per prompt, for a person to read."""
     out = []
-    for prompt in SAMPLE_PROMPTS:
+    for prompt in prompts:
         if objective == "clm":
             ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
             torch.manual_seed(0)  # sampled, but the same text for the same weights
@@ -71,7 +83,7 @@ def samples(model, tokenizer, objective: str) -> list[str]:
             )
             out.append(tokenizer.decode(gen[0], skip_special_tokens=True))
         else:
-            text = f"{prompt} {tokenizer.mask_token} value"
+            text = f"{prompt} {tokenizer.mask_token}"
             enc = tokenizer(text, return_tensors="pt")
             logits = model(**enc).logits[0]
             pos = (enc["input_ids"][0] == tokenizer.mask_token_id).nonzero()[0, 0]

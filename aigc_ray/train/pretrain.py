@@ -24,6 +24,7 @@ from ..data.lm_blocks import (
     corpus_token_dataset,
     local_blocks,
 )
+from ..data.shards import split_table
 from ..data.tokenizer import SPECIAL_TOKENS, download_tokenizer, special_tokens
 from ..layout import corpus_uri, pretrain_dir, pretrain_export, pretrain_tokenizer_uri, ray_runs, tokenizer_uri
 from ..manifest import folder_fingerprint, publish_directory
@@ -387,7 +388,7 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
     from transformers import AutoTokenizer
 
     from ..models.tuning import in_saved_dtype
-    from .export import load_export_model, plain_eval_loss, read_state, samples, write_run_artifacts
+    from .export import load_export_model, plain_eval_loss, read_state, sample_prompts, samples, write_run_artifacts
 
     export_uri = pretrain_export(spec)
     state = read_state(ckpt)
@@ -411,7 +412,8 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
             "step": state["step"],
             "resumes": state.get("resumes", []),
         }
-        texts = samples(model, tokenizer, spec.pretrain.objective)
+        held_out = split_table(storage, corpus_uri(spec), "val", ["text"])["text"].to_pylist()
+        texts = samples(model, tokenizer, spec.pretrain.objective, sample_prompts(held_out))
         title = f"{spec.name}: {spec.pretrain.model_family} pretraining"
         write_run_artifacts(out, state["history"], title, evaluation, texts)
         publish_directory(
