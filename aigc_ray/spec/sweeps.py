@@ -353,7 +353,9 @@ class VideoSpec(SweptSection):
     embedded digits, deterministic in the seed) and the video GAN swept on them."""
 
     enabled: bool = Field(True, description="Build the clips and sweep the video GAN in `aigc run`.")
-    clips: int = Field(600, ge=16, description="Clips to build (one per source digit image, cycled).")
+    clips: int = Field(
+        600, ge=16, description="Clips to build (one per source image, taken in a seeded order and cycled)."
+    )
     frames: int = Field(8, ge=4, le=32)
     frame_size: int = Field(16, ge=12, le=64, description="Square frame side in pixels; the 8x8 digit moves inside.")
     max_speed: float = Field(1.5, gt=0, description="Pixels per frame, at most, along each axis.")
