@@ -153,6 +153,46 @@ def test_ensemble_from_sweep_top_k_and_bagging_is_committed_with_lineage(ray_loc
     assert again.metrics == report.metrics
 
 
+def test_only_causal_language_models_serve_completions(tmp_path):
+    """A fine-tuning to classify (or a masked pretraining) has no next-token head: served as the
+    completions model it answered noise. The default (``[finetune]``) then serves the causal
+    pretraining and says why; a listed export that cannot complete text is a named error."""
+    from aigc_ray.ensemble.build import resolve_language_models
+    from aigc_ray.layout import finetune_export, pretrain_export
+    from aigc_ray.manifest import publish_directory
+    from aigc_ray.spec import load_spec
+    from aigc_ray.storage import Storage
+
+    def spec(*overrides):
+        return load_spec(None, [f"storage.root={tmp_path / 'runs'}", *overrides])
+
+    storage = Storage()
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "config.json").write_text("{}")
+
+    def export(uri, kind):
+        publish_directory(storage, tmp_path / "weights", uri, kind=kind, spec_hash="h")
+
+    base = spec()
+    export(pretrain_export(base), "model/hf-causal-lm")
+    export(finetune_export(base), "model/hf-classify")
+    said: list[str] = []
+    assert [lm["name"] for lm in resolve_language_models(base, storage, said.append)] == ["pretrain"]
+    assert said == ["[ensemble] language models: finetune (model/hf-classify) cannot complete text; serving pretrain"]
+
+    said.clear()  # listed on purpose: no stand-in
+    assert resolve_language_models(spec("ensemble.language_models=[finetune]"), storage, said.append) == []
+    assert said[0].endswith("serving none: /v1/completions answers 404")
+    with pytest.raises(ValueError, match=r"is a model/hf-classify export, not a causal language model"):
+        resolve_language_models(spec(f"ensemble.language_models=[{finetune_export(base)}]"), storage)
+
+    export(pretrain_export(base), "model/hf-masked-lm")  # nothing generative left: nothing served
+    assert resolve_language_models(base, storage, said.append) == []
+    export(finetune_export(base), "model/hf-caption")
+    said.clear()
+    assert [lm["name"] for lm in resolve_language_models(base, storage, said.append)] == ["finetune"] and not said
+
+
 def test_building_without_a_sweep_names_what_is_missing(tmp_path, capsys):
     from aigc_ray.cli import main
 

@@ -133,7 +133,7 @@ def commit_ensemble(
     metrics["test"] = score(test_probs, combiner(test_probs), test_labels, names)
     uri = ensemble_dir(spec)
     info = dataset_info(spec, storage)
-    language_models = resolve_language_models(spec, storage)
+    language_models = resolve_language_models(spec, storage, log)
     generators = {  # artifact folder -> the sweep whose best generator it serves, if that sweep ran
         folder: (sweep_results(spec, family), manifest)
         for folder, family in (("generator", "gan"), ("video_generator", "video"))
@@ -225,18 +225,48 @@ def _write_members(out: Path, members: list[Member]) -> None:
         (folder / "config.json").write_text(json.dumps(m.config, indent=2))
 
 
-def resolve_language_models(spec: ExperimentSpec, storage: Storage) -> list[dict]:
+# The exports that complete text: a causal pretraining, a fine-tuning to caption. A classifier or
+# a masked LM has no next-token head to sample from (served as one, it answers noise).
+CAUSAL_LM_KINDS = ("model/hf-causal-lm", "model/hf-caption")
+
+
+def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -> list[dict]:
     """The spec's language models as export URIs with fingerprints; 'pretrain'/'finetune' are this
-    experiment's exports and are skipped (with no error) when that stage has not run."""
-    found = []
+    experiment's exports and are skipped (with no error) when that stage has not run or did not
+    train a causal LM (``finetune.task: classify``, ``pretrain.objective: mlm``). When the
+    default (``[finetune]``) leaves none that way, the causal pretraining serves completions."""
+    exports = {"pretrain": pretrain_export(spec), "finetune": finetune_export(spec)}
+    found, skipped = [], []
     for name in spec.ensemble.language_models:
-        uri = {"pretrain": pretrain_export(spec), "finetune": finetune_export(spec)}.get(name, name)
+        uri = exports.get(name, name)
         manifest = read_manifest(storage, uri)
         if manifest is None:
-            if name in ("pretrain", "finetune"):
+            if name in exports:
                 continue
             raise FileNotFoundError(f"ensemble.language_models: no committed export at {uri}")
+        if manifest.kind not in CAUSAL_LM_KINDS:
+            if name in exports:
+                skipped.append(f"{name} ({manifest.kind})")
+                continue
+            raise ValueError(
+                f"ensemble.language_models: {uri} is a {manifest.kind} export, not a causal language model "
+                "(completions need a pretraining with objective clm or a fine-tuning with task caption)"
+            )
         found.append({"name": name, "uri": uri, "fingerprint": manifest.fingerprint, "spec_hash": manifest.spec_hash})
+    if not found and "language_models" not in spec.ensemble.model_fields_set:
+        pretrained = read_manifest(storage, exports["pretrain"])
+        if pretrained is not None and pretrained.kind in CAUSAL_LM_KINDS:
+            found.append(
+                {
+                    "name": "pretrain",
+                    "uri": exports["pretrain"],
+                    "fingerprint": pretrained.fingerprint,
+                    "spec_hash": pretrained.spec_hash,
+                }
+            )
+    if skipped:
+        served = ", ".join(lm["name"] for lm in found) or "none: /v1/completions answers 404"
+        log(f"[ensemble] language models: {', '.join(skipped)} cannot complete text; serving {served}")
     return found
 
 
