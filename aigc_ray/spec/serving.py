@@ -43,8 +43,9 @@ class EnsembleSpec(Section):
     )
     language_models: list[str] = Field(
         default_factory=lambda: ["finetune"],
-        description="Language models whose next-token log-probabilities are averaged: 'pretrain', 'finetune' "
-        "(this experiment's exports) or HF export URIs; they must share a tokenizer.",
+        description="Causal language models whose next-token log-probabilities are averaged: 'pretrain', "
+        "'finetune' (this experiment's exports; skipped when not causal, and by default the causal pretraining "
+        "stands in for a classifier fine-tuning) or HF export URIs; they must share a tokenizer.",
     )
     seed: int = 0
 
