@@ -192,6 +192,19 @@ def test_only_causal_language_models_serve_completions(tmp_path):
     said.clear()
     assert [lm["name"] for lm in resolve_language_models(base, storage, said.append)] == ["finetune"] and not said
 
+    # what the export's config.json says it is wins over the manifest's kind: another tool's
+    # GPT-2 export completes text, a sequence classifier does not, whatever their kinds say
+    other = str(tmp_path / "elsewhere")
+    (tmp_path / "weights" / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
+    export(other, "model/causal-lm")
+    assert [lm["uri"] for lm in resolve_language_models(spec(f"ensemble.language_models=[{other}]"), storage)] == [
+        other
+    ]
+    (tmp_path / "weights" / "config.json").write_text(json.dumps({"architectures": ["GPT2ForSequenceClassification"]}))
+    export(other, "model/hf-causal-lm")
+    with pytest.raises(ValueError, match=r"not a causal language model"):
+        resolve_language_models(spec(f"ensemble.language_models=[{other}]"), storage)
+
 
 def test_building_without_a_sweep_names_what_is_missing(tmp_path, capsys):
     from aigc_ray.cli import main

@@ -228,6 +228,19 @@ def _write_members(out: Path, members: list[Member]) -> None:
 # The exports that complete text: a causal pretraining, a fine-tuning to caption. A classifier or
 # a masked LM has no next-token head to sample from (served as one, it answers noise).
 CAUSAL_LM_KINDS = ("model/hf-causal-lm", "model/hf-caption")
+CAUSAL_ARCHITECTURES = ("ForCausalLM", "LMHeadModel")  # how transformers names the heads that generate
+
+
+def completes_text(storage: Storage, uri: str, kind: str) -> bool:
+    """Whether the export at ``uri`` is a causal LM: by the architectures its config.json names
+    (what a loader builds), else by its manifest's kind."""
+    try:
+        architectures = json.loads(storage.read_bytes(join(uri, "config.json"))).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []
+    if architectures:
+        return any(a.endswith(CAUSAL_ARCHITECTURES) for a in architectures)
+    return kind in CAUSAL_LM_KINDS
 
 
 def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -> list[dict]:
@@ -244,7 +257,7 @@ def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -
             if name in exports:
                 continue
             raise FileNotFoundError(f"ensemble.language_models: no committed export at {uri}")
-        if manifest.kind not in CAUSAL_LM_KINDS:
+        if not completes_text(storage, uri, manifest.kind):
             if name in exports:
                 skipped.append(f"{name} ({manifest.kind})")
                 continue
@@ -255,7 +268,7 @@ def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -
         found.append({"name": name, "uri": uri, "fingerprint": manifest.fingerprint, "spec_hash": manifest.spec_hash})
     if not found and "language_models" not in spec.ensemble.model_fields_set:
         pretrained = read_manifest(storage, exports["pretrain"])
-        if pretrained is not None and pretrained.kind in CAUSAL_LM_KINDS:
+        if pretrained is not None and completes_text(storage, exports["pretrain"], pretrained.kind):
             found.append(
                 {
                     "name": "pretrain",
