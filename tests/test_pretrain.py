@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from aigc_ray.cli import main
-from aigc_ray.data.lm_blocks import local_blocks
-from aigc_ray.data.shards import split_table
-from aigc_ray.layout import corpus_uri, pretrain_dir
+from aigc_ray.data.lm_blocks import local_blocks, split_texts
+from aigc_ray.layout import pretrain_dir
 from aigc_ray.spec import load_spec
 from aigc_ray.storage import Storage, join
 from aigc_ray.train.pretrain import pretrain
@@ -118,8 +117,7 @@ def test_zero_stage_trains_and_exports_to_plain_transformers(ray_local, s3_data,
     # the samples beside the export continue the first words of held-out documents of this corpus
     from aigc_ray.train.export import sample_prompts
 
-    held_out = split_table(storage, corpus_uri(spec), "val", ["text"])["text"].to_pylist()
-    prompts = sample_prompts(held_out)
+    prompts = sample_prompts(split_texts(spec, storage, "val"))
     written = [ast.literal_eval(x.split("sample: ", 1)[1]) for x in said if x.startswith("[pretrain] sample: ")]
     assert len(written) == len(prompts) == 3
     for prompt, line in zip(prompts, written, strict=True):

@@ -84,12 +84,20 @@ def blocks_from_dataset_iterator(iterator, block_len: int) -> np.ndarray:
     return pack_blocks(arrays, block_len)
 
 
-def split_tokens(spec: ExperimentSpec, storage: Storage, split: str) -> np.ndarray:
-    """A split's documents as token arrays, without Ray: shards read in file order, tokenized here."""
-    texts = split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
+def split_texts(spec: ExperimentSpec, storage: Storage, split: str) -> list[str]:
+    """A split's documents, without Ray: the corpus shards read in file order."""
+    return split_table(storage, corpus_uri(spec), split, ["text"])["text"].to_pylist()
+
+
+def split_tokens(spec: ExperimentSpec, storage: Storage, split: str, texts: list[str] | None = None) -> np.ndarray:
+    """A split's documents as token arrays, without Ray, tokenized here (``texts``: the split's
+    documents when the caller has read them already)."""
+    texts = split_texts(spec, storage, split) if texts is None else texts
     return tokenize_documents({"text": texts}, **_tokenizer_kwargs(spec, storage))["tokens"]
 
 
-def local_blocks(spec: ExperimentSpec, storage: Storage, split: str, block_len: int) -> np.ndarray:
+def local_blocks(
+    spec: ExperimentSpec, storage: Storage, split: str, block_len: int, texts: list[str] | None = None
+) -> np.ndarray:
     """The same blocks without Ray: read the shards in file order and tokenize in-process."""
-    return pack_blocks(split_tokens(spec, storage, split), block_len)
+    return pack_blocks(split_tokens(spec, storage, split, texts), block_len)

@@ -243,6 +243,10 @@ def completes_text(storage: Storage, uri: str, kind: str) -> bool:
     return kind in CAUSAL_LM_KINDS
 
 
+def _language_model(name: str, uri: str, manifest) -> dict:
+    return {"name": name, "uri": uri, "fingerprint": manifest.fingerprint, "spec_hash": manifest.spec_hash}
+
+
 def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -> list[dict]:
     """The spec's language models as export URIs with fingerprints; 'pretrain'/'finetune' are this
     experiment's exports and are skipped (with no error) when that stage has not run or did not
@@ -265,18 +269,11 @@ def resolve_language_models(spec: ExperimentSpec, storage: Storage, log=print) -
                 f"ensemble.language_models: {uri} is a {manifest.kind} export, not a causal language model "
                 "(completions need a pretraining with objective clm or a fine-tuning with task caption)"
             )
-        found.append({"name": name, "uri": uri, "fingerprint": manifest.fingerprint, "spec_hash": manifest.spec_hash})
+        found.append(_language_model(name, uri, manifest))
     if not found and "language_models" not in spec.ensemble.model_fields_set:
         pretrained = read_manifest(storage, exports["pretrain"])
         if pretrained is not None and completes_text(storage, exports["pretrain"], pretrained.kind):
-            found.append(
-                {
-                    "name": "pretrain",
-                    "uri": exports["pretrain"],
-                    "fingerprint": pretrained.fingerprint,
-                    "spec_hash": pretrained.spec_hash,
-                }
-            )
+            found.append(_language_model("pretrain", exports["pretrain"], pretrained))
     if skipped:
         served = ", ".join(lm["name"] for lm in found) or "none: /v1/completions answers 404"
         log(f"[ensemble] language models: {', '.join(skipped)} cannot complete text; serving {served}")

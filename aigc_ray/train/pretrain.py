@@ -23,8 +23,8 @@ from ..data.lm_blocks import (
     corpus_bytes,
     corpus_token_dataset,
     local_blocks,
+    split_texts,
 )
-from ..data.shards import split_table
 from ..data.tokenizer import SPECIAL_TOKENS, download_tokenizer, special_tokens
 from ..layout import corpus_uri, pretrain_dir, pretrain_export, pretrain_tokenizer_uri, ray_runs, tokenizer_uri
 from ..manifest import folder_fingerprint, publish_directory
@@ -405,14 +405,14 @@ def export(spec: ExperimentSpec, storage: Storage, ckpt: str, inputs: dict, log=
         else:
             download_tokenizer(storage, tokenizer_uri(spec), out)
         tokenizer = AutoTokenizer.from_pretrained(out)
-        val = local_blocks(spec, storage, "val", spec.pretrain.seq_len)
+        held_out = split_texts(spec, storage, "val")  # read once: the evaluation's blocks and the samples' prompts
+        val = local_blocks(spec, storage, "val", spec.pretrain.seq_len, held_out)
         evaluation = {
             **{k: v for k, v in engine_eval.items() if k.startswith("eval_")},
             "export_eval_loss": plain_eval_loss(model, val, cfg),
             "step": state["step"],
             "resumes": state.get("resumes", []),
         }
-        held_out = split_table(storage, corpus_uri(spec), "val", ["text"])["text"].to_pylist()
         texts = samples(model, tokenizer, spec.pretrain.objective, sample_prompts(held_out))
         title = f"{spec.name}: {spec.pretrain.model_family} pretraining"
         write_run_artifacts(out, state["history"], title, evaluation, texts)
